@@ -1,0 +1,3 @@
+"""raftkv: a distributed, strongly consistent key-value store on Raft."""
+
+__version__ = "0.1.0"
