@@ -1,0 +1,16 @@
+"""The `raftkv` command. Subcommands live in sibling modules, each exposing `register(app)`."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="raftkv: a Raft key-value store")
+
+
+@app.callback()
+def _root() -> None:
+    """raftkv: a distributed, strongly consistent key-value store on Raft."""
+
+
+def main() -> None:
+    app()
