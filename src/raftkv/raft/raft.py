@@ -455,7 +455,9 @@ class Raft:
                 if pr.state is ProgressState.REPLICATE and len(pr.inflights) >= pr.max_inflight:
                     pr.free_first_inflight()
                 if pr.match < self.log.last_index():
-                    self.maybe_send_append(msg.from_, pr, send_empty=False)
+                    # Possibly lost appends: an (even empty) append provokes a reject we can
+                    # back off from.
+                    self.maybe_send_append(msg.from_, pr)
                 if ctx:
                     self._ack_read(ctx, msg.from_)
             case _:

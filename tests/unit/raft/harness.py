@@ -95,7 +95,14 @@ class Cluster:
         assert len(leaders) <= 1 or len({self.nodes[x].status().term for x in leaders}) > 1
         return max(leaders, key=lambda x: self.nodes[x].status().term) if leaders else None
 
+    def expire_leases(self) -> None:
+        """As if an election timeout passed since anyone heard from a leader (§4.2.3)."""
+        for rn in self.nodes.values():
+            if rn.status().role is not Role.LEADER:
+                rn.raft.election_elapsed = max(rn.raft.election_elapsed, rn.raft.cfg.election_ticks)
+
     def elect(self, node: NodeId) -> None:
+        self.expire_leases()
         self.nodes[node].campaign()
         self.settle()
         assert self.nodes[node].status().role is Role.LEADER, self.nodes[node].status()
