@@ -29,6 +29,7 @@ class Progress:
         "pending_snapshot",
         "probe_sent",
         "recent_active",
+        "snapshot_elapsed",
         "state",
     )
 
@@ -38,6 +39,7 @@ class Progress:
         self.state = ProgressState.PROBE
         self.probe_sent = False  # PROBE: an append is outstanding, wait for its answer
         self.pending_snapshot: Index = Index(0)  # SNAPSHOT: index of the snapshot sent
+        self.snapshot_elapsed = 0  # SNAPSHOT: ticks since the snapshot was sent
         self.recent_active = True  # heard from within the last election timeout (CheckQuorum)
         self.inflights: deque[Index] = deque()  # REPLICATE: last index of each unacked append
         self.max_inflight = max_inflight
@@ -62,6 +64,7 @@ class Progress:
     def become_snapshot(self, index: Index) -> None:
         self.state = ProgressState.SNAPSHOT
         self.pending_snapshot = index
+        self.snapshot_elapsed = 0
         self.probe_sent = False
         self.inflights.clear()
 

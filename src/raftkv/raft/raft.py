@@ -20,6 +20,7 @@ from typing import Protocol
 import msgspec
 
 from raftkv.raft import quorum
+from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.errors import Compacted, InvariantViolation, NotLeader, ProposalDropped
 from raftkv.raft.log import RaftLog
@@ -191,6 +192,12 @@ class Raft:
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        for node in sorted(self.progress):
+            pr = self.progress[node]
+            if pr.state is ProgressState.SNAPSHOT:
+                pr.snapshot_elapsed += 1
+                if pr.snapshot_elapsed >= self.cfg.snapshot_timeout_ticks:
+                    self.report_snapshot(node, False)  # the transfer was lost; start over
         if self.election_elapsed >= self.cfg.election_ticks:
             self.election_elapsed = 0
             if self.cfg.check_quorum and not self._quorum_active():
@@ -596,21 +603,7 @@ class Raft:
 
     def apply_conf_change(self, cc: ConfChange) -> None:
         """Called when a conf-change entry is applied: the new configuration takes effect."""
-        voters = set(self.conf.voters)
-        learners = set(self.conf.learners)
-        match cc.kind:
-            case ConfChangeKind.ADD_VOTER:
-                learners.discard(cc.node_id)
-                voters.add(cc.node_id)
-            case ConfChangeKind.ADD_LEARNER:
-                if cc.node_id not in voters:
-                    learners.add(cc.node_id)
-            case ConfChangeKind.REMOVE_NODE:
-                voters.discard(cc.node_id)
-                learners.discard(cc.node_id)
-        if not voters:
-            return  # never leave a cluster without voters (refused at proposal time)
-        self.conf = ConfState(tuple(sorted(voters)), tuple(sorted(learners)))
+        self.conf = conf_after(self.conf, cc)
         if self.role is not Role.LEADER:
             return
         if cc.node_id == self.id and cc.kind is ConfChangeKind.REMOVE_NODE:
