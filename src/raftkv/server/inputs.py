@@ -116,6 +116,8 @@ def value_from_body(request: web.Request, body: bytes, max_value_bytes: int) -> 
             ) from exc
         except msgspec.DecodeError as exc:
             raise ApiError(400, "invalid_json", f"malformed JSON body: {exc}") from exc
+        except RecursionError as exc:  # msgspec's answer to deeply nested arrays, even skipped ones
+            raise ApiError(400, "invalid_json", "JSON body nested too deeply") from exc
         except UnicodeDecodeError as exc:  # msgspec raises this for bad UTF-8 inside a string
             raise ApiError(400, "invalid_encoding", "JSON body is not valid UTF-8") from exc
         if len(value) > max_value_bytes or len(value.encode("utf-8")) > max_value_bytes:

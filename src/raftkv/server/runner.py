@@ -9,6 +9,8 @@ Rules:
   `handle_error` renders JSON. Covered by tests that send such requests to `run_http`.
 - Client errors are logged at warning without a traceback; a 500 is a bug and keeps one.
 - The access log is on only at debug level (a line per request costs more than the request).
+- A request whose client disconnects is cancelled (`handler_cancellation`): the node's
+  operations must tolerate cancellation (runtime/api.py says so).
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ SHUTDOWN_TIMEOUT_S: Final = 5.0
 
 def server_kwargs(settings: Settings) -> dict[str, Any]:
     """aiohttp RequestHandler arguments (Application(handler_args=...) or AppRunner kwargs)."""
-    return {"max_line_size": MAX_LINE_SIZE, "max_field_size": MAX_FIELD_SIZE}
+    return {
+        "max_line_size": MAX_LINE_SIZE,
+        "max_field_size": MAX_FIELD_SIZE,
+        # Cancel a request's task when its client disconnects. Besides not working for nobody,
+        # this ends aiohttp's "lingering" drain of a body we refused: that read is not woken
+        # by a disconnect and would otherwise sit for lingering_time, and hold up shutdown.
+        "handler_cancellation": True,
+    }
 
 
 async def run_http(app: web.Application, settings: Settings) -> web.AppRunner:
