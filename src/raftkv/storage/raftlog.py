@@ -279,7 +279,8 @@ class DurableLog:
                     self._put_state(_HARD_STATE, _encoder.encode(hard_state))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                    conn.execute("ROLLBACK")
                 raise
             self._snapshot = snap
             self._last_index = last
@@ -288,9 +289,14 @@ class DurableLog:
 
     def _record_snapshot(self, snapshot: SnapshotMeta, last: Index) -> Index:
         """Record `snapshot` inside the open transaction; returns the new last index."""
-        row = self._conn.execute("SELECT term FROM entries WHERE idx = ?", (snapshot.index,))
-        found = row.fetchone()
-        if found is not None and found[0] == snapshot.term:
+        current = self._snapshot
+        if current is not None and (current.index, current.term) == (snapshot.index, snapshot.term):
+            matches = True  # the same point recorded again (e.g. a repeated bootstrap)
+        else:
+            row = self._conn.execute("SELECT term FROM entries WHERE idx = ?", (snapshot.index,))
+            found = row.fetchone()
+            matches = found is not None and found[0] == snapshot.term
+        if matches:
             # §7: our log holds the snapshot's last entry, so what follows it still matches.
             self._conn.execute("DELETE FROM entries WHERE idx <= ?", (snapshot.index,))
             new_last = max(last, snapshot.index)

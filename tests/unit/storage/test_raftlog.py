@@ -166,6 +166,13 @@ def test_older_snapshot_is_ignored(log: DurableLog) -> None:
     assert [e.index for e in loaded.entries] == [9, 10]
 
 
+def test_same_snapshot_recorded_again_keeps_the_log(log: DurableLog) -> None:
+    log.save(hs(1), ents(1, 6), SnapshotMeta(Index(2), Term(1), CONF))
+    log.save(None, [], SnapshotMeta(Index(2), Term(1), CONF))
+    log.save(None, [], SnapshotMeta(Index(0), Term(0), CONF))  # older: ignored
+    assert [e.index for e in log.load().entries] == [3, 4, 5, 6]
+
+
 def test_bootstrap_snapshot_at_zero(log: DurableLog) -> None:
     log.save(hs(0), [], SnapshotMeta(Index(0), Term(0), CONF))
     log.save(None, ents(1, 2), None)
