@@ -52,7 +52,7 @@ from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, Oper
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, ReadWaiters
 from raftkv.storage.raftlog import DurableLog
-from raftkv.storage.state_lmdb import LmdbStateMachine
+from raftkv.storage.state_lmdb import LmdbState
 from raftkv.transport.tcp import PeerTransport
 
 _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
@@ -92,9 +92,9 @@ class RaftDriver:
         (d / "incoming").mkdir(parents=True, exist_ok=True)
         self.durable = await asyncio.to_thread(DurableLog.open, d / "raft.db")
         loaded = await asyncio.to_thread(self.durable.load)
-        self.sm = await asyncio.to_thread(LmdbStateMachine.open, d / "state")
-        voters = tuple(sorted(self.opts.peers_raft))
-        self.storage = MemoryStorage(ConfState(voters=voters))
+        self.sm = await asyncio.to_thread(LmdbState.open, d / "state")
+        self._bootstrap_conf = ConfState(voters=tuple(sorted(self.opts.peers_raft)))
+        self.storage = MemoryStorage(self._bootstrap_conf)
         if loaded.snapshot is not None:
             meta = loaded.snapshot
             path = snapshot_path(d, meta.term, meta.index)
@@ -266,13 +266,15 @@ class RaftDriver:
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
         todo = [e for e in entries if e.index > self.sm.applied_index]
-        conf = self.sm.conf or self.raw.status().conf
+        new_conf: ConfState | None = None
         for e in todo:
             if e.kind is EntryKind.CONF_CHANGE:
-                conf = conf_after(conf, _conf_decoder.decode(e.data))
-                self.sm.set_conf(conf)
+                base = new_conf or (self.sm.conf if self.sm.conf.voters else self._bootstrap_conf)
+                new_conf = conf_after(base, _conf_decoder.decode(e.data))
         if todo:
-            results = self.sm.apply(todo)
+            # The resulting configuration is stored in the same LMDB transaction, so a
+            # snapshot never pairs an index with the wrong configuration.
+            results = self.sm.apply(todo, conf=new_conf)
             for e, result in zip(todo, results, strict=True):
                 self._proposals.applied(e.index, e.term, result)
         self._reads.applied(self.sm.applied_index)

@@ -73,7 +73,7 @@ class RaftKVNode:
         return self.driver.sm.applied_index >= st.commit
 
     def peer_http_addresses(self) -> Mapping[str, str]:
-        return dict(self.opts.peers_http)
+        return {str(n): a for n, a in self.opts.peers_http.items()}
 
     def peer_raft_addresses(self) -> Mapping[str, str]:
         return {n: _addr(a) for n, a in self.opts.peers_raft.items()}
