@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -54,10 +54,11 @@ async def serve_node(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     fatal = node.driver.fatal
     assert fatal is not None
-    waiters = [asyncio.ensure_future(stop.wait()), fatal]
-    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    stop_wait = asyncio.ensure_future(stop.wait())
+    waits: list[asyncio.Future[Any]] = [stop_wait, fatal]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     code = 70 if fatal.done() else 0
-    waiters[0].cancel()
+    stop_wait.cancel()
     await runner.cleanup()
     await node.stop()
     return code

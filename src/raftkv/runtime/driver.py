@@ -29,12 +29,12 @@ from typing import Any
 import msgspec
 import structlog
 
-from raftkv.raft.config import RaftConfig
 from raftkv.raft.confchange import conf_after
+from raftkv.raft.config import RaftConfig
 from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
 from raftkv.raft.messages import AnyMessage
 from raftkv.raft.rawnode import RawNode, Status
-from raftkv.raft.ready import Apply, Persist, Ready, ReadStates, SendMessages
+from raftkv.raft.ready import Apply, Persist, ReadStates, Ready, SendMessages
 from raftkv.raft.storage import MemoryStorage
 from raftkv.raft.types import (
     ConfChange,
@@ -370,7 +370,9 @@ class RaftDriver:
                 term, index = self.raw.propose(data)
             except NotLeader as exc:
                 if exc.leader_hint is not None:
-                    raise NotLeaderError(exc.leader_hint, self.leader_http(exc.leader_hint)) from None
+                    raise NotLeaderError(
+                        exc.leader_hint, self.leader_http(exc.leader_hint)
+                    ) from None
                 await self._wait_leader(leader_deadline)
                 continue
             except ProposalDropped:

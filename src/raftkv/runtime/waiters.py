@@ -108,9 +108,7 @@ class ReadWaiters:
     def unanswered(self) -> list[bytes]:
         """Contexts still waiting for a ReadState (to re-ask after a leader change)."""
         return [
-            ctx
-            for ctx, b in self._awaiting_state.items()
-            if any(not f.done() for f in b.futures)
+            ctx for ctx, b in self._awaiting_state.items() if any(not f.done() for f in b.futures)
         ]
 
     def drop_done(self) -> None:
