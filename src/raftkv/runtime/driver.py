@@ -80,6 +80,7 @@ class RaftDriver:
         self._snapshotting = False
         self._pending_hard_state: HardState | None = None  # commit-only change, saved lazily
         self._bootstrap_until = 0.0  # fresh cluster: the bootstrap node campaigns until then
+        self._hold_elections_until = 0.0  # fresh cluster: other nodes wait for it until then
         self._last_snapshot_index = Index(0)
         self.started_at = time.time()
 
@@ -115,6 +116,10 @@ class RaftDriver:
         fresh = loaded.hard_state.term == 0 and not loaded.entries and loaded.snapshot is None
         if fresh and self.opts.bootstrap_id == self.id:
             self._bootstrap_until = loop.time() + 10.0
+        elif fresh and self.opts.bootstrap_id in self.opts.peers_raft:
+            # A fresh cluster: give the bootstrap node a head start so it leads first, as the
+            # seed shows; if it is not there, we campaign normally after the grace period.
+            self._hold_elections_until = loop.time() + 2.0
         peers = {n: a for n, a in self.opts.peers_raft.items() if n != self.id}
         self.transport = PeerTransport(
             self.id,
@@ -124,6 +129,7 @@ class RaftDriver:
             self._on_message,
             source_host=self.opts.source_host,
             on_unreachable=self._on_unreachable,
+            on_snapshot_status=self._on_snapshot_status,
             snapshot_dir=d / "incoming",
         )
         await self.transport.start()
@@ -186,6 +192,10 @@ class RaftDriver:
     def _on_unreachable(self, node: NodeId) -> None:
         self.raw.report_unreachable(node)
 
+    def _on_snapshot_status(self, node: NodeId, ok: bool) -> None:
+        self.raw.report_snapshot(node, ok)
+        self._wake.set()
+
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
         period = self.opts.tick_ms / 1000.0
@@ -195,7 +205,12 @@ class RaftDriver:
             next_at += period
             if loop.time() - next_at > 10 * period:
                 next_at = loop.time() + period  # we were paused: do not burst ticks
+            if self._hold_elections_until:
+                if loop.time() < self._hold_elections_until and self.raw.status().leader is None:
+                    continue  # no ticks: no election timeout while the bootstrap node starts
+                self._hold_elections_until = 0.0
             self.raw.tick()
+            self._reads_need_leader.extend(self._reads.overdue(loop.time(), 4 * period))
             if self._bootstrap_until and loop.time() < self._bootstrap_until:
                 st = self.raw.status()
                 if st.leader is None and st.role is not Role.CANDIDATE:
@@ -305,7 +320,7 @@ class RaftDriver:
         pending = list(dict.fromkeys(self._reads_need_leader))
         self._reads_need_leader = []
         if batch is not None:
-            self._reads.close_batch()
+            self._reads.close_batch(asyncio.get_running_loop().time())
             pending.append(batch.context)
         for ctx in pending:
             try:
