@@ -8,178 +8,73 @@ and keys are checked one by one. `put(v)` sets v; `delete` sets None and, if it 
 What enters the search for a key:
 - OK ops, each to be placed once between its invoke and its complete;
 - UNKNOWN puts/deletes as *optional* ops: placeable any time after invoke, or never (no return
-  event). One whose resulting state nothing observes (no OK get saw that value, no delete's
-  `existed` saw that emptiness) is dropped up front: removing it from any valid order leaves the
-  order valid, and each kept one doubles the space the search may have to cover;
+  event);
 - FAIL ops and UNKNOWN gets are dropped: they took no effect / tell nothing.
 Real-time order is strict: op A precedes B only if A.complete < B.invoke. At equal times the call
 sorts first, so touching intervals count as concurrent (a coarse clock never causes a false alarm).
 
-Algorithm (Wing & Gong's search with Lowe's memo, "Testing for linearizability", 2017, §3):
+First, `readfrom.impossible_read`: an observation that no write can explain (a stale read, a
+read of a value never or only unsuccessfully written) refutes the key in O(n log n).
+
+Then the search (Wing & Gong's, with Lowe's memo, "Testing for linearizability", 2017, §3):
 call and return events sit in one doubly linked list in time order; the ops that may go next are
 those whose call precedes the first remaining return. Place one (legal in the current state, and
 (placed-set bitset, new state) not seen before), lift its events out of the list, recurse; when
 none works, backtrack. Success once every OK op is placed: optional ops left in the list can
-always be left out. Three refinements, each sound (they only cut configurations with no
+always be left out. Refinements, each sound (they only cut configurations with no
 completion), keep it fast on real histories:
 - the op of the first return is tried first: it is the one that must be placed soonest;
+- an optional op is tried only while some unplaced op could observe the state it makes (a get of
+  its value; a delete whose `existed` matches): removing an unobserved write from a valid order
+  leaves it valid, and each optional op kept in play could double the space to search;
 - a *forced* op (one that never changes the state it is legal in: a get, or a delete that saw no
   key) is placed alone when legal: if any order extends the prefix, one placing it right now does,
   since nothing pending must precede it; so when it fails, its prefix has failed too;
-- *starvation*: never leave a state that an unplaced forced op needs when no unplaced write can
-  produce it again (with unique values, this catches a stale read as soon as it becomes one).
+- *starvation*: a configuration is dead when an unplaced forced op needs a state other than the
+  current one that no unplaced write can produce (with unique values, this catches a stale read
+  as soon as it becomes one, and a read of a value never written at once).
 The deepest point reached is kept as the witness of a failure; a step budget per key turns a
 blow-up into the distinct verdict UNKNOWN.
 """
 
 from __future__ import annotations
 
-import enum
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from raftkv.check.history import History, Op, OpKind, Outcome
+from raftkv.check.history import Op, OpKind, Outcome
+from raftkv.check.model import is_forced, makes, step, wants
+from raftkv.check.readfrom import impossible_read
+from raftkv.check.result import CheckResult, KeyResult, Verdict, Witness
 
 DEFAULT_MAX_STEPS = 1_000_000  # per key: some seconds of search at most
 _PREFIX_SHOWN = 3  # placed ops shown before the stuck point
-_SHOWN = 12  # ops of one kind printed in a witness; the rest are counted
 
 
-class Verdict(enum.Enum):
-    OK = "ok"
-    VIOLATION = "violation"
-    UNKNOWN = "unknown"  # the step budget ran out: neither proven nor refuted
-
-
-@dataclass(frozen=True, slots=True)
-class Witness:
-    """Where the deepest attempt to linearize a key got stuck."""
-
-    key: str
-    state: str | None  # register value after the longest consistent prefix found
-    placed: int  # ops in that prefix (optional ones included)
-    required: int  # OK ops, which every linearization must place
-    prefix: tuple[Op, ...]  # the last few ops of that prefix, in linearization order
-    stuck: Op  # returned before any order of the ops around it could place it
-    concurrent: tuple[Op, ...]  # other unplaced ops invoked before `stuck` returned
-    stranded: tuple[Op, ...]  # unplaced ops needing `state`, which no unplaced write restores
-
-    def __str__(self) -> str:
-        lines = [
-            f"key {self.key!r}: not linearizable; at best {self.placed} ops placed in order "
-            f"({self.required} completed in all), leaving the register at {self.state!r}",
-            "  last placed:" if self.prefix else "  nothing placed before:",
-            *(f"    {op}" for op in self.prefix),
-            "  must take effect before it returns, but cannot:",
-            f"    {self.stuck}{self._why(self.stuck)}",
-        ]
-        if self.concurrent:
-            lines.append("  unplaced ops concurrent with it:")
-            lines += (f"    {op}{self._why(op)}" for op in self.concurrent[:_SHOWN])
-            if len(self.concurrent) > _SHOWN:
-                lines.append(f"    ... and {len(self.concurrent) - _SHOWN} more")
-        if self.stranded:
-            lines.append(f"  still needing the register at {self.state!r}; no write restores it:")
-            lines += (f"    {op}" for op in self.stranded[:_SHOWN])
-        return "\n".join(lines)
-
-    def _why(self, op: Op) -> str:
-        legal, after = _legal(op, self.state)
-        if not legal:
-            return f"   <- illegal at {self.state!r}"
-        if self.stranded and after != self.state:
-            return "   <- would strand the ops below"
-        return ""
-
-
-@dataclass(frozen=True, slots=True)
-class KeyResult:
-    key: str
-    verdict: Verdict
-    ops: int  # ops that entered the search
-    steps: int  # search steps spent
-    witness: Witness | None = None  # set iff verdict is VIOLATION
-
-    def __str__(self) -> str:
-        match self.verdict:
-            case Verdict.VIOLATION:
-                return str(self.witness)
-            case Verdict.UNKNOWN:
-                return f"key {self.key!r}: unknown, step budget spent after {self.steps} steps"
-            case Verdict.OK:
-                return f"key {self.key!r}: ok ({self.ops} ops, {self.steps} steps)"
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    keys: tuple[KeyResult, ...]  # sorted by key
-
-    @property
-    def verdict(self) -> Verdict:
-        verdicts = {r.verdict for r in self.keys}
-        for v in (Verdict.VIOLATION, Verdict.UNKNOWN):
-            if v in verdicts:
-                return v
-        return Verdict.OK
-
-    @property
-    def ok(self) -> bool:
-        return self.verdict is Verdict.OK
-
-    @property
-    def violations(self) -> tuple[KeyResult, ...]:
-        return tuple(r for r in self.keys if r.verdict is Verdict.VIOLATION)
-
-    @property
-    def unknown(self) -> tuple[KeyResult, ...]:
-        return tuple(r for r in self.keys if r.verdict is Verdict.UNKNOWN)
-
-    def __str__(self) -> str:
-        head = (
-            f"{self.verdict.value}: {len(self.keys)} keys, "
-            f"{len(self.violations)} violating, {len(self.unknown)} unknown"
-        )
-        return "\n".join([head, *(str(r) for r in self.keys if r.verdict is not Verdict.OK)])
-
-
-def check_history(
-    history: History | Iterable[Op], *, max_steps: int = DEFAULT_MAX_STEPS
-) -> CheckResult:
-    """Check every key of `history` independently; see the module docstring."""
+def check_history(history: Iterable[Op], *, max_steps: int = DEFAULT_MAX_STEPS) -> CheckResult:
+    """Check every key of `history` (a `History` or any ops) independently; `max_steps` bounds
+    the search per key. Raises ValueError on a malformed op (as a loaded file may hold)."""
     by_key: dict[str, list[Op]] = {}
     for op in history:
-        if op.outcome is Outcome.OK and op.complete is None:
-            raise ValueError(f"op #{op.id} is OK but has no complete time")
-        by_key.setdefault(op.key, []).append(op)
-    return CheckResult(
-        tuple(_Search(k, _relevant(by_key[k])).run(max_steps) for k in sorted(by_key))
+        if op.outcome is Outcome.OK and (op.complete is None or op.complete < op.invoke):
+            raise ValueError(f"op #{op.id} is OK but does not complete after its invoke")
+        if op.existed is not None and (op.kind, op.outcome) != (OpKind.DELETE, Outcome.OK):
+            raise ValueError(f"op #{op.id}: only a completed delete reports existed")
+        if op.outcome is Outcome.OK or (
+            op.outcome is Outcome.UNKNOWN and op.kind is not OpKind.GET
+        ):
+            by_key.setdefault(op.key, []).append(op)  # FAIL ops and UNKNOWN gets tell nothing
+    return CheckResult(tuple(_check_key(k, by_key[k], max_steps) for k in sorted(by_key)))
+
+
+def _check_key(key: str, ops: list[Op], max_steps: int) -> KeyResult:
+    found = impossible_read(ops)
+    if found is None:
+        return _Search(key, ops).run(max_steps)
+    reader, overwritten = found
+    return KeyResult(
+        key, Verdict.VIOLATION, len(ops), 0, Witness(key, reader, overwritten=overwritten)
     )
-
-
-def _legal(op: Op, state: str | None) -> tuple[bool, str | None]:
-    """(may `op` take effect in `state`, the state after it)."""
-    match op.kind:
-        case OpKind.PUT:
-            return True, op.value
-        case OpKind.DELETE:
-            return op.existed is None or op.existed == (state is not None), None
-        case OpKind.GET:
-            return op.value == state, state
-
-
-def _relevant(ops: list[Op]) -> list[Op]:
-    """The ops that constrain the search: see the module docstring."""
-    done = [op for op in ops if op.outcome is Outcome.OK]
-    seen = {op.value for op in done if op.kind is OpKind.GET}
-    existed = {op.existed for op in done if op.kind is OpKind.DELETE and op.existed is not None}
-
-    def observable(op: Op) -> bool:
-        after = op.value if op.kind is OpKind.PUT else None
-        return after in seen or (after is not None) in existed
-
-    maybe = [op for op in ops if op.outcome is Outcome.UNKNOWN and op.kind is not OpKind.GET]
-    return done + [op for op in maybe if observable(op)]
 
 
 class _Search:
@@ -202,15 +97,17 @@ class _Search:
             (self.call if self.is_call[node] else self.ret)[self.op_of[node]] = node
         self.nxt = [*range(1, m + 1), 0]  # circular: the last event links back to the head
         self.prv = [m, *range(m)]
-        self.forced = [
-            op.kind is OpKind.GET or (op.kind is OpKind.DELETE and op.existed is False)
-            for op in ops
-        ]
-        self.want = [op.value if op.kind is OpKind.GET else None for op in ops]  # forced: needs
-        self.produce = [op.value if op.kind is OpKind.PUT else None for op in ops]  # write: sets
-        # Unplaced forced ops needing each state; unplaced (non-forced) writes producing it.
+        self.forced = [is_forced(op) for op in ops]
+        self.want = [wants(op) for op in ops]
+        self.produce = [makes(op) for op in ops]
+        # Unplaced forced ops needing each state; unplaced (non-forced) writes producing it;
+        # the states needed but no longer producible (the configuration is dead unless that
+        # is the current state, and only it).
         self.need = Counter(w for w, f in zip(self.want, self.forced, strict=True) if f)
         self.supply = Counter(p for p, f in zip(self.produce, self.forced, strict=True) if not f)
+        self.hopeless = {u for u, n in self.need.items() if n and not self.supply[u]}
+        self.optional = [op.outcome is not Outcome.OK for op in ops]
+        self.deletes_seeing_a_value = sum(op.existed is True for op in ops)  # unplaced
         self.state: str | None = None
         self.placed = 0  # bitset of placed op indices
         self.placed_required = 0  # <= required
@@ -247,23 +144,30 @@ class _Search:
             calls.append(self.op_of[node])
             node = self.nxt[node]
         for i in calls:
-            if self.forced[i] and _legal(self.ops[i], self.state)[0]:
+            if self.forced[i] and step(self.ops[i], self.state)[0]:
                 return [i]
         if not node:  # the list's end: only optional ops remain
-            return calls
+            return []
         urgent = self.op_of[node]
-        return [urgent, *(i for i in calls if i != urgent)]
+        return [urgent, *(i for i in calls if i != urgent and self._useful(i))]
+
+    def _useful(self, i: int) -> bool:
+        """Whether op i may need placing: it is required, or some unplaced op could observe it."""
+        u = self.produce[i]
+        return (
+            not self.optional[i]
+            or self.need[u] > 0
+            or (u is not None and self.deletes_seeing_a_value > 0)
+        )
 
     def place(self, i: int, cands: list[int], pos: int) -> bool:
-        legal, after = _legal(self.ops[i], self.state)
+        legal, after = step(self.ops[i], self.state)
         if not legal or (self.placed | 1 << i, after) in self.memo:
             return False
-        if after != self.state and self.need[self.state] and not self.supply[self.state]:
-            return False  # starvation: see the module docstring
-        if self.forced[i]:
-            self.need[after] -= 1
-        else:
-            self.supply[after] -= 1
+        self._count(i, -1)
+        if len(self.hopeless) > (after in self.hopeless):  # starvation: see the module docstring
+            self._count(i, +1)
+            return False
         self.placed |= 1 << i
         self.memo.add((self.placed, after))
         self.stack.append((i, self.state, cands, pos))
@@ -277,16 +181,31 @@ class _Search:
     def unplace(self) -> tuple[int, list[int], int]:
         """Undo the last placement; returns it with the candidate list it was taken from."""
         i, self.state, cands, pos = self.stack.pop()
-        if self.forced[i]:
-            self.need[self.want[i]] += 1
-        else:
-            self.supply[self.produce[i]] += 1
+        self._count(i, +1)
         self.placed &= ~(1 << i)
         self.placed_required -= self.ret[i] != 0
         if self.ret[i]:  # relink in the reverse order of unlinking
             self._relink(self.ret[i])
         self._relink(self.call[i])
         return i, cands, pos
+
+    def _count(self, i: int, delta: int) -> None:
+        """Op i leaves (-1) or rejoins (+1) the unplaced ops: update need, supply, hopeless."""
+        self.deletes_seeing_a_value += delta * (self.ops[i].existed is True)
+        if self.forced[i]:
+            u = self.want[i]
+            self.need[u] += delta
+            if not self.need[u]:
+                self.hopeless.discard(u)
+            elif not self.supply[u]:
+                self.hopeless.add(u)
+        else:
+            u = self.produce[i]
+            self.supply[u] += delta
+            if not self.supply[u] and self.need[u]:
+                self.hopeless.add(u)
+            else:
+                self.hopeless.discard(u)
 
     def _unlink(self, x: int) -> None:
         self.nxt[self.prv[x]] = self.nxt[x]
@@ -299,23 +218,21 @@ class _Search:
     def witness(self) -> Witness:
         node, concurrent = self.nxt[0], []
         while self.is_call[node]:
-            concurrent.append(self.ops[self.op_of[node]])
+            concurrent.append((self.op_of[node], self.ops[self.op_of[node]]))
             node = self.nxt[node]
         stuck = self.ops[self.op_of[node]]  # a dead end always has a pending return
-        stranded: list[Op] = []
-        if self.need[self.state] and not self.supply[self.state]:
-            stranded = [
-                op
-                for i, op in enumerate(self.ops)
-                if self.forced[i] and not self.placed >> i & 1 and self.want[i] == self.state
-            ]
+        stranded = [
+            op
+            for i, op in enumerate(self.ops)
+            if self.forced[i] and not self.placed >> i & 1 and self.want[i] in self.hopeless
+        ]
         return Witness(
             key=self.key,
+            stuck=stuck,
             state=self.state,
             placed=len(self.stack),
             required=self.required,
             prefix=tuple(self.ops[i] for i, *_ in self.stack[-_PREFIX_SHOWN:]),
-            stuck=stuck,
-            concurrent=tuple(op for op in concurrent if op is not stuck),
+            concurrent=tuple(op for i, op in concurrent if op is not stuck and self._useful(i)),
             stranded=tuple(stranded),
         )

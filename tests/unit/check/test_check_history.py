@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from raftkv.check.history import History, Op, OpKind, Outcome, dumps_jsonl, loads_jsonl
@@ -77,7 +78,18 @@ def test_jsonl_round_trip() -> None:
 
 
 def test_jsonl_rejects_malformed_lines() -> None:
-    import msgspec
-
     with pytest.raises(msgspec.ValidationError):
         loads_jsonl(b'{"id": 1, "client": "c", "kind": "jump", "key": "k", "invoke": 0}\n')
+
+
+def test_checker_rejects_malformed_ops() -> None:
+    ok_get = Op(
+        id=0, client="c", kind=OpKind.GET, key="k", invoke=5, complete=4, outcome=Outcome.OK
+    )
+    with pytest.raises(ValueError, match="does not complete after its invoke"):
+        check_history([ok_get])
+    with pytest.raises(ValueError, match="does not complete after its invoke"):
+        check_history([msgspec.structs.replace(ok_get, complete=None)])
+    lost_delete = Op(id=1, client="c", kind=OpKind.DELETE, key="k", invoke=0, existed=False)
+    with pytest.raises(ValueError, match="only a completed delete reports existed"):
+        check_history([lost_delete])
