@@ -78,6 +78,8 @@ class RaftDriver:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self._snapshotting = False
+        self._persisting = False  # a Ready's persist step is in the writer thread
+        self._pump_scheduled = False
         self._pending_hard_state: HardState | None = None  # commit-only change, saved lazily
         self._bootstrap_until = 0.0  # fresh cluster: the bootstrap node campaigns until then
         self._hold_elections_until = 0.0  # fresh cluster: other nodes wait for it until then
@@ -188,6 +190,22 @@ class RaftDriver:
             log.warning("dropped a peer message", peer=msg.from_, error=repr(exc))
             return
         self._wake.set()
+        self._schedule_pump()
+
+    def _schedule_pump(self) -> None:
+        """While a Ready is being persisted, still send what needs no fsync once this turn ends
+        (heartbeats must not wait behind a slow disk, or followers start elections)."""
+        if self._persisting and not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        if self._persisting and not self._stopping:
+            self._issue_reads()
+            msgs = self.raw.take_messages()
+            if msgs:
+                self.transport.send(msgs)
 
     def _on_unreachable(self, node: NodeId) -> None:
         self.raw.report_unreachable(node)
@@ -210,6 +228,7 @@ class RaftDriver:
                     continue  # no ticks: no election timeout while the bootstrap node starts
                 self._hold_elections_until = 0.0
             self.raw.tick()
+            self._schedule_pump()
             self._reads_need_leader.extend(self._reads.overdue(loop.time(), 4 * period))
             if self._bootstrap_until and loop.time() < self._bootstrap_until:
                 st = self.raw.status()
@@ -253,9 +272,13 @@ class RaftDriver:
                             hs = self._pending_hard_state
                         self._pending_hard_state = None
                         meta = snap.meta if snap is not None else None
-                        await loop.run_in_executor(
-                            self._writer, self.durable.save, hs, entries, meta
-                        )
+                        self._persisting = True
+                        try:
+                            await loop.run_in_executor(
+                                self._writer, self.durable.save, hs, entries, meta
+                            )
+                        finally:
+                            self._persisting = False
                     if snap is not None:
                         self.storage.apply_snapshot(snap)
                     self.storage.append(entries)
@@ -401,6 +424,7 @@ class RaftDriver:
                 continue
             fut = self._proposals.add(term, index)
             self._wake.set()
+            self._schedule_pump()
             remaining = self.opts.request_timeout_s - (loop.time() - start)
             try:
                 return await asyncio.wait_for(fut, max(0.001, remaining))
@@ -417,6 +441,7 @@ class RaftDriver:
             await self._wait_leader(loop.time() + self.opts.leader_wait_s)
         fut, _, _ = self._reads.join()
         self._wake.set()
+        self._schedule_pump()
         try:
             await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
         except TimeoutError:
