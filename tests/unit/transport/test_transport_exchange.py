@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,10 @@ def test_three_nodes_exchange_messages_in_order(run: Run) -> None:
             assert got == {"Heartbeat", "AppendEntries"}
             # each node sees the others' outbound connections, one per peer
             assert sorted(n["a"].transport.inbound_peers()) == ["b", "c"]
+            writer = n["a"].transport._peers[NodeId("b")].writer
+            assert writer is not None
+            sock = writer.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
     run(scenario())
 
@@ -149,6 +154,21 @@ def test_update_peer_to_new_port(run: Run) -> None:
                 assert old_b.inbox.empty()
             finally:
                 await new_b.stop()
+
+    run(scenario())
+
+
+def test_peer_addressed_by_host_name(run: Run) -> None:
+    async def scenario() -> None:
+        b = await Node("b").start()
+        a = await Node("a", peers={b.id: ("localhost", b.addr[1])}).start()
+        try:
+            await a.connected_to(b)
+            a.transport.send([hb("a", "b", 1)])
+            assert await b.next() == hb("a", "b", 1)
+        finally:
+            await a.stop()
+            await b.stop()
 
     run(scenario())
 
