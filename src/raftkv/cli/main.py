@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import typer
 
+from raftkv.cli import serve
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="raftkv: a Raft key-value store")
 
 
 @app.callback()
 def _root() -> None:
     """raftkv: a distributed, strongly consistent key-value store on Raft."""
+
+
+serve.register(app)
 
 
 def main() -> None:
