@@ -9,11 +9,19 @@ from typing import Any
 
 import pytest
 import structlog
-from transport_helpers import FAST, Node, cluster, eventually, free_port, hb, wire
 
 from raftkv.raft.messages import AnyMessage, AppendEntries
 from raftkv.raft.types import Entry, Index, NodeId, Term
 from raftkv.transport._common import TransportTuning
+from tests.unit.transport.transport_helpers import (
+    FAST,
+    Node,
+    cluster,
+    eventually,
+    free_port,
+    hb,
+    wire,
+)
 
 Run = Callable[..., Any]
 

@@ -1,11 +1,13 @@
-"""Round trip and throughput of PeerTransport for a 64-entry AppendEntries (a script, not a test).
+"""Round trip and throughput of PeerTransport for a 64-entry AppendEntries.
+
+Not a test (pytest does not collect it; timings are never asserted).
 
 Two processes on loopback: this one is the "leader", a child process the "follower" that answers
 every AppendEntries with an AppendEntriesResponse.
 - round trip: one append in flight, N times; reports mean, p50, p99.
 - throughput: `--window` appends in flight (a new one sent per response), for `--seconds`.
 
-    .venv/bin/python tests/unit/transport/rtt_bench.py [--loop uvloop|asyncio] [--entry-bytes 100]
+    .venv/bin/python tests/unit/transport/perf_transport.py [--loop asyncio] [--entry-bytes N]
 """
 
 from __future__ import annotations
