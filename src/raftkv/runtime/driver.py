@@ -78,8 +78,11 @@ class RaftDriver:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self._snapshotting = False
+        self._persisting = False  # a Ready's persist step is in the writer thread
+        self._pump_scheduled = False
         self._pending_hard_state: HardState | None = None  # commit-only change, saved lazily
         self._bootstrap_until = 0.0  # fresh cluster: the bootstrap node campaigns until then
+        self._hold_elections_until = 0.0  # fresh cluster: other nodes wait for it until then
         self._last_snapshot_index = Index(0)
         self.started_at = time.time()
 
@@ -115,6 +118,10 @@ class RaftDriver:
         fresh = loaded.hard_state.term == 0 and not loaded.entries and loaded.snapshot is None
         if fresh and self.opts.bootstrap_id == self.id:
             self._bootstrap_until = loop.time() + 10.0
+        elif fresh and self.opts.bootstrap_id in self.opts.peers_raft:
+            # A fresh cluster: give the bootstrap node a head start so it leads first, as the
+            # seed shows; if it is not there, we campaign normally after the grace period.
+            self._hold_elections_until = loop.time() + 2.0
         peers = {n: a for n, a in self.opts.peers_raft.items() if n != self.id}
         self.transport = PeerTransport(
             self.id,
@@ -124,6 +131,7 @@ class RaftDriver:
             self._on_message,
             source_host=self.opts.source_host,
             on_unreachable=self._on_unreachable,
+            on_snapshot_status=self._on_snapshot_status,
             snapshot_dir=d / "incoming",
         )
         await self.transport.start()
@@ -182,9 +190,29 @@ class RaftDriver:
             log.warning("dropped a peer message", peer=msg.from_, error=repr(exc))
             return
         self._wake.set()
+        self._schedule_pump()
+
+    def _schedule_pump(self) -> None:
+        """While a Ready is being persisted, still send what needs no fsync once this turn ends
+        (heartbeats must not wait behind a slow disk, or followers start elections)."""
+        if self._persisting and not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        if self._persisting and not self._stopping:
+            self._issue_reads()
+            msgs = self.raw.take_messages()
+            if msgs:
+                self.transport.send(msgs)
 
     def _on_unreachable(self, node: NodeId) -> None:
         self.raw.report_unreachable(node)
+
+    def _on_snapshot_status(self, node: NodeId, ok: bool) -> None:
+        self.raw.report_snapshot(node, ok)
+        self._wake.set()
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -195,7 +223,13 @@ class RaftDriver:
             next_at += period
             if loop.time() - next_at > 10 * period:
                 next_at = loop.time() + period  # we were paused: do not burst ticks
+            if self._hold_elections_until:
+                if loop.time() < self._hold_elections_until and self.raw.status().leader is None:
+                    continue  # no ticks: no election timeout while the bootstrap node starts
+                self._hold_elections_until = 0.0
             self.raw.tick()
+            self._schedule_pump()
+            self._reads_need_leader.extend(self._reads.overdue(loop.time(), 4 * period))
             if self._bootstrap_until and loop.time() < self._bootstrap_until:
                 st = self.raw.status()
                 if st.leader is None and st.role is not Role.CANDIDATE:
@@ -238,9 +272,13 @@ class RaftDriver:
                             hs = self._pending_hard_state
                         self._pending_hard_state = None
                         meta = snap.meta if snap is not None else None
-                        await loop.run_in_executor(
-                            self._writer, self.durable.save, hs, entries, meta
-                        )
+                        self._persisting = True
+                        try:
+                            await loop.run_in_executor(
+                                self._writer, self.durable.save, hs, entries, meta
+                            )
+                        finally:
+                            self._persisting = False
                     if snap is not None:
                         self.storage.apply_snapshot(snap)
                     self.storage.append(entries)
@@ -305,7 +343,7 @@ class RaftDriver:
         pending = list(dict.fromkeys(self._reads_need_leader))
         self._reads_need_leader = []
         if batch is not None:
-            self._reads.close_batch()
+            self._reads.close_batch(asyncio.get_running_loop().time())
             pending.append(batch.context)
         for ctx in pending:
             try:
@@ -386,6 +424,7 @@ class RaftDriver:
                 continue
             fut = self._proposals.add(term, index)
             self._wake.set()
+            self._schedule_pump()
             remaining = self.opts.request_timeout_s - (loop.time() - start)
             try:
                 return await asyncio.wait_for(fut, max(0.001, remaining))
@@ -402,6 +441,7 @@ class RaftDriver:
             await self._wait_leader(loop.time() + self.opts.leader_wait_s)
         fut, _, _ = self._reads.join()
         self._wake.set()
+        self._schedule_pump()
         try:
             await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
         except TimeoutError:

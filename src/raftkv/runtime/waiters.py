@@ -62,6 +62,7 @@ class ReadBatch:
     context: bytes
     futures: list[asyncio.Future[None]] = field(default_factory=list)
     index: Index | None = None  # set when the ReadState arrives
+    asked_at: float = 0.0  # loop time the ReadIndex was last requested
 
 
 class ReadWaiters:
@@ -86,8 +87,10 @@ class ReadWaiters:
         self.open_batch.futures.append(fut)
         return fut, self.open_batch, new
 
-    def close_batch(self) -> None:
-        """The Ready that carries this turn's ReadIndex is being built: later reads start anew."""
+    def close_batch(self, now: float) -> None:
+        """This turn's ReadIndex is being issued: later reads start a new batch."""
+        if self.open_batch is not None:
+            self.open_batch.asked_at = now
         self.open_batch = None
 
     def read_state(self, context: bytes, index: Index, applied: Index) -> None:
@@ -110,6 +113,19 @@ class ReadWaiters:
         return [
             ctx for ctx, b in self._awaiting_state.items() if any(not f.done() for f in b.futures)
         ]
+
+    def overdue(self, now: float, after: float) -> list[bytes]:
+        """Unanswered contexts last asked before `now - after`; marks them asked again now.
+
+        A ReadIndexRequest can be lost with its connection; asking again is safe because the
+        leader picks the read index when the request arrives (thesis §6.4).
+        """
+        out: list[bytes] = []
+        for ctx, b in self._awaiting_state.items():
+            if b.asked_at <= now - after and any(not f.done() for f in b.futures):
+                b.asked_at = now
+                out.append(ctx)
+        return out
 
     def drop_done(self) -> None:
         for ctx in [c for c, b in self._awaiting_state.items() if all(f.done() for f in b.futures)]:
