@@ -196,6 +196,7 @@ def needs_firewall(names: Sequence[str]) -> bool:
 class Schedule:
     quiet_s: tuple[float, float] = (1.5, 4.0)  # uniform gap before each fault
     hold_s: tuple[float, float] = (3.0, 8.0)  # uniform length of each fault
+    settle_s: float = 15.0  # at most this long waiting for every node to be ready again
 
 
 async def run_nemesis(
@@ -211,6 +212,8 @@ async def run_nemesis(
     """Inject faults drawn from `names` until `stop` is set; append each to `windows`."""
     schedule = schedule or Schedule()
     while not await _stopped(stop, rng.uniform(*schedule.quiet_s)):
+        if not await _healthy(cluster, stop, schedule.settle_s):
+            break
         leader = await cluster.leader()
         name = rng.choice(list(names))
         start = now()
@@ -220,6 +223,15 @@ async def run_nemesis(
         finally:
             applied.undo()
             windows.append(FaultWindow(name, applied.detail, applied.nodes, leader, start, now()))
+
+
+async def _healthy(cluster: Cluster, stop: asyncio.Event, limit_s: float) -> bool:
+    """Wait (up to `limit_s`) until every node is ready; False if `stop` was set meanwhile."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while not await cluster.all_ready() and asyncio.get_running_loop().time() < deadline:
+        if await _stopped(stop, 0.1):
+            return False
+    return not stop.is_set()
 
 
 async def _stopped(stop: asyncio.Event, seconds: float) -> bool:

@@ -45,7 +45,7 @@ from raftkv.chaos.nemesis import (
 )
 from raftkv.chaos.netfilter import Firewall
 from raftkv.chaos.report import ChaosReport
-from raftkv.chaos.workload import Recorder, WorkloadSpec, run_client
+from raftkv.chaos.workload import PROBE_KEY, Recorder, WorkloadSpec, run_client, run_prober
 from raftkv.check import Op, OpKind, Outcome, check_history, dumps_jsonl
 
 ADMIN_IP: Final = "127.0.0.10"
@@ -211,6 +211,11 @@ class _Run:
             )
             for i in range(self.spec.clients)
         ]  # fmt: skip
+        clients.append(
+            asyncio.create_task(
+                run_prober(self.spec, nodes, recorder, stop_clients, CLIENT_IPS[-1])
+            )
+        )
         nemesis = asyncio.create_task(
             run_nemesis(
                 self.cluster,
@@ -267,7 +272,7 @@ class _Run:
     async def _final_reads(self, recorder: Recorder) -> None:
         deadline = time.monotonic() + RECOVERY_TIMEOUT_S
         nodes = [self.cluster.specs[n] for n in self.cluster.ids]
-        for i, key in enumerate(self.spec.key_names()):
+        for i, key in enumerate([*self.spec.key_names(), PROBE_KEY]):
             attempt = 0
             while time.monotonic() < deadline:
                 node = nodes[(i + attempt) % len(nodes)]
@@ -291,7 +296,7 @@ class _Run:
             if before is not None:
                 values = {n: await self._stale_values(n) for n in ids}
                 if await self._applied() == before and all(v is not None for v in values.values()):
-                    for key in self.spec.key_names():
+                    for key in [*self.spec.key_names(), PROBE_KEY]:
                         seen = {n: vals[key] for n, vals in values.items() if vals is not None}
                         if len(set(seen.values())) > 1:
                             self.divergence.append(
@@ -318,7 +323,7 @@ class _Run:
 
     async def _stale_values(self, node_id: str) -> dict[str, str | None] | None:
         values: dict[str, str | None] = {}
-        for key in self.spec.key_names():
+        for key in [*self.spec.key_names(), PROBE_KEY]:
             try:
                 reply = await self.cluster.admin(node_id, "GET", f"/kv/{key}?consistency=stale")
             except (httpclient.NotSent, httpclient.MaybeSent):

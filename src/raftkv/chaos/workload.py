@@ -13,6 +13,9 @@ Rules:
           after connecting (reset, closed, client timeout): it may have taken effect.
   Any other reply (a 500, a 400, a malformed body) is *unexpected*: a write counts as UNKNOWN,
   a get as FAIL, and the reply is kept for the report as an anomaly.
+- A prober (`run_prober`) puts to one extra key on every node at a fixed rate, so that the
+  failover time does not depend on what the clients happen to be stuck on; its ops are part of
+  the history like any other.
 - The per-op `Event` list (end time, outcome, reason) feeds the availability timeline; the
   history alone cannot, since an UNKNOWN op has no completion time.
 """
@@ -20,6 +23,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -35,6 +39,7 @@ from raftkv.check import History, OpKind, Outcome
 
 DEFINITE_REFUSALS: Final = frozenset({"no_leader", "not_leader", "leader_unreachable"})
 MAYBE_APPLIED: Final = frozenset({"timeout", "outcome_unknown", "node_stopping"})
+FAILURE_BACKOFF_S: Final = 0.05
 _METHODS: Final = {OpKind.PUT: "PUT", OpKind.GET: "GET", OpKind.DELETE: "DELETE"}
 
 
@@ -195,8 +200,54 @@ async def run_client(
         if kind is OpKind.PUT:
             seq += 1
             value = f"{client}.{seq}"
-        await recorder.perform(client, kind, key, node, spec, value=value, source_ip=source_ip)
-        if spec.think_s > 0:
-            await asyncio.sleep(rng.uniform(0, spec.think_s))
-        else:
-            await asyncio.sleep(0)  # let the nemesis and the other clients run
+        result = await recorder.perform(
+            client, kind, key, node, spec, value=value, source_ip=source_ip
+        )
+        pause = spec.think_s
+        if result.outcome is not Outcome.OK:
+            pause = max(pause, FAILURE_BACKOFF_S)  # a dead node refuses at once: don't spin on it
+        await asyncio.sleep(rng.uniform(0, pause))  # 0 too: let the nemesis and the others run
+
+
+PROBE_KEY: Final = "probe"
+PROBE_CLIENT: Final = "probe"
+
+
+async def run_prober(
+    spec: WorkloadSpec,
+    nodes: Sequence[NodeSpec],
+    recorder: Recorder,
+    stop: asyncio.Event,
+    source_ip: str | None,
+    interval_s: float = 0.05,
+    max_in_flight: int = 4,
+) -> None:
+    """Every `interval_s`, a put of a fresh value to `PROBE_KEY` on every node (at most
+    `max_in_flight` waiting per node), whatever the other clients are stuck on: the failover
+    time is then measured to within `interval_s`, not to within a client's timeout."""
+    in_flight = dict.fromkeys((n.node_id for n in nodes), 0)
+    tasks: set[asyncio.Task[Classified]] = set()
+    seq = 0
+
+    async def probe(node: NodeSpec, value: str) -> Classified:
+        in_flight[node.node_id] += 1
+        try:
+            return await recorder.perform(
+                PROBE_CLIENT, OpKind.PUT, PROBE_KEY, node, spec, value=value, source_ip=source_ip
+            )
+        finally:
+            in_flight[node.node_id] -= 1
+
+    try:
+        while not stop.is_set():
+            for node in nodes:
+                if in_flight[node.node_id] < max_in_flight:
+                    seq += 1
+                    task = asyncio.create_task(probe(node, f"{PROBE_CLIENT}.{seq}"))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await stop.wait()
+    finally:
+        await asyncio.gather(*tasks, return_exceptions=True)
