@@ -37,7 +37,8 @@ def raftkv_members(address: str) -> dict[str, str]:
     """Node id -> HTTP host:port, from `address`'s /cluster/status."""
     status, body = http_json("GET", base_url(address) + "/cluster/status", timeout=2.0)
     if status != 200 or not isinstance(body, dict):
-        raise LoadError(f"cannot read /cluster/status from {address} (HTTP {status})")
+        why = "no answer" if status == 0 else f"HTTP {status}"
+        raise LoadError(f"cannot read /cluster/status from {address} ({why})")
     nodes = body.get("nodes", {})
     return {str(n): str(e.get("http_address") or address) for n, e in sorted(nodes.items())}
 
