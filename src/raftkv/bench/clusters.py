@@ -216,6 +216,17 @@ class LocalCluster:
             seen.add(body.get("leader_id") if status == 200 and isinstance(body, dict) else None)
         return seen.pop() if len(seen) == 1 else None
 
+    def describe(self) -> dict[str, object]:
+        """Each member's own /cluster/local (or why not), for problem reports."""
+        out: dict[str, object] = {}
+        for name in self.names:
+            if not self.alive(name):
+                out[name] = "not running"
+                continue
+            status, body = http_json("GET", f"{self.client_url(name)}/cluster/local", timeout=0.5)
+            out[name] = body if status == 200 else f"no answer (HTTP {status})"
+        return out
+
     def leader_term(self) -> tuple[str | None, int]:
         """(leader, term) as the first live member answering sees it."""
         for name in self.names:
@@ -303,6 +314,13 @@ class EtcdCluster:
         url = f"{self.client_url(name)}/v3/maintenance/status"
         status, body = http_json("POST", url, b"{}", timeout=0.5)
         return body if status == 200 and isinstance(body, dict) else None
+
+    def describe(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for name in self.names:
+            body = self._status(name) if self.alive(name) else None
+            out[name] = body if body is not None else "not running or no answer"
+        return out
 
     def leader_term(self) -> tuple[str | None, int]:
         for name in self.names:

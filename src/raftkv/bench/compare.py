@@ -33,7 +33,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from raftkv.bench.clusters import EtcdCluster, LocalCluster, b64, cpu_seconds, http_json
+from raftkv.bench.clusters import (
+    ClusterError,
+    EtcdCluster,
+    LocalCluster,
+    b64,
+    cpu_seconds,
+    http_json,
+)
 from raftkv.bench.runner import LeaderWatch, fill_keyspace, leader_changes
 from raftkv.bench.spec import LoadSpec, Mode, System
 from raftkv.bench.stats import median, ratio
@@ -237,14 +244,29 @@ def stability_run(cluster: Cluster, system: System, opts: CompareOptions) -> dic
 
 
 def run_compare(opts: CompareOptions, log: Log = print) -> dict[str, Any]:
+    """Loads, then the stability run, then failovers (last: they may break a cluster).
+
+    A phase that fails is recorded in `report["problems"]` with the members' own view, and the
+    comparison goes on with what it has: a partial table beats losing every figure."""
     if shutil.which("wrk") is None or shutil.which("etcd") is None:
         raise LoadError("needs wrk and etcd: apt-get install -y wrk etcd-server etcd-client")
     shutil.rmtree(opts.workdir, ignore_errors=True)
     clusters: dict[str, Cluster] = {
-        "raftkv": LocalCluster(opts.workdir / "raftkv"),
+        "raftkv": LocalCluster(opts.workdir / "raftkv", log_level="info"),
         "etcd": EtcdCluster(opts.workdir / "etcd"),
     }
-    report: dict[str, Any] = {"machine": machine_info(), "options": _opts_json(opts)}
+    report: dict[str, Any] = {
+        "machine": machine_info(),
+        "options": _opts_json(opts),
+        "problems": [],
+    }
+    broken: set[str] = set()
+
+    def problem(system: str, phase: str, exc: Exception) -> None:
+        words = f"{system} {phase}: {exc}; members: {clusters[system].describe()}"
+        report["problems"].append(words)
+        log(f"PROBLEM {words}")
+
     try:
         for system in SYSTEMS:
             cluster = clusters[system]
@@ -255,33 +277,54 @@ def run_compare(opts: CompareOptions, log: Log = print) -> dict[str, Any]:
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {
             t.name: {s: [] for s in SYSTEMS} for t in TESTS
         }
+        report["runs"] = runs
         for rnd in range(opts.rounds):
             order = SYSTEMS if rnd % 2 == 0 else SYSTEMS[::-1]
             for test in TESTS:
                 for system in order:
-                    r = load_run(clusters[system], system, test, opts, opts.duration_s)
+                    if system in broken:
+                        continue
+                    try:
+                        r = load_run(clusters[system], system, test, opts, opts.duration_s)
+                    except (LoadError, ClusterError) as exc:
+                        problem(system, f"round {rnd + 1} {test.label}", exc)
+                        broken.add(system)
+                        continue
                     runs[test.name][system].append(r)
                     log(
                         f"round {rnd + 1} {test.label:<22} {system:<6} "
                         f"{r['throughput']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
                         f"p99 {r['p99']:7.2f} ms  errors {sum(r['errors'].values())}"
                     )
-        report["runs"] = runs
-        failover: dict[str, list[float]] = {s: [] for s in SYSTEMS}
-        for i in range(opts.failovers):
-            for system in SYSTEMS if i % 2 == 0 else SYSTEMS[::-1]:
-                secs = failover_once(clusters[system], i)
-                failover[system].append(secs)
-                log(f"failover {i + 1} {system:<6} {secs:.3f} s")
-        report["failover_s"] = failover
         stability: dict[str, Any] = {}
         for system in SYSTEMS:
-            stability[system] = stability_run(clusters[system], system, opts)
+            if system in broken:
+                continue
+            try:
+                stability[system] = stability_run(clusters[system], system, opts)
+            except (LoadError, ClusterError) as exc:
+                problem(system, "stability run", exc)
+                broken.add(system)
+                continue
             log(
                 f"stability {system:<6} {opts.stability_s:.0f} s saturating PUT: "
                 f"{stability[system]['leader_changes']} leader changes"
             )
         report["stability"] = stability
+        failover: dict[str, list[float]] = {s: [] for s in SYSTEMS}
+        report["failover_s"] = failover
+        for i in range(opts.failovers):
+            for system in SYSTEMS if i % 2 == 0 else SYSTEMS[::-1]:
+                if system in broken:
+                    continue
+                try:
+                    secs = failover_once(clusters[system], i)
+                except (LoadError, ClusterError) as exc:
+                    problem(system, f"failover {i + 1}", exc)
+                    broken.add(system)
+                    continue
+                failover[system].append(secs)
+                log(f"failover {i + 1} {system:<6} {secs:.3f} s")
     finally:
         for cluster in clusters.values():
             cluster.stop()
@@ -324,7 +367,7 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
             continue
 
         def med(system: str, field: str, per: dict[str, Any] = per) -> float:
-            return median([r[field] for r in per[system]])
+            return median([r[field] for r in per.get(system, [])])
 
         add(f"{test.label} throughput", med("raftkv", "throughput"), med("etcd", "throughput"),
             True, "req/s")  # fmt: skip
@@ -334,13 +377,14 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"{test.label} CPU per 1000 requests", med("raftkv", "cpu_per_1k"),
                 med("etcd", "cpu_per_1k"), False, "CPU s")  # fmt: skip
     fo = report.get("failover_s")
-    if fo:
+    if fo and any(fo.values()):
         add("failover (kill -9 leader → next PUT ok), median", median(fo["raftkv"]),
             median(fo["etcd"]), False, "s")  # fmt: skip
     st = report.get("stability")
     if st:
-        add("leader changes during saturating PUT run", st["raftkv"]["leader_changes"],
-            st["etcd"]["leader_changes"], False, "count")  # fmt: skip
+        nan = {"leader_changes": float("nan")}
+        add("leader changes during saturating PUT run", st.get("raftkv", nan)["leader_changes"],
+            st.get("etcd", nan)["leader_changes"], False, "count")  # fmt: skip
     return rows
 
 
@@ -391,7 +435,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _notes(report: dict[str, Any]) -> list[str]:
-    notes: list[str] = []
+    notes: list[str] = [f"- PROBLEM: {p}" for p in report.get("problems", [])]
     wrk_max = 0.0
     for per in report.get("runs", {}).values():
         for system, results in per.items():
@@ -402,8 +446,7 @@ def _notes(report: dict[str, Any]) -> list[str]:
                     notes.append(f"- {system}: {n_err} errors in one run: {r['errors']}")
     if wrk_max:
         notes.append(f"- wrk used at most {wrk_max:.0f}% of one core in any run.")
-    fo = report.get("failover_s", {})
-    for system, values in fo.items():
+    for system, values in report.get("failover_s", {}).items():
         shown = ", ".join(f"{v:.3f}" for v in values)
         notes.append(f"- failover times {system} (s): {shown}")
     return notes

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from raftkv.bench.clusters import ClusterError
 from raftkv.bench.compare import CompareOptions, markdown, run_compare
 from raftkv.bench.inspector import DEFAULT_ADDRESS
 from raftkv.bench.runner import (
@@ -214,7 +215,7 @@ def register(app: typer.Typer) -> None:
             report = run_compare(
                 opts, log=lambda msg: err.print(msg, highlight=False, soft_wrap=True)
             )
-        except LoadError as exc:
+        except (LoadError, ClusterError) as exc:
             err.print(f"raftkv bench compare-etcd: {exc}")
             raise typer.Exit(2) from None
         table = markdown(report)
