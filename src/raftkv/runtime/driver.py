@@ -77,7 +77,10 @@ class RaftDriver:
         self._reads_need_leader: list[bytes] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
+        self.draining = False  # graceful stop under way: refuse new requests
         self._snapshotting = False
+        self._persisting = False  # a Ready's persist step is in the writer thread
+        self._pump_scheduled = False
         self._pending_hard_state: HardState | None = None  # commit-only change, saved lazily
         self._bootstrap_until = 0.0  # fresh cluster: the bootstrap node campaigns until then
         self._hold_elections_until = 0.0  # fresh cluster: other nodes wait for it until then
@@ -170,6 +173,44 @@ class RaftDriver:
         self.sm.close()
         log.info("node stopped", node=self.id)
 
+    async def hand_off(self, timeout_s: float) -> bool:
+        """Graceful-stop step 1 (thesis §3.10): if we lead, transfer leadership to the most
+        up-to-date voter and wait (bounded) until it leads. New requests are refused from now
+        on. Returns True if we are not the leader any more."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            st = self.raw.status()
+            if st.role is not Role.LEADER:
+                return True
+            followers = [
+                (pr.match, node)
+                for node, pr in st.progress.items()
+                if node != self.id and node in st.conf.voters
+            ]
+            if not followers:
+                return False  # a one-node cluster has nobody to hand over to
+            if st.lead_transferee is None:
+                target = max(followers)[1]
+                log.info("transferring leadership before stopping", node=self.id, to=target)
+                self.raw.transfer_leader(target)
+                self._wake.set()
+                self._schedule_pump()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(self._soft_change()), max(0.0, deadline - loop.time())
+                )
+        return self.raw.status().role is not Role.LEADER
+
+    async def drain(self, timeout_s: float) -> None:
+        """Graceful-stop step 2: let in-flight proposals finish (bounded); the rest fail with
+        NodeStopping when `stop()` runs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while len(self._proposals) and loop.time() < deadline:
+            await asyncio.sleep(self.opts.tick_ms / 1000.0)
+
     def _die(self, exc: BaseException) -> None:
         log.critical("node stopping on a broken invariant", node=self.id, error=repr(exc))
         if self.fatal is not None and not self.fatal.done():
@@ -188,6 +229,22 @@ class RaftDriver:
             log.warning("dropped a peer message", peer=msg.from_, error=repr(exc))
             return
         self._wake.set()
+        self._schedule_pump()
+
+    def _schedule_pump(self) -> None:
+        """While a Ready is being persisted, still send what needs no fsync once this turn ends
+        (heartbeats must not wait behind a slow disk, or followers start elections)."""
+        if self._persisting and not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        if self._persisting and not self._stopping:
+            self._issue_reads()
+            msgs = self.raw.take_messages()
+            if msgs:
+                self.transport.send(msgs)
 
     def _on_unreachable(self, node: NodeId) -> None:
         self.raw.report_unreachable(node)
@@ -210,6 +267,7 @@ class RaftDriver:
                     continue  # no ticks: no election timeout while the bootstrap node starts
                 self._hold_elections_until = 0.0
             self.raw.tick()
+            self._schedule_pump()
             self._reads_need_leader.extend(self._reads.overdue(loop.time(), 4 * period))
             if self._bootstrap_until and loop.time() < self._bootstrap_until:
                 st = self.raw.status()
@@ -253,9 +311,13 @@ class RaftDriver:
                             hs = self._pending_hard_state
                         self._pending_hard_state = None
                         meta = snap.meta if snap is not None else None
-                        await loop.run_in_executor(
-                            self._writer, self.durable.save, hs, entries, meta
-                        )
+                        self._persisting = True
+                        try:
+                            await loop.run_in_executor(
+                                self._writer, self.durable.save, hs, entries, meta
+                            )
+                        finally:
+                            self._persisting = False
                     if snap is not None:
                         self.storage.apply_snapshot(snap)
                     self.storage.append(entries)
@@ -379,7 +441,7 @@ class RaftDriver:
         start = loop.time()
         leader_deadline = start + self.opts.leader_wait_s
         while True:
-            if self._stopping:
+            if self._stopping or self.draining:
                 raise NodeStopping("node is shutting down")
             try:
                 term, index = self.raw.propose(data)
@@ -401,6 +463,7 @@ class RaftDriver:
                 continue
             fut = self._proposals.add(term, index)
             self._wake.set()
+            self._schedule_pump()
             remaining = self.opts.request_timeout_s - (loop.time() - start)
             try:
                 return await asyncio.wait_for(fut, max(0.001, remaining))
@@ -411,12 +474,15 @@ class RaftDriver:
 
     async def read_barrier(self) -> None:
         """Return once local state reflects every write acknowledged before the call (§6.4)."""
+        if self._stopping or self.draining:
+            raise NodeStopping("node is shutting down")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.opts.request_timeout_s
         if self.raw.status().leader is None:
             await self._wait_leader(loop.time() + self.opts.leader_wait_s)
         fut, _, _ = self._reads.join()
         self._wake.set()
+        self._schedule_pump()
         try:
             await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
         except TimeoutError:

@@ -43,7 +43,7 @@ class OutboundPeer:
         max_frame_bytes: int,
         tuning: TransportTuning,
         rng: random.Random,
-        report_unreachable: Callable[[NodeId], object],
+        report_unreachable: Callable[[NodeId], bool],
         logger: FilteringBoundLogger,
     ) -> None:
         self.peer_id = peer_id
@@ -61,6 +61,7 @@ class OutboundPeer:
         self._wake = asyncio.Event()  # cuts a backoff sleep short (address changed)
         self._redial_now = True  # the next attempt skips the backoff sleep (so does the first)
         self._was_connected = False  # for one "lost" log line per outage, not per attempt
+        self._closed = False  # set by close(); the loop also checks it, in case a cancel is lost
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -70,6 +71,8 @@ class OutboundPeer:
         )
 
     async def close(self) -> None:
+        self._closed = True
+        self._wake.set()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -103,8 +106,8 @@ class OutboundPeer:
             return False
         buffered = writer.transport.get_write_buffer_size()
         if buffered > self._tuning.max_buffered_bytes:
-            self._log.warning("peer_write_buffer_full", buffered=buffered, dropped=len(msgs))
-            self._report_unreachable(self.peer_id)
+            if self._report_unreachable(self.peer_id):  # rate-limited, so is the log line
+                self._log.warning("peer_write_buffer_full", buffered=buffered, dropped=len(msgs))
             return False
         buf = bytearray()
         for msg in (*msgs, *extra) if extra else msgs:
@@ -126,9 +129,11 @@ class OutboundPeer:
 
     async def _run(self) -> None:
         delay = self._tuning.backoff_initial
-        while True:
+        while not self._closed:
             if not self._redial_now:
                 await self._sleep(delay * self._rng.uniform(0.5, 1.5))
+                if self._closed:
+                    return
             self._redial_now = False
             self._wake.clear()
             addr = self.addr
@@ -137,6 +142,9 @@ class OutboundPeer:
                 delay = min(delay * 2, self._tuning.backoff_max)
                 continue
             reader, writer = connection
+            if self._closed:
+                writer.transport.abort()
+                return
             loop = asyncio.get_running_loop()
             since = loop.time()
             try:
@@ -154,8 +162,11 @@ class OutboundPeer:
                 delay = min(delay * 2, self._tuning.backoff_max)
 
     async def _sleep(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that lands
+        # as its inner await completes, and close() would then wait forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def _connect(
         self, addr: tuple[str, int]
@@ -163,10 +174,8 @@ class OutboundPeer:
         host, port = addr
         local_addr = (self._source_host, 0) if self._source_host is not None else None
         try:
-            return await asyncio.wait_for(
-                asyncio.open_connection(host, port, local_addr=local_addr),
-                self._tuning.connect_timeout,
-            )
+            async with asyncio.timeout(self._tuning.connect_timeout):
+                return await asyncio.open_connection(host, port, local_addr=local_addr)
         except (OSError, TimeoutError) as exc:
             if self._was_connected:
                 self._was_connected = False

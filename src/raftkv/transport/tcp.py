@@ -146,6 +146,9 @@ class PeerTransport:
             task.cancel()
         for writer in self._inbound_tasks.values():
             writer.transport.abort()
+        # A connection accepted just now has a handler task that has not run yet; one loop turn
+        # lets it start, see that we are stopped and close its socket.
+        await asyncio.sleep(0)
         peers = list(self._peers.values())
         self._peers.clear()
         self._dirty.clear()
@@ -219,34 +222,40 @@ class PeerTransport:
     def send(self, msgs: Iterable[AnyMessage]) -> None:
         """Queue messages for their peers; they leave in one write per peer at the end of this
         loop turn. Never blocks; drops (and reports) what cannot be sent."""
-        for msg in msgs:
-            to = msg.to
-            if to == self._node_id:
-                raise ValueError(f"{type(msg).__name__} addressed to this node ({to})")
-            if not self._running:
-                continue
-            peer = self._peers.get(to)
-            if peer is None:
-                if self._report_unreachable(to):
-                    self._log.warning("send_to_unknown_peer", peer=to)
-                continue
-            is_file_snapshot = isinstance(msg, InstallSnapshot) and self._snapshot_dir is not None
-            if not peer.connected:
-                self._report_unreachable(to)
-                if is_file_snapshot:
-                    self._call_soon(self._on_snapshot_status, to, False)
-                continue
-            if isinstance(msg, InstallSnapshot) and is_file_snapshot:
-                self._start_snapshot(peer, msg)
-                continue
-            if len(peer.pending) >= self._tuning.max_pending_messages:
-                if self._report_unreachable(to):
-                    self._log.warning("send_queue_full", peer=to)
-                continue
-            peer.pending.append(msg)
-            self._dirty[to] = peer
-        if self._dirty and self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        try:
+            for msg in msgs:
+                self._enqueue(msg)
+        finally:
+            # Even if a bad message raised, what was queued before it still goes out.
+            if self._dirty and self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _enqueue(self, msg: AnyMessage) -> None:
+        to = msg.to
+        if to == self._node_id:
+            raise ValueError(f"{type(msg).__name__} addressed to this node ({to})")
+        if not self._running:
+            return
+        peer = self._peers.get(to)
+        if peer is None:
+            if self._report_unreachable(to):
+                self._log.warning("send_to_unknown_peer", peer=to)
+            return
+        is_file_snapshot = isinstance(msg, InstallSnapshot) and self._snapshot_dir is not None
+        if not peer.connected:
+            self._report_unreachable(to)
+            if is_file_snapshot:
+                self._call_soon(self._on_snapshot_status, to, False)
+            return
+        if isinstance(msg, InstallSnapshot) and is_file_snapshot:
+            self._start_snapshot(peer, msg)
+            return
+        if len(peer.pending) >= self._tuning.max_pending_messages:
+            if self._report_unreachable(to):
+                self._log.warning("send_queue_full", peer=to)
+            return
+        peer.pending.append(msg)
+        self._dirty[to] = peer
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -318,7 +327,8 @@ class PeerTransport:
         receiver: SnapshotReceiver | None = None
         try:
             set_nodelay(writer)
-            hello = await asyncio.wait_for(self._read_hello(reader), self._tuning.hello_timeout)
+            async with asyncio.timeout(self._tuning.hello_timeout):
+                hello = await self._read_hello(reader)
             peer_id = hello.node_id
             log = log.bind(peer=peer_id)
             old = self._inbound.get(peer_id)
@@ -336,8 +346,11 @@ class PeerTransport:
             log.warning("inbound_dropped_bad_frame", error=str(exc))
         except ProtocolViolation as exc:
             log.warning("inbound_dropped_protocol_violation", error=str(exc))
-        except TimeoutError:
-            log.warning("inbound_dropped_no_hello", timeout=self._tuning.hello_timeout)
+        except TimeoutError as exc:  # before the OSError clause: TimeoutError is an OSError
+            if peer_id is None:
+                log.warning("inbound_dropped_no_hello", timeout=self._tuning.hello_timeout)
+            else:
+                log.info("inbound_lost", error=str(exc) or "timeout")
         except (OSError, asyncio.IncompleteReadError) as exc:  # OSError includes ConnectionError
             log.info("inbound_lost", error=str(exc) or type(exc).__name__)
         except Exception:  # never let a peer's bytes crash the loop's exception handler

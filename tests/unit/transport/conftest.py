@@ -1,7 +1,6 @@
 """Fixtures of the transport tests: `run` executes a coroutine on the default loop AND uvloop.
 
-Helpers shared by the test modules live in `transport_helpers.py` (importable because pytest puts
-this directory on sys.path; conftest itself should not be imported).
+Helpers shared by the test modules live in `transport_helpers.py` (conftest is not imported).
 """
 
 from __future__ import annotations

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import structlog
-from transport_helpers import FAST, Node, cluster, eventually, free_port, hb, wire
 
 from raftkv.raft.messages import AnyMessage, AppendEntries
 from raftkv.raft.types import Entry, Index, NodeId, Term
 from raftkv.transport._common import TransportTuning
+from tests.unit.transport.transport_helpers import (
+    FAST,
+    Node,
+    cluster,
+    eventually,
+    free_port,
+    hb,
+    wire,
+)
 
 Run = Callable[..., Any]
 
@@ -34,6 +43,10 @@ def test_three_nodes_exchange_messages_in_order(run: Run) -> None:
             assert got == {"Heartbeat", "AppendEntries"}
             # each node sees the others' outbound connections, one per peer
             assert sorted(n["a"].transport.inbound_peers()) == ["b", "c"]
+            writer = n["a"].transport._peers[NodeId("b")].writer
+            assert writer is not None
+            sock = writer.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
     run(scenario())
 
@@ -149,6 +162,21 @@ def test_update_peer_to_new_port(run: Run) -> None:
                 assert old_b.inbox.empty()
             finally:
                 await new_b.stop()
+
+    run(scenario())
+
+
+def test_peer_addressed_by_host_name(run: Run) -> None:
+    async def scenario() -> None:
+        b = await Node("b").start()
+        a = await Node("a", peers={b.id: ("localhost", b.addr[1])}).start()
+        try:
+            await a.connected_to(b)
+            a.transport.send([hb("a", "b", 1)])
+            assert await b.next() == hb("a", "b", 1)
+        finally:
+            await a.stop()
+            await b.stop()
 
     run(scenario())
 

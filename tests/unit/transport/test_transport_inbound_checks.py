@@ -10,7 +10,6 @@ from typing import Any
 import msgspec
 import pytest
 import structlog
-from transport_helpers import cluster, hb
 
 from raftkv.codec.wire import (
     PROTOCOL_VERSION,
@@ -22,6 +21,7 @@ from raftkv.codec.wire import (
 )
 from raftkv.raft.types import Index, NodeId, Term
 from raftkv.transport._common import TransportTuning
+from tests.unit.transport.transport_helpers import cluster, hb
 
 Run = Callable[..., Any]
 

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from transport_helpers import Node, eventually, hb, wire
 
 from raftkv.codec.wire import PROTOCOL_VERSION, Hello, SnapshotChunk, encode_frames
 from raftkv.raft.messages import AnyMessage, InstallSnapshot
 from raftkv.raft.types import ConfState, Index, NodeId, Snapshot, SnapshotMeta, Term
+from tests.unit.transport.transport_helpers import Node, eventually, hb, wire
 
 Run = Callable[..., Any]
 

@@ -85,7 +85,8 @@ class Node:
         await self.transport.stop()
 
     async def next(self, timeout: float = 5.0) -> AnyMessage:
-        return await asyncio.wait_for(self.inbox.get(), timeout)
+        async with asyncio.timeout(timeout):
+            return await self.inbox.get()
 
     async def connected_to(self, *others: Node) -> None:
         await eventually(lambda: all(o.id in self.transport.connected_peers() for o in others))
