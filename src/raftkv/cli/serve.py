@@ -65,6 +65,11 @@ async def serve_node(settings: Settings) -> int:
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     code = 70 if fatal.done() else 0
     stop_wait.cancel()
+    if code == 0:
+        # Graceful stop: hand leadership over, refuse new requests (503 node_stopping), let
+        # in-flight writes finish, then close HTTP and flush. Bounded well under 10 s.
+        await node.driver.hand_off(timeout_s=3.0)
+        await node.driver.drain(timeout_s=2.0)
     await runner.cleanup()
     await node.stop()
     return code

@@ -78,6 +78,7 @@ class RaftDriver:
         self._reads_need_leader: list[bytes] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
+        self.draining = False  # graceful stop under way: refuse new requests
         self._snapshotting = False
         self._persisting = False  # a Ready's persist step is in the writer thread
         self._pump_scheduled = False
@@ -181,6 +182,44 @@ class RaftDriver:
         await asyncio.to_thread(self.sm.sync)
         self.sm.close()
         log.info("node stopped", node=self.id)
+
+    async def hand_off(self, timeout_s: float) -> bool:
+        """Graceful-stop step 1 (thesis §3.10): if we lead, transfer leadership to the most
+        up-to-date voter and wait (bounded) until it leads. New requests are refused from now
+        on. Returns True if we are not the leader any more."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            st = self.raw.status()
+            if st.role is not Role.LEADER:
+                return True
+            followers = [
+                (pr.match, node)
+                for node, pr in st.progress.items()
+                if node != self.id and node in st.conf.voters
+            ]
+            if not followers:
+                return False  # a one-node cluster has nobody to hand over to
+            if st.lead_transferee is None:
+                target = max(followers)[1]
+                log.info("transferring leadership before stopping", node=self.id, to=target)
+                self.raw.transfer_leader(target)
+                self._wake.set()
+                self._schedule_pump()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(self._soft_change()), max(0.0, deadline - loop.time())
+                )
+        return self.raw.status().role is not Role.LEADER
+
+    async def drain(self, timeout_s: float) -> None:
+        """Graceful-stop step 2: let in-flight proposals finish (bounded); the rest fail with
+        NodeStopping when `stop()` runs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while len(self._proposals) and loop.time() < deadline:
+            await asyncio.sleep(self.opts.tick_ms / 1000.0)
 
     def _die(self, exc: BaseException) -> None:
         log.critical("node stopping on a broken invariant", node=self.id, error=repr(exc))
@@ -412,7 +451,7 @@ class RaftDriver:
         start = loop.time()
         leader_deadline = start + self.opts.leader_wait_s
         while True:
-            if self._stopping:
+            if self._stopping or self.draining:
                 raise NodeStopping("node is shutting down")
             try:
                 term, index = self.raw.propose(data)
@@ -445,6 +484,8 @@ class RaftDriver:
 
     async def read_barrier(self) -> None:
         """Return once local state reflects every write acknowledged before the call (§6.4)."""
+        if self._stopping or self.draining:
+            raise NodeStopping("node is shutting down")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.opts.request_timeout_s
         if self.raw.status().leader is None:
