@@ -46,6 +46,7 @@ from raftkv.raft.types import (
     NodeId,
     Role,
     Snapshot,
+    SnapshotMeta,
     Term,
 )
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
@@ -105,8 +106,17 @@ class RaftDriver:
             if self.sm.applied_index < meta.index:
                 # Only possible if the state was lost: rebuild it from the snapshot file.
                 await asyncio.to_thread(self.sm.install_snapshot, path)
+            if not meta.conf.voters:
+                # Recorded before the configuration was kept in the state (see below): no
+                # cluster has zero voters, so it can only mean the configured one.
+                meta = SnapshotMeta(meta.index, meta.term, self._bootstrap_conf)
             self.storage.apply_snapshot(Snapshot(meta, str(path).encode()))
             self._last_snapshot_index = meta.index
+        if not self.sm.conf.voters:
+            # Until a conf change commits, the configured cluster is the configuration in force.
+            # It must be in the state: snapshots carry the state's configuration, and a node
+            # restarted from (or sent) a snapshot with no voters could never campaign again.
+            await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
         self.storage.append(loaded.entries)
         self.storage.set_hard_state(loaded.hard_state)
         cfg = RaftConfig(
