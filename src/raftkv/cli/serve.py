@@ -47,7 +47,13 @@ def node_options(s: Settings) -> NodeOptions:
 async def serve_node(settings: Settings) -> int:
     node = RaftKVNode(node_options(settings))
     await node.start()
-    runner = await run_http(create_app(node, settings), settings)
+    try:
+        runner = await run_http(create_app(node, settings), settings)
+    except BaseException:
+        # E.g. the HTTP port is taken: the runtime is already up; stop it cleanly (pending
+        # hard state saved, state synced, files closed) before reporting the failure.
+        await node.stop()
+        raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -46,6 +46,7 @@ from raftkv.raft.types import (
     NodeId,
     Role,
     Snapshot,
+    SnapshotMeta,
     Term,
 )
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
@@ -105,8 +106,17 @@ class RaftDriver:
             if self.sm.applied_index < meta.index:
                 # Only possible if the state was lost: rebuild it from the snapshot file.
                 await asyncio.to_thread(self.sm.install_snapshot, path)
+            if not meta.conf.voters:
+                # Recorded before the configuration was kept in the state (see below): no
+                # cluster has zero voters, so it can only mean the configured one.
+                meta = SnapshotMeta(meta.index, meta.term, self._bootstrap_conf)
             self.storage.apply_snapshot(Snapshot(meta, str(path).encode()))
             self._last_snapshot_index = meta.index
+        if not self.sm.conf.voters:
+            # Until a conf change commits, the configured cluster is the configuration in force.
+            # It must be in the state: snapshots carry the state's configuration, and a node
+            # restarted from (or sent) a snapshot with no voters could never campaign again.
+            await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
         self.storage.append(loaded.entries)
         self.storage.set_hard_state(loaded.hard_state)
         cfg = RaftConfig(
@@ -254,28 +264,42 @@ class RaftDriver:
         self._wake.set()
 
     async def _tick_loop(self) -> None:
+        """One tick per heartbeat interval, never in bursts: after a stall (CPU starvation, a
+        SIGSTOP) we tick once, not once per missed interval, so a node whose loop was blocked
+        first reads the heartbeats waiting in its sockets instead of starting an election on
+        ticks that no message could have reset. Raft time then runs slow under load: safe."""
         loop = asyncio.get_running_loop()
         period = self.opts.tick_ms / 1000.0
         next_at = loop.time() + period
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             next_at += period
-            if loop.time() - next_at > 10 * period:
-                next_at = loop.time() + period  # we were paused: do not burst ticks
-            if self._hold_elections_until:
-                if loop.time() < self._hold_elections_until and self.raw.status().leader is None:
-                    continue  # no ticks: no election timeout while the bootstrap node starts
-                self._hold_elections_until = 0.0
-            self.raw.tick()
-            self._schedule_pump()
-            self._reads_need_leader.extend(self._reads.overdue(loop.time(), 4 * period))
-            if self._bootstrap_until and loop.time() < self._bootstrap_until:
-                st = self.raw.status()
-                if st.leader is None and st.role is not Role.CANDIDATE:
-                    self.raw.campaign()  # fresh cluster: the bootstrap node leads first
-                else:
-                    self._bootstrap_until = 0.0
-            self._wake.set()
+            if next_at < loop.time():
+                next_at = loop.time() + period  # late: skip the missed ticks
+            try:
+                self._tick(loop)
+            except InvariantViolation as exc:
+                self._die(exc)
+                return
+            except Exception as exc:  # the tick must never die silently
+                log.error("tick failed", node=self.id, error=repr(exc))
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        period = self.opts.tick_ms / 1000.0
+        if self._hold_elections_until:
+            if loop.time() < self._hold_elections_until and self.raw.status().leader is None:
+                return  # no ticks: no election timeout while the bootstrap node starts
+            self._hold_elections_until = 0.0
+        self.raw.tick()
+        self._schedule_pump()
+        self._reads_need_leader.extend(self._reads.overdue(loop.time(), 4 * period))
+        if self._bootstrap_until and loop.time() < self._bootstrap_until:
+            st = self.raw.status()
+            if st.leader is None and st.role is not Role.CANDIDATE:
+                self.raw.campaign()  # fresh cluster: the bootstrap node leads first
+            else:
+                self._bootstrap_until = 0.0
+        self._wake.set()
 
     # -- the Ready loop -----------------------------------------------------------------------
     async def _ready_loop(self) -> None:
