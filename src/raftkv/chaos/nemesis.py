@@ -39,6 +39,7 @@ class FaultWindow:
     leader: str | None  # the leader when the fault began, if one was known
     start: float  # run clock
     end: float
+    quorum_kept: bool = True  # a majority stayed up and connected (False: kill-majority)
 
     @property
     def hit_leader(self) -> bool:
@@ -50,6 +51,7 @@ class Applied:
     detail: str
     nodes: tuple[str, ...]
     undo: Callable[[], None]
+    quorum_kept: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ def split_links(side: Sequence[str], rest: Sequence[str]) -> list[tuple[str, str
 
 def _kill(t: Target, nodes: Sequence[str], detail: str) -> Applied:
     procs = [t.cluster.nodes[n] for n in nodes]
+    quorum_kept = len(nodes) < len(t.cluster.ids) // 2 + 1
     for proc in procs:
         proc.kill()
 
@@ -92,7 +95,7 @@ def _kill(t: Target, nodes: Sequence[str], detail: str) -> Applied:
         for proc in procs:
             proc.start()
 
-    return Applied(f"kill -9 {detail}; restart after", tuple(sorted(nodes)), restart)
+    return Applied(f"kill -9 {detail}; restart after", tuple(sorted(nodes)), restart, quorum_kept)
 
 
 def _pause(t: Target, node: str, detail: str) -> Applied:
@@ -222,7 +225,11 @@ async def run_nemesis(
             await _stopped(stop, rng.uniform(*schedule.hold_s))
         finally:
             applied.undo()
-            windows.append(FaultWindow(name, applied.detail, applied.nodes, leader, start, now()))
+            windows.append(
+                FaultWindow(
+                    name, applied.detail, applied.nodes, leader, start, now(), applied.quorum_kept
+                )
+            )
 
 
 async def _healthy(cluster: Cluster, stop: asyncio.Event, limit_s: float) -> bool:

@@ -121,7 +121,7 @@ class ChaosReport:
         lead = self.leader_failovers()
         if lead:
             lines.append(
-                f"  failover after faults that hit the leader: median "
+                f"  failover after faults that hit the leader (a quorum left): median "
                 f"{statistics.median(lead):.3f} s, max {max(lead):.3f} s ({len(lead)} faults)"
             )
         return "\n".join(lines)
@@ -205,6 +205,7 @@ class ChaosReport:
             "anomalies": self.anomalies,
             "ops": self.outcome_counts(),
             "reasons": dict(self.reasons.most_common()),
+            "leader_failover_s": self.leader_failovers(),
             "faults": [
                 {
                     "name": f.fault.name,
@@ -212,6 +213,7 @@ class ChaosReport:
                     "nodes": list(f.fault.nodes),
                     "leader": f.fault.leader,
                     "hit_leader": f.fault.hit_leader,
+                    "quorum_kept": f.fault.quorum_kept,
                     "start": f.fault.start,
                     "end": f.fault.end,
                     "failover_s": f.seconds,
