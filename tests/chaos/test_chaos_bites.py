@@ -29,5 +29,6 @@ def test_stale_reads_from_an_isolated_leader_are_reported(tmp_path: Path) -> Non
         if any(f["name"] == "isolate-leader" and s["node"] in f["nodes"] for f in s["faults"])
     ]
     assert during_own_isolation, run.explain()
-    # The planted bug loses no acknowledged write and the replicas still agree: only reads lie.
-    assert r["lost_writes"] == [] and r["divergence"] == [] and r["crashes"] == []
+    # The planted bug breaks reads only: the replicas still agree and nothing crashed. (Lost
+    # writes are not asserted: the final reads go through the weak nodes too.)
+    assert r["divergence"] == [] and r["crashes"] == []
