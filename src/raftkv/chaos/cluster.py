@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import random
 import shlex
 import signal
 import socket
@@ -57,15 +58,35 @@ class Crash:
     log_tail: str
 
 
-def free_port(host: str, taken: set[int]) -> int:
-    """A port free on `host` now and not in `taken` (which it joins)."""
-    while True:
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' ports (Linux; a common default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(host: str, taken: set[int], rng: random.Random | None = None) -> int:
+    """A port free on `host` now, not in `taken` (which it joins), and below the ephemeral range:
+    a port from `bind(0)` is ephemeral, and in the seconds a node takes to start, any outgoing
+    connection on the box (ours or another program's) may take it; a killed node restarted
+    later would find it taken for good."""
+    rng = rng or random.Random()
+    high = min(ephemeral_range()[0], 65536)
+    low = max(1024, high - 16384)
+    for _ in range(1000):
+        port = rng.randrange(low, high)
+        if port in taken:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port not in taken:
-            taken.add(port)
-            return port
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise OSError(f"no free port on {host} in {low}..{high - 1}")
 
 
 def plan_nodes(hosts: Sequence[str]) -> list[NodeSpec]:
@@ -310,15 +331,17 @@ class Cluster:
         return best[1] if best is not None and best[0] == top_term else None
 
     async def wait_ready(self, timeout_s: float) -> bool:
-        """Every running node answers `/ready` 200 (a leader known, caught up) before the end."""
+        """Every node runs and answers `/ready` 200 (a leader known, caught up) in time."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if await self.all_ready():
+            if all(n.running for n in self.nodes.values()) and await self.all_ready():
                 return True
             await asyncio.sleep(0.1)
         return False
 
     async def all_ready(self) -> bool:
+        """Every node that runs and is not paused answers `/ready` 200 (and at least one does)."""
+
         async def ready(node_id: str) -> bool:
             try:
                 reply = await self.admin(node_id, "GET", "/ready", timeout_s=ADMIN_TIMEOUT_S)

@@ -13,6 +13,7 @@ from raftkv.chaos.cluster import (
     NodeProcess,
     NodeSpec,
     config_yaml,
+    ephemeral_range,
     parse_node_cmd,
     plan_nodes,
 )
@@ -38,6 +39,7 @@ def test_plan_gives_distinct_ports_on_each_host() -> None:
     assert [s.host for s in specs] == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
     ports = [p for s in specs for p in (s.raft_port, s.http_port)]
     assert len(set(ports)) == 6
+    assert all(1024 <= p < ephemeral_range()[0] for p in ports)  # no ephemeral port: see free_port
     assert specs[1].endpoint.ports == (specs[1].raft_port, specs[1].http_port)
 
 
