@@ -82,7 +82,12 @@ class ChaosReport:
         return {o.value: counts[o.value] for o in Outcome}
 
     def leader_failovers(self) -> list[float]:
-        return [f.seconds for f in self.failovers if f.fault.hit_leader and f.seconds is not None]
+        """Failover times of the faults that took the leader away but left a quorum."""
+        return [
+            f.seconds
+            for f in self.failovers
+            if f.fault.hit_leader and f.fault.quorum_kept and f.seconds is not None
+        ]
 
     # -- text ---------------------------------------------------------------------------
 

@@ -100,3 +100,17 @@ def test_cli_lists_the_scenarios_and_rejects_unknown_faults() -> None:
         assert name in result.output
     result = runner.invoke(app, ["chaos", "network-partition", "--faults", "isolate-leader,nope"])
     assert result.exit_code == 2 and "nope" in result.output
+
+
+def test_the_failover_summary_leaves_out_faults_that_took_the_quorum() -> None:
+    h = History()
+    h.ok(h.put("c", "k", "a", at=1.1), at=1.3)
+    h.ok(h.put("c", "k", "b", at=5.0), at=9.0)
+    hit = FaultWindow("kill-leader", "kill -9 node-1", ("node-1",), "node-1", 1.0, 2.0)
+    quorum = FaultWindow(
+        "kill-majority", "kill -9 a majority", ("node-1", "node-2"), "node-1", 4.0, 8.0, False
+    )
+    r = report(h, failovers=failovers(h.ops(), [hit, quorum]))
+    assert [f.seconds for f in r.failovers] == [0.3, 5.0]
+    assert r.leader_failovers() == [0.3]
+    assert json.loads(r.to_json())["leader_failover_s"] == [0.3]
