@@ -26,8 +26,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -144,9 +145,18 @@ def parse_node_cmd(value: str | None) -> list[str]:
     return shlex.split(value) if value else default_node_cmd()
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _death_signal_setter() -> Callable[[], None] | None:
+    """A preexec_fn making the child die with us (Linux), or None elsewhere. The symbol is
+    looked up here, in the parent: only the call itself runs between fork and exec, so the
+    child never needs the dynamic loader's lock, which another thread may hold at fork time."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def set_death_signal() -> None:  # pragma: no cover - runs in the child
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return set_death_signal
 
 
 class NodeProcess:
@@ -173,14 +183,15 @@ class NodeProcess:
         if self.running:
             return
         with self._log.open("ab") as out:
-            out.write(f"---- start {self.starts + 1}: {' '.join(self._cmd)}\n".encode())
+            stamp = datetime.now(UTC).isoformat(timespec="microseconds")
+            out.write(f"---- {stamp} start {self.starts + 1}: {' '.join(self._cmd)}\n".encode())
             out.flush()
             self._proc = subprocess.Popen(
                 self._cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=_death_signal_setter(),
             )
         self.starts += 1
         self.paused = False

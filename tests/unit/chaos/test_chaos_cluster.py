@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -88,7 +91,8 @@ def test_kill_pause_resume_restart_stop(tmp_path: Path) -> None:
     node.stop(timeout_s=5)  # resumes first, else SIGTERM would wait forever
     assert not node.running and node.crashed() is None
     log = (tmp_path / "n.log").read_text()
-    assert log.count("---- start") == 2 and "serve --config" in log
+    assert len(re.findall(r"^---- \S+ start \d", log, re.MULTILINE)) == 2
+    assert "serve --config" in log
 
 
 def test_a_node_exiting_on_its_own_is_a_crash_reported_once(tmp_path: Path) -> None:
@@ -115,3 +119,31 @@ def test_stop_all_leaves_nothing_running(tmp_path: Path, paused: bool) -> None:
     cluster.stop_all()
     assert not any(n.running for n in cluster.nodes.values())
     assert cluster.reap_crashes(at=0) == []
+
+
+def test_a_node_dies_with_the_chaos_process(tmp_path: Path) -> None:
+    log = str(tmp_path / "n.log")
+    script = (
+        "import time; from pathlib import Path\n"
+        "from raftkv.chaos.cluster import NodeProcess, NodeSpec\n"
+        f"spec = NodeSpec('node-1', '127.0.0.1', 1, 2)\n"
+        f"node = NodeProcess(spec, {SLEEPER!r}, Path('c'), Path({log!r}))\n"
+        "node.start(); print(node.pid, flush=True); time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    with parent.stdout:
+        try:
+            child = int(parent.stdout.readline())
+            assert proc_state(child) in "RS"
+        finally:
+            parent.send_signal(signal.SIGKILL)  # no cleanup code can run: only the kernel helps
+            parent.wait()
+
+    def gone() -> bool:  # dead: no entry any more, or a zombie waiting for init to reap it
+        try:
+            return proc_state(child) == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_for(gone)
