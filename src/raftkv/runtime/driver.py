@@ -118,7 +118,12 @@ class RaftDriver:
             # restarted from (or sent) a snapshot with no voters could never campaign again.
             await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
         self.storage.append(loaded.entries)
-        self.storage.set_hard_state(loaded.hard_state)
+        hs = loaded.hard_state
+        if hs.commit < self.sm.applied_index <= self.storage.last_index():
+            # The commit index is saved lazily (a commit-only change needs no fsync), but what
+            # the state machine applied was committed: start from there (applied <= commit).
+            hs = HardState(hs.term, hs.vote, self.sm.applied_index)
+        self.storage.set_hard_state(hs)
         cfg = RaftConfig(
             id=self.id,
             election_ticks=self.opts.election_ticks,
