@@ -21,6 +21,7 @@ class RaftConfig:
     max_append_bytes: int = 1 << 20  # byte cap per AppendEntries
     max_inflight: int = 256  # pipelined appends per follower in the replicate state
     max_uncommitted_entries: int = 0  # 0 = unlimited (back-pressure hook)
+    snapshot_timeout_ticks: int = 400  # give up on an unanswered snapshot transfer (10 s)
 
     def __post_init__(self) -> None:
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:

@@ -102,7 +102,7 @@ class SoftState(msgspec.Struct, frozen=True, gc=False):
 
 
 class ReadState(msgspec.Struct, frozen=True, gc=False):
-    """A ReadIndex result (thesis §6.4): reads tagged `context` may be served once applied >= index."""
+    """ReadIndex result (thesis §6.4): reads tagged `context` are served once applied >= index."""
 
     index: Index
     context: bytes

@@ -1,0 +1,1 @@
+"""raftkv.chaos: real-process fault injection — grows with the operator-tools issue."""

@@ -1,0 +1,1 @@
+"""raftkv.client: Python client (sync + asyncio) — grows with the client issue."""
