@@ -8,8 +8,14 @@ Checked (Raft paper §5.2–5.4, Figure 3), each as cheaply as the event allows:
 - State Machine Safety: every applied entry must equal the one any other node applied at that
   index (`committed`), entries apply strictly in order, and the digest chain at an index (which
   covers restores from snapshots) is the same on every node (`digests`).
-- Leader Completeness: a new leader's log (storage + its first Ready's entries) holds every
-  entry known committed when it won, unless compacted into its snapshot.
+- Leader Completeness: a term-T leader's log (storage + its first Ready's entries) holds every
+  entry committed in a term before T (known from any node's commit index while in such a
+  term), unless compacted into its snapshot.
+- Commit safety (§5.4.3, checked when a leader's commit advances): a quorum of voters holds
+  the entry *durably* and each would refuse any candidate lacking it — so no crash or
+  election can undo the commit. This sees Figure 8 and early acks at the moment they happen.
+- Read safety (§6.4): a ReadIndex result is at least the highest commit index any node had
+  when the read was handed to the core.
 - Durability of votes and terms: a term never decreases; a vote, once durable for a term,
   never changes within it; writes that change term, vote or entries are fsynced (`must_sync`).
 - Per incarnation: commit never decreases and applied <= commit.
@@ -24,6 +30,9 @@ from raftkv.raft.errors import Compacted, Unavailable
 from raftkv.raft.ready import Persist, Ready
 from raftkv.raft.storage import MemoryStorage
 from raftkv.raft.types import Entry, EntryKind, HardState, Index, NodeId, Role, Snapshot, Term
+
+
+LogPos = tuple[int, int]  # (last term, last index): compared as §5.4.1 compares logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +62,8 @@ class Invariants:
         self.digests: dict[int, bytes] = {}  # index -> digest chain value after applying it
         self.votes: dict[tuple[NodeId, int], NodeId] = {}  # (node, term) -> durable vote
         self._watch: dict[NodeId, _NodeWatch] = {}
-        self._new_leaders: dict[NodeId, tuple[int, int]] = {}  # node -> (term, known commit)
+        self.commit_by_term: dict[int, int] = {}  # term -> highest commit any node had in it
+        self._new_leaders: dict[NodeId, int] = {}  # node -> term it leads, log not yet checked
 
     def fail(self, kind: str, detail: str) -> None:
         self.violations.append(Violation(kind, self.now, self.event, detail))
@@ -76,13 +86,49 @@ class Invariants:
         w.commit = commit
         if applied > commit:
             self.fail("applied_beyond_commit", f"{node}: applied {applied} > commit {commit}")
+        if commit > self.commit_by_term.get(term, 0):
+            self.commit_by_term[term] = commit
         if role is Role.LEADER:
             other = self.leaders.get(Term(term))
             if other is None:
                 self.leaders[Term(term)] = node
-                self._new_leaders[node] = (term, self.max_committed)
+                self._new_leaders[node] = term
             elif other != node:
                 self.fail("two_leaders", f"term {term}: {other} and {node} both lead")
+
+    @property
+    def max_commit(self) -> int:
+        """The highest commit index any node has had so far."""
+        return max(self.commit_by_term.values(), default=0)
+
+    def check_commit_safe(
+        self,
+        leader: NodeId,
+        index: int,
+        term: int,
+        durable: dict[NodeId, LogPos],
+        full: dict[NodeId, tuple[bool, LogPos]],
+    ) -> None:
+        """§5.4.3's argument, checked at the moment of commit: the entry (index, term) must be
+        durable on a quorum of voters that would all refuse any candidate lacking it.
+
+        `durable`: each voter's durable log end (what survives any crash); `full`: each voter
+        as a candidate — whether its log (volatile tail included) holds the entry, and its end.
+        A voter grants a candidate whose log end is at least its own (§5.4.1).
+        """
+        quorum = len(durable) // 2 + 1
+        for cand in sorted(full):
+            has, pos = full[cand]
+            if has:
+                continue
+            grants = [v for v in sorted(durable) if v == cand or pos >= durable[v]]
+            if len(grants) >= quorum:
+                self.fail(
+                    "commit_unsafe",
+                    f"{leader} committed {index} (term {term}) but {cand} (log end term "
+                    f"{pos[0]} index {pos[1]}) lacks it and could win with votes of {grants}",
+                )
+                return
 
     def forget_incarnation(self, node: NodeId) -> None:
         self._new_leaders.pop(node, None)
@@ -96,9 +142,12 @@ class Invariants:
             self.fail(
                 "stale_snapshot", f"{node}: snapshot at {snap.meta.index} with applied {applied}"
             )
-        pending = self._new_leaders.pop(node, None)
-        if pending is not None:
-            self._leader_completeness(node, pending[0], pending[1], storage, ready)
+        term = self._new_leaders.pop(node, None)
+        if term is not None:
+            # Entries committed in earlier terms (a node in term t < T knew them committed)
+            # must all be in the log of term T's leader; later commits need not be.
+            known = max((c for t, c in self.commit_by_term.items() if t < term), default=0)
+            self._leader_completeness(node, term, known, storage, ready)
 
     def _leader_completeness(
         self, node: NodeId, term: int, known: int, storage: MemoryStorage, ready: Ready

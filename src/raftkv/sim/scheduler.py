@@ -82,7 +82,11 @@ class ClientTimeout:
 
 @dataclass(frozen=True, slots=True)
 class Nemesis:
-    """Time for the fault injector to act."""
+    """Time for the fault injector to act: a random fault, or `action` aimed at `target`."""
+
+    target: NodeId | None = None
+    epoch: int = 0
+    action: str = ""
 
 
 @dataclass(frozen=True, slots=True)

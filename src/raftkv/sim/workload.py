@@ -51,6 +51,7 @@ class WorkloadOptions:
     clients: int = 4
     keys: tuple[str, ...] = ("a", "b", "c")
     think: int = TICK // 2  # mean pause between a client's operations
+    backoff: int = 2 * TICK  # mean pause after a failed or indeterminate one
     request_delay: int = 100  # client -> server latency
     write_timeout: int = 12 * TICK
     read_timeout: int = 6 * TICK
@@ -80,6 +81,7 @@ class Workload:
         self._writes: dict[NodeId, dict[int, tuple[int, int]]] = {}  # node -> index -> term, op
         self._read_ctx: dict[NodeId, dict[bytes, int]] = {}  # node -> ctx -> op awaiting index
         self._read_wait: dict[NodeId, list[tuple[int, int]]] = {}  # node -> (index, op) waiting
+        self._read_floor: dict[int, int] = {}  # op -> commit index known when it began
 
     def start(self) -> None:
         for c in self._clients:
@@ -89,10 +91,10 @@ class Workload:
         return sum(1 for c in self._clients if c.current is not None)
 
     # -- invocation ---------------------------------------------------------------------------
-    def invoke(self, cid: int, servers: list[NodeId]) -> str:
+    def invoke(self, cid: int, servers: list[NodeId]) -> str | None:
         c = self._clients[cid]
         if not self.running or c.current is not None or not servers:
-            return "idle"
+            return None
         rng, opt = self.rng, self.opt
         key = rng.choice(opt.keys)
         r = rng.random()
@@ -119,8 +121,11 @@ class Workload:
         """The server is down: connection refused, a definite failure."""
         self._complete(op_id, FAIL, guess=None)
 
-    def arrive(self, cid: int, op_id: int, core: RawNode) -> str:
-        """The request reached a running server: hand it to the core."""
+    def arrive(self, cid: int, op_id: int, core: RawNode, known_commit: int) -> str:
+        """The request reached a running server: hand it to the core.
+
+        `known_commit` is the highest commit index any node had at this moment: a read's
+        ReadIndex result must not be below it (§6.4)."""
         op = self.ops[op_id]
         if op.status != PENDING:
             return "late"
@@ -128,6 +133,7 @@ class Workload:
             if op.kind == "get":
                 ctx = b"r%d" % op_id
                 self._read_ctx.setdefault(op.node, {})[ctx] = op_id
+                self._read_floor[op_id] = known_commit
                 core.read_index(ctx)
                 return "read_index"
             cmd = Put(op.key, op.value or "") if op.kind == "put" else Delete(op.key)
@@ -172,14 +178,26 @@ class Workload:
                     self._complete(writes.pop(index)[1], UNKNOWN, guess=None)
         self._serve_reads(node, sm)
 
-    def on_read_states(self, node: NodeId, states: tuple[ReadState, ...], sm: KvMachine) -> None:
+    def on_read_states(
+        self, node: NodeId, states: tuple[ReadState, ...], sm: KvMachine
+    ) -> list[str]:
+        """Queue the reads until applied; returns reads whose index was stale."""
         ctxs = self._read_ctx.get(node, {})
         waits = self._read_wait.setdefault(node, [])
+        stale: list[str] = []
         for rs in states:
             op_id = ctxs.pop(rs.context, None)
             if op_id is not None:
                 waits.append((int(rs.index), op_id))
+                floor = self._read_floor.pop(op_id, 0)
+                if rs.index < floor:
+                    op = self.ops[op_id]
+                    stale.append(
+                        f"{node} gave read index {rs.index} to get({op.key}) #{op_id}, but "
+                        f"index {floor} was already committed when the read began"
+                    )
         self._serve_reads(node, sm)
+        return stale
 
     def _serve_reads(self, node: NodeId, sm: KvMachine) -> None:
         waits = self._read_wait.get(node)
@@ -198,7 +216,7 @@ class Workload:
 
     def on_crash(self, node: NodeId) -> None:
         """Everything in flight at a crashed server: writes unknown, reads failed."""
-        for _, op_id in sorted(self._writes.pop(node, {}).items()):
+        for _, (_, op_id) in sorted(self._writes.pop(node, {}).items()):
             self._complete(op_id, UNKNOWN, guess=None)
         for op_id in sorted(self._read_ctx.pop(node, {}).values()):
             self._complete(op_id, FAIL, guess=None)
@@ -218,4 +236,7 @@ class Workload:
             c.process = self._next_process  # the old process may still be "running" the op
             self._next_process += 1
         if self.running:
-            self.sched.push(int(self.rng.expovariate(1.0 / self.opt.think)), ClientInvoke(c.cid))
+            # Back off after a failure, as real clients do: a leaderless cluster should not
+            # turn the event budget into a stream of refusals.
+            mean = self.opt.think if status == OK else self.opt.backoff
+            self.sched.push(int(self.rng.expovariate(1.0 / mean)), ClientInvoke(c.cid))
