@@ -14,3 +14,21 @@ ensure_venv() {
     touch "$stamp"
   fi
 }
+
+# ensure_apt CMD:PACKAGE ... — apt-get install the packages whose command is missing (as root).
+ensure_apt() {
+  local missing=() pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "== not installing ${missing[*]} (need root and apt-get); dependent tests will skip"
+    return 0
+  fi
+  echo "== apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null 2>&1 || true
+  apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+    || echo "== apt-get install ${missing[*]} failed; dependent tests will skip"
+}

@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 ensure_venv
+# Debian packages some tests need: nftables (chaos partitions), docker-compose (validates the
+# compose file), wrk (benchmark smoke test). Installed when missing and we may; tests that need
+# them skip with a reason otherwise.
+ensure_apt nft:nftables docker-compose:docker-compose wrk:wrk curl:curl
 
 echo "== ruff"
 "$VENV/bin/ruff" check src tests bench

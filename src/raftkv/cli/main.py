@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import typer
 
+from raftkv.cli import bench_cmd, inspect_cmd, serve
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="raftkv: a Raft key-value store")
 
 
 @app.callback()
 def _root() -> None:
     """raftkv: a distributed, strongly consistent key-value store on Raft."""
+
+
+serve.register(app)
+inspect_cmd.register(app)
+bench_cmd.register(app)
 
 
 def main() -> None:

@@ -104,6 +104,16 @@ class RawNode:
         self.raft.report_snapshot(node, ok)
 
     # -- output -------------------------------------------------------------------------------
+    def take_messages(self) -> list[AnyMessage]:
+        """Messages that need no durability (heartbeats, appends to followers, read answers),
+        ready to send now — even while a Ready is being persisted (thesis §10.2.1; etcd's
+        asynchronous storage writes do the same). Durable-dependent messages stay queued for
+        the next Ready's `persisted_messages`."""
+        r = self.raft
+        r.flush()
+        msgs, r.msgs = r.msgs, []
+        return msgs
+
     def _hard_state(self) -> HardState:
         r = self.raft
         return HardState(r.term, r.vote, r.log.committed)

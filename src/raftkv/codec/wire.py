@@ -1,0 +1,156 @@
+"""Frame encoding of peer traffic: Raft messages plus the transport's own frames.
+
+Rules:
+- A frame is a 4-byte big-endian payload length followed by the payload; the payload is one
+  wire-format version byte (`WIRE_VERSION`) then the msgpack encoding of one `WireMessage`.
+- `WireMessage` is a msgspec tagged union (tag = class name) of the Raft messages
+  (`raftkv.raft.messages.AnyMessage`) and the transport frames `Hello` and `SnapshotChunk`; the
+  core's classes are the wire classes, there is no conversion layer.
+- One module-level Encoder and Decoder are reused (msgspec is faster that way); both are used
+  from the event-loop thread only.
+- Anything a peer can get wrong (short or oversized length, unknown version byte, malformed
+  msgpack, unknown tag, wrong field types) raises `FrameError`, never another exception type, so
+  a transport can log it and drop the connection.
+- Pure: no I/O here. `FrameParser` is a sans-I/O incremental parser fed with received bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+import msgspec
+
+from raftkv.raft.messages import AnyMessage
+from raftkv.raft.types import Index, NodeId, Term
+
+WIRE_VERSION = 1
+"""Version of the frame payload format (the byte in front of every payload)."""
+
+PROTOCOL_VERSION = 1
+"""Version of the peer protocol (frame meanings and order), announced in `Hello`."""
+
+_LEN = struct.Struct(">I")
+LENGTH_PREFIX_BYTES = _LEN.size
+_VERSION_BYTE = bytes([WIRE_VERSION])
+_HEADER_PLACEHOLDER = b"\x00\x00\x00\x00" + _VERSION_BYTE
+
+
+class FrameError(Exception):
+    """Bytes from a peer that are not a valid frame; the connection should be dropped."""
+
+
+class Hello(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
+    """First frame on every connection, sent by the connecting side."""
+
+    protocol_version: int
+    cluster_name: str
+    node_id: NodeId
+
+
+class SnapshotChunk(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
+    """One piece of a snapshot file being streamed ahead of its `InstallSnapshot`.
+
+    A transfer is the chunks with offsets 0, len0, len0+len1, ... up to `total_size`, for the
+    snapshot at (`index`, `term`); the `InstallSnapshot` with empty data that follows completes it.
+    """
+
+    index: Index
+    term: Term
+    offset: int
+    total_size: int
+    data: bytes
+
+
+WireMessage = AnyMessage | Hello | SnapshotChunk
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[WireMessage] = msgspec.msgpack.Decoder(WireMessage)
+
+
+def append_frame(buf: bytearray, msg: WireMessage) -> int:
+    """Append `msg` as one frame to `buf`; returns the payload length (without the prefix)."""
+    start = len(buf)
+    buf += _HEADER_PLACEHOLDER
+    _encoder.encode_into(msg, buf, -1)
+    length = len(buf) - start - LENGTH_PREFIX_BYTES
+    _LEN.pack_into(buf, start, length)
+    return length
+
+
+def encode_frame(msg: WireMessage) -> bytes:
+    """One frame as bytes."""
+    buf = bytearray()
+    append_frame(buf, msg)
+    return bytes(buf)
+
+
+def encode_frames(msgs: Iterable[WireMessage]) -> bytes:
+    """Several frames back to back (one write's worth)."""
+    buf = bytearray()
+    for msg in msgs:
+        append_frame(buf, msg)
+    return bytes(buf)
+
+
+def frame_length(prefix: bytes | bytearray | memoryview, max_frame_bytes: int) -> int:
+    """The payload length a 4-byte prefix announces; raises `FrameError` if out of bounds."""
+    (length,) = _LEN.unpack_from(prefix)
+    if length == 0:
+        raise FrameError("zero-length frame")
+    if length > max_frame_bytes:
+        raise FrameError(f"frame of {length} bytes exceeds the limit of {max_frame_bytes}")
+    return int(length)
+
+
+def decode_payload(payload: bytes | bytearray | memoryview) -> WireMessage:
+    """Decode one frame payload (version byte + msgpack); raises `FrameError`."""
+    if len(payload) < 1:
+        raise FrameError("empty frame payload")
+    if payload[0] != WIRE_VERSION:
+        raise FrameError(f"unsupported wire version {payload[0]} (expected {WIRE_VERSION})")
+    try:
+        return _decoder.decode(payload[1:])
+    except msgspec.ValidationError as exc:
+        raise FrameError(f"invalid message: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"malformed payload: {exc}") from exc
+
+
+class FrameParser:
+    """Incremental frame parser: `feed` received bytes, get the complete messages back.
+
+    The length prefix is checked against `max_frame_bytes` as soon as it arrives, so an oversized
+    frame is refused before its body is buffered. After a `FrameError` the stream is out of sync
+    and the parser must not be fed again.
+    """
+
+    __slots__ = ("_buf", "_max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self._buf = bytearray()
+        self._max_frame_bytes = max_frame_bytes
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[WireMessage]:
+        buf = self._buf
+        buf += data
+        out: list[WireMessage] = []
+        pos = 0
+        end_of_data = len(buf)
+        # The memoryview must be released before the bytearray is resized below.
+        with memoryview(buf) as view:
+            while end_of_data - pos >= LENGTH_PREFIX_BYTES:
+                length = frame_length(view[pos : pos + LENGTH_PREFIX_BYTES], self._max_frame_bytes)
+                frame_end = pos + LENGTH_PREFIX_BYTES + length
+                if frame_end > end_of_data:
+                    break
+                out.append(decode_payload(view[pos + LENGTH_PREFIX_BYTES : frame_end]))
+                pos = frame_end
+        if pos:
+            del buf[:pos]
+        return out

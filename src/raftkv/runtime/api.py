@@ -1,0 +1,97 @@
+"""The contract between the HTTP server (`raftkv.server`) and the Raft runtime.
+
+Rules:
+- Pure typing: records, exceptions and a `Protocol`; no asyncio work, no I/O. The server is
+  written against `KVNode` only, so it can be tested with a fake and the runtime can change freely
+  behind it.
+- Every outcome a caller must handle differently is its own exception type:
+    NotLeaderError     this node is not the leader; the write was NOT proposed (safe to forward)
+    NoLeaderError      no leader became known within the configured wait; nothing was proposed
+    OperationTimeout   proposed/read but not completed in time: the outcome is UNKNOWN
+    NodeStopping       the node is shutting down; the outcome of an in-flight write is unknown
+- `put`/`delete` return only once the command is committed AND applied locally, so a following
+  local read sees it. `get(linearizable=True)` works on any node (ReadIndex via the leader).
+- Callers may cancel `put`/`delete`/`get` (the server applies its own request timeout); the
+  runtime must treat a cancelled wait like a timeout: the proposal may still commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+ROLE_LEADER: Final = "Leader"
+ROLE_FOLLOWER: Final = "Follower"
+ROLE_CANDIDATE: Final = "Candidate"
+ROLE_PRE_CANDIDATE: Final = "PreCandidate"
+ROLES: Final = frozenset({ROLE_LEADER, ROLE_FOLLOWER, ROLE_CANDIDATE, ROLE_PRE_CANDIDATE})
+
+
+@dataclass(frozen=True, slots=True)
+class LocalStatus:
+    """One node's own view of itself; served as JSON by `GET /cluster/local`."""
+
+    node_id: str
+    role: str  # one of ROLES
+    term: int
+    leader_id: str | None  # None while no leader is known in `term`
+    commit_index: int  # highest index known committed
+    applied_index: int  # applied_index <= commit_index
+    last_index: int  # last index in the local log
+    raft_address: str  # advertised "host:port" for peers
+    http_address: str  # advertised "host:port" for clients
+
+
+class NotLeaderError(Exception):
+    """This node is not the leader. Nothing was proposed, so the request may be forwarded."""
+
+    def __init__(self, leader_id: str | None, leader_http: str | None) -> None:
+        super().__init__(f"not the leader (leader: {leader_id or 'unknown'})")
+        self.leader_id = leader_id
+        self.leader_http = leader_http  # the leader's HTTP "host:port", when known
+
+
+class NoLeaderError(Exception):
+    """No leader became known within the configured wait; nothing was proposed."""
+
+
+class OperationTimeout(Exception):
+    """A proposal or read did not complete in time. A write's outcome is unknown."""
+
+
+class NodeStopping(Exception):
+    """The node is shutting down."""
+
+
+class KVNode(Protocol):
+    """What the HTTP server needs from a running node."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    async def put(self, key: str, value: str) -> None:
+        """Committed and applied on return. Raises NotLeaderError on a follower."""
+        ...
+
+    async def delete(self, key: str) -> bool:
+        """True if the key existed. Committed and applied on return."""
+        ...
+
+    async def get(self, key: str, *, linearizable: bool) -> str | None:
+        """The value, or None if absent. linearizable=False reads local applied state."""
+        ...
+
+    def local_status(self) -> LocalStatus: ...
+
+    def is_ready(self) -> bool:
+        """Knows a leader and has applied at least the commit index known at the leader."""
+        ...
+
+    def peer_http_addresses(self) -> Mapping[str, str]:
+        """Node id -> HTTP "host:port", for every node of the cluster (this one included)."""
+        ...
+
+    def peer_raft_addresses(self) -> Mapping[str, str]:
+        """Node id -> Raft "host:port", for every node of the cluster (this one included)."""
+        ...

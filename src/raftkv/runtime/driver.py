@@ -1,0 +1,526 @@
+"""The Ready loop: the ONLY place asyncio meets the Raft core (ARCHITECTURE.md §1).
+
+Rules:
+- Everything that arrives during one loop turn (proposals, peer messages, reads) is stepped into
+  the core; then ONE Ready is processed in the order of `Ready.steps()`: send, persist (one
+  SQLite transaction = one fsync, in the single writer thread), send the persisted messages,
+  apply (LMDB, on the loop thread: fast, no fsync), answer reads, `advance`.
+- The core is only touched from the loop thread. While the writer thread fsyncs, the loop keeps
+  stepping messages and ticks in, but never calls `ready()` before `advance()`.
+- A snapshot received from the leader is installed into the state machine BEFORE its metadata
+  is saved in the Raft log, so a crash in between never leaves a log that starts after a state
+  the state machine does not have.
+- A broken invariant stops the node (`fatal` resolves); a malformed peer message is logged and
+  dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from random import Random
+from typing import Any
+
+import msgspec
+import structlog
+
+from raftkv.raft.confchange import conf_after
+from raftkv.raft.config import RaftConfig
+from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
+from raftkv.raft.messages import AnyMessage
+from raftkv.raft.rawnode import RawNode, Status
+from raftkv.raft.ready import Apply, Persist, ReadStates, Ready, SendMessages
+from raftkv.raft.storage import MemoryStorage
+from raftkv.raft.types import (
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    Index,
+    NodeId,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+    Term,
+)
+from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
+from raftkv.runtime.options import NodeOptions
+from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, ReadWaiters
+from raftkv.storage.raftlog import DurableLog
+from raftkv.storage.state_lmdb import LmdbState
+from raftkv.transport.tcp import PeerTransport
+
+_conf_decoder = msgspec.msgpack.Decoder(ConfChange)
+log = structlog.get_logger("raftkv.runtime")
+
+
+def snapshot_path(data_dir: Path, term: Term, index: Index) -> Path:
+    return data_dir / "snapshots" / f"snap-{term:016d}-{index:016d}.snap"
+
+
+class RaftDriver:
+    def __init__(self, opts: NodeOptions) -> None:
+        self.opts = opts
+        self.id = opts.node_id
+        self.fatal: asyncio.Future[BaseException] | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wal-{self.id}")
+        self._wake = asyncio.Event()
+        self._leader_known = asyncio.Event()
+        self._soft_changed: asyncio.Future[None] | None = None
+        self._proposals = ProposalWaiters()
+        self._reads = ReadWaiters(self.id.encode())
+        self._reads_need_leader: list[bytes] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = False
+        self.draining = False  # graceful stop under way: refuse new requests
+        self._snapshotting = False
+        self._persisting = False  # a Ready's persist step is in the writer thread
+        self._pump_scheduled = False
+        self._pending_hard_state: HardState | None = None  # commit-only change, saved lazily
+        self._bootstrap_until = 0.0  # fresh cluster: the bootstrap node campaigns until then
+        self._hold_elections_until = 0.0  # fresh cluster: other nodes wait for it until then
+        self._last_snapshot_index = Index(0)
+        self.started_at = time.time()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.fatal = loop.create_future()
+        d = self.opts.data_dir
+        (d / "snapshots").mkdir(parents=True, exist_ok=True)
+        (d / "incoming").mkdir(parents=True, exist_ok=True)
+        self.durable = await asyncio.to_thread(DurableLog.open, d / "raft.db")
+        loaded = await asyncio.to_thread(self.durable.load)
+        self.sm = await asyncio.to_thread(LmdbState.open, d / "state")
+        self._bootstrap_conf = ConfState(voters=tuple(sorted(self.opts.peers_raft)))
+        self.storage = MemoryStorage(self._bootstrap_conf)
+        if loaded.snapshot is not None:
+            meta = loaded.snapshot
+            path = snapshot_path(d, meta.term, meta.index)
+            if self.sm.applied_index < meta.index:
+                # Only possible if the state was lost: rebuild it from the snapshot file.
+                await asyncio.to_thread(self.sm.install_snapshot, path)
+            if not meta.conf.voters:
+                # Recorded before the configuration was kept in the state (see below): no
+                # cluster has zero voters, so it can only mean the configured one.
+                meta = SnapshotMeta(meta.index, meta.term, self._bootstrap_conf)
+            self.storage.apply_snapshot(Snapshot(meta, str(path).encode()))
+            self._last_snapshot_index = meta.index
+        if not self.sm.conf.voters:
+            # Until a conf change commits, the configured cluster is the configuration in force.
+            # It must be in the state: snapshots carry the state's configuration, and a node
+            # restarted from (or sent) a snapshot with no voters could never campaign again.
+            await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
+        self.storage.append(loaded.entries)
+        self.storage.set_hard_state(loaded.hard_state)
+        cfg = RaftConfig(
+            id=self.id,
+            election_ticks=self.opts.election_ticks,
+            heartbeat_ticks=1,
+            max_append_bytes=self.opts.max_append_bytes,
+        )
+        self.raw = RawNode(cfg, self.storage, Random())
+        fresh = loaded.hard_state.term == 0 and not loaded.entries and loaded.snapshot is None
+        if fresh and self.opts.bootstrap_id == self.id:
+            self._bootstrap_until = loop.time() + 10.0
+        elif fresh and self.opts.bootstrap_id in self.opts.peers_raft:
+            # A fresh cluster: give the bootstrap node a head start so it leads first, as the
+            # seed shows; if it is not there, we campaign normally after the grace period.
+            self._hold_elections_until = loop.time() + 2.0
+        peers = {n: a for n, a in self.opts.peers_raft.items() if n != self.id}
+        self.transport = PeerTransport(
+            self.id,
+            self.opts.cluster_name,
+            self.opts.raft_listen,
+            peers,
+            self._on_message,
+            source_host=self.opts.source_host,
+            on_unreachable=self._on_unreachable,
+            on_snapshot_status=self._on_snapshot_status,
+            snapshot_dir=d / "incoming",
+        )
+        await self.transport.start()
+        self._tasks.append(asyncio.create_task(self._ready_loop(), name=f"ready-{self.id}"))
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name=f"tick-{self.id}"))
+        if self._bootstrap_until:
+            self.raw.campaign()
+            self._wake.set()
+        log.info(
+            "node started",
+            node=self.id,
+            term=self.raw.status().term,
+            commit=self.raw.status().commit,
+            applied=self.sm.applied_index,
+            last_index=self.raw.status().last_index,
+        )
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        exc = NodeStopping("node is shutting down")
+        self._proposals.fail_all(exc)
+        self._reads.fail_all(exc)
+        await self.transport.stop()
+        loop = asyncio.get_running_loop()
+        if self._pending_hard_state is not None:
+            hs = self._pending_hard_state
+            await loop.run_in_executor(self._writer, self.durable.save, hs, (), None)
+        await loop.run_in_executor(self._writer, self.durable.close)
+        self._writer.shutdown(wait=True)
+        await asyncio.to_thread(self.sm.sync)
+        self.sm.close()
+        log.info("node stopped", node=self.id)
+
+    async def hand_off(self, timeout_s: float) -> bool:
+        """Graceful-stop step 1 (thesis §3.10): if we lead, transfer leadership to the most
+        up-to-date voter and wait (bounded) until it leads. New requests are refused from now
+        on. Returns True if we are not the leader any more."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            st = self.raw.status()
+            if st.role is not Role.LEADER:
+                return True
+            followers = [
+                (pr.match, node)
+                for node, pr in st.progress.items()
+                if node != self.id and node in st.conf.voters
+            ]
+            if not followers:
+                return False  # a one-node cluster has nobody to hand over to
+            if st.lead_transferee is None:
+                target = max(followers)[1]
+                log.info("transferring leadership before stopping", node=self.id, to=target)
+                self.raw.transfer_leader(target)
+                self._wake.set()
+                self._schedule_pump()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(self._soft_change()), max(0.0, deadline - loop.time())
+                )
+        return self.raw.status().role is not Role.LEADER
+
+    async def drain(self, timeout_s: float) -> None:
+        """Graceful-stop step 2: let in-flight proposals finish (bounded); the rest fail with
+        NodeStopping when `stop()` runs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while len(self._proposals) and loop.time() < deadline:
+            await asyncio.sleep(self.opts.tick_ms / 1000.0)
+
+    def _die(self, exc: BaseException) -> None:
+        log.critical("node stopping on a broken invariant", node=self.id, error=repr(exc))
+        if self.fatal is not None and not self.fatal.done():
+            self.fatal.set_result(exc)
+
+    # -- inputs -------------------------------------------------------------------------------
+    def _on_message(self, msg: AnyMessage) -> None:
+        if self._stopping:
+            return
+        try:
+            self.raw.step(msg)
+        except InvariantViolation as exc:
+            self._die(exc)
+            return
+        except Exception as exc:  # a malformed message must never crash the node
+            log.warning("dropped a peer message", peer=msg.from_, error=repr(exc))
+            return
+        self._wake.set()
+        self._schedule_pump()
+
+    def _schedule_pump(self) -> None:
+        """While a Ready is being persisted, still send what needs no fsync once this turn ends
+        (heartbeats must not wait behind a slow disk, or followers start elections)."""
+        if self._persisting and not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        if self._persisting and not self._stopping:
+            self._issue_reads()
+            msgs = self.raw.take_messages()
+            if msgs:
+                self.transport.send(msgs)
+
+    def _on_unreachable(self, node: NodeId) -> None:
+        self.raw.report_unreachable(node)
+
+    def _on_snapshot_status(self, node: NodeId, ok: bool) -> None:
+        self.raw.report_snapshot(node, ok)
+        self._wake.set()
+
+    async def _tick_loop(self) -> None:
+        """One tick per heartbeat interval, never in bursts: after a stall (CPU starvation, a
+        SIGSTOP) we tick once, not once per missed interval, so a node whose loop was blocked
+        first reads the heartbeats waiting in its sockets instead of starting an election on
+        ticks that no message could have reset. Raft time then runs slow under load: safe."""
+        loop = asyncio.get_running_loop()
+        period = self.opts.tick_ms / 1000.0
+        next_at = loop.time() + period
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at += period
+            if next_at < loop.time():
+                next_at = loop.time() + period  # late: skip the missed ticks
+            try:
+                self._tick(loop)
+            except InvariantViolation as exc:
+                self._die(exc)
+                return
+            except Exception as exc:  # the tick must never die silently
+                log.error("tick failed", node=self.id, error=repr(exc))
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        period = self.opts.tick_ms / 1000.0
+        if self._hold_elections_until:
+            if loop.time() < self._hold_elections_until and self.raw.status().leader is None:
+                return  # no ticks: no election timeout while the bootstrap node starts
+            self._hold_elections_until = 0.0
+        self.raw.tick()
+        self._schedule_pump()
+        self._reads_need_leader.extend(self._reads.overdue(loop.time(), 4 * period))
+        if self._bootstrap_until and loop.time() < self._bootstrap_until:
+            st = self.raw.status()
+            if st.leader is None and st.role is not Role.CANDIDATE:
+                self.raw.campaign()  # fresh cluster: the bootstrap node leads first
+            else:
+                self._bootstrap_until = 0.0
+        self._wake.set()
+
+    # -- the Ready loop -----------------------------------------------------------------------
+    async def _ready_loop(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                self._issue_reads()
+                while self.raw.has_ready():
+                    rd = self.raw.ready()
+                    await self._handle_ready(rd)
+                    self.raw.advance(rd)
+                    self._after_advance(rd)
+                    self._issue_reads()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._die(exc)
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        loop = asyncio.get_running_loop()
+        for action in rd.steps():
+            match action:
+                case SendMessages(messages=msgs):
+                    self.transport.send(msgs)
+                case Persist(snapshot=snap, entries=entries, hard_state=hs, sync=sync):
+                    if snap is not None:
+                        snap = await self._install_snapshot(snap)
+                    if hs is not None and not sync and snap is None and not entries:
+                        self._pending_hard_state = hs  # commit-only: no fsync needed
+                    else:
+                        if hs is None:
+                            hs = self._pending_hard_state
+                        self._pending_hard_state = None
+                        meta = snap.meta if snap is not None else None
+                        self._persisting = True
+                        try:
+                            await loop.run_in_executor(
+                                self._writer, self.durable.save, hs, entries, meta
+                            )
+                        finally:
+                            self._persisting = False
+                    if snap is not None:
+                        self.storage.apply_snapshot(snap)
+                    self.storage.append(entries)
+                    if hs is not None:
+                        self.storage.set_hard_state(hs)
+                case Apply(entries=entries):
+                    self._apply(entries)
+                case ReadStates(read_states=states):
+                    for rs in states:
+                        self._reads.read_state(rs.context, rs.index, self.sm.applied_index)
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.leader)
+
+    async def _install_snapshot(self, snap: Snapshot) -> Snapshot:
+        """Install a received snapshot into the state machine; returns it with our local path."""
+        src = Path(snap.data.decode())
+        dest = snapshot_path(self.opts.data_dir, snap.meta.term, snap.meta.index)
+        await asyncio.to_thread(self.sm.install_snapshot, src)
+        await asyncio.to_thread(shutil.move, src, dest)
+        self._last_snapshot_index = snap.meta.index
+        log.info("installed snapshot", node=self.id, index=snap.meta.index, term=snap.meta.term)
+        return Snapshot(snap.meta, str(dest).encode())
+
+    def _apply(self, entries: tuple[Entry, ...]) -> None:
+        todo = [e for e in entries if e.index > self.sm.applied_index]
+        new_conf: ConfState | None = None
+        for e in todo:
+            if e.kind is EntryKind.CONF_CHANGE:
+                base = new_conf or (self.sm.conf if self.sm.conf.voters else self._bootstrap_conf)
+                new_conf = conf_after(base, _conf_decoder.decode(e.data))
+        if todo:
+            # The resulting configuration is stored in the same LMDB transaction, so a
+            # snapshot never pairs an index with the wrong configuration.
+            results = self.sm.apply(todo, conf=new_conf)
+            for e, result in zip(todo, results, strict=True):
+                self._proposals.applied(e.index, e.term, result)
+        self._reads.applied(self.sm.applied_index)
+        if (
+            self.sm.applied_index - self._last_snapshot_index >= self.opts.snapshot_every
+            and not self._snapshotting
+        ):
+            self._snapshotting = True
+            self._tasks.append(asyncio.create_task(self._take_snapshot()))
+
+    def _after_advance(self, rd: Ready) -> None:
+        self._reads.drop_done()
+
+    def _on_soft_state(self, leader: NodeId | None) -> None:
+        if leader is None:
+            self._leader_known.clear()
+        else:
+            self._leader_known.set()
+            # Reads forwarded to a former leader may be lost: ask the new one.
+            self._reads_need_leader.extend(self._reads.unanswered())
+            self._wake.set()
+        if self._soft_changed is not None and not self._soft_changed.done():
+            self._soft_changed.set_result(None)
+        self._soft_changed = None
+
+    def _issue_reads(self) -> None:
+        batch = self._reads.open_batch
+        pending = list(dict.fromkeys(self._reads_need_leader))
+        self._reads_need_leader = []
+        if batch is not None:
+            self._reads.close_batch(asyncio.get_running_loop().time())
+            pending.append(batch.context)
+        for ctx in pending:
+            try:
+                self.raw.read_index(ctx)
+            except NotLeader:
+                self._reads_need_leader.append(ctx)
+
+    # -- snapshots ----------------------------------------------------------------------------
+    async def _take_snapshot(self) -> None:
+        try:
+            await asyncio.to_thread(self.sm.sync)  # the state must be durable before compaction
+            tmp = self.opts.data_dir / "snapshots" / "building.tmp"
+            info = await asyncio.to_thread(self.sm.build_snapshot, tmp)
+            dest = snapshot_path(self.opts.data_dir, Term(info.term), Index(info.index))
+            await asyncio.to_thread(tmp.rename, dest)
+            if info.index <= self.storage.snapshot().meta.index:
+                return
+            snap = self.storage.create_snapshot(Index(info.index), info.conf, str(dest).encode())
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._writer, self.durable.save, None, (), snap.meta)
+            keep_from = Index(info.index - self.opts.snapshot_keep_entries)
+            if keep_from > self.storage.first_index():
+                self.storage.compact(keep_from)
+            self._last_snapshot_index = Index(info.index)
+            self._prune_snapshots(keep=2)
+            log.info("snapshot taken", node=self.id, index=info.index, bytes=info.size)
+        except Exception as exc:
+            log.error("snapshot failed", node=self.id, error=repr(exc))
+        finally:
+            self._snapshotting = False
+
+    def _prune_snapshots(self, keep: int) -> None:
+        files = sorted((self.opts.data_dir / "snapshots").glob("snap-*.snap"))
+        for old in files[:-keep]:
+            old.unlink(missing_ok=True)
+
+    # -- requests -----------------------------------------------------------------------------
+    def _soft_change(self) -> asyncio.Future[None]:
+        if self._soft_changed is None:
+            self._soft_changed = asyncio.get_running_loop().create_future()
+        return self._soft_changed
+
+    async def _wait_leader(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(self._leader_known.wait(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise NoLeaderError("no leader elected within the wait time") from None
+
+    def leader_http(self, leader: NodeId | None) -> str | None:
+        return self.opts.peers_http.get(leader) if leader is not None else None
+
+    async def propose(self, data: bytes) -> object:
+        """Propose on the leader; returns the apply result. Raises the runtime.api errors."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        leader_deadline = start + self.opts.leader_wait_s
+        while True:
+            if self._stopping or self.draining:
+                raise NodeStopping("node is shutting down")
+            try:
+                term, index = self.raw.propose(data)
+            except NotLeader as exc:
+                if exc.leader_hint is not None:
+                    raise NotLeaderError(
+                        exc.leader_hint, self.leader_http(exc.leader_hint)
+                    ) from None
+                await self._wait_leader(leader_deadline)
+                continue
+            except ProposalDropped:
+                # A transfer or election is under way: wait for the outcome, then retry.
+                try:
+                    await asyncio.wait_for(
+                        self._soft_change(), max(0.0, leader_deadline - loop.time())
+                    )
+                except TimeoutError:
+                    raise NoLeaderError("leadership is changing; try again") from None
+                continue
+            fut = self._proposals.add(term, index)
+            self._wake.set()
+            self._schedule_pump()
+            remaining = self.opts.request_timeout_s - (loop.time() - start)
+            try:
+                return await asyncio.wait_for(fut, max(0.001, remaining))
+            except TimeoutError:
+                raise OperationTimeout(f"entry {index} not applied in time") from None
+            except ProposalLost:
+                continue  # definitely not applied: safe to propose again
+
+    async def read_barrier(self) -> None:
+        """Return once local state reflects every write acknowledged before the call (§6.4)."""
+        if self._stopping or self.draining:
+            raise NodeStopping("node is shutting down")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.opts.request_timeout_s
+        if self.raw.status().leader is None:
+            await self._wait_leader(loop.time() + self.opts.leader_wait_s)
+        fut, _, _ = self._reads.join()
+        self._wake.set()
+        self._schedule_pump()
+        try:
+            await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
+        except TimeoutError:
+            if self.raw.status().leader is None:
+                raise NoLeaderError("no leader to confirm the read") from None
+            raise OperationTimeout("read not confirmed in time") from None
+
+    # -- observation --------------------------------------------------------------------------
+    def status(self) -> Status:
+        return self.raw.status()
+
+    def stale_get(self, key: str) -> str | None:
+        return self.sm.get(key)
+
+    def on_stop(self, cb: Callable[[], None]) -> None:
+        if self.fatal is not None:
+            self.fatal.add_done_callback(lambda _f: cb())

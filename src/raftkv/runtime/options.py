@@ -1,0 +1,33 @@
+"""What the runtime needs to run one node, resolved by the caller (server/config.py builds it).
+
+The runtime sits below `server/`, so it takes this plain record instead of the server's Settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raftkv.raft.types import NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    node_id: NodeId
+    cluster_name: str
+    data_dir: Path  # this node's own directory
+    raft_listen: tuple[str, int]  # where the peer listener binds
+    raft_advertise: str  # "host:port" other nodes use
+    http_advertise: str  # "host:port" clients and forwarding use
+    peers_raft: dict[NodeId, tuple[str, int]]  # every node incl. self: id -> Raft address
+    peers_http: dict[NodeId, str]  # every node incl. self: id -> HTTP "host:port"
+    bootstrap_id: NodeId | None = None
+    source_host: str | None = None  # bind outgoing connections here (partitions by address)
+    tick_ms: float = 25.0  # the heartbeat interval is one tick
+    election_ticks: int = 4
+    snapshot_every: int = 10_000  # applied entries between automatic snapshots
+    snapshot_keep_entries: int = 1_000  # entries kept behind a snapshot for slow followers
+    leader_wait_s: float = 2.0  # how long a request waits for a leader to appear
+    request_timeout_s: float = 5.0  # proposals / reads not done by then: outcome unknown
+    max_append_bytes: int = 4 << 20
+    extra: dict[str, str] = field(default_factory=dict)

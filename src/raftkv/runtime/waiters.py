@@ -1,0 +1,148 @@
+"""Futures that wait on the Raft log: proposals (resolved on apply) and ReadIndex reads.
+
+Rules:
+- A proposal (term, index) resolves when the entry at `index` is applied: with its result if
+  the applied entry has the proposal's term, else with `ProposalLost` — a different entry won
+  that index, so ours can never commit (Log Matching, §5.3).
+- Reads of one loop turn share one ReadIndex context; a batch resolves once the read state
+  arrives AND applied >= its index (thesis §6.4 step 4).
+- Everything here runs on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from dataclasses import dataclass, field
+
+from raftkv.raft.types import Index, Term
+
+
+class ProposalLost(Exception):
+    """Our entry was overwritten by another leader's: it definitely did not take effect."""
+
+
+@dataclass(slots=True)
+class _Proposal:
+    term: Term
+    future: asyncio.Future[object]
+
+
+class ProposalWaiters:
+    def __init__(self) -> None:
+        self._by_index: dict[Index, _Proposal] = {}
+
+    def add(self, term: Term, index: Index) -> asyncio.Future[object]:
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._by_index[index] = _Proposal(term, fut)
+        return fut
+
+    def applied(self, index: Index, term: Term, result: object) -> None:
+        p = self._by_index.pop(index, None)
+        if p is None or p.future.done():
+            return
+        if p.term == term:
+            p.future.set_result(result)
+        else:
+            p.future.set_exception(ProposalLost(f"entry {index} was replaced (term {term})"))
+
+    def fail_all(self, exc: BaseException) -> None:
+        for p in self._by_index.values():
+            if not p.future.done():
+                p.future.set_exception(exc)
+        self._by_index.clear()
+
+    def __len__(self) -> int:
+        return len(self._by_index)
+
+
+@dataclass(slots=True)
+class ReadBatch:
+    context: bytes
+    futures: list[asyncio.Future[None]] = field(default_factory=list)
+    index: Index | None = None  # set when the ReadState arrives
+    asked_at: float = 0.0  # loop time the ReadIndex was last requested
+
+
+class ReadWaiters:
+    """Read batches waiting first for their ReadState, then for the apply index."""
+
+    def __init__(self, node_tag: bytes) -> None:
+        self._tag = node_tag
+        self._counter = itertools.count(1)
+        self.open_batch: ReadBatch | None = None  # joins reads until the next Ready
+        self._awaiting_state: dict[bytes, ReadBatch] = {}
+        self._awaiting_apply: list[tuple[int, int, ReadBatch]] = []  # heap by index
+        self._seq = itertools.count()
+
+    def join(self) -> tuple[asyncio.Future[None], ReadBatch, bool]:
+        """Add a read; returns (future, batch, is_new_batch)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        new = self.open_batch is None
+        if self.open_batch is None:
+            ctx = self._tag + b":" + str(next(self._counter)).encode()
+            self.open_batch = ReadBatch(ctx)
+            self._awaiting_state[ctx] = self.open_batch
+        self.open_batch.futures.append(fut)
+        return fut, self.open_batch, new
+
+    def close_batch(self, now: float) -> None:
+        """This turn's ReadIndex is being issued: later reads start a new batch."""
+        if self.open_batch is not None:
+            self.open_batch.asked_at = now
+        self.open_batch = None
+
+    def read_state(self, context: bytes, index: Index, applied: Index) -> None:
+        batch = self._awaiting_state.pop(context, None)
+        if batch is None:
+            return
+        batch.index = index
+        if index <= applied:
+            _resolve(batch)
+        else:
+            heapq.heappush(self._awaiting_apply, (index, next(self._seq), batch))
+
+    def applied(self, applied: Index) -> None:
+        while self._awaiting_apply and self._awaiting_apply[0][0] <= applied:
+            _, _, batch = heapq.heappop(self._awaiting_apply)
+            _resolve(batch)
+
+    def unanswered(self) -> list[bytes]:
+        """Contexts still waiting for a ReadState (to re-ask after a leader change)."""
+        return [
+            ctx for ctx, b in self._awaiting_state.items() if any(not f.done() for f in b.futures)
+        ]
+
+    def overdue(self, now: float, after: float) -> list[bytes]:
+        """Unanswered contexts last asked before `now - after`; marks them asked again now.
+
+        A ReadIndexRequest can be lost with its connection; asking again is safe because the
+        leader picks the read index when the request arrives (thesis §6.4).
+        """
+        out: list[bytes] = []
+        for ctx, b in self._awaiting_state.items():
+            if b.asked_at <= now - after and any(not f.done() for f in b.futures):
+                b.asked_at = now
+                out.append(ctx)
+        return out
+
+    def drop_done(self) -> None:
+        for ctx in [c for c, b in self._awaiting_state.items() if all(f.done() for f in b.futures)]:
+            del self._awaiting_state[ctx]
+
+    def fail_all(self, exc: BaseException) -> None:
+        batches = list(self._awaiting_state.values()) + [b for _, _, b in self._awaiting_apply]
+        for b in batches:
+            for f in b.futures:
+                if not f.done():
+                    f.set_exception(exc)
+        self._awaiting_state.clear()
+        self._awaiting_apply.clear()
+        self.open_batch = None
+
+
+def _resolve(batch: ReadBatch) -> None:
+    for f in batch.futures:
+        if not f.done():
+            f.set_result(None)

@@ -1,0 +1,114 @@
+"""JSON replies and the error shape of the HTTP API.
+
+Rules:
+- Every error reply is JSON `{"error": words, "code": stable_snake_case, ...context}`. Codes are
+  part of the API: clients branch on them, so they never change meaning.
+- Handlers raise `ApiError`; `error_middleware` turns it, aiohttp's own HTTP errors (unknown
+  route 404, 405, 413 ...) and unexpected exceptions into that shape. An unexpected exception is a
+  bug: it is logged with its traceback and still answered in JSON (500 `internal_error`).
+- Errors produced before any handler runs (a malformed or over-long request line) are rendered in
+  the same shape by `raftkv.server.runner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
+
+import msgspec
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger(__name__)
+
+JSON_CONTENT_TYPE: Final = "application/json"
+
+# aiohttp's own HTTP errors -> our codes. Anything else gets "http_<status>".
+_HTTP_CODES: Final[Mapping[int, tuple[str, str]]] = {
+    400: ("bad_request", "bad request"),
+    404: ("not_found", "no such endpoint"),
+    405: ("method_not_allowed", "method not allowed"),
+    413: ("request_too_large", "request body too large"),
+    414: ("request_line_too_long", "request line too long"),
+    417: ("expectation_failed", "unsupported Expect header"),
+    431: ("headers_too_large", "request headers too large"),
+}
+
+
+class ApiError(Exception):
+    """An expected failure of a request, answered as a JSON error reply."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **context: object,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+        self.context = context
+
+    def response(self) -> web.Response:
+        return error_response(
+            self.status, self.code, self.message, headers=self.headers, **self.context
+        )
+
+
+def json_response(
+    body: object, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    # msgspec encodes dicts and dataclasses several times faster than the json module.
+    return web.Response(
+        status=status,
+        body=msgspec.json.encode(body),
+        content_type=JSON_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **context: object,
+) -> web.Response:
+    return json_response(
+        {"error": message, "code": code, **context}, status=status, headers=headers
+    )
+
+
+def http_error_code(status: int, reason: str) -> tuple[str, str]:
+    """The (code, words) for an HTTP error status that no handler of ours produced."""
+    return _HTTP_CODES.get(status, (f"http_{status}", reason.lower() or "error"))
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:  # redirects and the like are not errors
+            raise
+        code, words = http_error_code(exc.status, exc.reason)
+        # Keep headers that matter to the client (Allow on 405); drop aiohttp's text body's.
+        keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return error_response(exc.status, code, words, headers=keep)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error", method=request.method, path=request.path)
+        return error_response(500, "internal_error", "internal server error")

@@ -1,0 +1,248 @@
+"""The seed-compatible HTTP API over a `KVNode` (aiohttp).
+
+Routes:
+    PUT    /kv/{key}   JSON {"value": s} or a raw UTF-8 body -> {"key", "value", "message"}
+    GET    /kv/{key}   ?consistency=linearizable (default) | stale -> {"key", "value"}
+    DELETE /kv/{key}   -> {"key", "message"}
+    GET    /cluster/status, /cluster/local, /health, /ready
+
+Rules:
+- Replies match the seed README byte for byte where it shows them (field names, messages).
+- Writes on a follower are forwarded once to the leader (`forward.py`); a request that was
+  itself forwarded is never forwarded again. Reads are served locally: a linearizable read is
+  the runtime's ReadIndex, which works on any node.
+- Every node call runs under `server.request_timeout_ms`. Outcome mapping (`_call`):
+  NoLeaderError -> 503 no_leader (nothing was proposed; Retry-After: 1); OperationTimeout or our
+  timeout -> 504 timeout (a write's outcome is unknown); NodeStopping -> 503 node_stopping.
+- Errors are JSON (`errors.py`); inputs and limits are checked in `inputs.py` before the node is
+  touched. No input may produce a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Final, TypeVar
+
+from aiohttp import web
+
+from raftkv.runtime.api import (
+    KVNode,
+    NodeStopping,
+    NoLeaderError,
+    NotLeaderError,
+    OperationTimeout,
+)
+from raftkv.server.config import Settings
+from raftkv.server.errors import ApiError, error_middleware, error_response, json_response
+from raftkv.server.forward import FORWARDED_HEADER, Forwarder, resolve_source_ip
+from raftkv.server.inputs import (
+    check_content_length,
+    key_from_request,
+    max_body_bytes,
+    read_body,
+    value_from_body,
+)
+from raftkv.server.inspect_routes import add_inspect_routes
+from raftkv.server.runner import server_kwargs
+from raftkv.server.status import StatusProbe, cluster_status, local_status_json
+
+T = TypeVar("T")
+
+STORED_MESSAGE: Final = "Key-value pair stored successfully"
+DELETED_MESSAGE: Final = "Key deleted successfully"
+CONSISTENCY_LEVELS: Final = ("linearizable", "stale")
+FORWARD_CONNECT_TIMEOUT_S: Final = 1.0
+# The leader answers within its own request timeout (504 timeout at worst); wait a little longer
+# so that its answer, not our guess, reaches the client.
+FORWARD_GRACE_S: Final = 1.0
+_KEY_PATH: Final = r"/kv/{key:[\s\S]+}"  # [\s\S]: keys may hold newlines (%0A)
+
+
+def create_app(node: KVNode, settings: Settings) -> web.Application:
+    """The aiohttp application serving `node`. Serve it with `runner.run_http` in production."""
+    api = _Api(node, settings)
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=max_body_bytes(settings.max_value_bytes),
+        handler_args=server_kwargs(settings),
+    )
+    app.cleanup_ctx.append(api.client_sessions)
+    routes = (
+        ("PUT", _KEY_PATH, api.put),
+        ("GET", _KEY_PATH, api.get),
+        ("DELETE", _KEY_PATH, api.delete),
+        ("*", "/kv/", api.empty_key),
+        ("*", "/kv", api.empty_key),
+        ("GET", "/cluster/status", api.cluster_status),
+        ("GET", "/cluster/local", api.cluster_local),
+        ("GET", "/health", api.health),
+        ("GET", "/ready", api.ready),
+    )
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler, expect_handler=api.expect_continue)
+    add_inspect_routes(app, node)
+    return app
+
+
+class _Api:
+    def __init__(self, node: KVNode, settings: Settings) -> None:
+        self._node = node
+        self._settings = settings
+        self._timeout_s = settings.request_timeout_ms / 1000
+        self._forwarder: Forwarder | None = None  # set while the app runs
+        self._probe: StatusProbe | None = None  # set while the app runs
+
+    async def client_sessions(self, _app: web.Application) -> AsyncIterator[None]:
+        source_ip = await resolve_source_ip(self._settings.http_address.host)
+        self._forwarder = Forwarder(
+            self._node.node_id,
+            source_ip=source_ip,
+            connect_timeout_s=min(FORWARD_CONNECT_TIMEOUT_S, self._timeout_s / 2),
+            total_timeout_s=self._timeout_s + FORWARD_GRACE_S,
+        )
+        self._probe = StatusProbe(source_ip=source_ip)
+        try:
+            yield
+        finally:
+            await self._forwarder.close()
+            await self._probe.close()
+            self._forwarder = self._probe = None
+
+    # -- /kv ------------------------------------------------------------------------------
+
+    async def put(self, request: web.Request) -> web.StreamResponse:
+        key = key_from_request(request)
+        max_value = self._settings.max_value_bytes
+        body = await read_body(request, max_value)
+        value = value_from_body(request, body, max_value)
+        try:
+            await self._call(self._node.put(key, value), write=True)
+        except NotLeaderError as exc:
+            return await self._forward(request, body, exc)
+        return json_response({"key": key, "value": value, "message": STORED_MESSAGE})
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        key = key_from_request(request)
+        consistency = request.query.get("consistency", "linearizable")
+        if consistency not in CONSISTENCY_LEVELS:
+            raise ApiError(
+                400,
+                "invalid_consistency",
+                "consistency must be linearizable or stale",
+                consistency=consistency,
+            )
+        linearizable = consistency == "linearizable"
+        try:
+            value = await self._call(self._node.get(key, linearizable=linearizable), write=False)
+        except NotLeaderError as exc:  # not expected from the runtime: ReadIndex goes via leader
+            raise _not_leader(exc) from exc
+        if value is None:
+            raise _key_not_found(key)
+        return json_response({"key": key, "value": value})
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        key = key_from_request(request)
+        try:
+            existed = await self._call(self._node.delete(key), write=True)
+        except NotLeaderError as exc:
+            return await self._forward(request, b"", exc)
+        if not existed:
+            raise _key_not_found(key)
+        return json_response({"key": key, "message": DELETED_MESSAGE})
+
+    async def empty_key(self, request: web.Request) -> web.StreamResponse:
+        raise ApiError(400, "invalid_key", "key must not be empty")
+
+    async def expect_continue(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue`: refuse an oversized PUT before the client sends its body."""
+        expect = request.headers.get("Expect", "")
+        if expect.lower() != "100-continue":
+            return error_response(417, "expectation_failed", f"unsupported Expect: {expect}")
+        if request.method == "PUT":
+            try:
+                key_from_request(request)
+                check_content_length(request, self._settings.max_value_bytes)
+            except ApiError as exc:
+                return exc.response()
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # as aiohttp's own handler: no reply started yet
+        return None
+
+    # -- /cluster, /health, /ready ----------------------------------------------------------
+
+    async def cluster_status(self, request: web.Request) -> web.StreamResponse:
+        if self._probe is None:
+            raise _stopping()
+        return json_response(await cluster_status(self._node, self._probe))
+
+    async def cluster_local(self, request: web.Request) -> web.StreamResponse:
+        return json_response(local_status_json(self._node.local_status()))
+
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        return json_response({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.StreamResponse:
+        status = self._node.local_status()
+        context = {"node_id": status.node_id, "leader": status.leader_id}
+        if self._node.is_ready():
+            return json_response({"status": "ready", **context})
+        return json_response(
+            {"status": "not_ready", "error": "node is not ready", "code": "not_ready", **context},
+            status=503,
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _call(self, operation: Awaitable[T], *, write: bool) -> T:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await operation
+        except NoLeaderError as exc:
+            raise ApiError(
+                503, "no_leader", "no leader is known; retry later", headers={"Retry-After": "1"}
+            ) from exc
+        except (OperationTimeout, TimeoutError) as exc:
+            words = "the write may or may not have been applied" if write else "the read failed"
+            raise ApiError(504, "timeout", f"request timed out; {words}") from exc
+        except NodeStopping as exc:
+            raise _stopping() from exc
+
+    async def _forward(
+        self, request: web.Request, body: bytes, exc: NotLeaderError
+    ) -> web.StreamResponse:
+        if FORWARDED_HEADER in request.headers:
+            # We were the leader when the follower asked; we are not any more. Forwarding again
+            # could loop between two nodes with stale views: let the client retry instead.
+            raise _not_leader(exc)
+        leader_id = exc.leader_id
+        leader_http = exc.leader_http
+        if leader_id is not None and leader_http is None:
+            leader_http = self._node.peer_http_addresses().get(leader_id)
+        if leader_id is None or leader_http is None or leader_id == self._node.node_id:
+            raise ApiError(
+                503, "no_leader", "no leader is known; retry later", headers={"Retry-After": "1"}
+            )
+        if self._forwarder is None:
+            raise _stopping()
+        return await self._forwarder.forward(request, body, leader_id, leader_http)
+
+
+def _key_not_found(key: str) -> ApiError:
+    return ApiError(404, "key_not_found", "key not found", key=key)
+
+
+def _not_leader(exc: NotLeaderError) -> ApiError:
+    return ApiError(
+        503,
+        "not_leader",
+        "this node is not the leader; retry",
+        headers={"Retry-After": "1"},
+        leader=exc.leader_id,
+        leader_http=exc.leader_http,
+    )
+
+
+def _stopping() -> ApiError:
+    return ApiError(503, "node_stopping", "the node is shutting down", headers={"Retry-After": "1"})

@@ -1,0 +1,126 @@
+"""Serving the app: HTTP parser limits, JSON errors from the parser, start and stop.
+
+Rules:
+- The request line must fit a 4 KiB key fully percent-encoded (3 x 4096 characters) plus the
+  method, a query and slack; aiohttp's default (8190) would refuse keys of ~2.7 KiB that way.
+- Errors the HTTP parser raises before any handler runs (malformed request, line too long) are
+  answered in the API's JSON error shape, not aiohttp's text/plain. aiohttp has no hook for
+  this: `_JsonErrorServer` makes aiohttp's `Server` create `_JsonErrorRequestHandler`s, whose
+  `handle_error` renders JSON. Covered by tests that send such requests to `run_http`.
+- Client errors are logged at warning without a traceback; a 500 is a bug and keeps one.
+- The access log is on only at debug level (a line per request costs more than the request).
+- A request whose client disconnects is cancelled (`handler_cancellation`): the node's
+  operations must tolerate cancellation (runtime/api.py says so).
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any, Final
+
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import BadStatusLine, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from raftkv.server.config import Settings
+from raftkv.server.errors import error_response, http_error_code
+from raftkv.server.inputs import MAX_KEY_BYTES
+
+log = structlog.get_logger(__name__)
+
+MAX_LINE_SIZE: Final = 3 * MAX_KEY_BYTES + 4096
+MAX_FIELD_SIZE: Final = 3 * MAX_KEY_BYTES + 4096
+SHUTDOWN_TIMEOUT_S: Final = 5.0
+
+
+def server_kwargs(settings: Settings) -> dict[str, Any]:
+    """aiohttp RequestHandler arguments (Application(handler_args=...) or AppRunner kwargs)."""
+    return {
+        "max_line_size": MAX_LINE_SIZE,
+        "max_field_size": MAX_FIELD_SIZE,
+        # Cancel a request's task when its client disconnects. Besides not working for nobody,
+        # this ends aiohttp's "lingering" drain of a body we refused: that read is not woken
+        # by a disconnect and would otherwise sit for lingering_time, and hold up shutdown.
+        "handler_cancellation": True,
+    }
+
+
+async def run_http(app: web.Application, settings: Settings) -> web.AppRunner:
+    """Start serving `app` on settings.http_listen. Stop with `await runner.cleanup()`."""
+    runner = _JsonErrorAppRunner(
+        app,
+        access_log=logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        **server_kwargs(settings),
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner, settings.http_listen.host, settings.http_listen.port, reuse_address=True
+        )
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info(
+        "http listening", listen=str(settings.http_listen), advertised=str(settings.http_address)
+    )
+    return runner
+
+
+class _JsonErrorRequestHandler(RequestHandler):
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            # Part of a reply is out; the connection is broken (same as aiohttp's handler).
+            raise ConnectionError("response already started, cannot send an error")
+        if status >= 500:
+            log.error("error handling request", exc_info=exc)
+            resp = error_response(status, "internal_error", "internal server error")
+        else:
+            detail = _short(message or (str(exc) if exc else ""))
+            log.warning("bad request", status=status, error=detail)
+            if isinstance(exc, LineTooLong):
+                code, words = "line_too_long", "request line or header line too long"
+            elif isinstance(exc, BadStatusLine):
+                code, words = "bad_request_line", "malformed request line"
+            else:
+                code, words = http_error_code(status, HTTPStatus(status).phrase)
+            resp = error_response(status, code, words, detail=detail)
+        resp.force_close()  # the parser's state is unknown: never reuse this connection
+        return resp
+
+
+class _JsonErrorServer(web.Server):
+    @classmethod
+    def adopt(cls, server: web.Server) -> _JsonErrorServer:
+        """The same server (handler, request factory, arguments) creating our handlers."""
+        return cls(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            **server._kwargs,
+        )
+
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _JsonErrorAppRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        # The app builds its Server (startup, freezing, handler_args); we swap the class only.
+        server = await super()._make_server()
+        return _JsonErrorServer.adopt(server)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,386 @@
+"""The durable Raft log and hard state of one node, in SQLite.
+
+Rules:
+- One SQLite file in WAL mode with `synchronous=FULL`: a committed transaction is durable when
+  `COMMIT` returns (one fsync of the WAL). Every `save()` is ONE transaction, so one fsync covers
+  the whole batch: snapshot record, conflict truncation, new entries and hard state together.
+  A torn last write is a WAL frame without a valid commit record: SQLite's recovery ignores it,
+  so a crash loses at most the last, unacknowledged batch and never leaves half of one.
+- Every entry row carries a CRC32 over (term, index, kind, data); the hard-state and snapshot
+  rows carry one over (name, value). `open()` verifies them all, plus contiguity (the entries
+  are exactly snapshot.index+1 .. last) and non-decreasing terms; on any failure it raises
+  `CorruptLogError` naming the file, the index and the fault, and the node must not start.
+- Invariant kept by every write: entries are contiguous and start right after the recorded
+  snapshot (or at 1 without one). `save(snapshot=...)` keeps the entries after the snapshot
+  only if the log holds the snapshot's own (index, term) (Raft §7: the suffix then matches the
+  leader); otherwise the whole log is discarded, as `MemoryStorage.apply_snapshot` does.
+- Threads: `open`/`load` run once at startup; `save`/`compact` run on ONE writer thread (never
+  the event loop: COMMIT blocks on fsync); `stats`/`read_entries` may run on any thread (the
+  inspector). All of them serialize on one lock around the shared connection
+  (`check_same_thread=False`), so a reader never sees a half-done write transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import sqlite3
+import struct
+import threading
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import msgspec
+
+from raftkv.raft.errors import InvariantViolation
+from raftkv.raft.types import Entry, EntryKind, HardState, Index, SnapshotMeta, Term
+from raftkv.storage.errors import CorruptLogError, StorageError
+from raftkv.storage.fsutil import fsync_dir
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS entries (
+    idx  INTEGER PRIMARY KEY,   -- the Raft index (rowid alias: ordered, no extra index)
+    term INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    data BLOB    NOT NULL,
+    crc  INTEGER NOT NULL       -- crc32 over (term, index, kind, data), see entry_crc
+)""",
+    """CREATE TABLE IF NOT EXISTS state (
+    name  TEXT PRIMARY KEY,     -- 'hard_state' | 'snapshot'
+    value BLOB    NOT NULL,     -- msgspec msgpack of HardState / SnapshotMeta
+    crc   INTEGER NOT NULL      -- crc32 over (name, value)
+)""",
+)
+
+_ENTRY_HEADER = struct.Struct("<QQB")  # term, index, kind: the fixed part covered by the CRC
+_HARD_STATE = "hard_state"
+_SNAPSHOT = "snapshot"
+
+_encoder = msgspec.msgpack.Encoder()
+_hs_decoder = msgspec.msgpack.Decoder(HardState)
+_snap_decoder = msgspec.msgpack.Decoder(SnapshotMeta)
+
+
+def entry_crc(term: int, index: int, kind: int, data: bytes) -> int:
+    """The CRC32 stored with an entry: over its header (term, index, kind) then its data."""
+    return zlib.crc32(data, zlib.crc32(_ENTRY_HEADER.pack(term, index, kind)))
+
+
+def _state_crc(name: str, value: bytes) -> int:
+    return zlib.crc32(value, zlib.crc32(name.encode()))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedLog:
+    """What a node restarts from: hard state, latest snapshot record, entries after it."""
+
+    hard_state: HardState
+    snapshot: SnapshotMeta | None
+    entries: list[Entry]
+
+
+@dataclass(frozen=True, slots=True)
+class LogStats:
+    """Shape of the log; an empty log has last_index == first_index - 1 == snapshot_index."""
+
+    first_index: Index
+    last_index: Index
+    entry_count: int
+    snapshot_index: Index
+    bytes_on_disk: int  # database file + WAL
+
+
+class DurableLog:
+    """The node's Raft log and hard state on disk. Create with `DurableLog.open(path)`."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self._path = path
+        self._conn = conn
+        self._lock = threading.Lock()  # one user of the connection at a time
+        self._closed = False
+        # Cached shape of the log, updated only after a COMMIT succeeds:
+        self._snapshot: SnapshotMeta | None = None
+        self._hard_state = HardState()
+        self._last_index = Index(0)  # last_index >= snapshot index; == it when the log is empty
+        self._loaded: LoadedLog | None = None  # what open() verified, handed out by load()
+
+    # -- startup ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path) -> DurableLog:
+        """Open or create the log at `path`, verifying every record (CorruptLogError if bad)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            log = cls(path, conn)
+            log._setup(created)
+            log._loaded = log._read_all()
+        except sqlite3.DatabaseError as exc:  # e.g. "file is not a database", "malformed"
+            conn.close()
+            raise CorruptLogError(f"raft log {path} is unreadable: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return log
+
+    def _setup(self, created: bool) -> None:
+        conn = self._conn
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise StorageError(f"raft log {self._path}: cannot enable WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous=FULL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA:  # not executescript(): it would COMMIT the BEGIN
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        elif version != SCHEMA_VERSION:
+            raise CorruptLogError(
+                f"raft log {self._path}: schema version {version}, this build reads "
+                f"{SCHEMA_VERSION}"
+            )
+        if created:
+            # The new file's directory entry must survive a crash like its contents do.
+            fsync_dir(self._path.parent)
+
+    def _corrupt(self, what: str) -> CorruptLogError:
+        return CorruptLogError(f"raft log {self._path} is corrupt: {what}")
+
+    def _read_state(self) -> tuple[HardState, SnapshotMeta | None]:
+        hard_state = HardState()
+        snapshot: SnapshotMeta | None = None
+        for name, value, crc in self._conn.execute("SELECT name, value, crc FROM state"):
+            if _state_crc(name, value) != crc:
+                raise self._corrupt(f"{name} record: CRC mismatch")
+            try:
+                if name == _HARD_STATE:
+                    hard_state = _hs_decoder.decode(value)
+                elif name == _SNAPSHOT:
+                    snapshot = _snap_decoder.decode(value)
+                else:
+                    raise self._corrupt(f"unknown state record {name!r}")
+            except msgspec.DecodeError as exc:
+                raise self._corrupt(f"{name} record: {exc}") from exc
+        return hard_state, snapshot
+
+    def _verified(
+        self, rows: Iterable[tuple[int, int, int, bytes, int]], expect: int
+    ) -> list[Entry]:
+        """Entries from `rows` (ordered by index), checked to start at `expect`, contiguous,
+        with valid CRCs, kinds and non-decreasing terms."""
+        out: list[Entry] = []
+        prev_term = 0
+        for idx, term, kind, data, crc in rows:
+            if idx < expect:
+                raise self._corrupt(
+                    f"entry {idx} is out of place (expected entry {expect} next: it is covered "
+                    "by the snapshot or duplicated)"
+                )
+            if idx > expect:
+                raise self._corrupt(f"entry {expect} is missing (next stored entry is {idx})")
+            computed = entry_crc(term, idx, kind, data)
+            if computed != crc:
+                raise self._corrupt(
+                    f"entry {idx}: CRC mismatch (stored {crc:#010x}, computed {computed:#010x})"
+                )
+            if term < prev_term:
+                raise self._corrupt(f"entry {idx}: term {term} below previous entry's {prev_term}")
+            try:
+                entry_kind = EntryKind(kind)
+            except ValueError:
+                raise self._corrupt(f"entry {idx}: unknown kind {kind}") from None
+            out.append(Entry(Term(term), Index(idx), entry_kind, data))
+            prev_term = term
+            expect += 1
+        return out
+
+    def _read_all(self) -> LoadedLog:
+        hard_state, snapshot = self._read_state()
+        start = snapshot.index if snapshot else 0
+        rows = self._conn.execute("SELECT idx, term, kind, data, crc FROM entries ORDER BY idx")
+        entries = self._verified(rows, start + 1)
+        if entries and snapshot is not None and entries[0].term < snapshot.term:
+            raise self._corrupt(
+                f"entry {entries[0].index}: term {entries[0].term} below the snapshot's "
+                f"term {snapshot.term}"
+            )
+        self._hard_state = hard_state
+        self._snapshot = snapshot
+        self._last_index = entries[-1].index if entries else Index(start)
+        return LoadedLog(hard_state, snapshot, entries)
+
+    def load(self) -> LoadedLog:
+        """Hard state, latest snapshot record and the entries after it, all verified."""
+        with self._lock:
+            self._check_open()
+            loaded, self._loaded = self._loaded, None  # open() already read it: hand that out once
+            return loaded if loaded is not None else self._read_all()
+
+    # -- writer thread ------------------------------------------------------------------------
+    def save(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: SnapshotMeta | None,
+    ) -> None:
+        """Persist one Ready's snapshot record, entries and hard state in ONE transaction.
+
+        Entries at or below the snapshot are skipped (already covered); existing entries from
+        `entries[0].index` on are replaced (conflict truncation, §5.3). Durable on return.
+        """
+        for prev, nxt in itertools.pairwise(entries):
+            if nxt.index != prev.index + 1:
+                raise InvariantViolation(f"save: entries not contiguous at {prev.index}")
+        with self._lock:
+            self._check_open()
+            self._loaded = None  # stale from now on
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                snap = self._snapshot
+                last = self._last_index
+                if snapshot is not None and (snap is None or snapshot.index >= snap.index):
+                    last = self._record_snapshot(snapshot, last)
+                    snap = snapshot
+                floor = snap.index if snap else 0
+                todo = [e for e in entries if e.index > floor] if entries else []
+                if todo:
+                    first = todo[0].index
+                    if first > last + 1:
+                        raise InvariantViolation(
+                            f"save: gap in the log: last index {last}, appending at {first}"
+                        )
+                    if first <= last:
+                        conn.execute("DELETE FROM entries WHERE idx >= ?", (first,))
+                    conn.executemany(
+                        "INSERT INTO entries (idx, term, kind, data, crc) VALUES (?, ?, ?, ?, ?)",
+                        [
+                            (
+                                e.index,
+                                e.term,
+                                e.kind,
+                                e.data,
+                                entry_crc(e.term, e.index, e.kind, e.data),
+                            )
+                            for e in todo
+                        ],
+                    )
+                    last = todo[-1].index
+                if hard_state is not None:
+                    self._put_state(_HARD_STATE, _encoder.encode(hard_state))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                    conn.execute("ROLLBACK")
+                raise
+            self._snapshot = snap
+            self._last_index = last
+            if hard_state is not None:
+                self._hard_state = hard_state
+
+    def _record_snapshot(self, snapshot: SnapshotMeta, last: Index) -> Index:
+        """Record `snapshot` inside the open transaction; returns the new last index."""
+        current = self._snapshot
+        if current is not None and (current.index, current.term) == (snapshot.index, snapshot.term):
+            matches = True  # the same point recorded again (e.g. a repeated bootstrap)
+        else:
+            row = self._conn.execute("SELECT term FROM entries WHERE idx = ?", (snapshot.index,))
+            found = row.fetchone()
+            matches = found is not None and found[0] == snapshot.term
+        if matches:
+            # §7: our log holds the snapshot's last entry, so what follows it still matches.
+            self._conn.execute("DELETE FROM entries WHERE idx <= ?", (snapshot.index,))
+            new_last = max(last, snapshot.index)
+        else:
+            # Our log diverges from (or falls short of) the snapshot: none of it can be kept.
+            self._conn.execute("DELETE FROM entries")
+            new_last = snapshot.index
+        self._put_state(_SNAPSHOT, _encoder.encode(snapshot))
+        return Index(new_last)
+
+    def _put_state(self, name: str, value: bytes) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO state (name, value, crc) VALUES (?, ?, ?)",
+            (name, value, _state_crc(name, value)),
+        )
+
+    def compact(self, upto: Index) -> None:
+        """Delete entries <= `upto`, which must not pass the recorded snapshot.
+
+        `save(snapshot=...)` already drops the entries a snapshot covers, so under this layout
+        compact only checks `upto` and finds nothing left to delete; it exists so a driver can
+        compact after a snapshot without relying on that."""
+        with self._lock:
+            self._check_open()
+            floor = self._snapshot.index if self._snapshot else 0
+            if upto > floor:
+                raise InvariantViolation(f"compact({upto}) passes the snapshot at {floor}")
+            self._loaded = None
+            self._conn.execute("DELETE FROM entries WHERE idx <= ?", (upto,))
+
+    # -- any thread ---------------------------------------------------------------------------
+    def stats(self) -> LogStats:
+        with self._lock:
+            self._check_open()
+            snap_index = self._snapshot.index if self._snapshot else Index(0)
+            size = 0
+            for suffix in ("", "-wal"):
+                with contextlib.suppress(FileNotFoundError):  # no WAL after a clean close
+                    size += os.stat(f"{self._path}{suffix}").st_size
+            return LogStats(
+                first_index=Index(snap_index + 1),
+                last_index=self._last_index,
+                entry_count=self._last_index - snap_index,
+                snapshot_index=snap_index,
+                bytes_on_disk=size,
+            )
+
+    def read_entries(self, lo: Index, hi: Index) -> list[Entry]:
+        """Stored entries with lo <= index < hi, CRC-checked (for the inspector)."""
+        with self._lock:
+            self._check_open()
+            first = (self._snapshot.index if self._snapshot else 0) + 1
+            lo = Index(max(lo, first))
+            hi = Index(min(hi, self._last_index + 1))
+            if lo >= hi:
+                return []
+            rows = self._conn.execute(
+                "SELECT idx, term, kind, data, crc FROM entries WHERE idx >= ? AND idx < ? "
+                "ORDER BY idx",
+                (lo, hi),
+            )
+            return self._verified(rows, lo)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"raft log {self._path} is closed")
+
+    def __enter__(self) -> DurableLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

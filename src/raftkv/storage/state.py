@@ -1,0 +1,90 @@
+"""The state-machine contract every backend (LMDB, memory) fulfils, and their shared apply steps.
+
+Rules:
+- `apply(entries, conf=None)` applies a batch of committed entries atomically together with the
+  new applied index/term (and `conf`, when the batch changed the configuration). Entries at or
+  below the applied index are skipped (a restart replays from the durable log, and the state
+  may be ahead of what the driver assumed); a gap raises `ApplyOrderError`.
+- Per entry: a NORMAL entry with data is decoded (`raftkv.codec.commands`) and applied by the
+  pure `raftkv.kv.machine.apply_command`; an empty NORMAL entry (a leader's no-op, §5.4.2) and a
+  CONF_CHANGE entry only advance the applied index. Their result, and that of a skipped entry,
+  is None. An undecodable command raises `CommandDecodeError`: every node holds the same entry,
+  so skipping it would hide a version mismatch; the node must stop.
+- Snapshots: `build_snapshot` reads one consistent image (index, term, conf and data all from
+  the same instant) and may run on a worker thread while the loop thread keeps applying;
+  `install_snapshot` verifies the file while replacing the whole state and is durable on
+  return. The caller must not `apply` while an install runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from raftkv.codec.commands import decode_command
+from raftkv.kv.commands import Result
+from raftkv.kv.machine import KVBatch, apply_command
+from raftkv.raft.types import ConfState, Entry, EntryKind, Index, Term
+from raftkv.storage.errors import ApplyOrderError
+from raftkv.storage.snapshot_file import SnapshotInfo
+
+ApplyResult = Result | None  # None: no-op, conf change, or an entry applied before
+
+__all__ = ["ApplyResult", "SnapshotInfo", "StateMachine", "apply_entry", "first_new"]
+
+
+class StateMachine(Protocol):
+    """What the driver needs from a state backend (`LmdbState`, `MemoryState`)."""
+
+    @property
+    def applied_index(self) -> Index: ...
+
+    @property
+    def applied_term(self) -> Term: ...
+
+    @property
+    def conf(self) -> ConfState: ...
+
+    def apply(
+        self, entries: Sequence[Entry], conf: ConfState | None = None
+    ) -> list[ApplyResult]: ...
+
+    def set_conf(self, conf: ConfState) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def get(self, key: str) -> str | None: ...
+
+    def items(
+        self, prefix: str = "", limit: int | None = None, after: str | None = None
+    ) -> Iterator[tuple[str, str]]: ...
+
+    def build_snapshot(self, dest: Path) -> SnapshotInfo: ...
+
+    def install_snapshot(self, src: Path) -> SnapshotInfo: ...
+
+    def close(self) -> None: ...
+
+
+def first_new(applied: Index, entries: Sequence[Entry], where: str) -> int:
+    """Position in `entries` of the first entry above `applied`, after checking that the batch
+    is contiguous and continues the applied index without a gap."""
+    start = 0
+    while start < len(entries) and entries[start].index <= applied:
+        start += 1
+    expect = applied + 1
+    for entry in entries[start:]:
+        if entry.index != expect:
+            raise ApplyOrderError(
+                f"{where}: applying entry {entry.index} but the next to apply is {expect}"
+            )
+        expect += 1
+    return start
+
+
+def apply_entry(batch: KVBatch, entry: Entry) -> ApplyResult:
+    """Apply one committed entry to `batch` (see the module rules)."""
+    if entry.kind == EntryKind.NORMAL and entry.data:
+        return apply_command(batch, decode_command(entry.data))
+    return None

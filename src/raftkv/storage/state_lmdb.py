@@ -1,0 +1,282 @@
+"""The KV state machine of one node in LMDB (the default backend).
+
+Rules:
+- One LMDB environment per node directory, two named databases: `kv` (the data) and `meta`
+  (`applied` = (index, term) of the last applied entry, `conf` = the ConfState in force).
+  `apply()` writes the batch's effects and the new applied (index, term) in ONE write
+  transaction, so the state never disagrees with its own applied index.
+- No fsync per apply (`sync=False`, `metasync=False`): the Raft log is the durable record, and a
+  restart re-applies the entries after whatever applied index LMDB kept (a commit is already in
+  the OS page cache, so only an OS crash or power loss rolls it back). The caller MUST call
+  `sync()` before compacting the log past `applied_index`. `install_snapshot` syncs itself.
+- Key layout: LMDB keys are at most 511 bytes, but a client key may be longer (the HTTP layer
+  admits 4 KiB). The stored key is b"=" + the UTF-8 key when that is <= 447 bytes (the "="
+  makes the empty key storable); a longer key is stored as b"=" + its first 447 bytes + 0xFF +
+  blake2b-256 of the whole key, and its value as u32 key length + key + value. 0xFF never occurs
+  in UTF-8, so the two shapes cannot collide, and prefix scans still find long keys. Order is
+  UTF-8 byte order (= code-point order), except that keys sharing their first 447 bytes and
+  longer than that come in hash order.
+- Threads: `apply`/`set_conf` run on the loop thread; `build_snapshot` uses one read
+  transaction and may run on a worker thread meanwhile; `install_snapshot` (worker thread) holds
+  the write lock for the whole install, so the caller must not apply until it returns. A write
+  transaction starts and ends on the same thread, as LMDB requires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import lmdb
+import msgspec
+
+from raftkv.raft.types import ConfState, Entry, Index, Term
+from raftkv.storage.errors import CorruptSnapshotError, StorageError
+from raftkv.storage.snapshot_file import (
+    SnapshotHeader,
+    SnapshotInfo,
+    SnapshotReader,
+    write_snapshot_file,
+)
+from raftkv.storage.state import ApplyResult, StateMachine, apply_entry, first_new
+
+if TYPE_CHECKING:
+    from lmdb import _Database
+
+DEFAULT_MAP_SIZE = 16 << 30  # address space, not disk: the file grows with the data
+
+_PREFIX = b"="
+_SHORT_MAX = 447  # longest UTF-8 key stored as itself: 1 + 447 bytes
+_LONG_MARK = 0xFF
+_LONG_LEN = 1 + _SHORT_MAX + 1 + 32
+_KEYLEN = struct.Struct("<I")
+_APPLIED = struct.Struct("<QQ")  # applied index, applied term
+_APPLIED_KEY = b"applied"
+_CONF_KEY = b"conf"
+
+_conf_encoder = msgspec.msgpack.Encoder()
+_conf_decoder = msgspec.msgpack.Decoder(ConfState)
+
+
+def _is_long(skey: bytes) -> bool:
+    return len(skey) == _LONG_LEN and skey[1 + _SHORT_MAX] == _LONG_MARK
+
+
+def _store_key(kb: bytes) -> bytes:
+    if len(kb) <= _SHORT_MAX:
+        return _PREFIX + kb
+    digest = hashlib.blake2b(kb, digest_size=32).digest()
+    return _PREFIX + kb[:_SHORT_MAX] + bytes([_LONG_MARK]) + digest
+
+
+def _store_value(kb: bytes, vb: bytes) -> bytes:
+    return vb if len(kb) <= _SHORT_MAX else _KEYLEN.pack(len(kb)) + kb + vb
+
+
+def _logical(skey: bytes, stored: bytes) -> tuple[bytes, bytes]:
+    """The (key, value) UTF-8 bytes behind a stored record."""
+    if not _is_long(skey):
+        return skey[1:], stored
+    (klen,) = _KEYLEN.unpack_from(stored)
+    end = _KEYLEN.size + klen
+    return stored[_KEYLEN.size : end], stored[end:]
+
+
+class _Batch:
+    """The KV port (`raftkv.kv.machine.KVBatch`) over one LMDB transaction."""
+
+    __slots__ = ("_db", "_txn")
+
+    def __init__(self, txn: lmdb.Transaction[bytes], db: _Database) -> None:
+        self._txn = txn
+        self._db = db
+
+    def get(self, key: str) -> str | None:
+        kb = key.encode()
+        skey = _store_key(kb)
+        stored = self._txn.get(skey, db=self._db)
+        if stored is None:
+            return None
+        full_key, value = _logical(skey, stored)
+        return value.decode() if full_key == kb else None
+
+    def put(self, key: str, value: str) -> None:
+        kb = key.encode()
+        self._txn.put(_store_key(kb), _store_value(kb, value.encode()), db=self._db)
+
+    def delete(self, key: str) -> bool:
+        return self._txn.delete(_store_key(key.encode()), db=self._db)
+
+
+class LmdbState:
+    """The node's KV state machine in an LMDB environment. Create with `LmdbState.open(dir)`."""
+
+    def __init__(self, path: Path, env: lmdb.Environment, data: _Database, meta: _Database):
+        self._path = path
+        self._env = env
+        self._data = data
+        self._meta = meta
+        # Cached from `meta`, updated after each commit (read by the loop thread only):
+        self._applied_index = Index(0)
+        self._applied_term = Term(0)
+        self._conf = ConfState()
+
+    @classmethod
+    def open(cls, path: Path, map_size: int = DEFAULT_MAP_SIZE) -> LmdbState:
+        """Open or create the environment in directory `path`."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        env = lmdb.open(
+            str(path), map_size=map_size, max_dbs=2, subdir=True, sync=False, metasync=False
+        )
+        try:
+            data = env.open_db(b"kv")
+            meta = env.open_db(b"meta")
+            state = cls(path, env, data, meta)
+            with env.begin(db=meta) as txn:
+                state._read_meta(txn)
+        except BaseException:
+            env.close()
+            raise
+        return state
+
+    def _read_meta(self, txn: lmdb.Transaction[bytes]) -> None:
+        applied = txn.get(_APPLIED_KEY, db=self._meta)
+        conf = txn.get(_CONF_KEY, db=self._meta)
+        try:
+            index, term = _APPLIED.unpack(applied) if applied is not None else (0, 0)
+            self._conf = _conf_decoder.decode(conf) if conf is not None else ConfState()
+        except (struct.error, msgspec.DecodeError) as exc:
+            raise StorageError(f"state {self._path}: unreadable meta record: {exc}") from exc
+        self._applied_index = Index(index)
+        self._applied_term = Term(term)
+
+    # -- loop thread --------------------------------------------------------------------------
+    @property
+    def applied_index(self) -> Index:
+        return self._applied_index
+
+    @property
+    def applied_term(self) -> Term:
+        return self._applied_term
+
+    @property
+    def conf(self) -> ConfState:
+        return self._conf
+
+    def apply(self, entries: Sequence[Entry], conf: ConfState | None = None) -> list[ApplyResult]:
+        """Apply committed `entries` (and store `conf`, if given) in one write transaction.
+
+        Returns one result per entry of `entries`, None for no-ops, conf changes and entries
+        at or below the applied index (skipped)."""
+        start = first_new(self._applied_index, entries, f"state {self._path}")
+        results: list[ApplyResult] = [None] * len(entries)
+        if start == len(entries) and conf is None:
+            return results
+        with self._env.begin(write=True) as txn:  # commits on success, aborts on an exception
+            batch = _Batch(txn, self._data)
+            for pos in range(start, len(entries)):
+                results[pos] = apply_entry(batch, entries[pos])
+            if start < len(entries):
+                last = entries[-1]
+                txn.put(_APPLIED_KEY, _APPLIED.pack(last.index, last.term), db=self._meta)
+            if conf is not None:
+                txn.put(_CONF_KEY, _conf_encoder.encode(conf), db=self._meta)
+        if start < len(entries):
+            self._applied_index = entries[-1].index
+            self._applied_term = entries[-1].term
+        if conf is not None:
+            self._conf = conf
+        return results
+
+    def set_conf(self, conf: ConfState) -> None:
+        """Store the configuration in force (e.g. at bootstrap, or after a conf change).
+
+        Prefer `apply(entries, conf=...)` for a batch holding a conf change: a snapshot taken
+        between that apply and a separate `set_conf` would pair the new index with the old conf.
+        """
+        self.apply((), conf)
+
+    def sync(self) -> None:
+        """Flush every committed apply to disk (call before compacting the Raft log)."""
+        self._env.sync(True)
+
+    # -- any thread ---------------------------------------------------------------------------
+    def get(self, key: str) -> str | None:
+        with self._env.begin() as txn:
+            return _Batch(txn, self._data).get(key)
+
+    def items(
+        self, prefix: str = "", limit: int | None = None, after: str | None = None
+    ) -> Iterator[tuple[str, str]]:
+        """(key, value) pairs whose key starts with `prefix`, after key `after` (exclusive), at
+        most `limit`, in stored-key order; read in one transaction, then yielded."""
+        pb = prefix.encode()
+        scope = _PREFIX + pb[:_SHORT_MAX]  # every stored key under `prefix` starts with this
+        skip = None if after is None else _store_key(after.encode())
+        start = scope if skip is None else max(scope, skip)
+        out: list[tuple[str, str]] = []
+        with self._env.begin() as txn, txn.cursor(self._data) as cur:
+            found = cur.set_range(start)
+            while found and (limit is None or len(out) < limit):
+                skey, stored = cur.item()
+                if not skey.startswith(scope):
+                    break
+                if skey != skip:
+                    kb, vb = _logical(skey, stored)
+                    if kb.startswith(pb):
+                        out.append((kb.decode(), vb.decode()))
+                found = cur.next()
+        return iter(out)
+
+    def build_snapshot(self, dest: Path) -> SnapshotInfo:
+        """Write a snapshot of one consistent instant to `dest` (safe on a worker thread)."""
+        with self._env.begin() as txn:  # one read txn: data, index, term and conf agree
+            applied = txn.get(_APPLIED_KEY, db=self._meta)
+            conf = txn.get(_CONF_KEY, db=self._meta)
+            index, term = _APPLIED.unpack(applied) if applied is not None else (0, 0)
+            header = SnapshotHeader(
+                Index(index),
+                Term(term),
+                _conf_decoder.decode(conf) if conf is not None else ConfState(),
+            )
+            with txn.cursor(self._data) as cur:
+                return write_snapshot_file(dest, header, (_logical(k, v) for k, v in cur))
+
+    def install_snapshot(self, src: Path) -> SnapshotInfo:
+        """Verify `src` while replacing the whole state with it; durable on return.
+
+        A corrupt file raises `CorruptSnapshotError` and leaves the state unchanged."""
+        src = Path(src)
+        with open(src, "rb") as f:
+            reader = SnapshotReader(f, str(src))
+            h = reader.header
+            with self._env.begin(write=True) as txn:  # aborted if verification fails
+                txn.drop(self._data, delete=False)
+                try:
+                    for kb, vb in reader.records():
+                        txn.put(_store_key(kb), _store_value(kb, vb), db=self._data)
+                except lmdb.BadValsizeError as exc:
+                    raise CorruptSnapshotError(f"snapshot {src}: bad record: {exc}") from exc
+                txn.put(_APPLIED_KEY, _APPLIED.pack(h.index, h.term), db=self._meta)
+                txn.put(_CONF_KEY, _conf_encoder.encode(h.conf), db=self._meta)
+            size = f.tell()
+        # The caller records this snapshot in the Raft log and drops the entries it covers;
+        # from then on nothing can rebuild this state but LMDB itself, so make it durable now.
+        self._env.sync(True)
+        self._applied_index, self._applied_term, self._conf = h.index, h.term, h.conf
+        return SnapshotInfo(h.index, h.term, h.conf, src, size)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def close(self) -> None:
+        self._env.close()
+
+
+if TYPE_CHECKING:  # mypy proves the backend fulfils the contract
+    _contract: type[StateMachine] = LmdbState

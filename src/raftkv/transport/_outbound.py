@@ -1,0 +1,206 @@
+"""One persistent outbound connection to one peer: connect, handshake, coalesced writes.
+
+Rules:
+- The connection only carries frames from this node to the peer; the peer's replies come on
+  its own outbound connection to us. Bytes arriving on ours are a protocol violation.
+- `Hello` is the first frame written after connecting; only then is the peer `connected`, and
+  only a connected peer takes messages (the transport drops the rest; Raft resends).
+- Reconnect with exponential backoff (`backoff_initial` doubling to `backoff_max`, jittered by
+  the transport's own `random.Random`); every attempt calls `open_connection` with the host
+  name, so it is resolved anew and a peer restarted under a new IP is found again.
+- The source address is bound to `source_host` so address-keyed partitions (nftables rules
+  between 127.0.0.1/.2/.3) can cut this connection.
+- Writes: messages queued by `enqueue` during one loop turn go out in ONE `writer.write` when
+  the transport flushes; a frame larger than `max_frame_bytes` is dropped here, since the
+  receiver would drop the whole connection for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Sequence
+
+from structlog.typing import FilteringBoundLogger
+
+from raftkv.codec.wire import PROTOCOL_VERSION, Hello, WireMessage, append_frame, encode_frame
+from raftkv.raft.types import NodeId
+from raftkv.transport._common import TransportTuning, set_nodelay
+
+
+class OutboundPeer:
+    """The sending side toward one peer; owned and driven by `PeerTransport`."""
+
+    def __init__(
+        self,
+        *,
+        node_id: NodeId,
+        peer_id: NodeId,
+        cluster_name: str,
+        addr: tuple[str, int],
+        source_host: str | None,
+        max_frame_bytes: int,
+        tuning: TransportTuning,
+        rng: random.Random,
+        report_unreachable: Callable[[NodeId], bool],
+        logger: FilteringBoundLogger,
+    ) -> None:
+        self.peer_id = peer_id
+        self.addr = addr  # where to connect next; update_peer changes it
+        self._hello = encode_frame(Hello(PROTOCOL_VERSION, cluster_name, node_id))
+        self._source_host = source_host
+        self._max_frame_bytes = max_frame_bytes
+        self._tuning = tuning
+        self._rng = rng
+        self._report_unreachable = report_unreachable
+        self._log = logger.bind(peer=peer_id)
+        self.writer: asyncio.StreamWriter | None = None  # set only while connected, Hello sent
+        self.pending: list[WireMessage] = []  # queued this loop turn, written at flush
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # cuts a backoff sleep short (address changed)
+        self._redial_now = True  # the next attempt skips the backoff sleep (so does the first)
+        self._was_connected = False  # for one "lost" log line per outage, not per attempt
+        self._closed = False  # set by close(); the loop also checks it, in case a cancel is lost
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"raftkv-transport-out-{self.peer_id}"
+        )
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.pending.clear()
+
+    def change_address(self, addr: tuple[str, int]) -> None:
+        """Point at a new address: drop the current connection and dial the new one at once."""
+        self.addr = addr
+        self._redial_now = True
+        self._wake.set()
+        if self.writer is not None:
+            # abort (not close): queued bytes were meant for the old address's process.
+            self.writer.transport.abort()
+
+    @property
+    def connected(self) -> bool:
+        writer = self.writer
+        return writer is not None and not writer.transport.is_closing()
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def flush(self, extra: Sequence[WireMessage] = ()) -> bool:
+        """Write all pending messages (then `extra`) with one write; False if they were dropped."""
+        msgs = self.pending
+        self.pending = []
+        writer = self.writer
+        if writer is None or writer.transport.is_closing():
+            self._report_unreachable(self.peer_id)
+            return False
+        buffered = writer.transport.get_write_buffer_size()
+        if buffered > self._tuning.max_buffered_bytes:
+            if self._report_unreachable(self.peer_id):  # rate-limited, so is the log line
+                self._log.warning("peer_write_buffer_full", buffered=buffered, dropped=len(msgs))
+            return False
+        buf = bytearray()
+        for msg in (*msgs, *extra) if extra else msgs:
+            start = len(buf)
+            length = append_frame(buf, msg)
+            if length > self._max_frame_bytes:
+                del buf[start:]
+                self._log.error(
+                    "message_too_large_dropped",
+                    msg_type=type(msg).__name__,
+                    size=length,
+                    limit=self._max_frame_bytes,
+                )
+        if buf:
+            writer.write(buf)
+        return True
+
+    # ---- connection loop -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = self._tuning.backoff_initial
+        while not self._closed:
+            if not self._redial_now:
+                await self._sleep(delay * self._rng.uniform(0.5, 1.5))
+                if self._closed:
+                    return
+            self._redial_now = False
+            self._wake.clear()
+            addr = self.addr
+            connection = await self._connect(addr)
+            if connection is None:
+                delay = min(delay * 2, self._tuning.backoff_max)
+                continue
+            reader, writer = connection
+            if self._closed:
+                writer.transport.abort()
+                return
+            loop = asyncio.get_running_loop()
+            since = loop.time()
+            try:
+                await self._serve(reader, writer, addr)
+            finally:
+                self.writer = None
+                writer.transport.abort()
+                # Not suppressing CancelledError: a close() landing here must end the task.
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            self._report_unreachable(self.peer_id)
+            if loop.time() - since >= self._tuning.stable_after:
+                delay = self._tuning.backoff_initial
+            else:
+                delay = min(delay * 2, self._tuning.backoff_max)
+
+    async def _sleep(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that lands
+        # as its inner await completes, and close() would then wait forever.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+
+    async def _connect(
+        self, addr: tuple[str, int]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        host, port = addr
+        local_addr = (self._source_host, 0) if self._source_host is not None else None
+        try:
+            async with asyncio.timeout(self._tuning.connect_timeout):
+                return await asyncio.open_connection(host, port, local_addr=local_addr)
+        except (OSError, TimeoutError) as exc:
+            if self._was_connected:
+                self._was_connected = False
+                self._log.info("peer_connect_failed", host=host, port=port, error=str(exc))
+            else:
+                self._log.debug("peer_connect_failed", host=host, port=port, error=str(exc))
+            return None
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: tuple[str, int]
+    ) -> None:
+        """Hand the connection to writers and wait until it is lost."""
+        set_nodelay(writer)
+        writer.write(self._hello)
+        self.writer = writer
+        self._was_connected = True
+        self._log.info("peer_connected", host=addr[0], port=addr[1])
+        try:
+            data = await reader.read(4096)
+        except (OSError, ConnectionError) as exc:
+            self._log.info("peer_connection_lost", error=str(exc))
+            return
+        if data:
+            self._log.warning("peer_sent_data_on_outbound_connection", size=len(data))
+        elif self.addr == addr:
+            self._log.info("peer_connection_closed")
+        else:
+            self._log.info("peer_address_changed", host=self.addr[0], port=self.addr[1])

@@ -1,0 +1,416 @@
+"""Peer transport over TCP: length-prefixed msgspec frames (`raftkv.codec.wire`) on asyncio streams.
+
+Rules:
+- One persistent OUTBOUND connection per peer, used only for sending (`_outbound.py`); the
+  peer's own outbound connection brings its messages here. So: one connection per direction.
+- `send` never blocks and never raises for a down peer: messages for a peer that is not
+  connected are dropped (Raft resends) and `on_unreachable(peer)` is reported, at most once per
+  `unreachable_interval` per peer. A message addressed to this node is a caller bug: ValueError.
+- Coalescing: everything handed to `send` during one loop turn is encoded and written with one
+  `writer.write` per peer, from one `call_soon` callback.
+- Callbacks (`on_unreachable`, `on_snapshot_status`) run from their own loop callbacks, never
+  inside `send`, so a driver can call back into the core without re-entering its Ready handling.
+  `on_message` is called from the connection's reader task, one message at a time, in order.
+- Inbound: the connector's first frame must be `Hello` with our protocol version and cluster
+  name. A malformed or oversized frame, an unknown tag, a second Hello, a message whose `from_`
+  is not the Hello's node id or whose `to` is not us: logged, connection dropped. Nothing a peer
+  sends can raise out of the reader task; an exception from `on_message` is logged.
+- Snapshots: see `_snapshot.py` (file mode when `snapshot_dir` is given, else inline).
+- `stop` cancels and awaits every task it started and closes every socket: no leaks.
+- Works on the default asyncio loop and on uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from raftkv.codec.wire import (
+    LENGTH_PREFIX_BYTES,
+    PROTOCOL_VERSION,
+    FrameError,
+    FrameParser,
+    Hello,
+    SnapshotChunk,
+    WireMessage,
+    decode_payload,
+    frame_length,
+)
+from raftkv.raft.messages import AnyMessage, InstallSnapshot
+from raftkv.raft.types import NodeId
+from raftkv.transport._common import ProtocolViolation, TransportTuning, set_nodelay
+from raftkv.transport._outbound import OutboundPeer
+from raftkv.transport._snapshot import SnapshotReceiver, remove_stale_partials, stream_snapshot
+
+HELLO_MAX_BYTES: Final = 64 << 10
+"""Before the handshake a peer is unknown: its first frame may not make us buffer more."""
+
+
+def _ignore_unreachable(peer: NodeId) -> None:
+    pass
+
+
+def _ignore_snapshot_status(peer: NodeId, ok: bool) -> None:
+    pass
+
+
+class PeerTransport:
+    """Sends Raft messages to peers and delivers theirs to `on_message`."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        cluster_name: str,
+        listen: tuple[str, int],
+        peers: Mapping[NodeId, tuple[str, int]],
+        on_message: Callable[[AnyMessage], None],
+        *,
+        source_host: str | None,
+        on_unreachable: Callable[[NodeId], None] = _ignore_unreachable,
+        on_snapshot_status: Callable[[NodeId, bool], None] = _ignore_snapshot_status,
+        max_frame_bytes: int = 64 << 20,
+        snapshot_dir: Path | None = None,
+        logger: FilteringBoundLogger | None = None,
+        rng: random.Random | None = None,
+        tuning: TransportTuning | None = None,
+    ) -> None:
+        self._node_id = node_id
+        self._cluster_name = cluster_name
+        self._listen = listen
+        # Our own entry is skipped, so callers may pass the whole cluster's address map.
+        self._addrs = {p: a for p, a in peers.items() if p != node_id}
+        self._on_message = on_message
+        self._source_host = source_host
+        self._on_unreachable = on_unreachable
+        self._on_snapshot_status = on_snapshot_status
+        self._max_frame_bytes = max_frame_bytes
+        self._snapshot_dir = snapshot_dir
+        base = logger if logger is not None else structlog.get_logger("raftkv.transport")
+        self._log: FilteringBoundLogger = base.bind(node=node_id)
+        self._rng = rng if rng is not None else random.Random()
+        self._tuning = tuning if tuning is not None else TransportTuning()
+        self._running = False
+        self._stopped = False
+        self._server: asyncio.Server | None = None
+        self._bound: tuple[str, int] | None = None
+        self._peers: dict[NodeId, OutboundPeer] = {}
+        self._dirty: dict[NodeId, OutboundPeer] = {}  # peers with pending messages this turn
+        self._flush_handle: asyncio.Handle | None = None
+        self._last_unreachable: dict[NodeId, float] = {}  # loop time of the last report
+        self._inbound: dict[NodeId, asyncio.StreamWriter] = {}  # newest connection per peer
+        self._inbound_addrs: dict[NodeId, tuple[str, int]] = {}
+        self._snapshot_tasks: dict[NodeId, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()  # tasks we created, for stop()
+        # Inbound handler tasks are created by asyncio.start_server. stop() ends them by closing
+        # their connection, not by cancelling: 3.11's StreamReaderProtocol logs a spurious
+        # "Exception in callback" for a cancelled client_connected_cb task.
+        self._inbound_tasks: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen on `listen` (port 0 picks a free port: see `listen_address`) and dial peers."""
+        if self._running or self._stopped:
+            raise RuntimeError("PeerTransport.start() may be called once")
+        if self._snapshot_dir is not None:
+            await asyncio.to_thread(self._snapshot_dir.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(remove_stale_partials, self._snapshot_dir)
+        host, port = self._listen
+        self._server = await asyncio.start_server(self._handle_inbound, host, port)
+        sockname = self._server.sockets[0].getsockname()
+        self._bound = (str(sockname[0]), int(sockname[1]))
+        self._running = True
+        for peer_id in sorted(self._addrs):
+            self._add_peer(peer_id, self._addrs[peer_id])
+        self._log.info("transport_started", host=self._bound[0], port=self._bound[1])
+
+    async def stop(self) -> None:
+        """Close the listener and every connection; cancel and await every task."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._running = False
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        for writer in self._inbound_tasks.values():
+            writer.transport.abort()
+        # A connection accepted just now has a handler task that has not run yet; one loop turn
+        # lets it start, see that we are stopped and close its socket.
+        await asyncio.sleep(0)
+        peers = list(self._peers.values())
+        self._peers.clear()
+        self._dirty.clear()
+        await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)
+        while self._tasks or self._inbound_tasks:
+            await asyncio.gather(*self._tasks, *self._inbound_tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._log.info("transport_stopped")
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """The bound (host, port), known after `start`."""
+        if self._bound is None:
+            raise RuntimeError("not started")
+        return self._bound
+
+    def connected_peers(self) -> list[NodeId]:
+        """Peers our outbound connection currently reaches (sorted)."""
+        return sorted(p for p, peer in self._peers.items() if peer.connected)
+
+    def inbound_peers(self) -> dict[NodeId, tuple[str, int]]:
+        """Peers connected to us, with the remote address the connection came from."""
+        return dict(self._inbound_addrs)
+
+    # ---- membership ------------------------------------------------------------------------
+
+    def update_peer(self, node_id: NodeId, addr: tuple[str, int]) -> None:
+        """Add a peer or change its address; a changed address is dialled at once."""
+        if node_id == self._node_id:
+            return
+        self._addrs[node_id] = addr
+        if not self._running:
+            return
+        peer = self._peers.get(node_id)
+        if peer is None:
+            self._add_peer(node_id, addr)
+        elif peer.addr != addr:
+            self._log.info("peer_address_updated", peer=node_id, host=addr[0], port=addr[1])
+            peer.change_address(addr)
+
+    def remove_peer(self, node_id: NodeId) -> None:
+        """Forget a peer (removed from the cluster): close our connection to it."""
+        self._addrs.pop(node_id, None)
+        self._dirty.pop(node_id, None)
+        peer = self._peers.pop(node_id, None)
+        if peer is not None:
+            self._spawn(peer.close(), f"raftkv-transport-close-{node_id}")
+        task = self._snapshot_tasks.pop(node_id, None)
+        if task is not None:
+            task.cancel()
+
+    def _add_peer(self, peer_id: NodeId, addr: tuple[str, int]) -> None:
+        peer = OutboundPeer(
+            node_id=self._node_id,
+            peer_id=peer_id,
+            cluster_name=self._cluster_name,
+            addr=addr,
+            source_host=self._source_host,
+            max_frame_bytes=self._max_frame_bytes,
+            tuning=self._tuning,
+            rng=self._rng,
+            report_unreachable=self._report_unreachable,
+            logger=self._log,
+        )
+        self._peers[peer_id] = peer
+        peer.start()
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    def send(self, msgs: Iterable[AnyMessage]) -> None:
+        """Queue messages for their peers; they leave in one write per peer at the end of this
+        loop turn. Never blocks; drops (and reports) what cannot be sent."""
+        try:
+            for msg in msgs:
+                self._enqueue(msg)
+        finally:
+            # Even if a bad message raised, what was queued before it still goes out.
+            if self._dirty and self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _enqueue(self, msg: AnyMessage) -> None:
+        to = msg.to
+        if to == self._node_id:
+            raise ValueError(f"{type(msg).__name__} addressed to this node ({to})")
+        if not self._running:
+            return
+        peer = self._peers.get(to)
+        if peer is None:
+            if self._report_unreachable(to):
+                self._log.warning("send_to_unknown_peer", peer=to)
+            return
+        is_file_snapshot = isinstance(msg, InstallSnapshot) and self._snapshot_dir is not None
+        if not peer.connected:
+            self._report_unreachable(to)
+            if is_file_snapshot:
+                self._call_soon(self._on_snapshot_status, to, False)
+            return
+        if isinstance(msg, InstallSnapshot) and is_file_snapshot:
+            self._start_snapshot(peer, msg)
+            return
+        if len(peer.pending) >= self._tuning.max_pending_messages:
+            if self._report_unreachable(to):
+                self._log.warning("send_queue_full", peer=to)
+            return
+        peer.pending.append(msg)
+        self._dirty[to] = peer
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, {}
+        for peer in dirty.values():
+            if peer.pending:
+                peer.flush()
+
+    def _start_snapshot(self, peer: OutboundPeer, msg: InstallSnapshot) -> None:
+        # Newest wins: a superseded transfer is cancelled (the receiver discards it when the
+        # next transfer's first chunk arrives) and reports nothing.
+        old = self._snapshot_tasks.pop(peer.peer_id, None)
+        if old is not None:
+            old.cancel()
+        task = self._spawn(self._send_snapshot(peer, msg), f"raftkv-snapshot-{peer.peer_id}")
+        self._snapshot_tasks[peer.peer_id] = task
+
+    async def _send_snapshot(self, peer: OutboundPeer, msg: InstallSnapshot) -> None:
+        log = self._log.bind(peer=peer.peer_id)
+        ok = await stream_snapshot(peer, msg, self._tuning.snapshot_chunk_bytes, log)
+        if self._snapshot_tasks.get(peer.peer_id) is asyncio.current_task():
+            del self._snapshot_tasks[peer.peer_id]
+        self._call_soon(self._on_snapshot_status, peer.peer_id, ok)
+
+    def _report_unreachable(self, peer_id: NodeId) -> bool:
+        """Report `peer_id` unreachable unless reported recently; True if reported now."""
+        if not self._running:
+            return False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        last = self._last_unreachable.get(peer_id, -math.inf)
+        if now - last < self._tuning.unreachable_interval:
+            return False
+        self._last_unreachable[peer_id] = now
+        self._call_soon(self._on_unreachable, peer_id)
+        return True
+
+    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        asyncio.get_running_loop().call_soon(self._run_callback, callback, args)
+
+    def _run_callback(self, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
+        if not self._running:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            self._log.exception("transport_callback_failed", callback=repr(callback))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- receiving -------------------------------------------------------------------------
+
+    async def _handle_inbound(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if not self._running or task is None:
+            writer.transport.abort()
+            return
+        self._inbound_tasks[task] = writer
+        peername = writer.get_extra_info("peername")
+        remote = (str(peername[0]), int(peername[1])) if peername else ("?", 0)
+        log = self._log.bind(remote=f"{remote[0]}:{remote[1]}")
+        peer_id: NodeId | None = None
+        receiver: SnapshotReceiver | None = None
+        try:
+            set_nodelay(writer)
+            async with asyncio.timeout(self._tuning.hello_timeout):
+                hello = await self._read_hello(reader)
+            peer_id = hello.node_id
+            log = log.bind(peer=peer_id)
+            old = self._inbound.get(peer_id)
+            if old is not None:
+                # The peer reconnected; its old connection is dead or about to be.
+                old.transport.abort()
+            self._inbound[peer_id] = writer
+            self._inbound_addrs[peer_id] = remote
+            log.info("inbound_connected")
+            if self._snapshot_dir is not None:
+                receiver = SnapshotReceiver(self._snapshot_dir, peer_id, log)
+            await self._receive(reader, peer_id, receiver)
+            log.info("inbound_closed")
+        except FrameError as exc:
+            log.warning("inbound_dropped_bad_frame", error=str(exc))
+        except ProtocolViolation as exc:
+            log.warning("inbound_dropped_protocol_violation", error=str(exc))
+        except TimeoutError as exc:  # before the OSError clause: TimeoutError is an OSError
+            if peer_id is None:
+                log.warning("inbound_dropped_no_hello", timeout=self._tuning.hello_timeout)
+            else:
+                log.info("inbound_lost", error=str(exc) or "timeout")
+        except (OSError, asyncio.IncompleteReadError) as exc:  # OSError includes ConnectionError
+            log.info("inbound_lost", error=str(exc) or type(exc).__name__)
+        except Exception:  # never let a peer's bytes crash the loop's exception handler
+            log.exception("inbound_failed")
+        finally:
+            if receiver is not None:
+                receiver.discard()
+            if peer_id is not None and self._inbound.get(peer_id) is writer:
+                del self._inbound[peer_id]
+                del self._inbound_addrs[peer_id]
+            writer.transport.abort()
+            del self._inbound_tasks[task]
+
+    async def _read_hello(self, reader: asyncio.StreamReader) -> Hello:
+        prefix = await reader.readexactly(LENGTH_PREFIX_BYTES)
+        payload = await reader.readexactly(frame_length(prefix, HELLO_MAX_BYTES))
+        hello = decode_payload(payload)
+        if not isinstance(hello, Hello):
+            raise ProtocolViolation(f"first frame is {type(hello).__name__}, not Hello")
+        if hello.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolViolation(
+                f"protocol version {hello.protocol_version}, expected {PROTOCOL_VERSION}"
+            )
+        if hello.cluster_name != self._cluster_name:
+            raise ProtocolViolation(
+                f"cluster {hello.cluster_name!r}, expected {self._cluster_name!r}"
+            )
+        if hello.node_id == self._node_id:
+            raise ProtocolViolation("peer claims our own node id")
+        return hello
+
+    async def _receive(
+        self, reader: asyncio.StreamReader, peer_id: NodeId, receiver: SnapshotReceiver | None
+    ) -> None:
+        parser = FrameParser(self._max_frame_bytes)
+        read_bytes = self._tuning.read_bytes
+        while True:
+            data = await reader.read(read_bytes)
+            if not data:
+                return
+            for msg in parser.feed(data):
+                await self._dispatch(msg, peer_id, receiver)
+
+    async def _dispatch(
+        self, msg: WireMessage, peer_id: NodeId, receiver: SnapshotReceiver | None
+    ) -> None:
+        if isinstance(msg, SnapshotChunk):
+            if receiver is None:
+                raise ProtocolViolation("snapshot chunk, but snapshots travel inline here")
+            await receiver.add_chunk(msg)
+            return
+        if isinstance(msg, Hello):
+            raise ProtocolViolation("second Hello on a connection")
+        if msg.from_ != peer_id:
+            raise ProtocolViolation(f"{type(msg).__name__} from {msg.from_!r} on {peer_id}'s link")
+        if msg.to != self._node_id:
+            raise ProtocolViolation(f"{type(msg).__name__} addressed to {msg.to!r}")
+        if receiver is not None and isinstance(msg, InstallSnapshot):
+            msg = await receiver.complete(msg)
+        try:
+            self._on_message(msg)
+        except Exception:
+            self._log.exception("on_message_failed", msg_type=type(msg).__name__)

@@ -1,0 +1,239 @@
+"""Test helpers for the server: a fake in-memory KVNode, settings, servers on real ports.
+
+Rules: no fixed sleeps; every server and session is closed by the helper that opened it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, ParamSpec
+
+import aiohttp
+from yarl import URL
+
+from raftkv.runtime.api import ROLE_FOLLOWER, ROLE_LEADER, LocalStatus, NotLeaderError
+from raftkv.server.config import Address, Settings, load_settings
+from raftkv.server.http import create_app
+from raftkv.server.runner import run_http
+
+P = ParamSpec("P")
+
+CONFIG_3 = """\
+cluster:
+  name: "test-cluster"
+  bootstrap_id: "node-1"
+  data_dir: "{data_dir}"
+  nodes:
+    node-1: "127.0.0.1:9001"
+    node-2: "127.0.0.1:9002"
+    node-3: "127.0.0.1:9003"
+raft:
+  election_timeout_ms: 100
+  heartbeat_timeout_ms: 25
+logging:
+  level: "info"
+"""
+
+
+def aio(fn: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
+    """Run an async test on a fresh event loop (no pytest asyncio plugin needed)."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        asyncio.run(fn(*args, **kwargs))
+
+    return run
+
+
+def make_settings(tmp_path: Path, node_id: str = "node-1", **changes: Any) -> Settings:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CONFIG_3.format(data_dir=tmp_path / "data"), encoding="utf-8")
+    settings = load_settings({"config": path, "node_id": node_id}, env={})
+    return dataclasses.replace(settings, **changes)
+
+
+class FakeNode:
+    """An in-memory KVNode. Leader when `leader_id == node_id`, else raises NotLeaderError."""
+
+    def __init__(
+        self,
+        node_id: str = "node-1",
+        *,
+        leader_id: str | None = "node-1",
+        http_peers: Mapping[str, str] | None = None,
+        term: int = 1,
+        hint_leader_http: bool = True,
+    ) -> None:
+        self._id = node_id
+        self.leader_id = leader_id
+        self.term = term
+        self.http_peers = dict(
+            http_peers
+            or {"node-1": "127.0.0.1:1", "node-2": "127.0.0.1:2", "node-3": "127.0.0.1:3"}
+        )
+        self.raft_peers = {
+            n: f"127.0.0.1:{9000 + i}" for i, n in enumerate(sorted(self.http_peers), 1)
+        }
+        self.hint_leader_http = hint_leader_http
+        self.data: dict[str, str] = {}
+        self.calls: list[tuple[object, ...]] = []
+        self.fail_with: BaseException | None = None  # raised by every operation while set
+        self.hang = False  # operations never complete while set
+        self.ready = True
+
+    @property
+    def node_id(self) -> str:
+        return self._id
+
+    async def _enter(self, *call: object, write: bool) -> None:
+        self.calls.append(call)
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        if write and self.leader_id != self._id:
+            hint = self.http_peers.get(self.leader_id) if self.leader_id else None
+            raise NotLeaderError(self.leader_id, hint if self.hint_leader_http else None)
+
+    async def put(self, key: str, value: str) -> None:
+        await self._enter("put", key, value, write=True)
+        self.data[key] = value
+
+    async def delete(self, key: str) -> bool:
+        await self._enter("delete", key, write=True)
+        return self.data.pop(key, None) is not None
+
+    async def get(self, key: str, *, linearizable: bool) -> str | None:
+        await self._enter("get", key, linearizable, write=False)
+        return self.data.get(key)
+
+    def local_status(self) -> LocalStatus:
+        return LocalStatus(
+            node_id=self._id,
+            role=ROLE_LEADER if self.leader_id == self._id else ROLE_FOLLOWER,
+            term=self.term,
+            leader_id=self.leader_id,
+            commit_index=7,
+            applied_index=6,
+            last_index=8,
+            raft_address=self.raft_peers[self._id],
+            http_address=self.http_peers[self._id],
+        )
+
+    def is_ready(self) -> bool:
+        return self.ready
+
+    def peer_http_addresses(self) -> Mapping[str, str]:
+        return self.http_peers
+
+    def peer_raft_addresses(self) -> Mapping[str, str]:
+        return self.raft_peers
+
+
+class Client:
+    """A client session bound to one served app; closes every response it returned."""
+
+    def __init__(self, session: aiohttp.ClientSession, host: str, port: int) -> None:
+        self.session = session
+        self.host = host
+        self.port = port
+        self._responses: list[aiohttp.ClientResponse] = []
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def url(self, path: str | URL) -> URL:
+        if isinstance(path, URL):  # already encoded: sent exactly as written
+            return URL(f"http://{self.address}{path.raw_path_qs}", encoded=True)
+        return URL(f"http://{self.address}{path}")
+
+    async def request(self, method: str, path: str | URL, **kwargs: Any) -> aiohttp.ClientResponse:
+        resp = await self.session.request(method, self.url(path), **kwargs)
+        self._responses.append(resp)
+        return resp
+
+    async def get(self, path: str | URL, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("GET", path, **kwargs)
+
+    async def put(self, path: str | URL, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("PUT", path, **kwargs)
+
+    async def post(self, path: str | URL, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("POST", path, **kwargs)
+
+    async def delete(self, path: str | URL, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("DELETE", path, **kwargs)
+
+    def close_responses(self) -> None:
+        for resp in self._responses:
+            resp.close()
+
+
+@asynccontextmanager
+async def client_for(node: FakeNode, settings: Settings) -> AsyncIterator[Client]:
+    """The node's app served as in production (`run_http`) on a free port of 127.0.0.1."""
+    settings = dataclasses.replace(settings, http_listen=Address("127.0.0.1", 0))
+    runner = await run_http(create_app(node, settings), settings)
+    try:
+        host, port = runner.addresses[0][:2]
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, host, port)
+            try:
+                yield client
+            finally:
+                client.close_responses()
+    finally:
+        await runner.cleanup()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nobody listens on (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class DroppingServer:
+    """A raw TCP "leader" that reads one whole request, counts it, and closes without replying."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        assert self._server is not None
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            self.requests += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    async def __aenter__(self) -> DroppingServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
