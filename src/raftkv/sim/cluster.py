@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from raftkv.raft.config import RaftConfig
+from raftkv.raft.errors import Unavailable
 from raftkv.raft.messages import AnyMessage, InstallSnapshot
 from raftkv.raft.rawnode import RawNode
 from raftkv.raft.ready import Persist, Ready
-from raftkv.raft.errors import Unavailable
 from raftkv.raft.types import ConfState, Entry, Index, NodeId, ReadState, Role, Snapshot, Term
 from raftkv.sim.invariants import Invariants, LogPos
 from raftkv.sim.network import NetProfile, Network
@@ -420,4 +420,3 @@ def _holds(node: SimNode, index: Index, term: Term) -> tuple[bool, LogPos]:
         return disk.term(index) == term, pos
     except Unavailable:
         return False, pos
-

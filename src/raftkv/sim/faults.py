@@ -15,6 +15,7 @@ Rules:
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from raftkv.raft.errors import ProposalDropped
@@ -105,7 +106,8 @@ class FaultInjector:
         self._schedule(cluster)
         fault = self.rng.choices(FAULTS, weights=self.opt.weights)[0]
         cluster.count(f"fault_{fault}")
-        return fault + ": " + getattr(self, f"_{fault}")(cluster)
+        act: Callable[[Cluster], str] = getattr(self, f"_{fault}")
+        return fault + ": " + act(cluster)
 
     def _span(self, bounds: tuple[int, int]) -> int:
         return self.rng.randrange(bounds[0], bounds[1] + 1)

@@ -10,8 +10,7 @@ Rules:
 
 from __future__ import annotations
 
-from raftkv.check.history import History, OpKind
-from raftkv.check.linearizability import Verdict, check_history
+from raftkv.check import History, OpKind, Verdict, check_history
 from raftkv.sim.workload import FAIL, OK, UNKNOWN, OpRecord
 
 _KINDS = {"put": OpKind.PUT, "get": OpKind.GET, "delete": OpKind.DELETE}

@@ -1,6 +1,6 @@
 """Raft's safety properties, checked incrementally after every simulated event.
 
-Checked (Raft paper §5.2–5.4, Figure 3), each as cheaply as the event allows:
+Checked (Raft paper §5.2-5.4, Figure 3), each as cheaply as the event allows:
 - Election Safety: at most one leader per term (`leaders`, every observed leader).
 - Log Matching: a global map (index, term) -> (kind, data, term at index-1) that every entry any
   node persists must agree with; by induction two logs agreeing on (index, term) agree on the
@@ -30,7 +30,6 @@ from raftkv.raft.errors import Compacted, Unavailable
 from raftkv.raft.ready import Persist, Ready
 from raftkv.raft.storage import MemoryStorage
 from raftkv.raft.types import Entry, EntryKind, HardState, Index, NodeId, Role, Snapshot, Term
-
 
 LogPos = tuple[int, int]  # (last term, last index): compared as §5.4.1 compares logs
 

@@ -21,7 +21,7 @@ from typing import Protocol
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.messages import AnyMessage
 from raftkv.raft.rawnode import RawNode
-from raftkv.raft.ready import Action, Apply, Persist, Ready, ReadStates, SendMessages
+from raftkv.raft.ready import Action, Apply, Persist, ReadStates, Ready, SendMessages
 from raftkv.raft.storage import MemoryStorage
 from raftkv.raft.types import ConfState, Entry, Index, NodeId, ReadState, Snapshot
 from raftkv.sim.disk import Disk

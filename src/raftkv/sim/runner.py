@@ -18,7 +18,7 @@ import random
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from raftkv.sim.cluster import Cluster, ClusterOptions, DiskProfile
 from raftkv.sim.faults import FaultInjector, FaultOptions

@@ -49,7 +49,8 @@ def encode_command(cmd: Command) -> bytes:
 
 
 def decode_command(data: bytes) -> Command:
-    return _cmd_decoder.decode(data)
+    cmd: Command = _cmd_decoder.decode(data)
+    return cmd
 
 
 def chain(prev: bytes, entry: Entry) -> bytes:

@@ -155,7 +155,9 @@ class Workload:
         if op.status != PENDING:
             return False
         keep = self.rng.random() < 0.5  # stubborn clients keep trying a silent leader
-        self._complete(op_id, FAIL if op.kind == "get" else UNKNOWN, guess=op.node if keep else None)
+        self._complete(
+            op_id, FAIL if op.kind == "get" else UNKNOWN, guess=op.node if keep else None
+        )
         return True
 
     # -- server side --------------------------------------------------------------------------
