@@ -78,6 +78,7 @@ class RaftDriver:
         self._reads_need_leader: list[bytes] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
+        self._last_stall_log = 0.0
         self.draining = False  # graceful stop under way: refuse new requests
         self._snapshotting = False
         self._persisting = False  # a Ready's persist step is in the writer thread
@@ -278,9 +279,13 @@ class RaftDriver:
         next_at = loop.time() + period
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
+            late = loop.time() - next_at
             next_at += period
             if next_at < loop.time():
                 next_at = loop.time() + period  # late: skip the missed ticks
+            if late > 2 * period and loop.time() - self._last_stall_log > 1.0:
+                self._last_stall_log = loop.time()
+                log.warning("event loop stalled", node=self.id, late_ms=round(late * 1000, 1))
             try:
                 self._tick(loop)
             except InvariantViolation as exc:
@@ -395,6 +400,8 @@ class RaftDriver:
         self._reads.drop_done()
 
     def _on_soft_state(self, leader: NodeId | None) -> None:
+        st = self.raw.status()
+        log.info("raft state", node=self.id, role=st.role.value, term=st.term, leader=leader)
         if leader is None:
             self._leader_known.clear()
         else:
