@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from raftkv.cli import serve
+from raftkv.cli import bench_cmd, inspect_cmd, serve
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="raftkv: a Raft key-value store")
 
@@ -15,6 +15,8 @@ def _root() -> None:
 
 
 serve.register(app)
+inspect_cmd.register(app)
+bench_cmd.register(app)
 
 
 def main() -> None:

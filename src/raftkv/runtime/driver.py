@@ -78,6 +78,7 @@ class RaftDriver:
         self._reads_need_leader: list[bytes] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
+        self._last_stall_log = 0.0
         self.draining = False  # graceful stop under way: refuse new requests
         self._snapshotting = False
         self._persisting = False  # a Ready's persist step is in the writer thread
@@ -118,7 +119,12 @@ class RaftDriver:
             # restarted from (or sent) a snapshot with no voters could never campaign again.
             await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
         self.storage.append(loaded.entries)
-        self.storage.set_hard_state(loaded.hard_state)
+        hs = loaded.hard_state
+        if hs.commit < self.sm.applied_index <= self.storage.last_index():
+            # The commit index is saved lazily (a commit-only change needs no fsync), but what
+            # the state machine applied was committed: start from there (applied <= commit).
+            hs = HardState(hs.term, hs.vote, self.sm.applied_index)
+        self.storage.set_hard_state(hs)
         cfg = RaftConfig(
             id=self.id,
             election_ticks=self.opts.election_ticks,
@@ -264,28 +270,46 @@ class RaftDriver:
         self._wake.set()
 
     async def _tick_loop(self) -> None:
+        """One tick per heartbeat interval, never in bursts: after a stall (CPU starvation, a
+        SIGSTOP) we tick once, not once per missed interval, so a node whose loop was blocked
+        first reads the heartbeats waiting in its sockets instead of starting an election on
+        ticks that no message could have reset. Raft time then runs slow under load: safe."""
         loop = asyncio.get_running_loop()
         period = self.opts.tick_ms / 1000.0
         next_at = loop.time() + period
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
+            late = loop.time() - next_at
             next_at += period
-            if loop.time() - next_at > 10 * period:
-                next_at = loop.time() + period  # we were paused: do not burst ticks
-            if self._hold_elections_until:
-                if loop.time() < self._hold_elections_until and self.raw.status().leader is None:
-                    continue  # no ticks: no election timeout while the bootstrap node starts
-                self._hold_elections_until = 0.0
-            self.raw.tick()
-            self._schedule_pump()
-            self._reads_need_leader.extend(self._reads.overdue(loop.time(), 4 * period))
-            if self._bootstrap_until and loop.time() < self._bootstrap_until:
-                st = self.raw.status()
-                if st.leader is None and st.role is not Role.CANDIDATE:
-                    self.raw.campaign()  # fresh cluster: the bootstrap node leads first
-                else:
-                    self._bootstrap_until = 0.0
-            self._wake.set()
+            if next_at < loop.time():
+                next_at = loop.time() + period  # late: skip the missed ticks
+            if late > 2 * period and loop.time() - self._last_stall_log > 1.0:
+                self._last_stall_log = loop.time()
+                log.warning("event loop stalled", node=self.id, late_ms=round(late * 1000, 1))
+            try:
+                self._tick(loop)
+            except InvariantViolation as exc:
+                self._die(exc)
+                return
+            except Exception as exc:  # the tick must never die silently
+                log.error("tick failed", node=self.id, error=repr(exc))
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        period = self.opts.tick_ms / 1000.0
+        if self._hold_elections_until:
+            if loop.time() < self._hold_elections_until and self.raw.status().leader is None:
+                return  # no ticks: no election timeout while the bootstrap node starts
+            self._hold_elections_until = 0.0
+        self.raw.tick()
+        self._schedule_pump()
+        self._reads_need_leader.extend(self._reads.overdue(loop.time(), 4 * period))
+        if self._bootstrap_until and loop.time() < self._bootstrap_until:
+            st = self.raw.status()
+            if st.leader is None and st.role is not Role.CANDIDATE:
+                self.raw.campaign()  # fresh cluster: the bootstrap node leads first
+            else:
+                self._bootstrap_until = 0.0
+        self._wake.set()
 
     # -- the Ready loop -----------------------------------------------------------------------
     async def _ready_loop(self) -> None:
@@ -385,6 +409,8 @@ class RaftDriver:
         self._reads.drop_done()
 
     def _on_soft_state(self, leader: NodeId | None) -> None:
+        st = self.raw.status()
+        log.info("raft state", node=self.id, role=st.role.value, term=st.term, leader=leader)
         if leader is None:
             self._leader_known.clear()
         else:

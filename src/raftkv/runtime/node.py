@@ -16,6 +16,7 @@ from raftkv.kv.commands import Delete, DeleteResult, Put
 from raftkv.raft.types import Role
 from raftkv.runtime.api import LocalStatus
 from raftkv.runtime.driver import RaftDriver
+from raftkv.runtime.inspect import NodeInspector
 from raftkv.runtime.options import NodeOptions
 
 
@@ -77,3 +78,7 @@ class RaftKVNode:
 
     def peer_raft_addresses(self) -> Mapping[str, str]:
         return {n: _addr(a) for n, a in self.opts.peers_raft.items()}
+
+    def inspector(self) -> NodeInspector:
+        """Read-only views for the /debug endpoints (runtime/inspect.py)."""
+        return NodeInspector(self.driver)

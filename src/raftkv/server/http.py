@@ -43,6 +43,7 @@ from raftkv.server.inputs import (
     read_body,
     value_from_body,
 )
+from raftkv.server.inspect_routes import add_inspect_routes
 from raftkv.server.runner import server_kwargs
 from raftkv.server.status import StatusProbe, cluster_status, local_status_json
 
@@ -80,6 +81,7 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
     )
     for method, path, handler in routes:
         app.router.add_route(method, path, handler, expect_handler=api.expect_continue)
+    add_inspect_routes(app, node)
     return app
 
 
