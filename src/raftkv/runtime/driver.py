@@ -363,15 +363,6 @@ class RaftDriver:
                     for rs in states:
                         self._reads.read_state(rs.context, rs.index, self.sm.applied_index)
         if rd.soft_state is not None:
-            # One line per role or leader change: what an operator (or a failed integration
-            # test's log dump) needs to follow elections.
-            log.info(
-                "role changed",
-                node=self.id,
-                role=rd.soft_state.role.value,
-                leader=rd.soft_state.leader,
-                term=self.raw.status().term,
-            )
             self._on_soft_state(rd.soft_state.leader)
 
     async def _install_snapshot(self, snap: Snapshot) -> Snapshot:
