@@ -82,6 +82,7 @@ async def serve_node(settings: Settings) -> int:
         # in-flight writes finish, then close HTTP and flush. Bounded well under 10 s.
         await node.driver.hand_off(timeout_s=3.0)
         await node.driver.drain(timeout_s=2.0)
+    node.driver.abort_pending()  # handlers answer now instead of waiting out their timeout
     await runner.cleanup()
     await node.stop()
     return code

@@ -175,9 +175,7 @@ class RaftDriver:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        exc = NodeStopping("node is shutting down")
-        self._proposals.fail_all(exc)
-        self._reads.fail_all(exc)
+        self.abort_pending()
         await self.transport.stop()
         loop = asyncio.get_running_loop()
         if self._pending_hard_state is not None:
@@ -226,6 +224,14 @@ class RaftDriver:
         deadline = loop.time() + timeout_s
         while len(self._proposals) and loop.time() < deadline:
             await asyncio.sleep(self.opts.tick_ms / 1000.0)
+
+    def abort_pending(self) -> None:
+        """Fail what still waits: proposed writes with OperationTimeout (they may yet commit
+        elsewhere: the outcome is unknown, 504), reads with NodeStopping (safe to retry)."""
+        self._proposals.fail_all(
+            OperationTimeout("the node stopped before the write was confirmed; outcome unknown")
+        )
+        self._reads.fail_all(NodeStopping("node is shutting down"))
 
     def _die(self, exc: BaseException) -> None:
         log.critical("node stopping on a broken invariant", node=self.id, error=repr(exc))
