@@ -508,7 +508,10 @@ class RaftDriver:
             self._schedule_pump()
             remaining = self.opts.request_timeout_s - (loop.time() - start)
             try:
-                return await asyncio.wait_for(fut, max(0.001, remaining))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the future in a new Task,
+                # a real cost per request on the hot path.
+                async with asyncio.timeout(max(0.001, remaining)):
+                    return await fut
             except TimeoutError:
                 raise OperationTimeout(f"entry {index} not applied in time") from None
             except ProposalLost:
@@ -520,15 +523,16 @@ class RaftDriver:
             raise NodeStopping("node is shutting down")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.opts.request_timeout_s
-        if self.raw.status().leader is None:
+        if self.raw.leader is None:
             await self._wait_leader(loop.time() + self.opts.leader_wait_s)
         fut, _, _ = self._reads.join()
         self._wake.set()
         self._schedule_pump()
         try:
-            await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
+            async with asyncio.timeout(max(0.001, deadline - loop.time())):
+                await fut
         except TimeoutError:
-            if self.raw.status().leader is None:
+            if self.raw.leader is None:
                 raise NoLeaderError("no leader to confirm the read") from None
             raise OperationTimeout("read not confirmed in time") from None
 
