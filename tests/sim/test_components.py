@@ -49,9 +49,9 @@ def test_network_partitions_overlap_and_heal_independently() -> None:
 
 def test_network_loses_nothing_when_not_lossy() -> None:
     net = Network(random.Random(2), NetProfile(drop_prob=1.0, dup_prob=1.0))
-    assert net.delays() == []
+    assert net.delays(N1, N2) == []
     net.lossy = False
-    assert len(net.delays()) == 1
+    assert len(net.delays(N1, N2)) == 1
 
 
 def test_disk_crash_keeps_a_prefix_of_unsynced_writes() -> None:
