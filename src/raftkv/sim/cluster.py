@@ -198,7 +198,7 @@ class Cluster:
             if dst not in self.nodes or self.net.blocked(msg.from_, dst):
                 self._lost(node, msg, self.opt.net.base_delay)
                 continue
-            delays = self.net.delays()
+            delays = self.net.delays(msg.from_, dst)
             if not delays:
                 self._lost(node, msg, self.opt.net.base_delay)
             for d in delays:

@@ -41,7 +41,7 @@ FAULTS = (
 @dataclass(frozen=True, slots=True)
 class FaultOptions:
     interval: int = 3 * TICK  # mean time between faults
-    weights: tuple[float, ...] = (3.0, 1.5, 2.0, 1.5, 1.5, 1.0, 1.5, 2.0, 1.0, 0.5)  # per FAULTS
+    weights: tuple[float, ...] = (3.0, 1.5, 2.0, 1.5, 1.5, 1.0, 1.5, 3.0, 1.0, 0.5)  # per FAULTS
     flap_prob: float = 0.25  # chance a new leader is cut off or crashed as soon as it wins
     flap_within: int = 6  # strike within this many mean one-way message delays
     churn: bool = False  # flaps only isolate, and each heals the previous one: leaders rotate
@@ -221,7 +221,7 @@ class FaultInjector:
 
     # -- log and leadership -------------------------------------------------------------------
     def _compact(self, c: Cluster) -> str:
-        targets = c.running() if self.rng.random() < 0.3 else [self._pick(c.running())]
+        targets = c.running() if self.rng.random() < 0.5 else [self._pick(c.running())]
         done: list[str] = []
         for n in targets:
             if n is None:

@@ -3,7 +3,8 @@
 Rules:
 - Every link (src, dst) is directed; a message is lost when its link is cut at send time or at
   delivery time (a connection breaking while a message is in flight).
-- Delay is drawn per message from the link's profile, so messages reorder naturally; a small
+- Delay is drawn per message (exponential jitter over a base latency, times a per-link factor
+  in [0.5, 2) so some links are slower than others), so messages reorder naturally; a small
   probability of duplication and of loss applies on every link.
 - Partitions are sets of cut directed links, each with an id, so overlapping partitions can heal
   independently; `heal_all` ends them all.
@@ -38,6 +39,7 @@ class Network:
         self._cut_count: dict[tuple[NodeId, NodeId], int] = {}  # link -> partitions cutting it
         self._next_id = 0
         self.lossy = True  # False while the end of a run lets the cluster settle
+        self._factor: dict[tuple[NodeId, NodeId], float] = {}  # per-link latency multiplier
 
     # -- partitions ---------------------------------------------------------------------------
     def cut(self, links: list[tuple[NodeId, NodeId]]) -> int:
@@ -88,21 +90,24 @@ class Network:
         return (src, dst) in self._cut_count
 
     # -- sending ------------------------------------------------------------------------------
-    def delays(self) -> list[int]:
+    def delays(self, src: NodeId, dst: NodeId) -> list[int]:
         """Delivery delays for one message: [] when lost, two entries when duplicated."""
         p = self.profile
         rng = self.rng
         if self.lossy and rng.random() < p.drop_prob:
             return []
-        out = [self._one_delay()]
+        factor = self._factor.get((src, dst))
+        if factor is None:  # drawn on first use: deterministic, since sends are
+            factor = self._factor[(src, dst)] = rng.uniform(0.5, 2.0)
+        out = [self._one_delay(factor)]
         if self.lossy and rng.random() < p.dup_prob:
-            out.append(self._one_delay())
+            out.append(self._one_delay(factor))
         return out
 
-    def _one_delay(self) -> int:
+    def _one_delay(self, factor: float) -> int:
         p = self.profile
         rng = self.rng
-        d = p.base_delay + int(rng.expovariate(1.0 / p.mean_jitter))
+        d = int((p.base_delay + rng.expovariate(1.0 / p.mean_jitter)) * factor)
         if self.lossy and rng.random() < p.slow_prob:
             d += rng.randrange(p.slow_delay)
         return d

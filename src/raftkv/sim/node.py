@@ -5,7 +5,8 @@ Rules (the driver contract of `raft/ready.py`, executed through `Ready.steps()`)
   write is queued on the disk and completes at a later `PersistDone` event (the fsync). Only then
   do the remaining actions run — persisted messages, apply, read states — and `advance`.
 - Between `ready()` and `PersistDone` the core keeps stepping messages and ticks (as the real
-  driver does while its writer thread fsyncs), but `ready()` is not called again.
+  driver does while its writer thread fsyncs), and what needs no fsync (heartbeats, appends to
+  followers, read answers) goes out through `take_messages()`; `ready()` is not called again.
 - A crash drops the core, the volatile storage, the pending Ready and held events; the disk keeps
   what its crash model says. A restart rebuilds everything from the disk.
 - The node reports what it persists and applies to its `Host` (the cluster), which checks the
@@ -103,9 +104,17 @@ class SimNode:
 
     # -- the Ready loop -----------------------------------------------------------------------
     def pump(self) -> None:
-        """Take and run a Ready if the core has one and none is pending."""
+        """Take and run a Ready if the core has one and none is pending; while one is pending,
+        send what needs no durability (`take_messages`), as the runtime's driver does."""
         core = self.core
-        if core is None or self.paused or self.pending is not None or not core.has_ready():
+        if core is None or self.paused:
+            return
+        if self.pending is not None:
+            msgs = core.take_messages()
+            if msgs:
+                self.host.send(self, tuple(msgs))
+            return
+        if not core.has_ready():
             return
         rd = core.ready()
         self.host.on_take_ready(self, rd)

@@ -85,8 +85,8 @@ def draw_faults(seed: int) -> FaultOptions:
     """Half the seeds churn leaders (every new leader is cut off soon after it wins)."""
     rng = random.Random(f"{seed}/faults")
     if rng.random() < 0.5:
-        return FaultOptions(flap_prob=0.9, churn=True)
-    return FaultOptions()
+        return FaultOptions(interval=6 * TICK, flap_prob=0.9, churn=True)
+    return FaultOptions(interval=rng.choice((2, 3, 6, 12)) * TICK)
 
 
 def describe(opt: ClusterOptions) -> str:
@@ -99,11 +99,16 @@ def describe(opt: ClusterOptions) -> str:
     )
 
 
-def run_seed(seed: int, events: int, options: SimOptions | None = None) -> SimResult:
+def run_seed(
+    seed: int, events: int, options: SimOptions | None = None, tail: deque[str] | None = None
+) -> SimResult:
+    """Run one seed. `tail`, if given, receives the latest trace lines as the run goes, so a
+    caller that has to abandon a stuck run still knows where it was."""
     opt = options or SimOptions()
     shape = opt.cluster or draw_cluster(seed)
     cluster = Cluster(seed, shape, opt.factory)
-    tail: deque[str] = deque(maxlen=TAIL)
+    if tail is None:
+        tail = deque(maxlen=TAIL)
     cluster.trace_lines = [] if opt.trace else None
     faults = opt.faults or draw_faults(seed)
     injector = FaultInjector(cluster.rng("nemesis"), faults)
@@ -118,6 +123,7 @@ def run_seed(seed: int, events: int, options: SimOptions | None = None) -> SimRe
                 nxt = cluster.sched.peek_time()
                 if nxt is None or nxt > until_time:
                     return False
+            before = cluster.events
             try:
                 if not cluster.step():
                     return False
@@ -126,7 +132,8 @@ def run_seed(seed: int, events: int, options: SimOptions | None = None) -> SimRe
                 where = " <- ".join(f"{f.name}:{f.lineno}" for f in reversed(frames))
                 cluster.inv.fail("exception", f"{type(e).__name__}: {e} (at {where})")
                 cluster.last_line = f"{cluster.events + 1} {cluster.sched.now} raised {e!r}"
-            _remember(cluster, tail)
+            if cluster.events != before or violations:
+                tail.append(cluster.last_line)
             if violations:
                 return True
         return False
@@ -156,10 +163,6 @@ def run_seed(seed: int, events: int, options: SimOptions | None = None) -> SimRe
         tail=tuple(tail),
         config=describe(shape) + (" churn" if faults.churn else ""),
     )
-
-
-def _remember(cluster: Cluster, tail: deque[str]) -> None:
-    tail.append(cluster.last_line)
 
 
 def _wind_down(cluster: Cluster, opt: SimOptions, run: _Runner) -> bool:
