@@ -14,7 +14,21 @@ RAFT=(9001 9002 9003)
 echo "Starting distributed key-value store cluster..."
 echo "Building cluster binary..."
 source scripts/_venv.sh
-ensure_venv >/dev/null || { echo "installation failed; run: source scripts/_venv.sh && ensure_venv" >&2; exit 1; }
+install_log="$(mktemp)"
+if ! ensure_venv >"$install_log" 2>&1; then
+  cat "$install_log" >&2
+  echo "installation failed (see above)" >&2
+  exit 1
+fi
+rm -f "$install_log"
+
+# Refuse to start over a cluster (or anything else) already holding our ports.
+for port in "${HTTP[@]}" "${RAFT[@]}"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is already in use (is a cluster already running? stop it with: pkill -f cluster)" >&2
+    exit 1
+  fi
+done
 
 pids=()
 stop_all() {
@@ -36,12 +50,22 @@ done
 
 # Wait (bounded) until every node answers /health, and a leader is elected.
 deadline=$((SECONDS + 30))
-for port in "${HTTP[@]}"; do
-  until curl -fsS "http://localhost:$port/health" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then echo "node on port $port did not come up" >&2; break; fi
+for i in "${!HTTP[@]}"; do
+  until curl -fsS "http://localhost:${HTTP[$i]}/health" >/dev/null 2>&1; do
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      echo "${NODES[$i]} exited during startup (see its log above)" >&2
+      break
+    fi
+    if [ $SECONDS -ge $deadline ]; then echo "${NODES[$i]} did not come up" >&2; break; fi
     sleep 0.1
   done
 done
+alive=0
+for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=$((alive + 1)); done
+if [ "$alive" -eq 0 ]; then
+  echo "no node is running; cluster not started" >&2
+  exit 1
+fi
 until curl -fsS "http://localhost:${HTTP[0]}/ready" >/dev/null 2>&1 || [ $SECONDS -ge $deadline ]; do
   sleep 0.1
 done

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from raftkv.cli import bench_cmd, chaos_cmd, inspect_cmd, serve
+from raftkv.cli import bench_cmd, chaos_cmd, inspect_cmd, serve, sim_cmd
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="raftkv: a Raft key-value store")
 
@@ -17,6 +17,7 @@ def _root() -> None:
 serve.register(app)
 inspect_cmd.register(app)
 bench_cmd.register(app)
+sim_cmd.register(app)
 chaos_cmd.register(app)
 
 

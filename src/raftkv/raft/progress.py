@@ -2,7 +2,9 @@
 
 States: PROBE (one append at a time until the follower's match is found), REPLICATE (optimistic
 pipelining with a bounded window of in-flight appends), SNAPSHOT (waiting for a snapshot).
-Invariants: match < next; in REPLICATE the inflight window holds increasing last indexes.
+Invariants: match < next, except in PROBE after a follower reported losing acknowledged
+entries (then next <= match until it is repaired); in REPLICATE the inflight window holds
+increasing last indexes.
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ class Progress:
             return True
         if self.next - 1 != rejected:
             return False  # stale: not the probe we are waiting for
-        self.next = Index(max(min(rejected, match_hint + 1), self.match + 1))
+        # Probe below `match` if the follower says so (etcd's rule): a follower whose disk lost
+        # acknowledged entries is then repaired instead of being stuck forever.
+        self.next = Index(max(min(rejected, match_hint + 1), 1))
         self.probe_sent = False
         return True
 

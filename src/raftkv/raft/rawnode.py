@@ -188,6 +188,11 @@ class RawNode:
             r.log.applied_to(rd.committed_entries[-1].index)
 
     # -- observation --------------------------------------------------------------------------
+    @property
+    def leader(self) -> NodeId | None:
+        """The known leader of the current term (cheap; `status()` builds a full record)."""
+        return self.raft.leader
+
     def status(self) -> Status:
         r = self.raft
         progress = {

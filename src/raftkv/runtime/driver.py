@@ -78,6 +78,7 @@ class RaftDriver:
         self._reads_need_leader: list[bytes] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
+        self._last_stall_log = 0.0
         self.draining = False  # graceful stop under way: refuse new requests
         self._snapshotting = False
         self._persisting = False  # a Ready's persist step is in the writer thread
@@ -118,7 +119,12 @@ class RaftDriver:
             # restarted from (or sent) a snapshot with no voters could never campaign again.
             await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
         self.storage.append(loaded.entries)
-        self.storage.set_hard_state(loaded.hard_state)
+        hs = loaded.hard_state
+        if hs.commit < self.sm.applied_index <= self.storage.last_index():
+            # The commit index is saved lazily (a commit-only change needs no fsync), but what
+            # the state machine applied was committed: start from there (applied <= commit).
+            hs = HardState(hs.term, hs.vote, self.sm.applied_index)
+        self.storage.set_hard_state(hs)
         cfg = RaftConfig(
             id=self.id,
             election_ticks=self.opts.election_ticks,
@@ -169,9 +175,7 @@ class RaftDriver:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        exc = NodeStopping("node is shutting down")
-        self._proposals.fail_all(exc)
-        self._reads.fail_all(exc)
+        self.abort_pending()
         await self.transport.stop()
         loop = asyncio.get_running_loop()
         if self._pending_hard_state is not None:
@@ -220,6 +224,14 @@ class RaftDriver:
         deadline = loop.time() + timeout_s
         while len(self._proposals) and loop.time() < deadline:
             await asyncio.sleep(self.opts.tick_ms / 1000.0)
+
+    def abort_pending(self) -> None:
+        """Fail what still waits: proposed writes with OperationTimeout (they may yet commit
+        elsewhere: the outcome is unknown, 504), reads with NodeStopping (safe to retry)."""
+        self._proposals.fail_all(
+            OperationTimeout("the node stopped before the write was confirmed; outcome unknown")
+        )
+        self._reads.fail_all(NodeStopping("node is shutting down"))
 
     def _die(self, exc: BaseException) -> None:
         log.critical("node stopping on a broken invariant", node=self.id, error=repr(exc))
@@ -273,9 +285,13 @@ class RaftDriver:
         next_at = loop.time() + period
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
+            late = loop.time() - next_at
             next_at += period
             if next_at < loop.time():
                 next_at = loop.time() + period  # late: skip the missed ticks
+            if late > 2 * period and loop.time() - self._last_stall_log > 1.0:
+                self._last_stall_log = loop.time()
+                log.warning("event loop stalled", node=self.id, late_ms=round(late * 1000, 1))
             try:
                 self._tick(loop)
             except InvariantViolation as exc:
@@ -390,6 +406,8 @@ class RaftDriver:
         self._reads.drop_done()
 
     def _on_soft_state(self, leader: NodeId | None) -> None:
+        st = self.raw.status()
+        log.info("raft state", node=self.id, role=st.role.value, term=st.term, leader=leader)
         if leader is None:
             self._leader_known.clear()
         else:
@@ -490,7 +508,10 @@ class RaftDriver:
             self._schedule_pump()
             remaining = self.opts.request_timeout_s - (loop.time() - start)
             try:
-                return await asyncio.wait_for(fut, max(0.001, remaining))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the future in a new Task,
+                # a real cost per request on the hot path.
+                async with asyncio.timeout(max(0.001, remaining)):
+                    return await fut
             except TimeoutError:
                 raise OperationTimeout(f"entry {index} not applied in time") from None
             except ProposalLost:
@@ -502,15 +523,16 @@ class RaftDriver:
             raise NodeStopping("node is shutting down")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.opts.request_timeout_s
-        if self.raw.status().leader is None:
+        if self.raw.leader is None:
             await self._wait_leader(loop.time() + self.opts.leader_wait_s)
         fut, _, _ = self._reads.join()
         self._wake.set()
         self._schedule_pump()
         try:
-            await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
+            async with asyncio.timeout(max(0.001, deadline - loop.time())):
+                await fut
         except TimeoutError:
-            if self.raw.status().leader is None:
+            if self.raw.leader is None:
                 raise NoLeaderError("no leader to confirm the read") from None
             raise OperationTimeout("read not confirmed in time") from None
 

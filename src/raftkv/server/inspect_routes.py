@@ -1,6 +1,6 @@
 """Read-only debug endpoints for the operator's inspector (`raftkv inspect`).
 
-Routes (documented in docs/inspector.md):
+Routes (documented in the README, "Debug endpoints"):
     GET /debug/keys ?prefix=&limit=&after=   stale listing of this node's applied key/values
     GET /debug/log  ?from=&limit=            this node's durable Raft log + snapshot files
 

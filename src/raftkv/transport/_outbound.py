@@ -80,6 +80,13 @@ class OutboundPeer:
                 await task
         self.pending.clear()
 
+    def peer_is_up(self) -> None:
+        """The peer just connected to us, so it is listening: if we are waiting out a backoff,
+        dial now instead (a restarted peer is otherwise reached only after our backoff)."""
+        if self.writer is None and not self._closed:
+            self._redial_now = True
+            self._wake.set()
+
     def change_address(self, addr: tuple[str, int]) -> None:
         """Point at a new address: drop the current connection and dial the new one at once."""
         self.addr = addr

@@ -338,6 +338,9 @@ class PeerTransport:
             self._inbound[peer_id] = writer
             self._inbound_addrs[peer_id] = remote
             log.info("inbound_connected")
+            outbound = self._peers.get(peer_id)
+            if outbound is not None:
+                outbound.peer_is_up()
             if self._snapshot_dir is not None:
                 receiver = SnapshotReceiver(self._snapshot_dir, peer_id, log)
             await self._receive(reader, peer_id, receiver)

@@ -1,0 +1,224 @@
+"""`run_seed`: one deterministic simulation run, from a seed to a verdict.
+
+A run: draw the cluster's shape from the seed (size, timeouts, PreVote/CheckQuorum, append and
+window limits, disk and network speeds) unless given; run `events` events with clients and
+faults; then wind down — heal the network, resume and restart every node, stop new client
+operations, let the cluster converge (a liveness check) — and check the client history for
+per-key linearizability.
+
+Rules:
+- The result is a function of (seed, events, options): the same inputs give the same trace hash.
+- The first safety violation stops the run; an exception anywhere in the core or the simulator
+  is reported as a violation too (a Raft node with a corrupt view must not limp on).
+"""
+
+from __future__ import annotations
+
+import random
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from raftkv.sim.cluster import Cluster, ClusterOptions, DiskProfile
+from raftkv.sim.faults import FaultInjector, FaultOptions
+from raftkv.sim.history import check_ops
+from raftkv.sim.invariants import Violation
+from raftkv.sim.network import NetProfile
+from raftkv.sim.node import NodeFactory
+from raftkv.sim.scheduler import TICK
+from raftkv.sim.workload import WorkloadOptions
+
+TAIL = 60  # trace lines kept for the report of a failing run
+_Runner = Callable[[int | None, int | None], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    cluster: ClusterOptions | None = None  # None: drawn from the seed (`draw_cluster`)
+    faults: FaultOptions | None = None  # None: drawn from the seed (`draw_faults`)
+    settle_ticks: int = 300  # time allowed to converge once faults stop
+    settle_events: int = 20_000  # and events (a message storm must not run for long)
+    check_liveness: bool = True
+    check_linearizability: bool = True
+    trace: bool = False  # keep every trace line in the result
+    factory: NodeFactory | None = None  # builds each RawNode (tests plant bugs here)
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    seed: int
+    violations: tuple[Violation, ...]
+    trace_hash: str
+    stats: dict[str, int]
+    trace: tuple[str, ...] = ()  # every line when tracing
+    tail: tuple[str, ...] = ()  # the last lines before the end (or the violation)
+    config: str = ""  # the drawn cluster shape, for the report
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def draw_cluster(seed: int) -> ClusterOptions:
+    """A cluster shape drawn from the seed, so a sweep covers many configurations."""
+    rng = random.Random(f"{seed}/shape")
+    fsync_mean = rng.choice((60, 250, 800))
+    return ClusterOptions(
+        nodes=rng.choice((3, 3, 5)),
+        net=NetProfile(
+            mean_jitter=rng.choice((50, 150, 400)),
+            drop_prob=rng.choice((0.0, 0.01, 0.05)),
+            dup_prob=rng.choice((0.0, 0.01, 0.03)),
+        ),
+        disk=DiskProfile(fsync_mean=fsync_mean),
+        workload=WorkloadOptions(clients=rng.choice((3, 4, 6))),
+        election_ticks=rng.choice((3, 4, 4, 5, 8)),
+        pre_vote=rng.random() < 0.8,
+        check_quorum=rng.random() < 0.8,
+        max_append_bytes=rng.choice((1, 64, 512, 1 << 20)),
+        max_inflight=rng.choice((1, 4, 256)),
+    )
+
+
+def draw_faults(seed: int) -> FaultOptions:
+    """Half the seeds churn leaders (every new leader is cut off soon after it wins)."""
+    rng = random.Random(f"{seed}/faults")
+    if rng.random() < 0.5:
+        return FaultOptions(interval=6 * TICK, flap_prob=0.9, churn=True)
+    return FaultOptions(interval=rng.choice((2, 3, 6, 12)) * TICK)
+
+
+def describe(opt: ClusterOptions) -> str:
+    return (
+        f"nodes={opt.nodes} election_ticks={opt.election_ticks} pre_vote={opt.pre_vote} "
+        f"check_quorum={opt.check_quorum} max_append_bytes={opt.max_append_bytes} "
+        f"max_inflight={opt.max_inflight} fsync_mean={opt.disk.fsync_mean} "
+        f"jitter={opt.net.mean_jitter} drop={opt.net.drop_prob} dup={opt.net.dup_prob} "
+        f"clients={opt.workload.clients}"
+    )
+
+
+def run_seed(
+    seed: int, events: int, options: SimOptions | None = None, tail: deque[str] | None = None
+) -> SimResult:
+    """Run one seed. `tail`, if given, receives the latest trace lines as the run goes, so a
+    caller that has to abandon a stuck run still knows where it was."""
+    opt = options or SimOptions()
+    shape = opt.cluster or draw_cluster(seed)
+    cluster = Cluster(seed, shape, opt.factory)
+    if tail is None:
+        tail = deque(maxlen=TAIL)
+    cluster.trace_lines = [] if opt.trace else None
+    faults = opt.faults or draw_faults(seed)
+    injector = FaultInjector(cluster.rng("nemesis"), faults)
+    injector.start(cluster)
+    cluster.workload.start()
+    violations = cluster.inv.violations
+
+    def run(until_event: int | None, until_time: int | None) -> bool:
+        """Run events; True when stopped by a violation."""
+        while until_event is None or cluster.events < until_event:
+            if until_time is not None:
+                nxt = cluster.sched.peek_time()
+                if nxt is None or nxt > until_time:
+                    return False
+            before = cluster.events
+            try:
+                if not cluster.step():
+                    return False
+            except Exception as e:  # reported, never swallowed: the run ends here
+                frames = traceback.extract_tb(e.__traceback__)[-4:]
+                where = " <- ".join(f"{f.name}:{f.lineno}" for f in reversed(frames))
+                cluster.inv.fail("exception", f"{type(e).__name__}: {e} (at {where})")
+                cluster.last_line = f"{cluster.events + 1} {cluster.sched.now} raised {e!r}"
+            if cluster.events != before or violations:
+                tail.append(cluster.last_line)
+            if violations:
+                return True
+        return False
+
+    stopped = run(events, None)
+    if not stopped:
+        stopped = _wind_down(cluster, opt, run)
+    if not stopped and opt.check_linearizability:
+        problems, undecided = check_ops(cluster.workload.ops)
+        for problem in problems:
+            cluster.inv.fail("not_linearizable", problem)
+        cluster.count("check_undecided_keys", undecided)
+    stats = dict(sorted(cluster.stats.items()))
+    ops = cluster.workload.ops
+    for status in ("ok", "fail", "unknown"):
+        stats[f"ops_{status}"] = sum(1 for o in ops if o.status == status)
+    stats["events"] = cluster.events
+    stats["time"] = cluster.sched.now
+    stats["terms"] = len(cluster.inv.leaders)
+    stats["max_committed"] = cluster.inv.max_committed
+    return SimResult(
+        seed=seed,
+        violations=tuple(violations),
+        trace_hash=cluster.trace_hash(),
+        stats=stats,
+        trace=tuple(cluster.trace_lines or ()),
+        tail=tuple(tail),
+        config=describe(shape) + (" churn" if faults.churn else ""),
+    )
+
+
+def _wind_down(cluster: Cluster, opt: SimOptions, run: _Runner) -> bool:
+    """Stop faults and new operations, heal everything, and wait for convergence."""
+    cluster.nemesis = None
+    cluster.on_new_leader = None
+    cluster.workload.running = False
+    cluster.net.heal_all()
+    cluster.net.lossy = False
+    cluster.resume_all()
+    cluster.restart_all()
+    healed, events = cluster.sched.now, cluster.events
+    deadline = cluster.sched.now + opt.settle_ticks * TICK
+    max_events = cluster.events + opt.settle_events
+    window = cluster.sched.now
+    while window < deadline and cluster.events < max_events:
+        window = min(deadline, window + TICK)
+        if run(max_events, window):
+            return True
+        if cluster.workload.pending() == 0 and converged(cluster):
+            return False
+    if opt.check_liveness:
+        cluster.inv.fail(
+            "no_convergence",
+            f"{(cluster.sched.now - healed) // TICK} ticks and {cluster.events - events} events "
+            f"after healing: {convergence_report(cluster)}",
+        )
+        return True
+    return False
+
+
+def converged(cluster: Cluster) -> bool:
+    lead = cluster.leader()
+    if lead is None:
+        return False
+    st = lead.the_core().status()
+    if st.commit != st.last_index:
+        return False
+    for nid in st.conf.all_nodes():
+        node = cluster.nodes.get(nid)
+        if node is None or not node.running:
+            return False
+        if node.sm.applied != st.commit or node.the_core().status().leader != lead.id:
+            return False
+    return True
+
+
+def convergence_report(cluster: Cluster) -> str:
+    parts = []
+    for n in cluster.nodes.values():
+        if not n.running:
+            parts.append(f"{n.id} down")
+            continue
+        st = n.the_core().status()
+        parts.append(
+            f"{n.id} {st.role.value} t{st.term} lead={st.leader} c{st.commit} "
+            f"a{n.sm.applied} last{st.last_index} voters={','.join(st.conf.voters)}"
+        )
+    return "; ".join(parts) + f"; pending client ops {cluster.workload.pending()}"

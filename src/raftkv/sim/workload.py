@@ -1,0 +1,244 @@
+"""Simulated clients and the history they record.
+
+Rules:
+- Each client runs one operation at a time (a Jepsen "process"): put/delete on a few keys with
+  values unique across the run, or a linearizable get through ReadIndex.
+- A request reaches the chosen server after a delay; the server answers at once with a definite
+  failure (down, NotLeader, ProposalDropped) or later: a write when the proposing node applies
+  its (term, index) — `fail` if another entry landed there — and a read when the node's applied
+  index reaches its ReadState's index.
+- A write that times out or whose server crashed is `unknown` (it may still take effect); its
+  client then continues as a new process, as Jepsen requires. A read that does not complete
+  simply failed: it had no effect.
+- Completion is recorded when the server answers (a sub-interval of what the client would see,
+  which can only make the check stricter, never looser).
+- Target choice: the client's believed leader (from NotLeader hints and successes) most of the
+  time, else a random server. Clients stay with a silent leader for a while, which is what
+  sends reads to an isolated old leader.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from raftkv.raft.errors import NotLeader, ProposalDropped
+from raftkv.raft.rawnode import RawNode
+from raftkv.raft.types import Entry, NodeId, ReadState
+from raftkv.sim.scheduler import TICK, ClientArrive, ClientInvoke, ClientTimeout, Scheduler
+from raftkv.sim.statemachine import Delete, KvMachine, Put, encode_command
+
+PENDING, OK, FAIL, UNKNOWN = "pending", "ok", "fail", "unknown"
+
+
+@dataclass(slots=True)
+class OpRecord:
+    """One client operation of the history."""
+
+    op_id: int
+    process: int  # the Jepsen process: a client becomes a new process after an unknown outcome
+    kind: str  # "put" | "get" | "delete"
+    key: str
+    value: str | None  # put: the value written; get: the value read (None = absent)
+    invoke: int  # time of invocation
+    node: NodeId  # the server it was sent to
+    status: str = PENDING
+    complete: int = -1  # time of completion (-1 while pending)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadOptions:
+    clients: int = 4
+    keys: tuple[str, ...] = ("a", "b", "c")
+    think: int = TICK // 2  # mean pause between a client's operations
+    backoff: int = 2 * TICK  # mean pause after a failed or indeterminate one
+    request_delay: int = 100  # client -> server latency
+    write_timeout: int = 12 * TICK
+    read_timeout: int = 6 * TICK
+    follow_guess: float = 0.75  # chance to use the believed leader when one is known
+    read_ratio: float = 0.45
+    delete_ratio: float = 0.1
+
+
+@dataclass(slots=True)
+class _Client:
+    cid: int
+    process: int
+    guess: NodeId | None = None
+    current: int | None = None  # op id in flight
+
+
+class Workload:
+    def __init__(self, rng: random.Random, sched: Scheduler, options: WorkloadOptions) -> None:
+        self.rng = rng
+        self.sched = sched
+        self.opt = options
+        self.ops: list[OpRecord] = []
+        self._clients = [_Client(c, c) for c in range(options.clients)]
+        self._next_process = options.clients
+        self._next_value = 0
+        self.running = True  # False once the run winds down: no new operations
+        self._writes: dict[NodeId, dict[int, tuple[int, int]]] = {}  # node -> index -> term, op
+        self._read_ctx: dict[NodeId, dict[bytes, int]] = {}  # node -> ctx -> op awaiting index
+        self._read_wait: dict[NodeId, list[tuple[int, int]]] = {}  # node -> (index, op) waiting
+        self._read_floor: dict[int, int] = {}  # op -> commit index known when it began
+
+    def start(self) -> None:
+        for c in self._clients:
+            self.sched.push(self.rng.randrange(TICK * 4), ClientInvoke(c.cid))
+
+    def pending(self) -> int:
+        return sum(1 for c in self._clients if c.current is not None)
+
+    # -- invocation ---------------------------------------------------------------------------
+    def invoke(self, cid: int, servers: list[NodeId]) -> str | None:
+        c = self._clients[cid]
+        if not self.running or c.current is not None or not servers:
+            return None
+        rng, opt = self.rng, self.opt
+        key = rng.choice(opt.keys)
+        r = rng.random()
+        value: str | None = None
+        if r < opt.read_ratio:
+            kind, timeout = "get", opt.read_timeout
+        elif r < opt.read_ratio + opt.delete_ratio:
+            kind, timeout = "delete", opt.write_timeout
+        else:
+            self._next_value += 1
+            kind, value, timeout = "put", f"v{self._next_value}", opt.write_timeout
+        if c.guess is not None and c.guess in servers and rng.random() < opt.follow_guess:
+            node = c.guess
+        else:
+            node = rng.choice(servers)
+        op = OpRecord(len(self.ops), c.process, kind, key, value, self.sched.now, node)
+        self.ops.append(op)
+        c.current = op.op_id
+        self.sched.push(opt.request_delay, ClientArrive(cid, op.op_id, node))
+        self.sched.push(timeout, ClientTimeout(cid, op.op_id))
+        return f"{kind} {key}{'=' + value if value else ''} p{op.process} -> {node}"
+
+    def arrive_down(self, cid: int, op_id: int) -> None:
+        """The server is down: connection refused, a definite failure."""
+        self._complete(op_id, FAIL, guess=None)
+
+    def arrive(self, cid: int, op_id: int, core: RawNode, known_commit: int) -> str:
+        """The request reached a running server: hand it to the core.
+
+        `known_commit` is the highest commit index any node had at this moment: a read's
+        ReadIndex result must not be below it (§6.4)."""
+        op = self.ops[op_id]
+        if op.status != PENDING:
+            return "late"
+        try:
+            if op.kind == "get":
+                ctx = b"r%d" % op_id
+                self._read_ctx.setdefault(op.node, {})[ctx] = op_id
+                self._read_floor[op_id] = known_commit
+                core.read_index(ctx)
+                return "read_index"
+            cmd = Put(op.key, op.value or "") if op.kind == "put" else Delete(op.key)
+            term, index = core.propose(encode_command(cmd))
+        except NotLeader as e:
+            self._read_ctx.get(op.node, {}).pop(b"r%d" % op_id, None)
+            hint = e.leader_hint if e.leader_hint != op.node else None
+            self._complete(op_id, FAIL, guess=hint)
+            return f"not leader (hint {hint})"
+        except ProposalDropped:
+            self._read_ctx.get(op.node, {}).pop(b"r%d" % op_id, None)
+            self._complete(op_id, FAIL, guess=op.node)
+            return "dropped"
+        self._writes.setdefault(op.node, {})[int(index)] = (int(term), op_id)
+        return f"proposed at {index} term {term}"
+
+    def timeout(self, cid: int, op_id: int) -> bool:
+        op = self.ops[op_id]
+        if op.status != PENDING:
+            return False
+        keep = self.rng.random() < 0.5  # stubborn clients keep trying a silent leader
+        self._complete(
+            op_id, FAIL if op.kind == "get" else UNKNOWN, guess=op.node if keep else None
+        )
+        return True
+
+    # -- server side --------------------------------------------------------------------------
+    def on_apply(self, node: NodeId, entry: Entry, sm: KvMachine) -> None:
+        writes = self._writes.get(node)
+        if writes:
+            w = writes.pop(int(entry.index), None)
+            if w is not None:
+                term, op_id = w
+                ok = term == entry.term
+                self._complete(op_id, OK if ok else FAIL, guess=node if ok else None)
+        self._serve_reads(node, sm)
+
+    def on_snapshot(self, node: NodeId, sm: KvMachine) -> None:
+        """Writes proposed here at indexes a snapshot skipped: outcome unknown to this server."""
+        writes = self._writes.get(node)
+        if writes:
+            for index in sorted(writes):
+                if index <= sm.applied:
+                    self._complete(writes.pop(index)[1], UNKNOWN, guess=None)
+        self._serve_reads(node, sm)
+
+    def on_read_states(
+        self, node: NodeId, states: tuple[ReadState, ...], sm: KvMachine
+    ) -> list[str]:
+        """Queue the reads until applied; returns reads whose index was stale."""
+        ctxs = self._read_ctx.get(node, {})
+        waits = self._read_wait.setdefault(node, [])
+        stale: list[str] = []
+        for rs in states:
+            op_id = ctxs.pop(rs.context, None)
+            if op_id is not None:
+                waits.append((int(rs.index), op_id))
+                floor = self._read_floor.pop(op_id, 0)
+                if rs.index < floor:
+                    op = self.ops[op_id]
+                    stale.append(
+                        f"{node} gave read index {rs.index} to get({op.key}) #{op_id}, but "
+                        f"index {floor} was already committed when the read began"
+                    )
+        self._serve_reads(node, sm)
+        return stale
+
+    def _serve_reads(self, node: NodeId, sm: KvMachine) -> None:
+        waits = self._read_wait.get(node)
+        if not waits:
+            return
+        still: list[tuple[int, int]] = []
+        for index, op_id in waits:
+            if index > sm.applied:
+                still.append((index, op_id))
+                continue
+            op = self.ops[op_id]
+            if op.status == PENDING:
+                op.value = sm.kv.get(op.key)
+                self._complete(op_id, OK, guess=node)
+        self._read_wait[node] = still
+
+    def on_crash(self, node: NodeId) -> None:
+        """Everything in flight at a crashed server: writes unknown, reads failed."""
+        for _, (_, op_id) in sorted(self._writes.pop(node, {}).items()):
+            self._complete(op_id, UNKNOWN, guess=None)
+        for op_id in sorted(self._read_ctx.pop(node, {}).values()):
+            self._complete(op_id, FAIL, guess=None)
+        for _, op_id in self._read_wait.pop(node, []):
+            self._complete(op_id, FAIL, guess=None)
+
+    def _complete(self, op_id: int, status: str, guess: NodeId | None) -> None:
+        op = self.ops[op_id]
+        if op.status != PENDING:
+            return
+        op.status = status
+        op.complete = self.sched.now
+        c = next(c for c in self._clients if c.current == op_id)
+        c.current = None
+        c.guess = guess
+        if status == UNKNOWN:
+            c.process = self._next_process  # the old process may still be "running" the op
+            self._next_process += 1
+        if self.running:
+            # Back off after a failure, as real clients do: a leaderless cluster should not
+            # turn the event budget into a stream of refusals.
+            mean = self.opt.think if status == OK else self.opt.backoff
+            self.sched.push(int(self.rng.expovariate(1.0 / mean)), ClientInvoke(c.cid))

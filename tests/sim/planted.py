@@ -1,0 +1,123 @@
+"""Test-only Raft cores, each with one classic bug planted, for the simulator to catch.
+
+Nothing here is reachable from production code: each bug is a subclass of the real core (or of
+its log) overriding exactly one rule; `factory(name)` builds the RawNode factory for a run.
+"""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+
+from raftkv.raft.config import RaftConfig
+from raftkv.raft.log import RaftLog
+from raftkv.raft.raft import Raft, _PendingRead
+from raftkv.raft.rawnode import RawNode
+from raftkv.raft.ready import Ready
+from raftkv.raft.storage import MemoryStorage
+from raftkv.raft.types import Entry, Index, Term
+from raftkv.sim.node import NodeFactory
+
+
+class Figure8Raft(Raft):
+    """(a) Commits by counting replicas whatever the entry's term (drops the §5.4.2 rule)."""
+
+    def maybe_commit(self) -> bool:
+        match = {node: pr.match for node, pr in self.progress.items()}
+        voters = self.conf.voters
+        indexes = sorted((match.get(v, Index(0)) for v in voters), reverse=True)
+        index = indexes[len(voters) // 2] if voters else Index(0)
+        if index > self.log.committed:
+            self.log.commit_to(index)
+            self._release_reads_before_commit()
+            return True
+        return False
+
+
+class BlindVoteLog(RaftLog):
+    """(b) Every candidate's log counts as up to date (drops the §5.4.1 check)."""
+
+    def is_up_to_date(self, last_index: Index, last_term: Term) -> bool:
+        return True
+
+
+class BlindVoteRaft(Raft):
+    def __init__(self, config: RaftConfig, storage: MemoryStorage, rng: random.Random) -> None:
+        super().__init__(config, storage, rng)
+        self.log.__class__ = BlindVoteLog
+
+
+class EagerReadRaft(Raft):
+    """(d) A leader answers a read at once, without the heartbeat round confirming it leads."""
+
+    def _start_read(self, read: _PendingRead) -> None:
+        read.index = self.log.committed
+        self._answer_read(read)
+
+
+class NoTruncateLog(RaftLog):
+    """(e) A follower keeps a conflicting suffix and only appends entries past its last index."""
+
+    def maybe_append(
+        self, prev_index: Index, prev_term: Term, commit: Index, entries: tuple[Entry, ...]
+    ) -> Index | None:
+        if not self.match_term(prev_index, prev_term):
+            return None
+        last_new = Index(prev_index + len(entries))
+        fresh = [e for e in entries if e.index > self.last_index()]
+        if fresh:
+            self.append(fresh)
+        self.commit_to(Index(min(commit, last_new, self.last_index())))
+        return last_new
+
+
+class NoTruncateRaft(Raft):
+    def __init__(self, config: RaftConfig, storage: MemoryStorage, rng: random.Random) -> None:
+        super().__init__(config, storage, rng)
+        self.log.__class__ = NoTruncateLog
+
+
+class _PlantedNode(RawNode):
+    raft_class: type[Raft] = Raft
+
+    def __init__(self, config: RaftConfig, storage: MemoryStorage, rng: random.Random) -> None:
+        super().__init__(config, storage, rng)
+        self.raft = self.raft_class(config, storage, rng)
+
+
+class Figure8Node(_PlantedNode):
+    raft_class = Figure8Raft
+
+
+class BlindVoteNode(_PlantedNode):
+    raft_class = BlindVoteRaft
+
+
+class EagerReadNode(_PlantedNode):
+    raft_class = EagerReadRaft
+
+
+class NoTruncateNode(_PlantedNode):
+    raft_class = NoTruncateRaft
+
+
+class EarlyAckNode(RawNode):
+    """(c) Acks and vote grants leave with the first messages, before the write is durable."""
+
+    def ready(self) -> Ready:
+        rd = super().ready()
+        early = msgspec.structs.replace(
+            rd, messages=rd.messages + rd.persisted_messages, persisted_messages=()
+        )
+        self._in_flight = early
+        return early
+
+
+BUGS: dict[str, NodeFactory] = {
+    "figure8_commit": Figure8Node,
+    "vote_without_log_check": BlindVoteNode,
+    "ack_before_persist": EarlyAckNode,
+    "read_without_heartbeat": EagerReadNode,
+    "no_suffix_truncation": NoTruncateNode,
+}
