@@ -212,7 +212,7 @@ class Cluster:
         self.count("messages_lost")
         if isinstance(msg, InstallSnapshot):
             self.sched.push(delay, Report(node.id, node.epoch, msg.to, "snapshot_failed"))
-        elif self.net.blocked(msg.from_, msg.to) and self._disk_rng.random() < 0.1:
+        elif self.net.blocked(msg.from_, msg.to) and self.net.rng.random() < 0.1:
             # A transport notices a dead connection now and then, not on every message.
             self.sched.push(delay, Report(node.id, node.epoch, msg.to, "unreachable"))
 
