@@ -6,7 +6,9 @@ Rules:
   (`SimNode.pump`) and the invariants look at every running node.
 - Every random draw comes from a stream seeded by (seed, purpose), so the run is a function of
   the seed; nodes are visited in sorted id order; nothing depends on object identity or hashes.
-- Each event adds one line to the trace; the run's hash is blake2b over those lines.
+- Each event adds one line to the trace; the run's hash is blake2b over those lines. A timer
+  that fires with nothing to do (a stale tick, the timeout of a finished operation) is not an
+  event: neither counted nor traced.
 - A paused node (SIGSTOP) holds the events addressed to it and replays them on resume; a
   crashed node loses them.
 """
@@ -210,7 +212,7 @@ class Cluster:
         self.count("messages_lost")
         if isinstance(msg, InstallSnapshot):
             self.sched.push(delay, Report(node.id, node.epoch, msg.to, "snapshot_failed"))
-        elif self.net.blocked(msg.from_, msg.to) and self._disk_rng.random() < 0.1:
+        elif self.net.blocked(msg.from_, msg.to) and self.net.rng.random() < 0.1:
             # A transport notices a dead connection now and then, not on every message.
             self.sched.push(delay, Report(node.id, node.epoch, msg.to, "unreachable"))
 

@@ -3,7 +3,11 @@
 Faults: crash (losing unsynced writes) and later restart; pause (SIGSTOP) and resume; leader
 isolation; random symmetric splits; one-way link cuts; membership changes (add a learner,
 promote it, remove a node, add a removed node back); compaction (snapshot the applied state and
-drop the log, so lagging nodes need InstallSnapshot); leadership transfer; forced campaigns.
+drop the log, so lagging nodes need InstallSnapshot); leadership transfer; forced campaigns;
+a frozen leader (paused while cut off, waking up still cut off: the stale-read window).
+Reactive: a new leader may be cut off or crashed within a few message delays of winning
+("flap"); in churn mode every flap isolates the new leader and heals the previous one, so
+leaders with partial, uncommitted tails rotate — what Figure 8 needs.
 
 Rules:
 - Timed faults schedule their own end (Restart, Resume, Heal) so the cluster keeps moving.

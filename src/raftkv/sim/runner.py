@@ -1,10 +1,10 @@
 """`run_seed`: one deterministic simulation run, from a seed to a verdict.
 
 A run: draw the cluster's shape from the seed (size, timeouts, PreVote/CheckQuorum, append and
-window limits, disk and network speeds) unless given; run `events` events with clients and
-faults; then wind down — heal the network, resume and restart every node, stop new client
-operations, let the cluster converge (a liveness check) — and check the client history for
-per-key linearizability.
+window limits, disk and network speeds) and its fault profile (half the seeds churn leaders)
+unless given; run `events` events with clients and faults; then wind down — heal the network,
+resume and restart every node, stop new client operations, let the cluster converge (a liveness
+check) — and check the client history for per-key linearizability.
 
 Rules:
 - The result is a function of (seed, events, options): the same inputs give the same trace hash.
