@@ -1,13 +1,4 @@
-<<<<<<< HEAD
 """Core bugs the simulator found, reduced to deterministic repros; each stays as a regression."""
-=======
-"""Core bugs the simulator found, reduced to deterministic repros (strict xfails until fixed).
-
-When the lead fixes one, its xfail passes, `strict=True` fails the suite, and the marker (and any
-matching KNOWN_CORE_BUGS seed in test_sweep.py) must be removed: the repro then stays as a
-regression test.
-"""
->>>>>>> sim
 
 from __future__ import annotations
 
