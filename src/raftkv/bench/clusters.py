@@ -144,7 +144,31 @@ class _Procs:
                 proc.wait()
 
 
-class LocalCluster:
+class _ProcessCluster:
+    """What both clusters do with their member processes (spawned from `_argv(name)`)."""
+
+    _procs: _Procs
+
+    def _argv(self, name: str) -> list[str]:
+        raise NotImplementedError
+
+    def restart(self, name: str) -> None:
+        self._procs.spawn(name, self._argv(name))
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        self._procs.kill(name, sig)
+
+    def alive(self, name: str) -> bool:
+        return self._procs.alive(name)
+
+    def pids(self) -> dict[str, int]:
+        return self._procs.pids()
+
+    def stop(self) -> None:
+        self._procs.stop()
+
+
+class LocalCluster(_ProcessCluster):
     """Three (or `size`) raftkv nodes on 127.0.0.1 with the seed's timing."""
 
     kind = "raftkv"
@@ -187,21 +211,6 @@ class LocalCluster:
         for name in self.names:
             self._procs.spawn(name, self._argv(name))
         self.wait_leader(timeout_s)
-
-    def restart(self, name: str) -> None:
-        self._procs.spawn(name, self._argv(name))
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        self._procs.kill(name, sig)
-
-    def alive(self, name: str) -> bool:
-        return self._procs.alive(name)
-
-    def pids(self) -> dict[str, int]:
-        return self._procs.pids()
-
-    def stop(self) -> None:
-        self._procs.stop()
 
     def client_url(self, name: str) -> str:
         return f"http://{self.http[name]}"
@@ -248,7 +257,7 @@ class LocalCluster:
         raise ClusterError(f"raftkv: no agreed leader within {timeout_s}s (logs in {self.base})")
 
 
-class EtcdCluster:
+class EtcdCluster(_ProcessCluster):
     """Three etcd 3.4 members on 127.0.0.1, election 100 ms / heartbeat 20 ms, fsync on."""
 
     kind = "etcd"
@@ -291,21 +300,6 @@ class EtcdCluster:
         for name in self.names:
             self._procs.spawn(name, self._argv(name))
         self.wait_leader(timeout_s)
-
-    def restart(self, name: str) -> None:
-        self._procs.spawn(name, self._argv(name))
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        self._procs.kill(name, sig)
-
-    def alive(self, name: str) -> bool:
-        return self._procs.alive(name)
-
-    def pids(self) -> dict[str, int]:
-        return self._procs.pids()
-
-    def stop(self) -> None:
-        self._procs.stop()
 
     def client_url(self, name: str) -> str:
         return f"http://{self.client[name]}"

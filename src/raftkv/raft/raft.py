@@ -246,36 +246,28 @@ class Raft:
 
     def _campaign_pre_vote(self) -> None:
         self.become_pre_candidate()
-        self.votes[self.id] = True
-        if self._tally():
-            return
-        for node in self.conf.voters:
-            if node != self.id:
-                self._send(
-                    RequestVote(
-                        Term(self.term + 1),
-                        self.id,
-                        node,
-                        self.log.last_index(),
-                        self.log.last_term(),
-                        pre_vote=True,
-                    )
-                )
+        # Thesis §9.6: ask for votes in the term we would campaign in, without entering it.
+        self._request_votes(Term(self.term + 1), pre_vote=True, transfer=False)
 
     def _campaign(self, *, transfer: bool) -> None:
         self.become_candidate()
+        self._request_votes(self.term, pre_vote=False, transfer=transfer)
+
+    def _request_votes(self, term: Term, *, pre_vote: bool, transfer: bool) -> None:
         self.votes[self.id] = True
         if self._tally():
-            return
+            return  # a single-voter cluster wins at once
+        last_index, last_term = self.log.last_index(), self.log.last_term()
         for node in self.conf.voters:
             if node != self.id:
                 self._send(
                     RequestVote(
-                        self.term,
+                        term,
                         self.id,
                         node,
-                        self.log.last_index(),
-                        self.log.last_term(),
+                        last_index,
+                        last_term,
+                        pre_vote=pre_vote,
                         transfer=transfer,
                     )
                 )
