@@ -1,9 +1,4 @@
-"""Core bugs the simulator found, reduced to deterministic repros (strict xfails until fixed).
-
-When the lead fixes one, its xfail passes, `strict=True` fails the suite, and the marker (and any
-matching KNOWN_CORE_BUGS seed in test_sweep.py) must be removed: the repro then stays as a
-regression test.
-"""
+"""Core bugs the simulator found, reduced to deterministic repros; each stays as a regression."""
 
 from __future__ import annotations
 
@@ -18,7 +13,6 @@ from tests.unit.raft.harness import Cluster
 N1, N3 = NodeId("n1"), NodeId("n3")
 
 
-@pytest.mark.xfail(strict=True, reason="bcast_append spins: reported to the lead")
 def test_snapshot_due_to_inactive_replicating_follower_does_not_spin(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

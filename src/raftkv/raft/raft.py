@@ -522,8 +522,7 @@ class Raft:
                 pr.next, Index(self.log.last_index() + 1), self.cfg.max_append_bytes
             )
         except Compacted:
-            self._send_snapshot(to, pr)
-            return True
+            return self._send_snapshot(to, pr)
         if not entries and not send_empty:
             return False
         self._send(
@@ -535,12 +534,14 @@ class Raft:
         pr.sent_entries(last, len(entries))
         return True
 
-    def _send_snapshot(self, to: NodeId, pr: Progress) -> None:
+    def _send_snapshot(self, to: NodeId, pr: Progress) -> bool:
+        """Send our snapshot; False if we hold back (then nothing was sent)."""
         if not pr.recent_active:
-            return  # etcd's rule: do not ship a snapshot to a node we have not heard from
+            return False  # etcd's rule: do not ship a snapshot to a node we have not heard from
         snap: Snapshot = self.log.storage.snapshot()
         pr.become_snapshot(snap.meta.index)
         self._send(InstallSnapshot(self.term, self.id, to, snap))
+        return True
 
     def bcast_append(self) -> None:
         for node in sorted(self.progress):
