@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from random import Random
@@ -87,7 +85,6 @@ class RaftDriver:
         self._bootstrap_until = 0.0  # fresh cluster: the bootstrap node campaigns until then
         self._hold_elections_until = 0.0  # fresh cluster: other nodes wait for it until then
         self._last_snapshot_index = Index(0)
-        self.started_at = time.time()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -542,7 +539,3 @@ class RaftDriver:
 
     def stale_get(self, key: str) -> str | None:
         return self.sm.get(key)
-
-    def on_stop(self, cb: Callable[[], None]) -> None:
-        if self.fatal is not None:
-            self.fatal.add_done_callback(lambda _f: cb())

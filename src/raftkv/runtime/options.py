@@ -5,7 +5,7 @@ The runtime sits below `server/`, so it takes this plain record instead of the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from raftkv.raft.types import NodeId
@@ -30,4 +30,3 @@ class NodeOptions:
     leader_wait_s: float = 2.0  # how long a request waits for a leader to appear
     request_timeout_s: float = 5.0  # proposals / reads not done by then: outcome unknown
     max_append_bytes: int = 4 << 20
-    extra: dict[str, str] = field(default_factory=dict)
