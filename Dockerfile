@@ -7,11 +7,16 @@
 # tests/unit/deploy/test_dockerfile.py checks this file against the application's defaults.
 
 # --- build: raftkv and its dependencies in a virtualenv (all ship wheels: no compiler) ---------
+# Exactly the versions in uv.lock (`uv sync --frozen` never re-resolves), the same set the tests
+# ran against; uv's version is the one scripts/_venv.sh pins. Non-editable, without test extras.
 FROM python:3.11-slim AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/venv UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy
+RUN pip install uv==0.13.9
 WORKDIR /src
 COPY . .
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
+RUN uv sync --frozen --no-editable --python /usr/local/bin/python
 
 # --- run -------------------------------------------------------------------------------------
 FROM python:3.11-slim

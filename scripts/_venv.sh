@@ -1,18 +1,36 @@
-# Sourced by the scripts: makes .venv and installs raftkv (with test extras) when missing or stale.
+# Sourced by the scripts: makes .venv with exactly the versions in uv.lock (raftkv plus its test
+# extras), bootstrapping uv itself when the machine has only python3.
+#
+# Rules: every install path goes through the lock (`uv sync --frozen`: never re-resolves, fails if
+# uv.lock is missing); uv's own version is pinned here; no toolchain is downloaded (the system
+# python3 is used). `uv sync` is a no-op costing ~0.1 s when .venv already matches the lock.
 VENV="${RAFTKV_VENV:-$PWD/.venv}"
+RAFTKV_UV_VERSION="0.13.9"
+RAFTKV_EXTRAS="${RAFTKV_EXTRAS:-test}"
+
+# find_uv — sets UV to a uv binary of the pinned version, installing it into .uv/ when needed.
+find_uv() {
+  local py="${PYTHON:-python3}" candidate
+  for candidate in "$PWD/.uv/bin/uv" "$(command -v uv 2>/dev/null || true)"; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] \
+      && [ "$("$candidate" --version 2>/dev/null | awk '{print $2}')" = "$RAFTKV_UV_VERSION" ]; then
+      UV="$candidate"
+      return 0
+    fi
+  done
+  echo "== installing uv $RAFTKV_UV_VERSION into .uv/"
+  "$py" -m pip install -q --disable-pip-version-check --target "$PWD/.uv" "uv==$RAFTKV_UV_VERSION" \
+    || { echo "could not install uv $RAFTKV_UV_VERSION with $py -m pip" >&2; return 1; }
+  UV="$PWD/.uv/bin/uv"
+}
+
 ensure_venv() {
-  local py="${PYTHON:-python3}"
-  if [ ! -x "$VENV/bin/python" ]; then
-    echo "== creating $VENV"
-    "$py" -m venv "$VENV"
-  fi
-  local stamp="$VENV/.raftkv-installed"
-  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "== installing raftkv[test] into $VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e ".[test]"
-    touch "$stamp"
-  fi
+  local py="${PYTHON:-python3}" extra args=()
+  find_uv || return 1
+  for extra in ${RAFTKV_EXTRAS//,/ }; do args+=(--extra "$extra"); done
+  # UV_PROJECT_ENVIRONMENT: the venv uv syncs; UV_PYTHON_DOWNLOADS=never: use this machine's Python.
+  UV_PROJECT_ENVIRONMENT="$VENV" UV_PYTHON_DOWNLOADS=never \
+    "$UV" sync --frozen --quiet --python "$(command -v "$py")" "${args[@]}"
 }
 
 # ensure_apt CMD:PACKAGE ... — apt-get install the packages whose command is missing (as root).

@@ -20,8 +20,8 @@ if ! command -v wrk >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get 
     || echo "wrk not installable; using the Python load generator" >&2
 fi
 if [[ " $* " == *" --plot "* ]] && ! "$VENV/bin/python" -c "import matplotlib" 2>/dev/null; then
-  echo "== installing matplotlib for --plot" >&2
-  "$VENV/bin/python" -m pip install -q -e ".[test,plot]" >&2
+  echo "== installing matplotlib for --plot (from uv.lock)" >&2
+  RAFTKV_EXTRAS=test,plot ensure_venv >&2
 fi
 mode="$1"; count="$2"; shift 2
 exec "$VENV/bin/raftkv" bench "$mode" "$count" "$@"

@@ -114,12 +114,15 @@ def value_from_body(request: web.Request, body: bytes, max_value_bytes: int) -> 
             raise ApiError(
                 400, "invalid_value", f'body must be a JSON object {{"value": string}}: {exc}'
             ) from exc
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            # Classified here, not from msgspec's exception type or wording (which changed in
+            # msgspec 0.23): a JSON text must be UTF-8 (RFC 8259 §8.1), so a body that is not
+            # is an encoding error whatever the decoder says. Checked on the error path only.
+            if not _is_utf8(body):
+                raise ApiError(400, "invalid_encoding", "JSON body is not valid UTF-8") from exc
             raise ApiError(400, "invalid_json", f"malformed JSON body: {exc}") from exc
         except RecursionError as exc:  # msgspec's answer to deeply nested arrays, even skipped ones
             raise ApiError(400, "invalid_json", "JSON body nested too deeply") from exc
-        except UnicodeDecodeError as exc:  # msgspec raises this for bad UTF-8 inside a string
-            raise ApiError(400, "invalid_encoding", "JSON body is not valid UTF-8") from exc
         if len(value) > max_value_bytes or len(value.encode("utf-8")) > max_value_bytes:
             raise _value_too_large(max_value_bytes)
         return value
@@ -127,6 +130,14 @@ def value_from_body(request: web.Request, body: bytes, max_value_bytes: int) -> 
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_encoding", "value is not valid UTF-8") from exc
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _value_too_large(max_value_bytes: int) -> ApiError:

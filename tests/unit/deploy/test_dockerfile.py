@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import http.server
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -99,10 +100,15 @@ def test_entrypoint_is_the_installed_console_script() -> None:
     ]
     assert "raftkv" in scripts
     assert final.one("STOPSIGNAL").args == ("SIGTERM",)  # serve handles SIGTERM itself
-    # The build installs the project itself (pip install .) into a virtualenv that the run
-    # stage copies and puts first on PATH, where ENTRYPOINT finds `raftkv`.
+    # The build installs the project itself from the lock (uv sync --frozen, non-editable) into
+    # a virtualenv that the run stage copies and puts first on PATH, where ENTRYPOINT finds
+    # `raftkv`; uv is the version the scripts pin.
     build = parse_dockerfile((REPO / "Dockerfile").read_text(encoding="utf-8"))[0]
-    assert any("pip install ." in " ".join(i.args) for i in build.all("RUN"))
+    runs = [" ".join(i.args) for i in build.all("RUN")]
+    assert any("uv sync --frozen --no-editable" in run for run in runs)
+    assert build.env()["UV_PROJECT_ENVIRONMENT"] == "/opt/venv"
+    pinned = re.search(r'RAFTKV_UV_VERSION="([^"]+)"', (REPO / "scripts/_venv.sh").read_text())
+    assert pinned and any(f"uv=={pinned.group(1)}" in run for run in runs)
     venv = [c.args[0] for c in final.all("COPY") if f"--from={build.name}" in c.flags]
     assert venv == ["/opt/venv"]
     assert final.env()["PATH"].startswith("/opt/venv/bin:")
@@ -144,6 +150,7 @@ def test_dockerignore_sends_only_what_the_build_needs() -> None:
     ]
     for kept in (
         "pyproject.toml",
+        "uv.lock",
         "src/raftkv/__init__.py",
         "src/raftkv/server/config.py",
         "src/raftkv/py.typed",
