@@ -6,7 +6,7 @@ Rules:
   below the applied index are skipped (a restart replays from the durable log, and the state
   may be ahead of what the driver assumed); a gap raises `ApplyOrderError`.
 - Per entry: a NORMAL entry with data is decoded (`raftkv.codec.commands`) and applied by the
-  pure `raftkv.kv.machine.apply_command`; an empty NORMAL entry (a leader's no-op, §5.4.2) and a
+  pure `raftkv.kv.machine.apply_command` at revision = the entry's index (`raftkv.kv.mvcc`); an empty NORMAL entry (a leader's no-op, §5.4.2) and a
   CONF_CHANGE entry only advance the applied index. Their result, and that of a skipped entry,
   is None. An undecodable command raises `CommandDecodeError`: every node holds the same entry,
   so skipping it would hide a version mismatch; the node must stop.
@@ -18,20 +18,30 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from raftkv.codec.commands import decode_command
-from raftkv.kv.commands import Result
-from raftkv.kv.machine import KVBatch, apply_command
+from raftkv.kv.commands import KeyValue, Result
+from raftkv.kv.machine import apply_command
+from raftkv.kv.mvcc import MVCCStore
 from raftkv.raft.types import ConfState, Entry, EntryKind, Index, Term
 from raftkv.storage.errors import ApplyOrderError
 from raftkv.storage.snapshot_file import SnapshotInfo
 
 ApplyResult = Result | None  # None: no-op, conf change, or an entry applied before
 
-__all__ = ["ApplyResult", "SnapshotInfo", "StateMachine", "apply_entry", "first_new"]
+T = TypeVar("T")
+
+__all__ = [
+    "ApplyResult",
+    "SnapshotInfo",
+    "StateMachine",
+    "apply_entry",
+    "display_value",
+    "first_new",
+]
 
 
 class StateMachine(Protocol):
@@ -54,7 +64,11 @@ class StateMachine(Protocol):
 
     def sync(self) -> None: ...
 
-    def get(self, key: str) -> str | None: ...
+    def get(self, key: str) -> KeyValue | None: ...
+
+    def read(self, fn: Callable[[MVCCStore], T]) -> T:
+        """`fn` over one consistent instant of the state (read only)."""
+        ...
 
     def items(
         self, prefix: str = "", limit: int | None = None, after: str | None = None
@@ -83,8 +97,13 @@ def first_new(applied: Index, entries: Sequence[Entry], where: str) -> int:
     return start
 
 
-def apply_entry(batch: KVBatch, entry: Entry) -> ApplyResult:
-    """Apply one committed entry to `batch` (see the module rules)."""
+def apply_entry(store: MVCCStore, entry: Entry) -> ApplyResult:
+    """Apply one committed entry to `store` (see the module rules)."""
     if entry.kind == EntryKind.NORMAL and entry.data:
-        return apply_command(batch, decode_command(entry.data))
+        return apply_command(store, decode_command(entry.data), int(entry.index))
     return None
+
+
+def display_value(kv: KeyValue) -> str:
+    """A value as text for operator views (binary values with escapes)."""
+    return kv.value if isinstance(kv.value, str) else kv.value.decode("utf-8", "backslashreplace")
