@@ -110,7 +110,16 @@ class DictState:
     """An `MVCCStore` in plain dicts: the simulator's and tests' state. Deterministic; the key
     order is code-point order (= UTF-8 byte order, LMDB's)."""
 
-    __slots__ = ("_clock", "_compact", "_current", "_events", "_keys", "_rev", "_sessions", "_replies")
+    __slots__ = (
+        "_clock",
+        "_compact",
+        "_current",
+        "_events",
+        "_keys",
+        "_replies",
+        "_rev",
+        "_sessions",
+    )
 
     def __init__(self) -> None:
         self._current: dict[str, KeyValue] = {}

@@ -2,9 +2,9 @@
 
 Rules:
 - Databases (all in the node's one environment, written in the apply transaction):
-    kv    stored key -> current `KeyValue` (codec.mvcc.encode_kv)        the live keys
-    hist  rev id (rev u64 BE, sub u32 BE) -> `HistEvent`                   history, in revision order
-    idx   stored key -> rev ids of the key's kept events (DUPSORT, sorted) history by key
+    kv    stored key -> current `KeyValue` (codec.mvcc.encode_kv): the live keys
+    hist  rev id (rev u64 BE, sub u32 BE) -> `HistEvent`: history, in revision order
+    idx   stored key -> rev ids of the key's kept events (DUPSORT, sorted): history by key
     sess  b"s" + id -> session record; b"r" + id + seq -> remembered reply
     meta  applied, conf (state_lmdb.py), revision, compact, clock, compacted_to, layout
   A watch resumes from revision R by scanning `hist` from rev_id(R, 0).
@@ -237,7 +237,10 @@ class LmdbStore:
         self._txn.put(b"r" + codec.reply_id(sid, seq), raw, db=self._dbs.sess)
 
     def reply_seqs(self, sid: int) -> list[int]:
-        return [codec.parse_reply_id(k[1:])[1] for k, _ in self._scan(b"r" + codec.session_id_bytes(sid))]
+        return [
+            codec.parse_reply_id(k[1:])[1]
+            for k, _ in self._scan(b"r" + codec.session_id_bytes(sid))
+        ]
 
     def drop_reply(self, sid: int, seq: int) -> None:
         self._txn.delete(b"r" + codec.reply_id(sid, seq), db=self._dbs.sess)
@@ -267,7 +270,11 @@ class LmdbStore:
                 event = codec.decode_event(hc.value())
                 budget -= 1
                 skey = store_key(event.key.encode())
-                ids = [v for v in (ic.iternext_dup(keys=False) if ic.set_key(skey) else ()) if v <= keep_upto]
+                ids = [
+                    v
+                    for v in (ic.iternext_dup(keys=False) if ic.set_key(skey) else ())
+                    if v <= keep_upto
+                ]
                 if ids:
                     last = ids[-1]
                     drop = ids[:-1]

@@ -6,7 +6,8 @@ Rules:
   below the applied index are skipped (a restart replays from the durable log, and the state
   may be ahead of what the driver assumed); a gap raises `ApplyOrderError`.
 - Per entry: a NORMAL entry with data is decoded (`raftkv.codec.commands`) and applied by the
-  pure `raftkv.kv.machine.apply_command` at revision = the entry's index (`raftkv.kv.mvcc`); an empty NORMAL entry (a leader's no-op, §5.4.2) and a
+  pure `raftkv.kv.machine.apply_command` at revision = the entry's index (`raftkv.kv.mvcc`);
+  an empty NORMAL entry (a leader's no-op, §5.4.2) and a
   CONF_CHANGE entry only advance the applied index. Their result, and that of a skipped entry,
   is None. An undecodable command raises `CommandDecodeError`: every node holds the same entry,
   so skipping it would hide a version mismatch; the node must stop.

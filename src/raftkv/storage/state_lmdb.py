@@ -31,14 +31,14 @@ from raftkv.kv.commands import KeyValue
 from raftkv.kv.mvcc import MVCCStore
 from raftkv.raft.types import ConfState, Entry, Index, Term
 from raftkv.storage.errors import CorruptSnapshotError, StorageError
+from raftkv.storage.mvcc_image import load_image
+from raftkv.storage.mvcc_lmdb import Dbs, LmdbStore, clear, lmdb_image, open_dbs
 from raftkv.storage.snapshot_file import (
     SnapshotHeader,
     SnapshotInfo,
     SnapshotReader,
     write_snapshot_file,
 )
-from raftkv.storage.mvcc_image import load_image
-from raftkv.storage.mvcc_lmdb import Dbs, LmdbStore, clear, lmdb_image, open_dbs
 from raftkv.storage.state import (
     ApplyResult,
     StateMachine,
