@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,8 +17,29 @@ from raftkv.client import AsyncClient, Client, NotFound, OutcomeUnknown, RaftkvE
 from tests.integration.cluster import Cluster, MakeCluster, free_port, wait_for
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+SEED_ENDPOINTS = '["localhost:8081", "localhost:8082", "localhost:8083"]'
+
+
 def endpoints(c: Cluster) -> list[str]:
     return [n.http for n in c.nodes.values()]
+
+
+def readme_examples() -> list[str]:
+    section = README.read_text().split("\n## Python client\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.mark.parametrize("index", range(len(readme_examples())))
+def test_readme_examples_run(shared_cluster: Cluster, index: int, tmp_path: Path) -> None:
+    code = readme_examples()[index]
+    assert SEED_ENDPOINTS in code
+    script = tmp_path / f"example{index}.py"
+    script.write_text(code.replace(SEED_ENDPOINTS, repr(endpoints(shared_cluster))))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_sync_client_basic_operations(shared_cluster: Cluster) -> None:
