@@ -16,7 +16,6 @@ import pytest
 from raftkv.client import AsyncClient, Client, NotFound, OutcomeUnknown, RaftkvError
 from tests.integration.cluster import Cluster, MakeCluster, free_port, wait_for
 
-
 README = Path(__file__).resolve().parents[2] / "README.md"
 SEED_ENDPOINTS = '["localhost:8081", "localhost:8082", "localhost:8083"]'
 
