@@ -1,13 +1,24 @@
 """Commands the replicated state machine applies, and their results.
 
 Rules:
-- A command is a frozen msgspec Struct in the `Command` tagged union; it is what a client's write
-  becomes inside a log entry (`raftkv.codec.commands` turns it into bytes with a version byte).
-- Tags are small integers fixed forever: a tag is never reused or renumbered, and a field is only
-  ever appended (with a default) to an existing command, so entries written by an older node
-  decode the same on a newer one. Tags: 1 Put, 2 Delete, 4 Txn, 7 DeleteRange, 8 Compact,
-  9 OpenSession, 10 SessionRequest. Reserved: 3 CAS (conditional writes are one-compare Txns,
-  so it stays unused), 5 LeaseGrant, 6 LeaseRevoke.
+- A command is a frozen msgspec Struct registered in `raftkv.kv.registry` (tag, name, the
+  command-set version that introduced it) and a member of the static `Command` union (mypy and
+  the decoder see the union; a test checks it equals the registry).
+- How to add a kind (two places, plus the golden test list):
+  1. here (or in a kv module of its own, imported here): declare it with the next free tag of
+     your block (below), the decorator, and add it to `Command`:
+         @command_kind("txn", since=COMMAND_SET_VERSION)
+         class Txn(CommandBase, frozen=True, tag=3): ...
+  2. `raftkv.kv.machine.apply_command`: a `case` that applies it (and a Result type here).
+  Then append `tag name since` to `tests/unit/kv/command_kinds.golden`. Never change a line
+  there; never reuse a tag, even of a retired kind. Fields are appended, with defaults, only.
+- Tag blocks for this round, so parallel work does not collide: 3-15 data model (txn, session,
+  compaction...), 16-23 auth (users, roles), 24-31 durability (alarms), 32+ anything else.
+- A node that reads a committed entry of a kind it does not know stops (it never skips it):
+  `raftkv.codec.commands` raises `UnknownCommandKind` with the tag, and the state machine
+  names the entry's index (`raftkv.storage.state.apply_entry`).
+- Data-model kinds (since=2): 3 txn, 4 delete_range, 5 compact, 6 open_session,
+  7 session_request (8-15 stay free for leases and watches).
 - A write's revision is the Raft index of the entry that carries it (see `raftkv.kv.mvcc`), so a
   command never carries its own revision.
 - Time reaches the state machine only inside commands (`time_ms`, stamped by the leader that
@@ -34,18 +45,36 @@ else:
     Value = Any
 
 
-class _CommandBase(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """Shared options of every command: compact positional encoding, immutable."""
+from raftkv.kv.registry import COMMAND_SET_VERSION, CommandBase, command_kind
+
+__all__ = [
+    "COMMAND_SET_VERSION",
+    "Command",
+    "CommandBase",
+    "Compact",
+    "Delete",
+    "DeleteRange",
+    "DeleteResult",
+    "KeyValue",
+    "OpenSession",
+    "Put",
+    "PutResult",
+    "Result",
+    "SessionRequest",
+    "Txn",
+]
 
 
-class Put(_CommandBase, frozen=True, tag=1):
+@command_kind("put", since=1)
+class Put(CommandBase, frozen=True, tag=1):
     """Set `key` to `value`, creating or overwriting it."""
 
     key: str
     value: Value
 
 
-class Delete(_CommandBase, frozen=True, tag=2):
+@command_kind("delete", since=1)
+class Delete(CommandBase, frozen=True, tag=2):
     """Remove `key` if present; deleting an absent key is not an error."""
 
     key: str
@@ -67,7 +96,7 @@ class CompareOp(IntEnum):
     GT = 3
 
 
-class Compare(_CommandBase, frozen=True):
+class Compare(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """`key`'s `target` `op` `value`; a value compare on an absent key is false."""
 
     key: str
@@ -76,19 +105,23 @@ class Compare(_CommandBase, frozen=True):
     value: int | Value
 
 
-class GetOp(_CommandBase, frozen=True, tag=1):
+class _OpBase(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """Shared options of transaction ops (tagged inside a Txn only, not command kinds)."""
+
+
+class GetOp(_OpBase, frozen=True, tag=1):
     """Read `key` (or every key starting with `key` when `prefix`) inside a transaction."""
 
     key: str
     prefix: bool = False
 
 
-class PutOp(_CommandBase, frozen=True, tag=2):
+class PutOp(_OpBase, frozen=True, tag=2):
     key: str
     value: Value
 
 
-class DeleteOp(_CommandBase, frozen=True, tag=3):
+class DeleteOp(_OpBase, frozen=True, tag=3):
     """Delete `key` (or every key starting with `key` when `prefix`)."""
 
     key: str
@@ -98,7 +131,8 @@ class DeleteOp(_CommandBase, frozen=True, tag=3):
 TxnOp = GetOp | PutOp | DeleteOp
 
 
-class Txn(_CommandBase, frozen=True, tag=4):
+@command_kind("txn", since=COMMAND_SET_VERSION)
+class Txn(CommandBase, frozen=True, tag=3):
     """If every compare holds, run `success`, else `failure`; atomically, at one revision."""
 
     compare: list[Compare]
@@ -106,19 +140,22 @@ class Txn(_CommandBase, frozen=True, tag=4):
     failure: list[TxnOp]
 
 
-class DeleteRange(_CommandBase, frozen=True, tag=7):
+@command_kind("delete_range", since=COMMAND_SET_VERSION)
+class DeleteRange(CommandBase, frozen=True, tag=4):
     """Delete every key starting with `prefix` (never empty: refused before proposing)."""
 
     prefix: str
 
 
-class Compact(_CommandBase, frozen=True, tag=8):
+@command_kind("compact", since=COMMAND_SET_VERSION)
+class Compact(CommandBase, frozen=True, tag=5):
     """Discard history below `revision` (reads below it get `compacted`)."""
 
     revision: int
 
 
-class OpenSession(_CommandBase, frozen=True, tag=9):
+@command_kind("open_session", since=COMMAND_SET_VERSION)
+class OpenSession(CommandBase, frozen=True, tag=6):
     """Open a client session (thesis §6.3); its id is this entry's index."""
 
     ttl_ms: int
@@ -129,7 +166,8 @@ class OpenSession(_CommandBase, frozen=True, tag=9):
 SessionWrite = Put | Delete | Txn | DeleteRange
 
 
-class SessionRequest(_CommandBase, frozen=True, tag=10):
+@command_kind("session_request", since=COMMAND_SET_VERSION)
+class SessionRequest(CommandBase, frozen=True, tag=7):
     """`cmd` applied at most once per (`session_id`, `seq`); replies below `ack` forgotten."""
 
     session_id: int
@@ -139,7 +177,7 @@ class SessionRequest(_CommandBase, frozen=True, tag=10):
     cmd: SessionWrite
 
 
-# The decodable union. A new command joins it with a new, never-used tag.
+# The decodable union: every registered kind, nothing else (tests/unit/kv/test_command_registry).
 Command = Put | Delete | Txn | DeleteRange | Compact | OpenSession | SessionRequest
 
 
