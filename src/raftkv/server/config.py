@@ -11,7 +11,8 @@ Rules:
   (node id -> HTTP "host:port"; default: the node's Raft host with ports 8081, 8082, ... in the
   nodes' declared order), `cluster.listen` (a host every node binds its listeners to, e.g.
   "0.0.0.0" in containers; default: the advertised host), `raft.snapshot_every`,
-  `server.max_value_bytes`, `server.leader_wait_ms`, `server.request_timeout_ms`, `logging.format`.
+  `server.max_value_bytes`, `server.leader_wait_ms`, `server.request_timeout_ms`,
+  `server.metrics` (Prometheus /metrics, default true), `logging.format`.
 - Advertised vs listen addresses are separate fields so that a deployment whose listen address
   differs from what peers dial (Kubernetes) needs no change outside this module.
 - `KV_HTTP_PORT` / `KV_RAFT_PORT` (or the flags) replace the port of this node's own entry, both
@@ -51,7 +52,7 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _SCHEMA: Final[Mapping[str, frozenset[str]]] = {
     "cluster": frozenset({"name", "bootstrap_id", "data_dir", "nodes", "http", "listen"}),
     "raft": frozenset({"election_timeout_ms", "heartbeat_timeout_ms", "snapshot_every"}),
-    "server": frozenset({"max_value_bytes", "leader_wait_ms", "request_timeout_ms"}),
+    "server": frozenset({"max_value_bytes", "leader_wait_ms", "request_timeout_ms", "metrics"}),
     "logging": frozenset({"level", "format"}),
 }
 
@@ -123,6 +124,7 @@ class Settings:
     max_value_bytes: int  # UTF-8 bytes of one value, > 0
     leader_wait_ms: int  # how long a write waits for a leader before 503 no_leader
     request_timeout_ms: int  # > leader_wait_ms
+    metrics: bool  # record and serve Prometheus metrics at /metrics
     log_level: str  # one of LOG_LEVELS
     log_format: LogFormat
 
@@ -236,6 +238,7 @@ def load_settings(
         max_value_bytes=max_value,
         leader_wait_ms=leader_wait,
         request_timeout_ms=request_timeout,
+        metrics=_bool(server, "server.metrics", True),
         log_level=_log_level(layer, logging_),
         log_format=_log_format(layer, logging_),
     )
@@ -378,6 +381,13 @@ def _opt_str(section: Mapping[str, object], field: str, default: str) -> str:
     value = section.get(field.rpartition(".")[2], default)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{field}: must be a non-empty string (got {value!r})")
+    return value
+
+
+def _bool(section: Mapping[str, object], field: str, default: bool) -> bool:
+    value = section.get(field.rpartition(".")[2], default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field}: must be true or false (got {value!r})")
     return value
 
 
