@@ -77,6 +77,8 @@ async def serve_node(settings: Settings) -> int:
     waits: list[asyncio.Future[Any]] = [stop_wait, fatal]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     code = 70 if fatal.done() else 0
+    if code:
+        print(f"raftkv: node {settings.node_id} stopping: {fatal.result()}", file=sys.stderr)
     stop_wait.cancel()
     if code == 0:
         # Graceful stop: hand leadership over, refuse new requests (503 node_stopping), let
