@@ -7,7 +7,7 @@ Rules:
 - Key listings are *stale* reads of the local applied state (no ReadIndex): they show what this
   node has applied, which is what an operator comparing nodes wants to see.
 - `describe_entry` is the one place that turns a raw log entry into words (type + decoded
-  command); the offline reader (`raftkv.bench.offline`) uses it too, so both views agree.
+  command); the offline reader (`raftkv.ops.offline`) uses it too, so both views agree.
 - Page sizes are bounded (`MAX_KEYS_PAGE`, `MAX_LOG_PAGE`) so one request cannot make a node
   read its whole database into memory.
 """
