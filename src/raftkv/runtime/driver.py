@@ -491,7 +491,13 @@ class RaftDriver:
                 return
             snap = self.storage.create_snapshot(Index(info.index), info.conf, str(dest).encode())
             await self._io(
-                "log commit", self.durable.path, self._writer, self.durable.save, None, (), snap.meta
+                "log commit",
+                self.durable.path,
+                self._writer,
+                self.durable.save,
+                None,
+                (),
+                snap.meta,
             )
             keep_from = Index(info.index - self.opts.snapshot_keep_entries)
             if keep_from > self.storage.first_index():
