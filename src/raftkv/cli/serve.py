@@ -83,7 +83,11 @@ async def serve_node(settings: Settings) -> int:
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if fatal.done():
-        code = EXIT_IOERR if isinstance(fatal.result(), StorageFailure) else 70
+        failure = fatal.result()
+        code = EXIT_IOERR if isinstance(failure, StorageFailure) else 70
+        if code == 70:
+            # (A storage failure's one line is already in the log, on stderr.)
+            print(f"raftkv: node {settings.node_id} stopping: {failure}", file=sys.stderr)
     stop_wait.cancel()
     if code == 0:
         # Graceful stop: hand leadership over, refuse new requests (503 node_stopping), let

@@ -57,6 +57,7 @@ from raftkv.raft.types import (
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, ReadWaiters
+from raftkv.storage.errors import UndecodableEntryError
 from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
 from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
@@ -257,6 +258,15 @@ class RaftDriver:
             if not isinstance(exc, StorageFailure):
                 exc = StorageFailure("storage operation", self.opts.data_dir, exc)
             log.critical(str(exc), node=self.id)
+        elif isinstance(exc, UndecodableEntryError):
+            # Every node holds this entry: skipping it would fork the state machines.
+            log.critical(
+                "node stopping: a committed entry cannot be applied",
+                node=self.id,
+                index=exc.index,
+                tag=exc.tag,
+                error=str(exc),
+            )
         else:
             log.critical("node stopping on a broken invariant", node=self.id, error=repr(exc))
         # Nothing may be acknowledged from now on: waiters fail before any other task runs.

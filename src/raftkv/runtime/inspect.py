@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from raftkv.codec.commands import CommandDecodeError, decode_command
-from raftkv.kv.commands import Delete, Put
+from raftkv.kv.registry import kind_of
 from raftkv.raft.types import ConfChange, Entry, EntryKind, Index
 
 if TYPE_CHECKING:
@@ -37,7 +37,8 @@ _conf_decoder: Final = msgspec.msgpack.Decoder(ConfChange)
 
 @dataclass(frozen=True, slots=True)
 class EntryView:
-    """One log entry in words. `type` is noop | put | delete | conf_change | undecodable."""
+    """One log entry in words. `type` is noop | conf_change | undecodable | a command kind's
+    registry name (put, delete, ...)."""
 
     index: int
     term: int
@@ -94,12 +95,9 @@ def describe_entry(entry: Entry) -> EntryView:
         cmd = decode_command(entry.data)
     except CommandDecodeError as exc:
         return EntryView(entry.index, entry.term, "undecodable", {"error": str(exc)}, size)
-    match cmd:
-        case Put(key=key, value=value):
-            return EntryView(entry.index, entry.term, "put", {"key": key, "value": value}, size)
-        case Delete(key=key):
-            return EntryView(entry.index, entry.term, "delete", {"key": key}, size)
-    return EntryView(entry.index, entry.term, "undecodable", {"error": "unknown"}, size)
+    # Generic over the registry: a new command kind shows up here with no change.
+    fields = {name: getattr(cmd, name) for name in cmd.__struct_fields__}
+    return EntryView(entry.index, entry.term, kind_of(cmd).name, fields, size)
 
 
 def list_snapshots(snap_dir: Path) -> list[SnapshotFileView]:
