@@ -16,7 +16,15 @@ from typing import TypeVar
 import msgspec
 
 from raftkv.codec.commands import encode_command
-from raftkv.kv.commands import Command, OpenSession, Result, SessionRequest
+from raftkv.kv.commands import (
+    Command,
+    Delete,
+    DeleteResult,
+    OpenSession,
+    Put,
+    Result,
+    SessionRequest,
+)
 from raftkv.kv.mvcc import MVCCStore
 from raftkv.raft.types import Role
 from raftkv.runtime.api import LocalStatus
@@ -56,6 +64,18 @@ class RaftKVNode:
         result = await self.driver.propose(encode_command(cmd))
         assert result is not None  # a command entry always has a result
         return result  # type: ignore[return-value]  # propose returns the apply result
+
+    # Shorthands for tests and tools (the server uses `write`/`read`).
+    async def put(self, key: str, value: str | bytes) -> Result:
+        return await self.write(Put(key, value))
+
+    async def delete(self, key: str) -> bool:
+        result = await self.write(Delete(key))
+        return isinstance(result, DeleteResult) and result.existed
+
+    async def get(self, key: str, *, linearizable: bool) -> str | bytes | None:
+        kv = await self.read(lambda s: s.get(key), linearizable=linearizable)
+        return None if kv is None else kv.value
 
     async def read(
         self, fn: Callable[[MVCCStore], T], *, linearizable: bool, min_revision: int = 0
