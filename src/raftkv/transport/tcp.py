@@ -39,6 +39,7 @@ from typing import Any
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from raftkv.codec.wire import MAX_FRAME_BYTES
 from raftkv.raft.messages import AnyMessage, InstallSnapshot
 from raftkv.raft.types import NodeId
 from raftkv.transport._common import TransportTuning
@@ -73,7 +74,7 @@ class PeerTransport:
         source_host: str | None,
         on_unreachable: Callable[[NodeId], None] = _ignore_unreachable,
         on_snapshot_status: Callable[[NodeId, bool], None] = _ignore_snapshot_status,
-        max_frame_bytes: int = 64 << 20,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
         snapshot_dir: Path | None = None,
         logger: FilteringBoundLogger | None = None,
         rng: random.Random | None = None,
