@@ -33,3 +33,4 @@ class NodeOptions:
     max_append_bytes: int = 4 << 20
     max_snapshot_bytes: int = 8 << 30  # raft.max_snapshot_bytes: larger inbound snapshots refused
     peer_tls: PeerTls | None = None  # tls.peer: mutual TLS between peers (None: plain TCP)
+    metrics: bool = True  # record Prometheus metrics (runtime/metrics.py)
