@@ -159,7 +159,7 @@ class OutboundPeer:
             return
         if writer.transport.get_write_buffer_size() > 0:
             return  # bytes are still leaving: the link is not idle
-        writer.write(_PING)
+        writer.transport.write(_PING)  # what StreamWriter.write does, minus the message path
         self._last_write = now
 
     # ---- connection loop -------------------------------------------------------------------
