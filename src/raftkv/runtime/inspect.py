@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from raftkv.runtime.driver import RaftDriver
 
 MAX_KEYS_PAGE: Final = 10_000
+MAX_KEYS_PAGE_BYTES: Final = 4 << 20  # key + value bytes in one /debug/keys page
+_KEYS_BATCH: Final = 16  # pairs read per storage call: bounds memory held beyond the page
 MAX_LOG_PAGE: Final = 1_000
 _SNAP_RE: Final = re.compile(r"snap-(\d+)-(\d+)\.snap")
 _conf_decoder: Final = msgspec.msgpack.Decoder(ConfChange)
@@ -127,18 +129,32 @@ class NodeInspector:
     def __init__(self, driver: RaftDriver) -> None:
         self._driver = driver
 
-    async def keys(self, prefix: str, limit: int, after: str | None) -> KeysPage:
+    async def keys(
+        self, prefix: str, limit: int, after: str | None, *, max_bytes: int = MAX_KEYS_PAGE_BYTES
+    ) -> KeysPage:
+        """Up to `limit` pairs and about `max_bytes` of keys + values (at least one pair)."""
         limit = clamp(limit, 1, MAX_KEYS_PAGE)
+        max_bytes = clamp(max_bytes, 1, MAX_KEYS_PAGE_BYTES)
         sm = self._driver.sm
         applied = int(sm.applied_index)
 
-        def read() -> list[tuple[str, str]]:
-            # One more than asked tells whether another page follows.
-            return list(sm.items(prefix, limit + 1, after))
+        def read() -> tuple[list[tuple[str, str]], bool]:
+            # Small batches, so that a page of huge values never sits in memory all at once.
+            out: list[tuple[str, str]] = []
+            size = 0
+            cursor = after
+            while True:
+                batch = list(sm.items(prefix, _KEYS_BATCH, cursor))
+                for key, value in batch:
+                    if len(out) >= limit or (out and size + len(key) + len(value) > max_bytes):
+                        return out, True
+                    out.append((key, value))
+                    size += len(key) + len(value)
+                if len(batch) < _KEYS_BATCH:
+                    return out, False
+                cursor = batch[-1][0]
 
-        items = await asyncio.to_thread(read)
-        more = len(items) > limit
-        items = items[:limit]
+        items, more = await asyncio.to_thread(read)
         return KeysPage(applied, items, items[-1][0] if more and items else None)
 
     async def log(self, start: int | None, limit: int) -> LogPage:

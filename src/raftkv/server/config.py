@@ -37,19 +37,18 @@ from msgspec import inspect as mi
 from raftkv.server.config_fields import ConfigError, check_value, fields_of, parse_struct
 from raftkv.server.config_schema import (
     DEFAULT_HTTP_BASE_PORT,
-    MAX_MAX_VALUE_BYTES,
     OVERRIDES,
     REQUIRED_SECTIONS,
     ConfigFile,
     LogFormat,
 )
+from raftkv.server.limits import HttpLimits
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_HTTP_BASE_PORT",
     "FLAG_KEYS",
     "LOG_LEVELS",
-    "MAX_MAX_VALUE_BYTES",
     "Address",
     "ConfigError",
     "ConfigFile",
@@ -120,6 +119,8 @@ class Settings:
     request_timeout_ms: int  # > leader_wait_ms
     log_level: str  # one of LOG_LEVELS
     log_format: LogFormat
+    http_limits: HttpLimits  # HTTP hardening (limits.py)
+    debug_endpoints: bool  # /debug/*; root-only when auth is on
     config: ConfigFile  # the validated file, defaults filled in, overrides applied
 
     @property
@@ -201,6 +202,13 @@ def load_settings(
         request_timeout_ms=server.request_timeout_ms,
         log_level=conf.logging.level,
         log_format=conf.logging.format,
+        http_limits=HttpLimits(
+            body_timeout_ms=server.body_timeout_ms,
+            keepalive_timeout_ms=server.keepalive_timeout_ms,
+            max_connections=server.max_connections,
+            max_inflight_body_bytes=server.max_inflight_body_bytes,
+        ),
+        debug_endpoints=server.debug_endpoints,
         config=conf,
     )
 

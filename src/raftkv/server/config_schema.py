@@ -26,13 +26,14 @@ import msgspec
 from msgspec import Meta
 
 from raftkv.server.config_fields import ConfigError
+from raftkv.server.limits import DEFAULT_HTTP_LIMITS, largest_value_bytes
 
 LogFormat = Literal["console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 NonEmptyStr = Annotated[str, Meta(min_length=1)]
 
 DEFAULT_HTTP_BASE_PORT: Final = 8081
-MAX_MAX_VALUE_BYTES: Final = 64 << 20  # one value is one Raft entry; keep entries sane
+_LIMITS: Final = DEFAULT_HTTP_LIMITS
 
 
 def _ms(description: str, *, le: int | None = None) -> Meta:
@@ -108,8 +109,8 @@ class ServerSection(_Section, frozen=True, kw_only=True):
         int,
         Meta(
             ge=1,
-            le=MAX_MAX_VALUE_BYTES,
-            description="largest value in UTF-8 bytes (larger: 413 `value_too_large`)",
+            description="largest value in UTF-8 bytes (larger: 413 `value_too_large`); at most "
+            "what fits in one peer frame",
         ),
     ] = 1 << 20
     leader_wait_ms: Annotated[
@@ -118,8 +119,31 @@ class ServerSection(_Section, frozen=True, kw_only=True):
     request_timeout_ms: Annotated[
         int, _ms("a write's deadline (then 504); greater than `leader_wait_ms`")
     ] = 5000
+    # HTTP hardening (server/limits.py); defaults far above what benchmarks use.
+    body_timeout_ms: Annotated[
+        int, _ms("a request body must arrive within this (else 408 `body_timeout`)")
+    ] = _LIMITS.body_timeout_ms
+    keepalive_timeout_ms: Annotated[
+        int, _ms("idle keep-alive connections are closed after this")
+    ] = _LIMITS.keepalive_timeout_ms
+    max_connections: Annotated[
+        int, Meta(ge=1, description="concurrent HTTP connections per node (then 503)")
+    ] = _LIMITS.max_connections
+    max_inflight_body_bytes: Annotated[
+        int, Meta(ge=1, description="request-body bytes held at once per node (then 503)")
+    ] = _LIMITS.max_inflight_body_bytes
+    debug_endpoints: Annotated[
+        bool, Meta(description="serve `/debug/*` (root-only when auth is on)")
+    ] = True
 
     def validate(self) -> None:
+        if self.max_value_bytes > (largest := largest_value_bytes()):
+            # One value is one Raft entry, and an entry must fit in one peer frame with a key of
+            # the largest size: otherwise it is committed locally but never replicates.
+            raise ConfigError(
+                f"server.max_value_bytes: {self.max_value_bytes} does not fit in one peer frame; "
+                f"the largest allowed value is {largest} bytes"
+            )
         if self.request_timeout_ms <= self.leader_wait_ms:
             # Otherwise a write waiting for a leader would always time out (504) before it could
             # be told there is none (503), and the client would not know it is safe to retry.
