@@ -34,11 +34,18 @@ import msgspec
 import yaml
 from msgspec import inspect as mi
 
-from raftkv.server.config_fields import ConfigError, check_value, fields_of, parse_struct
+from raftkv.server.config_fields import (
+    ConfigError,
+    check_keys,
+    check_value,
+    fields_of,
+    parse_struct,
+)
 from raftkv.server.config_schema import (
     DEFAULT_HTTP_BASE_PORT,
     OVERRIDES,
     REQUIRED_SECTIONS,
+    ClusterSection,
     ConfigFile,
     LogFormat,
 )
@@ -154,8 +161,8 @@ def load_settings(
     layer = _Layers(flags, environ)
 
     config_path = Path(str(layer.get("config") or DEFAULT_CONFIG_PATH))
-    conf = _apply_overrides(_parse_file(_read_yaml(config_path)), layer)
-    cluster = conf.cluster
+    sections = _sections(_read_yaml(config_path))
+    cluster = parse_struct(ClusterSection, sections.pop("cluster")[1], "cluster")
 
     raft_peers = _nodes(cluster.nodes)
     node_ids = list(raft_peers)
@@ -179,7 +186,10 @@ def load_settings(
     if listen is not None and not (isinstance(listen, str) and _valid_host(listen)):
         raise ConfigError(f"cluster.listen: must be a host such as 0.0.0.0 (got {listen!r})")
     raft_address, http_address = raft_peers[node_id], http_peers[node_id]
-    raft, server = conf.raft, conf.server
+    # The other sections after the cluster's (their errors come after those of node ids).
+    parsed = {name: parse_struct(cls, raw, name) for name, (cls, raw) in sections.items()}
+    conf = _apply_overrides(ConfigFile(cluster=cluster, **parsed), layer)
+    cluster, raft, server = conf.cluster, conf.raft, conf.server
 
     return Settings(
         config_path=config_path,
@@ -247,22 +257,24 @@ def _read_yaml(path: Path) -> Mapping[str, object]:
     return doc
 
 
-def _parse_file(doc: Mapping[str, object]) -> ConfigFile:
-    """The file checked against the schema (section by section, in declared order)."""
-    sections = {f.name: f for f in fields_of(ConfigFile)}
+def _sections(doc: Mapping[str, object]) -> dict[str, Any]:
+    """Section name -> (its Struct, its raw mapping) for the sections present in `doc`, after
+    checking every key name (top level in declared order, then each section's)."""
+    fields = {f.name: f for f in fields_of(ConfigFile)}
     for key in doc:
-        if key not in sections:
-            raise ConfigError(f"{key}: unknown key (expected one of {', '.join(sections)})")
-    parsed: dict[str, Any] = {}
-    for name, f in sections.items():
+        if key not in fields:
+            raise ConfigError(f"{key}: unknown key (expected one of {', '.join(fields)})")
+    found: dict[str, Any] = {}
+    for name, f in fields.items():
         raw = doc.get(name)
         if raw is None:
             if name in REQUIRED_SECTIONS:
                 raise ConfigError(f"{name}: missing section")
             continue
         assert isinstance(f.type, mi.StructType)  # every top-level key is a section
-        parsed[name] = parse_struct(f.type.cls, raw, name)
-    return ConfigFile(**parsed)
+        check_keys(f.type.cls, raw, name)
+        found[name] = (f.type.cls, raw)
+    return found
 
 
 def _apply_overrides(conf: ConfigFile, layer: _Layers) -> ConfigFile:

@@ -132,8 +132,8 @@ def _check_literal(
     raise ConfigError(f"{label}: must be {allowed} (got {value!r})")
 
 
-def parse_struct(cls: type[S], raw: object, name: str) -> S:
-    """Build section `cls` (named `name` in messages) from the YAML mapping `raw`."""
+def check_keys(cls: type[msgspec.Struct], raw: object, name: str) -> None:
+    """`raw` is a mapping whose keys are all fields of section `cls`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: must be a mapping")
     known = [f.name for f in fields_of(cls)]
@@ -142,6 +142,12 @@ def parse_struct(cls: type[S], raw: object, name: str) -> S:
             raise ConfigError(
                 f"{name}.{key}: unknown key (expected one of {', '.join(sorted(known))})"
             )
+
+
+def parse_struct(cls: type[S], raw: object, name: str) -> S:
+    """Build section `cls` (named `name` in messages) from the YAML mapping `raw`."""
+    check_keys(cls, raw, name)
+    assert isinstance(raw, dict)
     values = {
         key: check_value(cls, key, value, f"{name}.{key}")
         for key, value in raw.items()

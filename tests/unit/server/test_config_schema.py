@@ -100,3 +100,13 @@ def test_types_without_a_dedicated_check_name_the_field() -> None:
     with pytest.raises(ConfigError, match=r"^x\.on: must be true or false \(got 1\)$"):
         parse_struct(Extra, {"on": 1}, "x")
     assert check_value(RaftSection, "snapshot_every", 5, "--x") == 5
+
+
+def test_error_order_is_kept_key_names_then_node_ids_then_values(tmp_path: Path) -> None:
+    bad_value = SEED.replace("election_timeout_ms: 100", "election_timeout_ms: 110")
+    path = write(tmp_path, bad_value)
+    with pytest.raises(ConfigError, match=r"^--node-id: unknown node id 'node-9'"):
+        load_settings({"config": path, "node_id": "node-9"}, env={})
+    path = write(tmp_path, bad_value.replace("  level:", "  levle:"))
+    with pytest.raises(ConfigError, match=r"^logging.levle: unknown key"):
+        load_settings({"config": path, "node_id": "node-9"}, env={})
