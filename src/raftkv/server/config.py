@@ -124,6 +124,7 @@ class Settings:
     max_value_bytes: int  # UTF-8 bytes of one value, > 0
     leader_wait_ms: int  # how long a write waits for a leader before 503 no_leader
     request_timeout_ms: int  # > leader_wait_ms
+    metrics: bool  # record and serve Prometheus metrics at /metrics
     log_level: str  # one of LOG_LEVELS
     log_format: LogFormat
     http_limits: HttpLimits  # HTTP hardening (limits.py)
@@ -210,6 +211,7 @@ def load_settings(
         max_value_bytes=server.max_value_bytes,
         leader_wait_ms=server.leader_wait_ms,
         request_timeout_ms=server.request_timeout_ms,
+        metrics=server.metrics,
         log_level=conf.logging.level,
         log_format=conf.logging.format,
         http_limits=HttpLimits(

@@ -192,6 +192,8 @@ def _default_words(f: mi.Field, extra: Mapping[str, Any]) -> str:
         return "required"
     if f.default is msgspec.NODEFAULT or f.default is None:
         return "—"
+    if isinstance(f.default, bool):
+        return f"`{str(f.default).lower()}`"  # as written in YAML
     return f"`{f.default}`"
 
 

@@ -135,6 +135,9 @@ class ServerSection(_Section, frozen=True, kw_only=True):
     debug_endpoints: Annotated[
         bool, Meta(description="serve `/debug/*` (root-only when auth is on)")
     ] = True
+    metrics: Annotated[
+        bool, Meta(description="record and serve Prometheus metrics at `/metrics`")
+    ] = True
 
     def validate(self) -> None:
         if self.max_value_bytes > (largest := largest_value_bytes()):
