@@ -24,9 +24,7 @@ class Done:
     stderr: bytes
 
 
-def raftkv(
-    c: Cluster | None, *args: str, stdin: bytes = b"", endpoints: str | None = None
-) -> Done:
+def raftkv(c: Cluster | None, *args: str, stdin: bytes = b"", endpoints: str | None = None) -> Done:
     if endpoints is None:
         assert c is not None
         endpoints = ",".join(n.http for n in c.nodes.values())
