@@ -16,8 +16,8 @@ import pytest
 from raftkv.client import AsyncClient, Client, OutcomeUnknown, Unavailable
 from raftkv.client.async_transport import AsyncTransport
 from raftkv.client.engine import MaybeSent, NotSent, Send
-from raftkv.client.protocol import Reply
 from raftkv.client.sync_transport import SyncTransport
+from raftkv.client.wire import Reply
 
 OK = b'{"key": "k", "value": "v", "message": "ok"}'
 
