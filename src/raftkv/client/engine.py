@@ -38,6 +38,7 @@ from typing import Any, Final, TypeVar
 from raftkv.client import protocol
 from raftkv.client.errors import (
     BadRequest,
+    Forbidden,
     OutcomeUnknown,
     RaftkvError,
     ServerError,
@@ -397,9 +398,11 @@ class Engine:
                 return session
         try:
             info = yield from self.call(protocol.open_session(), deadline)
-        except BadRequest as exc:
-            if exc.code in ("not_found", "method_not_allowed"):
-                with self._lock:  # a server without sessions: writes go without
+        except (BadRequest, Forbidden) as exc:
+            # A server without sessions (no such route), or a user not allowed to open one:
+            # writes go without, and a lost reply is then OutcomeUnknown instead of a retry.
+            if isinstance(exc, Forbidden) or exc.code in ("not_found", "method_not_allowed"):
+                with self._lock:
                     self._sessions_supported = False
                 return None
             raise

@@ -307,3 +307,13 @@ def test_compact_retried_after_a_lost_reply_is_success() -> None:
     h2 = harness(Router(error(410, "compacted", revision=5, compact_revision=8)))
     with pytest.raises(Compacted):
         h2.drive(engine(h2).run(programs.compact(5)))
+
+
+def test_a_user_not_allowed_sessions_writes_without() -> None:
+    forbidden = error(403, "permission_denied", permission="root")
+    h = harness(Router(OK_PUT, MaybeSent("reset"), session=forbidden))
+    e = engine(h)
+    h.drive(e.call(protocol.put("k", "v")))
+    with pytest.raises(OutcomeUnknown):  # no session: a lost reply is not retried
+        h.drive(e.call(protocol.put("k", "v")))
+    assert len(h.of("POST", "/session")) == 1
