@@ -80,7 +80,8 @@ def test_format1_directory_from_e2e4924_is_migrated_and_still_reads(tmp_path: Pa
     state = LmdbState.open(d / "state")
     try:
         assert state.applied_index >= 14
-        assert state.get("last") == "written by e2e4924"
+        last = state.get("last")
+        assert last is not None and last.value == "written by e2e4924"
         assert state.get("k03") is None
         assert dict(state.items("k")) == {
             f"k{i:02d}": f"value {i} ключ" for i in range(12) if i != 3
