@@ -15,6 +15,7 @@ from raftkv.codec.commands import encode_command
 from raftkv.kv.commands import Delete, DeleteResult, Put
 from raftkv.raft.types import Role
 from raftkv.runtime.api import LocalStatus
+from raftkv.runtime.backup import Backups
 from raftkv.runtime.driver import RaftDriver
 from raftkv.runtime.inspect import NodeInspector
 from raftkv.runtime.metrics import RuntimeMetrics
@@ -29,6 +30,7 @@ class RaftKVNode:
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.driver = RaftDriver(opts)
+        self._backups = Backups(self.driver)
 
     @property
     def node_id(self) -> str:
@@ -83,6 +85,10 @@ class RaftKVNode:
     def inspector(self) -> NodeInspector:
         """Read-only views for the /debug endpoints (runtime/inspect.py)."""
         return NodeInspector(self.driver)
+
+    def backups(self) -> Backups:
+        """Consistent snapshot copies for `GET /cluster/snapshot` (runtime/backup.py)."""
+        return self._backups
 
     def metrics(self) -> RuntimeMetrics | None:
         """The node's Prometheus metrics for /metrics, or None when they are switched off."""
