@@ -67,7 +67,7 @@ from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.snapshot_file import SnapshotInfo
 from raftkv.storage.state_lmdb import LmdbState
-from raftkv.transport.tcp import PeerTransport
+from raftkv.transport.tcp import PeerTransport, TransportTuning
 
 _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
@@ -170,6 +170,9 @@ class RaftDriver:
             on_unreachable=self._on_unreachable,
             on_snapshot_status=self._on_snapshot_status,
             snapshot_dir=d / "incoming",
+            tuning=self._transport_tuning(),
+            is_member=self._is_member,
+            tls=self.opts.peer_tls,
         )
         await self.transport.start()
         self._tasks.append(asyncio.create_task(self._ready_loop(), name=f"ready-{self.id}"))
@@ -293,6 +296,29 @@ class RaftDriver:
             return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
         except Exception as exc:
             raise wrap(exc, op, path) from exc
+
+    def _transport_tuning(self) -> TransportTuning:
+        tick_s = self.opts.tick_ms / 1000.0
+        return TransportTuning(
+            keepalive_interval=tick_s,
+            # A few missed keepalives, never a GC pause or a busy loop on a loaded machine.
+            idle_timeout=max(4 * self.opts.election_ticks * tick_s, 0.5),
+            max_snapshot_bytes=self.opts.max_snapshot_bytes,
+        )
+
+    def _is_member(self, node: NodeId) -> bool:
+        """May `node` open a peer connection to us? Members of the LIVE configuration (the
+        core's, which follows conf changes) may; removed ones may not, whatever the YAML says.
+        Until we are in the configuration ourselves (a joining node that has not caught up),
+        the peers we were configured with may too, so a leader can bring us up to date."""
+        conf = self.raw.raft.conf
+        if node in conf.voters or node in conf.learners:
+            return True
+        return (
+            self.id not in conf.voters
+            and self.id not in conf.learners
+            and node in self.opts.peers_raft
+        )
 
     # -- inputs -------------------------------------------------------------------------------
     def _on_message(self, msg: AnyMessage) -> None:
@@ -459,7 +485,13 @@ class RaftDriver:
         for e in todo:
             if e.kind is EntryKind.CONF_CHANGE:
                 base = new_conf or (self.sm.conf if self.sm.conf.voters else self._bootstrap_conf)
-                new_conf = conf_after(base, _conf_decoder.decode(e.data))
+                try:
+                    cc = _conf_decoder.decode(e.data)
+                except msgspec.DecodeError as exc:
+                    # Committed, so on every node: a corruption to report by index, not a
+                    # crash somewhere inside the core (ARCHITECTURE §7).
+                    raise UndecodableEntryError(e.index, None, f"bad conf change: {exc}") from exc
+                new_conf = conf_after(base, cc)
         if todo:
             # The resulting configuration is stored in the same LMDB transaction, so a
             # snapshot never pairs an index with the wrong configuration.
