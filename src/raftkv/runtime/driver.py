@@ -60,9 +60,10 @@ from raftkv.raft.types import (
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
-from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, ReadWaiters
+from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
 from raftkv.storage.errors import UndecodableEntryError
 from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
+from raftkv.storage.format import open_data_dir
 from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.snapshot_file import SnapshotInfo
@@ -89,6 +90,7 @@ class RaftDriver:
         self._soft_changed: asyncio.Future[None] | None = None
         self._proposals = ProposalWaiters()
         self._reads = ReadWaiters(self.id.encode())
+        self._applied_waiters = AppliedWaiters()
         self._reads_need_leader: list[bytes] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
@@ -114,6 +116,10 @@ class RaftDriver:
         loop = asyncio.get_running_loop()
         self.fatal = loop.create_future()
         d = self.opts.data_dir
+        # Before any other file: refuse a newer format, migrate an older one (storage/format.py).
+        fmt = await asyncio.to_thread(open_data_dir, d)
+        if fmt.migrated:
+            log.info("data directory migrated", node=self.id, steps=fmt.migrated, to=fmt.version)
         (d / "snapshots").mkdir(parents=True, exist_ok=True)
         (d / "incoming").mkdir(parents=True, exist_ok=True)
         self.durable = await asyncio.to_thread(DurableLog.open, d / "raft.db")
@@ -265,6 +271,7 @@ class RaftDriver:
             OperationTimeout("the node stopped before the write was confirmed; outcome unknown")
         )
         self._reads.fail_all(NodeStopping("node is shutting down"))
+        self._applied_waiters.fail_all(NodeStopping("node is shutting down"))
 
     def _die(self, exc: BaseException) -> None:
         if self.fatal is None or self.fatal.done():
@@ -474,6 +481,7 @@ class RaftDriver:
             "snapshot install", src, self._sm_worker, self.sm.install_snapshot, src
         )
         self.metrics.snapshot_done("install", time.perf_counter() - started, info.size)
+        self._applied_waiters.applied(self.sm.applied_index)
         await self._io("rename", dest, self._sm_worker, shutil.move, src, dest)
         self._last_snapshot_index = snap.meta.index
         log.info("installed snapshot", node=self.id, index=snap.meta.index, term=snap.meta.term)
@@ -503,6 +511,7 @@ class RaftDriver:
             for e, result in zip(todo, results, strict=True):
                 self._proposals.applied(e.index, e.term, result)
         self._reads.applied(self.sm.applied_index)
+        self._applied_waiters.applied(self.sm.applied_index)
         if (
             self.sm.applied_index - self._last_snapshot_index >= self.opts.snapshot_every
             and not self._snapshotting
@@ -674,8 +683,17 @@ class RaftDriver:
     def status(self) -> Status:
         return self.raw.status()
 
-    def stale_get(self, key: str) -> str | None:
-        return self.sm.get(key)
+    async def wait_applied(self, index: int) -> None:
+        """Return once this node has applied `index` (read-your-writes, `min_revision`)."""
+        if self.sm.applied_index >= index:
+            return
+        if self._stopping or self.draining:
+            raise NodeStopping("node is shutting down")
+        try:
+            async with asyncio.timeout(self.opts.request_timeout_s):
+                await self._applied_waiters.wait(index)
+        except TimeoutError:
+            raise OperationTimeout(f"index {index} not applied in time") from None
 
     async def snapshot_copy(self, dest: Path) -> SnapshotInfo:
         """A snapshot of the state written to `dest` (a backup), reflecting every write
