@@ -46,7 +46,7 @@ class SnapshotFacts:
     term: int
     voters: list[str]  # the configuration recorded in the snapshot
     learners: list[str]
-    records: int  # key-value pairs
+    records: int  # records of the state image (keys and the state's own bookkeeping)
     size: int  # bytes
     sha256: str
     node: str | None = None  # the node that made it (save only)
