@@ -31,6 +31,7 @@ from raftkv.kv.mvcc import MVCCStore
 from raftkv.kv.registry import BASE_COMMAND_SET, kind_of
 from raftkv.raft.types import Role
 from raftkv.runtime.api import LocalStatus
+from raftkv.runtime.backup import Backups
 from raftkv.runtime.driver import RaftDriver
 from raftkv.runtime.features import OWN_VERSIONS, ClusterVersions, check_enabled, cluster_versions
 from raftkv.runtime.inspect import NodeInspector
@@ -48,6 +49,7 @@ class RaftKVNode:
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.driver = RaftDriver(opts)
+        self._backups = Backups(self.driver)
 
     @property
     def node_id(self) -> str:
@@ -138,6 +140,10 @@ class RaftKVNode:
     def inspector(self) -> NodeInspector:
         """Read-only views for the /debug endpoints (runtime/inspect.py)."""
         return NodeInspector(self.driver)
+
+    def backups(self) -> Backups:
+        """Consistent snapshot copies for `GET /cluster/snapshot` (runtime/backup.py)."""
+        return self._backups
 
     def metrics(self) -> RuntimeMetrics | None:
         """The node's Prometheus metrics for /metrics, or None when they are switched off."""
