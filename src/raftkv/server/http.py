@@ -6,6 +6,7 @@ Routes:
     DELETE /kv/{key}   -> {"key", "message"}
     GET    /cluster/status, /cluster/local, /health, /ready
     GET    /metrics    Prometheus text format (`metrics_routes.py`)
+    GET    /cluster/snapshot   a consistent snapshot of the state, for backups (`backup_routes.py`)
 
 Rules:
 - Replies match the seed README byte for byte where it shows them (field names, messages).
@@ -35,6 +36,7 @@ from raftkv.runtime.api import (
     NotLeaderError,
     OperationTimeout,
 )
+from raftkv.server.backup_routes import add_backup_routes
 from raftkv.server.config import Settings
 from raftkv.server.errors import ApiError, error_middleware, error_response, json_response
 from raftkv.server.forward import FORWARDED_HEADER, Forwarder, resolve_source_ip
@@ -96,6 +98,7 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
         app.router.add_route(method, path, handler, expect_handler=api.expect_continue)
     add_inspect_routes(app, node, enabled=settings.debug_endpoints)
     api.http_metrics = add_metrics_routes(app, node)
+    add_backup_routes(app, node)
     return app
 
 
