@@ -58,6 +58,7 @@ from raftkv.raft.types import (
     Term,
 )
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
+from raftkv.runtime.features import OWN_VERSIONS
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
@@ -179,6 +180,7 @@ class RaftDriver:
             tuning=self._transport_tuning(),
             is_member=self._is_member,
             tls=self.opts.peer_tls,
+            advertise=self.opts.advertise_versions or OWN_VERSIONS,  # runtime/features.py
         )
         await self.transport.start()
         self._tasks.append(asyncio.create_task(self._ready_loop(), name=f"ready-{self.id}"))
