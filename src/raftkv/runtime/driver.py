@@ -523,6 +523,10 @@ class RaftDriver:
 
     def _after_advance(self, rd: Ready) -> None:
         self._reads.drop_done()
+        if any(e.kind is EntryKind.CONF_CHANGE for e in rd.committed_entries):
+            # advance() applied it to the core's configuration: a removed member's connection
+            # to us closes now, not whenever it happens to drop.
+            self.transport.drop_non_members()
 
     def _on_soft_state(self, leader: NodeId | None) -> None:
         st = self.raw.status()

@@ -95,6 +95,11 @@ class InboundSide:
             self._log.info("inbound_closed_not_member", peer=peer_id)
             live.writer.transport.abort()
 
+    def drop_non_members(self) -> None:
+        for peer_id in list(self.live):
+            if not self._is_member(peer_id):
+                self.drop_peer(peer_id)
+
     def drop_idle(self, now: float) -> None:
         """Abort connections silent for longer than `idle_timeout` (half-open)."""
         limit = self._tuning.idle_timeout

@@ -236,6 +236,11 @@ class PeerTransport:
         if task is not None:
             task.cancel()
 
+    def drop_non_members(self) -> None:
+        """Close inbound connections whose peer `is_member` no longer accepts (call after a
+        configuration change)."""
+        self._in.drop_non_members()
+
     def _add_peer(self, peer_id: NodeId, addr: tuple[str, int]) -> None:
         peer = OutboundPeer(
             node_id=self._node_id,
