@@ -36,7 +36,7 @@ def test_retried_session_writes_apply_once_and_cas_is_checked(
     for seed in SEEDS:
         result = run_seed(seed, EVENTS)
         assert result.ok, result.violations
-    assert any(op.attempts > 1 and op.status == OK for op in seen), "no retry was answered"
+    assert any(op.retries > 0 and op.status == OK for op in seen), "no retry was answered"
     assert any(op.kind == "cas" and op.status == OK for op in seen), "no CAS succeeded"
 
 

@@ -65,6 +65,7 @@ class OpRecord:
     data: bytes = b""  # a write's entry data, re-sent unchanged by a session retry
     seq: int = 0  # > 0: a session write (retried after an unknown outcome)
     attempts: int = 0  # times proposed somewhere: > 0 means it may have been applied
+    retries: int = 0  # session re-sends so far (<= max_retries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +175,15 @@ class Workload:
         """A session write whose outcome is unknown goes again, unchanged, to some server: the
         session makes a second apply impossible. False when out of retries (or not a session
         write, or already decided)."""
-        if op.seq == 0 or op.status != PENDING or op.attempts > self.opt.max_retries:
+        if op.seq == 0 or op.status != PENDING or op.retries >= self.opt.max_retries:
             return False
+        op.retries += 1
         cid = next(c.cid for c in self._clients if c.current == op.op_id)
         op.node = self.rng.choice(self._servers)
-        self.sched.push(self.opt.request_delay, ClientArrive(cid, op.op_id, op.node))
-        self.sched.push(self.opt.write_timeout, ClientTimeout(cid, op.op_id))
+        # Back off first, as a real client does: a leaderless cluster must not become a storm.
+        delay = self.opt.request_delay + int(self.rng.expovariate(1.0 / self.opt.backoff))
+        self.sched.push(delay, ClientArrive(cid, op.op_id, op.node))
+        self.sched.push(delay + self.opt.write_timeout, ClientTimeout(cid, op.op_id))
         return True
 
     def _refused(self, op: OpRecord, guess: NodeId | None) -> None:
