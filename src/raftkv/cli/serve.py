@@ -22,7 +22,9 @@ from raftkv.server.config import ConfigError, Settings, load_settings
 from raftkv.server.http import create_app
 from raftkv.server.logging import bind_node, configure_logging
 from raftkv.server.runner import run_http
+from raftkv.server.tls import node_client_context, server_context
 from raftkv.storage.errors import StorageError
+from raftkv.transport.tls import TlsConfigError
 
 
 def node_options(s: Settings) -> NodeOptions:
@@ -124,7 +126,10 @@ def register(app: typer.Typer) -> None:
         }
         try:
             settings = load_settings(overrides)
-        except ConfigError as exc:
+            # Load the HTTPS files now, so that a bad pair fails here, naming the field.
+            server_context(settings)
+            node_client_context(settings)
+        except (ConfigError, TlsConfigError) as exc:
             print(f"raftkv: invalid configuration: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
         configure_logging(settings.log_level, settings.log_format)

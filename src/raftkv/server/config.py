@@ -15,6 +15,10 @@ Rules:
   the HTTP hardening limits (`server.body_timeout_ms`, `server.keepalive_timeout_ms`,
   `server.max_connections`, `server.max_inflight_body_bytes`; see limits.py) and
   `server.debug_endpoints`.
+- `tls.http` (cert, key, optional client_ca) and `tls.peer` (cert, key, ca): file paths, in
+  which `{node_id}` is replaced by this node's id, so one file serves the whole cluster
+  (`certs/{node_id}/http.crt`, the layout `raftkv certs init` writes). Missing files are
+  errors naming the field. `auth.enabled` (default false) and `auth.token_ttl_s`.
 - `server.max_value_bytes` must fit in one peer frame (limits.largest_value_bytes); the error
   names the largest allowed value.
 - Advertised vs listen addresses are separate fields so that a deployment whose listen address
@@ -43,6 +47,8 @@ from raftkv.server.limits import (
     HttpLimits,
     largest_value_bytes,
 )
+from raftkv.server.tls import HttpTlsFiles
+from raftkv.transport.tls import TlsFiles
 
 LogFormat = Literal["console", "json"]
 
@@ -56,6 +62,7 @@ DEFAULT_SNAPSHOT_EVERY: Final = 10_000
 DEFAULT_MAX_VALUE_BYTES: Final = 1 << 20
 DEFAULT_LEADER_WAIT_MS: Final = 2000
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 5000
+DEFAULT_TOKEN_TTL_S: Final = 600
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 # Section -> allowed keys. Anything else in the file is an error.
@@ -72,6 +79,13 @@ _SCHEMA: Final[Mapping[str, frozenset[str]]] = {
         }
     ),
     "logging": frozenset({"level", "format"}),
+    "tls": frozenset({"http", "peer"}),
+    "auth": frozenset({"enabled", "token_ttl_s"}),
+}
+# tls.<part> -> (required keys, optional keys). Paths may contain {node_id}.
+_TLS_PARTS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "http": (("cert", "key"), ("client_ca",)),
+    "peer": (("cert", "key", "ca"), ()),
 }
 
 # Flag key (as the CLI passes it) -> (environment variable, name used in error messages).
@@ -147,6 +161,10 @@ class Settings:
     # HTTP hardening (limits.py); defaults far above what benchmarks use.
     http_limits: HttpLimits = DEFAULT_HTTP_LIMITS
     debug_endpoints: bool = True  # /debug/*; root-only when auth is on
+    tls_http: HttpTlsFiles | None = None  # tls.http: HTTPS for the API (None: plain HTTP)
+    tls_peer: TlsFiles | None = None  # tls.peer: mutual TLS between members (None: plain TCP)
+    auth_enabled: bool = False  # auth.enabled: users, roles, tokens (server/auth*.py)
+    token_ttl_s: int = DEFAULT_TOKEN_TTL_S  # auth.token_ttl_s: lifetime of a bearer token
 
     @property
     def tick_ms(self) -> int:
@@ -184,6 +202,8 @@ def load_settings(
     raft = _section(doc, "raft")
     server = _section(doc, "server")
     logging_ = _section(doc, "logging")
+    tls = _section(doc, "tls")
+    auth = _section(doc, "auth")
 
     raft_peers = _nodes(cluster.get("nodes"))
     node_ids = list(raft_peers)
@@ -282,6 +302,10 @@ def load_settings(
             ),
         ),
         debug_endpoints=_bool(server, "server.debug_endpoints", True),
+        tls_http=_tls_http(tls, node_id),
+        tls_peer=_tls_peer(tls, node_id),
+        auth_enabled=_bool(auth, "auth.enabled", False),
+        token_ttl_s=_pos_int(auth, "auth.token_ttl_s", DEFAULT_TOKEN_TTL_S),
     )
 
 
@@ -431,6 +455,51 @@ def _pos_int(section: Mapping[str, object], field: str, default: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{field}: must be a positive integer (got {value!r})")
     return value
+
+
+def _tls_part(tls: Mapping[str, object], part: str, node_id: str) -> dict[str, Path] | None:
+    raw = tls.get(part)
+    if raw is None:
+        return None
+    field = f"tls.{part}"
+    required, optional = _TLS_PARTS[part]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{field}: must be a mapping with {', '.join(required)}")
+    for key in raw:
+        if key not in required + optional:
+            allowed = ", ".join(required + optional)
+            raise ConfigError(f"{field}.{key}: unknown key (expected one of {allowed})")
+    paths: dict[str, Path] = {}
+    for key in required + optional:
+        value = raw.get(key)
+        if value is None:
+            if key in required:
+                raise ConfigError(f"{field}.{key}: required when {field} is set")
+            continue
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{field}.{key}: must be a file path (got {value!r})")
+        path = Path(value.replace("{node_id}", node_id))
+        if not path.is_file():
+            raise ConfigError(
+                f"{field}.{key}: {path} does not exist or is not a file"
+                " (make certificates with `raftkv certs init`)"
+            )
+        paths[key] = path
+    return paths
+
+
+def _tls_http(tls: Mapping[str, object], node_id: str) -> HttpTlsFiles | None:
+    paths = _tls_part(tls, "http", node_id)
+    if paths is None:
+        return None
+    return HttpTlsFiles(paths["cert"], paths["key"], paths.get("client_ca"))
+
+
+def _tls_peer(tls: Mapping[str, object], node_id: str) -> TlsFiles | None:
+    paths = _tls_part(tls, "peer", node_id)
+    if paths is None:
+        return None
+    return TlsFiles(paths["cert"], paths["key"], paths["ca"])
 
 
 def _bool(section: Mapping[str, object], field: str, default: bool) -> bool:

@@ -9,7 +9,8 @@ Routes:
 Rules:
 - Replies match the seed README byte for byte where it shows them (field names, messages).
 - Writes on a follower are forwarded once to the leader (`forward.py`); a request that was
-  itself forwarded is never forwarded again. Reads are served locally: a linearizable read is
+  itself forwarded (by a member that proved it, `tls.forwarded_by`) is never forwarded again.
+  Reads are served locally: a linearizable read is
   the runtime's ReadIndex, which works on any node.
 - Every node call runs under `server.request_timeout_ms`. Outcome mapping (`_call`):
   NoLeaderError -> 503 no_leader (nothing was proposed; Retry-After: 1); OperationTimeout or our
@@ -36,7 +37,7 @@ from raftkv.runtime.api import (
 )
 from raftkv.server.config import Settings
 from raftkv.server.errors import ApiError, error_middleware, error_response, json_response
-from raftkv.server.forward import FORWARDED_HEADER, Forwarder, resolve_source_ip
+from raftkv.server.forward import Forwarder, resolve_source_ip
 from raftkv.server.inputs import (
     check_content_length,
     key_from_request,
@@ -48,6 +49,7 @@ from raftkv.server.inspect_routes import add_inspect_routes
 from raftkv.server.limits import BodyGate
 from raftkv.server.runner import server_kwargs
 from raftkv.server.status import StatusProbe, cluster_status, local_status_json
+from raftkv.server.tls import forwarded_by, node_client_context
 
 T = TypeVar("T")
 
@@ -99,13 +101,15 @@ class _Api:
 
     async def client_sessions(self, _app: web.Application) -> AsyncIterator[None]:
         source_ip = await resolve_source_ip(self._settings.http_address.host)
+        ssl_context = node_client_context(self._settings)
         self._forwarder = Forwarder(
             self._node.node_id,
             source_ip=source_ip,
             connect_timeout_s=min(FORWARD_CONNECT_TIMEOUT_S, self._timeout_s / 2),
             total_timeout_s=self._timeout_s + FORWARD_GRACE_S,
+            ssl_context=ssl_context,
         )
-        self._probe = StatusProbe(source_ip=source_ip)
+        self._probe = StatusProbe(source_ip=source_ip, ssl_context=ssl_context)
         try:
             yield
         finally:
@@ -216,7 +220,7 @@ class _Api:
     async def _forward(
         self, request: web.Request, body: bytes, exc: NotLeaderError
     ) -> web.StreamResponse:
-        if FORWARDED_HEADER in request.headers:
+        if forwarded_by(request, self._settings) is not None:
             # We were the leader when the follower asked; we are not any more. Forwarding again
             # could loop between two nodes with stale views: let the client retry instead.
             raise _not_leader(exc)
