@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import msgspec
 
+from raftkv.kv.auth import AuthCommand, AuthResult
 from raftkv.kv.registry import COMMAND_SET_VERSION, CommandBase, command_kind
 
 __all__ = [
@@ -56,7 +57,7 @@ class Delete(CommandBase, frozen=True, tag=2):
 
 
 # The decodable union: every registered kind, nothing else (tests/unit/kv/test_command_registry).
-Command = Put | Delete
+Command = Put | Delete | AuthCommand
 
 
 class PutResult(msgspec.Struct, frozen=True, gc=False):
@@ -69,4 +70,4 @@ class DeleteResult(msgspec.Struct, frozen=True, gc=False):
     existed: bool
 
 
-Result = PutResult | DeleteResult
+Result = PutResult | DeleteResult | AuthResult

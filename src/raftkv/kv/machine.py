@@ -15,6 +15,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
+from raftkv.kv.auth import (
+    RoleDelete,
+    RolePermission,
+    RolePut,
+    SigningKey,
+    UserDelete,
+    UserPut,
+    UserRole,
+    apply_auth,
+)
 from raftkv.kv.commands import Command, Delete, DeleteResult, Put, PutResult, Result
 
 
@@ -38,6 +48,10 @@ def apply_command(batch: KVBatch, cmd: Command) -> Result:
             return PutResult()
         case Delete(key=key):
             return DeleteResult(existed=batch.delete(key))
+        case UserPut() | UserDelete() | UserRole() | RolePut() | RoleDelete() | RolePermission():
+            return apply_auth(batch, cmd)
+        case SigningKey():
+            return apply_auth(batch, cmd)
     # Unreachable while Command is a closed union; a new command must get a case above.
     raise TypeError(f"unknown command type {type(cmd).__name__}")
 

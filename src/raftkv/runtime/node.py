@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from raftkv.codec.commands import encode_command
-from raftkv.kv.commands import Delete, DeleteResult, Put
+from raftkv.kv.commands import Command, Delete, DeleteResult, Put
 from raftkv.raft.types import Role
 from raftkv.runtime.api import LocalStatus
 from raftkv.runtime.driver import RaftDriver
@@ -38,6 +38,18 @@ class RaftKVNode:
 
     async def stop(self) -> None:
         await self.driver.stop()
+
+    async def propose_command(self, cmd: Command) -> object:
+        """Propose any registered command (auth management); returns its apply result."""
+        return await self.driver.propose(encode_command(cmd))
+
+    def local_get(self, key: str) -> str | None:
+        """This node's applied value of `key`, at once (no ReadIndex)."""
+        return self.driver.stale_get(key)
+
+    def local_items(self, prefix: str) -> list[tuple[str, str]]:
+        """This node's applied pairs under `prefix` (small listings only: users, roles)."""
+        return list(self.driver.sm.items(prefix))
 
     async def put(self, key: str, value: str) -> None:
         await self.driver.propose(encode_command(Put(key, value)))

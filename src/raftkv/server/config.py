@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final, Literal, cast
@@ -63,6 +63,7 @@ DEFAULT_MAX_VALUE_BYTES: Final = 1 << 20
 DEFAULT_LEADER_WAIT_MS: Final = 2000
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 5000
 DEFAULT_TOKEN_TTL_S: Final = 600
+ROOT_PASSWORD_ENV: Final = "RAFTKV_ROOT_PASSWORD"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 # Section -> allowed keys. Anything else in the file is an error.
@@ -165,6 +166,8 @@ class Settings:
     tls_peer: TlsFiles | None = None  # tls.peer: mutual TLS between members (None: plain TCP)
     auth_enabled: bool = False  # auth.enabled: users, roles, tokens (server/auth*.py)
     token_ttl_s: int = DEFAULT_TOKEN_TTL_S  # auth.token_ttl_s: lifetime of a bearer token
+    # RAFTKV_ROOT_PASSWORD: the leader creates user root with it if absent. Never printed.
+    root_password: str | None = field(default=None, repr=False)
 
     @property
     def tick_ms(self) -> int:
@@ -306,6 +309,7 @@ def load_settings(
         tls_peer=_tls_peer(tls, node_id),
         auth_enabled=_bool(auth, "auth.enabled", False),
         token_ttl_s=_pos_int(auth, "auth.token_ttl_s", DEFAULT_TOKEN_TTL_S),
+        root_password=environ.get(ROOT_PASSWORD_ENV) or None,
     )
 
 

@@ -23,11 +23,14 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable
 from typing import Final, TypeVar
 
 from aiohttp import web
 
+from raftkv.kv.commands import Command
 from raftkv.runtime.api import (
     KVNode,
     NodeStopping,
@@ -35,6 +38,8 @@ from raftkv.runtime.api import (
     NotLeaderError,
     OperationTimeout,
 )
+from raftkv.server.auth import Authenticator, AuthNode
+from raftkv.server.auth_routes import Forwarded, add_auth_routes
 from raftkv.server.config import Settings
 from raftkv.server.errors import ApiError, error_middleware, error_response, json_response
 from raftkv.server.forward import Forwarder, resolve_source_ip
@@ -68,8 +73,17 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
     api = _Api(node, settings)
     max_body = max_body_bytes(settings.max_value_bytes)
     gate = BodyGate(settings.http_limits, max_body)
+    auth = (
+        Authenticator(node, token_ttl_s=settings.token_ttl_s)
+        if isinstance(node, AuthNode)
+        else None
+    )
+    if settings.auth_enabled and auth is None:
+        raise ValueError("auth.enabled needs a node that stores users and roles")
+    # Credentials are checked before a body is read: an anonymous client costs no body buffer.
+    checks = [auth.middleware] if settings.auth_enabled and auth is not None else []
     app = web.Application(
-        middlewares=[error_middleware, gate.middleware],
+        middlewares=[error_middleware, *checks, gate.middleware],
         client_max_size=max_body,
         handler_args=server_kwargs(settings),
     )
@@ -88,7 +102,29 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
     for method, path, handler in routes:
         app.router.add_route(method, path, handler, expect_handler=api.expect_continue)
     add_inspect_routes(app, node, enabled=settings.debug_endpoints)
+    if auth is not None:
+        add_auth_routes(app, node, auth, api.propose)
+        if settings.auth_enabled:
+            app.cleanup_ctx.append(functools.partial(_auth_upkeep, auth, node, settings))
     return app
+
+
+async def _auth_upkeep(
+    auth: Authenticator, node: KVNode, settings: Settings, _app: web.Application
+) -> AsyncIterator[None]:
+    """The leader makes the token-signing key and the bootstrap root user (auth.maintain)."""
+
+    def is_leader() -> bool:
+        status = node.local_status()
+        return status.leader_id == status.node_id
+
+    task = asyncio.create_task(auth.maintain(is_leader, settings.root_password))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class _Api:
@@ -216,6 +252,16 @@ class _Api:
             raise ApiError(504, "timeout", f"request timed out; {words}") from exc
         except NodeStopping as exc:
             raise _stopping() from exc
+
+    async def propose(self, request: web.Request, cmd: Command) -> object:
+        """Propose `cmd` (auth management); on a follower, forward the request to the leader
+        (raises `Forwarded` with the leader's reply)."""
+        if not isinstance(self._node, AuthNode):
+            raise ApiError(501, "not_supported", "this node does not support auth")
+        try:
+            return await self._call(self._node.propose_command(cmd), write=True)
+        except NotLeaderError as exc:
+            raise Forwarded(await self._forward(request, await request.read(), exc)) from None
 
     async def _forward(
         self, request: web.Request, body: bytes, exc: NotLeaderError

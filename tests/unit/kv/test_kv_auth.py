@@ -1,0 +1,113 @@
+"""The replicated auth state (kv/auth.py): commands, permission checks, snapshots carry it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raftkv.codec.commands import decode_command, encode_command
+from raftkv.kv.auth import (
+    ROLE_PREFIX,
+    ROOT,
+    SIGNING_KEY,
+    USER_PREFIX,
+    AuthResult,
+    RoleDelete,
+    RolePermission,
+    RolePut,
+    SigningKey,
+    UserDelete,
+    UserPut,
+    UserRole,
+    allows,
+    check_password,
+    decode_role,
+    decode_user,
+    hash_password,
+)
+from raftkv.kv.machine import DictState, apply_command
+from raftkv.raft.types import Entry, Index, Term
+from raftkv.storage.state_lmdb import LmdbState
+
+PW = hash_password("s3cret", b"0123456789abcdef")
+
+
+def test_password_hash_checks_and_is_salted() -> None:
+    assert check_password("s3cret", PW)
+    assert not check_password("s3cret!", PW)
+    assert hash_password("s3cret", b"fedcba9876543210").hash != PW.hash
+
+
+def test_user_role_permission_lifecycle() -> None:
+    st = DictState()
+    assert apply_command(st, UserPut("alice", PW)) == AuthResult(True)
+    assert apply_command(st, UserPut("alice", PW)).code == "user_exists"
+    assert apply_command(st, UserRole("alice", "app", grant=True)).code == "role_not_found"
+    assert apply_command(st, RolePut("app")) == AuthResult(True)
+    assert apply_command(st, RolePut("app")).code == "role_exists"
+    assert apply_command(st, RolePermission("app", "app/", "readwrite")).ok
+    assert apply_command(st, RolePermission("app", "shared/", "read")).ok
+    assert apply_command(st, RolePermission("app", "x", "admin")).code == "invalid_permission"
+    assert apply_command(st, UserRole("alice", "app", grant=True)).ok
+    user = decode_user(st.get(USER_PREFIX + "alice"))
+    role = decode_role(st.get(ROLE_PREFIX + "app"))
+    assert user is not None and role is not None
+    assert user.roles == ("app",) and role.users == ("alice",)
+    assert allows([role], "app/1", "write") and allows([role], "app/1", "read")
+    assert allows([role], "shared/x", "read") and not allows([role], "shared/x", "write")
+    assert not allows([role], "other", "read")
+    assert not allows([role], "ap", "read")  # a prefix, not a substring
+    # Revoking a permission and deleting the role leave no grant behind.
+    assert apply_command(st, RolePermission("app", "shared/", "")).ok
+    role = decode_role(st.get(ROLE_PREFIX + "app"))
+    assert role is not None and not allows([role], "shared/x", "read")
+    assert apply_command(st, RoleDelete("app")).ok
+    user = decode_user(st.get(USER_PREFIX + "alice"))
+    assert user is not None and user.roles == ()
+    assert apply_command(st, RolePut("app")).ok  # recreated: alice is not a member again
+    role = decode_role(st.get(ROLE_PREFIX + "app"))
+    assert role is not None and role.users == ()
+    # Root: granted on demand, never deleted, never given prefix permissions.
+    assert apply_command(st, UserRole("alice", ROOT, grant=True)).ok
+    assert apply_command(st, RoleDelete(ROOT)).code == "root_role"
+    assert apply_command(st, RolePermission(ROOT, "", "read")).code == "root_role"
+    assert apply_command(st, UserDelete("alice")).ok
+    root = decode_role(st.get(ROLE_PREFIX + ROOT))
+    assert root is not None and root.users == ()
+    assert apply_command(st, UserDelete("alice")).code == "user_not_found"
+
+
+def test_signing_key_first_one_stays() -> None:
+    st = DictState()
+    apply_command(st, SigningKey("aa" * 32))
+    apply_command(st, SigningKey("bb" * 32))
+    assert st.get(SIGNING_KEY) == "aa" * 32
+
+
+def test_commands_round_trip_through_the_codec() -> None:
+    for cmd in (
+        UserPut("u", PW, create_only=False),
+        UserDelete("u"),
+        UserRole("u", "r", grant=False),
+        RolePut("r"),
+        RoleDelete("r"),
+        RolePermission("r", "p/", "read"),
+        SigningKey("ab"),
+    ):
+        assert decode_command(encode_command(cmd)) == cmd
+
+
+def test_snapshot_carries_auth_state(tmp_path: Path) -> None:
+    cmds = [UserPut("bob", PW), RolePut("ops"), UserRole("bob", "ops", grant=True)]
+    entries = [Entry(Term(1), Index(i), data=encode_command(c)) for i, c in enumerate(cmds, 1)]
+    src = LmdbState.open(tmp_path / "a")
+    dst = LmdbState.open(tmp_path / "b")
+    try:
+        src.apply(entries)
+        info = src.build_snapshot(tmp_path / "snap")
+        dst.install_snapshot(info.path)
+        user = decode_user(dst.get(USER_PREFIX + "bob"))
+        assert user is not None and user.roles == ("ops",)
+        assert check_password("s3cret", user.password)
+    finally:
+        src.close()
+        dst.close()
