@@ -249,7 +249,11 @@ class Cluster:
         for node_id in node_ids if node_ids is not None else self.nodes:
             self.start_node(node_id)
 
-    def start_node(self, node_id: str) -> Node:
+    def start_node(
+        self, node_id: str, prefix: Iterable[str] = (), env: Mapping[str, str] | None = None
+    ) -> Node:
+        """Start `node_id`; `prefix` runs it under another program (e.g. strace), `env` adds
+        environment variables (test hooks)."""
         node = self.nodes[node_id]
         assert not node.running, f"{node_id} is already running"
         node.starts += 1
@@ -258,6 +262,7 @@ class Cluster:
             f.flush()
             node.proc = subprocess.Popen(
                 [
+                    *prefix,
                     str(raftkv_executable()),
                     "serve",
                     "--config",
@@ -269,7 +274,12 @@ class Cluster:
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # our Ctrl-C / signals never reach it by accident
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "KV_LOG_FORMAT": "console"},
+                env={
+                    **os.environ,
+                    "PYTHONUNBUFFERED": "1",
+                    "KV_LOG_FORMAT": "console",
+                    **(env or {}),
+                },
             )
         return node
 

@@ -11,7 +11,16 @@ Rules:
   is saved in the Raft log, so a crash in between never leaves a log that starts after a state
   the state machine does not have.
 - A broken invariant stops the node (`fatal` resolves); a malformed peer message is logged and
-  dropped.
+  dropped. A storage error on any durability path (log save, apply, state sync, snapshot build
+  or install, compaction) is never retried (storage/failure.py: fsyncgate): it is wrapped in a
+  `StorageFailure` naming the operation and file and stops the node; nothing is acknowledged
+  after it, and `stop()` then writes nothing more (no hard-state save, no sync, no close that
+  could checkpoint).
+- Work on the state machine off the loop thread (snapshot build, install, sync) runs on ONE
+  executor (`_sm_worker`) that `stop()` drains before closing LMDB: no transaction outlives
+  the environment.
+- Metrics (`metrics.py`): the driver only bumps counters and hands over durations and messages;
+  gauges are read at scrape time through `metrics_sample`.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from random import Random
@@ -48,9 +58,12 @@ from raftkv.raft.types import (
     Term,
 )
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
+from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, ReadWaiters
 from raftkv.storage.errors import UndecodableEntryError
+from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
+from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.state_lmdb import LmdbState
 from raftkv.transport.tcp import PeerTransport
@@ -69,6 +82,7 @@ class RaftDriver:
         self.id = opts.node_id
         self.fatal: asyncio.Future[BaseException] | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wal-{self.id}")
+        self._sm_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sm-{self.id}")
         self._wake = asyncio.Event()
         self._leader_known = asyncio.Event()
         self._soft_changed: asyncio.Future[None] | None = None
@@ -86,6 +100,13 @@ class RaftDriver:
         self._bootstrap_until = 0.0  # fresh cluster: the bootstrap node campaigns until then
         self._hold_elections_until = 0.0  # fresh cluster: other nodes wait for it until then
         self._last_snapshot_index = Index(0)
+        self.metrics = (
+            RuntimeMetrics(
+                self.id, opts.election_ticks * opts.tick_ms / 1000.0, self.metrics_sample
+            )
+            if opts.metrics
+            else DisabledMetrics()
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -175,15 +196,25 @@ class RaftDriver:
                 await t
         self.abort_pending()
         await self.transport.stop()
-        loop = asyncio.get_running_loop()
+        # Threads still inside LMDB or SQLite finish before anything is closed.
+        await asyncio.to_thread(self._sm_worker.shutdown, True)
+        await asyncio.to_thread(self._writer.shutdown, True)
+        if self.failed:
+            # After a storage failure nothing is written again (no retried fsync, no
+            # checkpoint on close): the process exits and the next start recovers.
+            log.info("node stopped after a failure; files left as they are", node=self.id)
+            return
         if self._pending_hard_state is not None:
             hs = self._pending_hard_state
-            await loop.run_in_executor(self._writer, self.durable.save, hs, (), None)
-        await loop.run_in_executor(self._writer, self.durable.close)
-        self._writer.shutdown(wait=True)
+            await asyncio.to_thread(self.durable.save, hs, (), None)
+        await asyncio.to_thread(self.durable.close)
         await asyncio.to_thread(self.sm.sync)
         self.sm.close()
         log.info("node stopped", node=self.id)
+
+    @property
+    def failed(self) -> bool:
+        return self.fatal is not None and self.fatal.done()
 
     async def hand_off(self, timeout_s: float) -> bool:
         """Graceful-stop step 1 (thesis §3.10): if we lead, transfer leadership to the most
@@ -232,7 +263,13 @@ class RaftDriver:
         self._reads.fail_all(NodeStopping("node is shutting down"))
 
     def _die(self, exc: BaseException) -> None:
-        if isinstance(exc, UndecodableEntryError):
+        if self.fatal is None or self.fatal.done():
+            return  # the first failure is the one reported
+        if is_storage_error(exc):
+            if not isinstance(exc, StorageFailure):
+                exc = StorageFailure("storage operation", self.opts.data_dir, exc)
+            log.critical(str(exc), node=self.id)
+        elif isinstance(exc, UndecodableEntryError):
             # Every node holds this entry: skipping it would fork the state machines.
             log.critical(
                 "node stopping: a committed entry cannot be applied",
@@ -243,13 +280,24 @@ class RaftDriver:
             )
         else:
             log.critical("node stopping on a broken invariant", node=self.id, error=repr(exc))
-        if self.fatal is not None and not self.fatal.done():
-            self.fatal.set_result(exc)
+        # Nothing may be acknowledged from now on: waiters fail before any other task runs.
+        self.abort_pending()
+        self.fatal.set_result(exc)
+
+    async def _io(
+        self, op: str, path: Path, executor: ThreadPoolExecutor, fn: Any, *args: Any
+    ) -> Any:
+        """Run `fn(*args)` on `executor`; a storage error comes back as a StorageFailure."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except Exception as exc:
+            raise wrap(exc, op, path) from exc
 
     # -- inputs -------------------------------------------------------------------------------
     def _on_message(self, msg: AnyMessage) -> None:
-        if self._stopping:
+        if self._stopping or self.failed:
             return
+        self.metrics.received(msg)
         try:
             self.raw.step(msg)
         except InvariantViolation as exc:
@@ -270,16 +318,19 @@ class RaftDriver:
 
     def _pump(self) -> None:
         self._pump_scheduled = False
-        if self._persisting and not self._stopping:
+        if self._persisting and not self._stopping and not self.failed:
             self._issue_reads()
             msgs = self.raw.take_messages()
             if msgs:
+                self.metrics.sent(msgs)
                 self.transport.send(msgs)
 
     def _on_unreachable(self, node: NodeId) -> None:
+        self.metrics.unreachable(node)
         self.raw.report_unreachable(node)
 
     def _on_snapshot_status(self, node: NodeId, ok: bool) -> None:
+        self.metrics.snapshot_sent(node, ok)
         self.raw.report_snapshot(node, ok)
         self._wake.set()
 
@@ -344,10 +395,10 @@ class RaftDriver:
             self._die(exc)
 
     async def _handle_ready(self, rd: Ready) -> None:
-        loop = asyncio.get_running_loop()
         for action in rd.steps():
             match action:
                 case SendMessages(messages=msgs):
+                    self.metrics.sent(msgs)
                     self.transport.send(msgs)
                 case Persist(snapshot=snap, entries=entries, hard_state=hs, sync=sync):
                     if snap is not None:
@@ -361,11 +412,19 @@ class RaftDriver:
                         meta = snap.meta if snap is not None else None
                         self._persisting = True
                         try:
-                            await loop.run_in_executor(
-                                self._writer, self.durable.save, hs, entries, meta
+                            took = await self._io(
+                                "log commit",
+                                self.durable.path,
+                                self._writer,
+                                timed,
+                                self.durable.save,
+                                hs,
+                                entries,
+                                meta,
                             )
                         finally:
                             self._persisting = False
+                        self.metrics.persisted(took, len(entries))
                     if snap is not None:
                         self.storage.apply_snapshot(snap)
                     self.storage.append(entries)
@@ -383,8 +442,12 @@ class RaftDriver:
         """Install a received snapshot into the state machine; returns it with our local path."""
         src = Path(snap.data.decode())
         dest = snapshot_path(self.opts.data_dir, snap.meta.term, snap.meta.index)
-        await asyncio.to_thread(self.sm.install_snapshot, src)
-        await asyncio.to_thread(shutil.move, src, dest)
+        started = time.perf_counter()
+        info = await self._io(
+            "snapshot install", src, self._sm_worker, self.sm.install_snapshot, src
+        )
+        self.metrics.snapshot_done("install", time.perf_counter() - started, info.size)
+        await self._io("rename", dest, self._sm_worker, shutil.move, src, dest)
         self._last_snapshot_index = snap.meta.index
         log.info("installed snapshot", node=self.id, index=snap.meta.index, term=snap.meta.term)
         return Snapshot(snap.meta, str(dest).encode())
@@ -399,7 +462,11 @@ class RaftDriver:
         if todo:
             # The resulting configuration is stored in the same LMDB transaction, so a
             # snapshot never pairs an index with the wrong configuration.
-            results = self.sm.apply(todo, conf=new_conf)
+            try:
+                results = self.sm.apply(todo, conf=new_conf)
+            except Exception as exc:
+                raise wrap(exc, "apply (write)", self.sm.path) from exc
+            self.metrics.applied(len(todo))
             for e, result in zip(todo, results, strict=True):
                 self._proposals.applied(e.index, e.term, result)
         self._reads.applied(self.sm.applied_index)
@@ -416,6 +483,7 @@ class RaftDriver:
     def _on_soft_state(self, leader: NodeId | None) -> None:
         st = self.raw.status()
         log.info("raft state", node=self.id, role=st.role.value, term=st.term, leader=leader)
+        self.metrics.leader_seen(leader)
         if leader is None:
             self._leader_known.clear()
         else:
@@ -437,30 +505,47 @@ class RaftDriver:
         for ctx in pending:
             try:
                 self.raw.read_index(ctx)
+                self.metrics.read_index_rounds += 1
             except NotLeader:
                 self._reads_need_leader.append(ctx)
 
     # -- snapshots ----------------------------------------------------------------------------
     async def _take_snapshot(self) -> None:
+        """Build a snapshot file, then record it in the log (which compacts the log). Any
+        error stops the node: a half-done snapshot must never be followed by a compaction."""
+        w = self._sm_worker
         try:
-            await asyncio.to_thread(self.sm.sync)  # the state must be durable before compaction
+            # The state must be durable before the log entries behind it go.
+            await self._io("fsync (LMDB sync)", self.sm.path, w, self.sm.sync)
             tmp = self.opts.data_dir / "snapshots" / "building.tmp"
-            info = await asyncio.to_thread(self.sm.build_snapshot, tmp)
+            started = time.perf_counter()
+            info = await self._io("snapshot build", tmp, w, self.sm.build_snapshot, tmp)
+            self.metrics.snapshot_done("build", time.perf_counter() - started, info.size)
             dest = snapshot_path(self.opts.data_dir, Term(info.term), Index(info.index))
-            await asyncio.to_thread(tmp.rename, dest)
+            await self._io("rename", dest, w, tmp.rename, dest)
+            await self._io("fsync (directory)", dest.parent, w, fsync_dir, dest.parent)
             if info.index <= self.storage.snapshot().meta.index:
                 return
             snap = self.storage.create_snapshot(Index(info.index), info.conf, str(dest).encode())
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._writer, self.durable.save, None, (), snap.meta)
+            await self._io(
+                "log commit",
+                self.durable.path,
+                self._writer,
+                self.durable.save,
+                None,
+                (),
+                snap.meta,
+            )
             keep_from = Index(info.index - self.opts.snapshot_keep_entries)
             if keep_from > self.storage.first_index():
                 self.storage.compact(keep_from)
             self._last_snapshot_index = Index(info.index)
             self._prune_snapshots(keep=2)
             log.info("snapshot taken", node=self.id, index=info.index, bytes=info.size)
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
-            log.error("snapshot failed", node=self.id, error=repr(exc))
+            self._die(exc)
         finally:
             self._snapshotting = False
 
@@ -503,6 +588,7 @@ class RaftDriver:
                 await self._wait_leader(leader_deadline)
                 continue
             except ProposalDropped:
+                self.metrics.proposals_dropped += 1
                 # A transfer or election is under way: wait for the outcome, then retry.
                 try:
                     await asyncio.wait_for(
@@ -519,11 +605,18 @@ class RaftDriver:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the future in a new Task,
                 # a real cost per request on the hot path.
                 async with asyncio.timeout(max(0.001, remaining)):
-                    return await fut
+                    result = await fut
             except TimeoutError:
+                self.metrics.proposals_failed += 1
                 raise OperationTimeout(f"entry {index} not applied in time") from None
             except ProposalLost:
+                self.metrics.proposals_dropped += 1
                 continue  # definitely not applied: safe to propose again
+            except (OperationTimeout, NodeStopping):
+                self.metrics.proposals_failed += 1
+                raise
+            self.metrics.proposals_committed += 1
+            return result
 
     async def read_barrier(self) -> None:
         """Return once local state reflects every write acknowledged before the call (§6.4)."""
@@ -550,3 +643,24 @@ class RaftDriver:
 
     def stale_get(self, key: str) -> str | None:
         return self.sm.get(key)
+
+    def metrics_sample(self) -> NodeSample:
+        """The gauges of /metrics, read when scraped."""
+        d = self.opts.data_dir
+        st = self.raw.status()
+        return NodeSample(
+            status=st,
+            applied_index=self.sm.applied_index,
+            snapshot_index=self._last_snapshot_index,
+            pending_proposals=len(self._proposals),
+            peers=sorted(n for n in st.conf.all_nodes() if n != self.id),
+            outbound_connected=frozenset(self.transport.connected_peers()),
+            inbound_connected=frozenset(self.transport.inbound_peers()),
+            files=[
+                ("log", d / "raft.db"),
+                ("log", d / "raft.db-wal"),
+                ("state", d / "state" / "data.mdb"),
+                *(("snapshots", p) for p in (d / "snapshots").glob("snap-*.snap")),
+            ],
+            alarms=(),
+        )

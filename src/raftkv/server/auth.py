@@ -10,9 +10,9 @@ Rules:
   the user's password hash, so a password change or a deleted user voids its tokens; the
   signature is HMAC-SHA256 with the cluster's signing key (replicated: every node verifies the
   tokens any node issued).
-- What a request needs (`required`): /health, /ready, /cluster/local, /cluster/status and
-  POST /auth/token are open; /kv/<key> needs read (GET) or write (PUT, DELETE) on the key;
-  /auth/whoami and PUT /auth/users/<self>/password need any valid user; everything else —
+- What a request needs (`required`): /health, /ready, /cluster/local, /cluster/status,
+  /metrics and POST /auth/token are open; /kv/<key> needs read (GET) or write (PUT, DELETE)
+  on the key; /auth/whoami and PUT /auth/users/<self>/password need any valid user; the rest —
   user and role management, /debug/*, and any route not listed here — needs the root role
   (fail closed: a new route is root-only until it is given a rule here).
 - 401 `unauthenticated` / `invalid_credentials` / `invalid_token` / `token_expired` carry
@@ -67,7 +67,10 @@ from raftkv.server.inputs import KV_PREFIX, key_from_request
 
 log = structlog.get_logger(__name__)
 
-OPEN_PATHS: Final = frozenset({"/health", "/ready", "/cluster/local", "/cluster/status"})
+# /metrics is open as in etcd: it carries counts and latencies, never keys, values or users.
+OPEN_PATHS: Final = frozenset(
+    {"/health", "/ready", "/cluster/local", "/cluster/status", "/metrics"}
+)
 PRINCIPAL: Final = "raftkv.principal"
 _CHALLENGE: Final = {"WWW-Authenticate": 'Basic realm="raftkv", Bearer realm="raftkv"'}
 _MEMO_MAX: Final = 4096

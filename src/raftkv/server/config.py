@@ -13,8 +13,8 @@ Rules:
   "0.0.0.0" in containers; default: the advertised host), `raft.snapshot_every`,
   `server.max_value_bytes`, `server.leader_wait_ms`, `server.request_timeout_ms`, `logging.format`,
   the HTTP hardening limits (`server.body_timeout_ms`, `server.keepalive_timeout_ms`,
-  `server.max_connections`, `server.max_inflight_body_bytes`; see limits.py) and
-  `server.debug_endpoints`.
+  `server.max_connections`, `server.max_inflight_body_bytes`; see limits.py),
+  `server.debug_endpoints` and `server.metrics` (Prometheus /metrics, default true).
 - `tls.http` (cert, key, optional client_ca) and `tls.peer` (cert, key, ca): file paths, in
   which `{node_id}` is replaced by this node's id, so one file serves the whole cluster
   (`certs/{node_id}/http.crt`, the layout `raftkv certs init` writes). Missing files are
@@ -77,6 +77,7 @@ _SCHEMA: Final[Mapping[str, frozenset[str]]] = {
             "request_timeout_ms",
             *HTTP_LIMIT_KEYS,
             "debug_endpoints",
+            "metrics",
         }
     ),
     "logging": frozenset({"level", "format"}),
@@ -157,6 +158,7 @@ class Settings:
     max_value_bytes: int  # UTF-8 bytes of one value, > 0
     leader_wait_ms: int  # how long a write waits for a leader before 503 no_leader
     request_timeout_ms: int  # > leader_wait_ms
+    metrics: bool  # record and serve Prometheus metrics at /metrics
     log_level: str  # one of LOG_LEVELS
     log_format: LogFormat
     # HTTP hardening (limits.py); defaults far above what benchmarks use.
@@ -286,6 +288,7 @@ def load_settings(
         max_value_bytes=max_value,
         leader_wait_ms=leader_wait,
         request_timeout_ms=request_timeout,
+        metrics=_bool(server, "server.metrics", True),
         log_level=_log_level(layer, logging_),
         log_format=_log_format(layer, logging_),
         http_limits=HttpLimits(
@@ -453,6 +456,13 @@ def _opt_str(section: Mapping[str, object], field: str, default: str) -> str:
     return value
 
 
+def _bool(section: Mapping[str, object], field: str, default: bool) -> bool:
+    value = section.get(field.rpartition(".")[2], default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field}: must be true or false (got {value!r})")
+    return value
+
+
 def _pos_int(section: Mapping[str, object], field: str, default: int) -> int:
     value = section.get(field.rpartition(".")[2], default)
     # bool is an int subclass; `true` is never a sensible count of milliseconds.
@@ -504,13 +514,6 @@ def _tls_peer(tls: Mapping[str, object], node_id: str) -> TlsFiles | None:
     if paths is None:
         return None
     return TlsFiles(paths["cert"], paths["key"], paths["ca"])
-
-
-def _bool(section: Mapping[str, object], field: str, default: bool) -> bool:
-    value = section.get(field.rpartition(".")[2], default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{field}: must be true or false (got {value!r})")
-    return value
 
 
 def _port(value: object, field: str) -> int:
