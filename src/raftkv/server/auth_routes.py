@@ -38,7 +38,6 @@ from aiohttp import web
 
 from raftkv.kv.auth import (
     PERMISSIONS,
-    RESERVED_PREFIX,
     ROLE_PREFIX,
     ROOT,
     SALT_BYTES,
@@ -343,5 +342,5 @@ class _AuthRoutes:
 
 
 def _check_prefix(prefix: str) -> None:
-    if prefix.startswith(RESERVED_PREFIX) or len(prefix.encode()) > MAX_KEY_BYTES:
-        raise ApiError(400, "invalid_prefix", "prefix must be a key prefix clients may use")
+    if len(prefix.encode()) > MAX_KEY_BYTES:
+        raise ApiError(400, "invalid_prefix", f"prefix longer than {MAX_KEY_BYTES} bytes")

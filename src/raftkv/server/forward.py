@@ -19,9 +19,10 @@ Rules:
     connection was up -> 504 `outcome_unknown`. (On a pooled connection a "server closed the
     connection" could mean either.)
   * Redirects are not followed; no proxy is used (trust_env is off).
-- The client's Authorization and conditional/session headers (PASSED_ON_HEADERS) go to the
-  leader unchanged; the leader's reply (status, JSON body, Retry-After, ETag, WWW-Authenticate,
-  Raftkv-* headers) comes back unchanged.
+- The request goes with every header in FORWARDED_REQUEST_HEADERS (the client's Authorization,
+  preconditions, session): the leader authenticates the client itself. The leader's reply
+  (status, body, Content-Type, Retry-After, ETag, WWW-Authenticate, Raftkv-* headers) is
+  passed back unchanged.
 - With HTTPS (`tls.http`) the forward is an HTTPS request that verifies the leader's certificate
   and presents this node's peer certificate (server/tls.py); a failed handshake is a failed
   connect (aiohttp's certificate errors are ClientConnectorErrors): nothing was sent.
@@ -49,10 +50,12 @@ from raftkv.server.errors import ApiError
 log = structlog.get_logger(__name__)
 
 FORWARDED_HEADER: Final = "X-Raftkv-Forwarded-By"
-# The client's credentials and the conditions of its request go to the leader unchanged (the
-# leader authenticates the client itself; the header FORWARDED_HEADER grants nothing).
-PASSED_ON_HEADERS: Final = (
+# Request headers that change what a write means or who makes it: forwarding without them
+# would turn a conditional or exactly-once write into a blind one, or an authenticated one into
+# an anonymous one (the leader checks the credentials; FORWARDED_HEADER grants nothing).
+FORWARDED_REQUEST_HEADERS: Final = (
     "Content-Type",
+    "Accept",
     "Authorization",
     "If-Match",
     "If-None-Match",
@@ -147,8 +150,10 @@ class Forwarder:
             url = URL(f"{self._scheme}://{leader_http}{request.rel_url.raw_path_qs}", encoded=True)
         except ValueError as exc:
             raise _unreachable(leader_id, leader_http, f"bad leader address: {exc}") from exc
-        headers = {h: request.headers[h] for h in PASSED_ON_HEADERS if h in request.headers}
-        headers[FORWARDED_HEADER] = self._node_id
+        headers = {FORWARDED_HEADER: self._node_id}
+        for name in FORWARDED_REQUEST_HEADERS:
+            if (value := request.headers.get(name)) is not None:
+                headers[name] = value
         try:
             async with asyncio.timeout(self._total_timeout_s):
                 async with self._session.request(

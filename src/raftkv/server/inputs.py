@@ -4,8 +4,7 @@ Rules:
 - A key is the raw (still percent-encoded) path after `/kv/`, percent-decoded by us, strictly:
   every `%` must start a `%XX` escape and the bytes must be UTF-8. aiohttp's decoded path keeps a
   bad escape such as `%FF` literally, which would make `/kv/%FF` and `/kv/%25FF` the same key.
-  `/` and `:` may appear encoded or not. At most MAX_KEY_BYTES bytes (else 414). A key may not
-  start with NUL (%00): that namespace holds the replicated auth state (kv/auth.py).
+  `/` and `:` may appear encoded or not. At most MAX_KEY_BYTES bytes (else 414).
 - A body is JSON when Content-Type is application/json: `{"value": string}`. Otherwise the body
   itself is the value and must be UTF-8. A value has at most `max_value_bytes` UTF-8 bytes.
 - Bodies are bounded before they are buffered: Content-Length is checked first (also from the
@@ -25,7 +24,6 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 from aiohttp import web
 
-from raftkv.kv.auth import RESERVED_PREFIX
 from raftkv.server.errors import JSON_CONTENT_TYPE, ApiError
 
 KV_PREFIX: Final = "/kv/"
@@ -63,8 +61,6 @@ def key_from_request(request: web.Request) -> str:
         key = key_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_key", "key is not valid UTF-8 once percent-decoded") from exc
-    if key.startswith(RESERVED_PREFIX):
-        raise ApiError(400, "reserved_key", "keys starting with %00 are reserved (auth state)")
     return key
 
 

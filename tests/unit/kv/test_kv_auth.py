@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from raftkv.codec.commands import decode_command, encode_command
 from raftkv.kv.auth import (
@@ -24,11 +25,30 @@ from raftkv.kv.auth import (
     decode_user,
     hash_password,
 )
-from raftkv.kv.machine import DictState, apply_command
+from raftkv.kv.machine import apply_command as apply_at
+from raftkv.kv.mvcc import DictState
 from raftkv.raft.types import Entry, Index, Term
+from raftkv.storage.mvcc_image import dict_image, load_image
 from raftkv.storage.state_lmdb import LmdbState
 
 PW = hash_password("s3cret", b"0123456789abcdef")
+
+
+class _Records:
+    """The auth records of a DictState, seen as the AuthBatch the assertions read."""
+
+    def __init__(self, state: DictState) -> None:
+        self.state = state
+
+    def get(self, key: str) -> str | None:
+        return self.state.auth_get(key)
+
+
+def apply_command(st: _Records, cmd: object) -> Any:
+    result = apply_at(st.state, cmd, 7)  # type: ignore[arg-type]
+    assert st.state.revision() == 0  # auth commands are not key writes: no revision
+    assert list(st.state.items()) == []  # and nothing in the key space
+    return result
 
 
 def test_password_hash_checks_and_is_salted() -> None:
@@ -38,7 +58,7 @@ def test_password_hash_checks_and_is_salted() -> None:
 
 
 def test_user_role_permission_lifecycle() -> None:
-    st = DictState()
+    st = _Records(DictState())
     assert apply_command(st, UserPut("alice", PW)) == AuthResult(True)
     assert apply_command(st, UserPut("alice", PW)).code == "user_exists"
     assert apply_command(st, UserRole("alice", "app", grant=True)).code == "role_not_found"
@@ -77,7 +97,7 @@ def test_user_role_permission_lifecycle() -> None:
 
 
 def test_signing_key_first_one_stays() -> None:
-    st = DictState()
+    st = _Records(DictState())
     apply_command(st, SigningKey("aa" * 32))
     apply_command(st, SigningKey("bb" * 32))
     assert st.get(SIGNING_KEY) == "aa" * 32
@@ -105,9 +125,22 @@ def test_snapshot_carries_auth_state(tmp_path: Path) -> None:
         src.apply(entries)
         info = src.build_snapshot(tmp_path / "snap")
         dst.install_snapshot(info.path)
-        user = decode_user(dst.get(USER_PREFIX + "bob"))
+        user = decode_user(dst.read(lambda s: s.auth_get(USER_PREFIX + "bob")))
         assert user is not None and user.roles == ("ops",)
         assert check_password("s3cret", user.password)
+        assert dst.read(lambda s: s.auth_items("role/")) == src.read(
+            lambda s: s.auth_items("role/")
+        )
+        assert list(dst.items()) == []  # not in the key space
     finally:
         src.close()
         dst.close()
+
+
+def test_dict_image_carries_auth_state() -> None:
+    state = DictState()
+    apply_at(state, UserPut("carol", PW), 1)
+    apply_at(state, SigningKey("cd" * 32), 2)
+    copy = DictState()
+    load_image(dict_image(state), copy, "test")
+    assert copy.auth_items("") == state.auth_items("") != []
