@@ -110,6 +110,35 @@ async def test_permission_boundaries(tmp_path: Path) -> None:
             resp = await c.request(method, path, headers=alice, json={"password": "x"})
             assert await status_code(resp) == (403, "permission_denied"), path
             assert (await resp.json())["permission"] == "root"
+        # Ranges need a permission covering the whole range.
+        assert (await c.get("/kv?prefix=app/", headers=alice)).status == 200
+        assert (await c.get("/kv?prefix=app/sub", headers=alice)).status == 200
+        assert (await c.get("/kv?start=app/a&end=app/z", headers=alice)).status == 200
+        for query in ("prefix=ap", "prefix=", "start=app/a", "start=app/&end=b"):
+            resp = await c.get(f"/kv?{query}", headers=alice)
+            body = await resp.json()
+            assert (resp.status, body["code"], body["permission"]) == (
+                403,
+                "permission_denied",
+                "read",
+            ), query
+        resp = await c.delete("/kv?prefix=shared/", headers=alice)
+        assert (await resp.json())["permission"] == "write"
+        # A transaction needs read on what it compares or reads, write on what it writes.
+        txn = {
+            "compare": [{"key": "shared/x", "target": "version", "op": "==", "value": 0}],
+            "success": [{"op": "put", "key": "app/2", "value": "t"}],
+            "failure": [{"op": "get", "key": "app/", "prefix": True}],
+        }
+        assert (await c.post("/txn", json=txn, headers=alice)).status == 200
+        for bad in (
+            {"success": [{"op": "put", "key": "shared/y", "value": "t"}]},
+            {"failure": [{"op": "delete", "key": "app", "prefix": True}]},
+            {"compare": [{"key": "other", "target": "version", "op": "==", "value": 0}]},
+        ):
+            resp = await c.post("/txn", json=bad, headers=alice)
+            assert await status_code(resp) == (403, "permission_denied"), bad
+        assert (await c.post("/compact", json={"revision": 1}, headers=alice)).status == 403
         # Open routes stay open.
         for path in ("/health", "/ready", "/cluster/local"):
             assert (await c.get(path)).status == 200
