@@ -106,14 +106,19 @@ def walkthrough(c: TlsCluster) -> None:
     # Test 1 of the seed: write, read from every node; replies byte for byte the seed's.
     body = json.dumps({"value": "John Doe, Software Engineer"}).encode()
     headers = {**ROOT, "Content-Type": "application/json"}
-    assert call(lead, "PUT", "/kv/user:john", body=body, headers=headers) == (
-        200,
-        {"key": "user:john", "value": "John Doe, Software Engineer", "message": STORED},
-    )
+    status, reply = call(lead, "PUT", "/kv/user:john", body=body, headers=headers)
+    assert status == 200
+    assert {k: reply[k] for k in ("key", "value", "message")} == {
+        "key": "user:john",
+        "value": "John Doe, Software Engineer",
+        "message": STORED,
+    }
     for node in NODE_IDS:
-        assert call(node, "GET", "/kv/user:john", headers=ROOT) == (
+        status, reply = call(node, "GET", "/kv/user:john", headers=ROOT)
+        assert (status, reply["key"], reply["value"]) == (
             200,
-            {"key": "user:john", "value": "John Doe, Software Engineer"},
+            "user:john",
+            "John Doe, Software Engineer",
         )
     # Test 2: a write on a follower is forwarded (over HTTPS, with the client's credentials).
     raw = {**ROOT, "Content-Type": "application/x-www-form-urlencoded"}
@@ -151,7 +156,7 @@ def walkthrough(c: TlsCluster) -> None:
     login = json.dumps({"name": "alice", "password": "alice-pw"}).encode()
     status, token = call(followers[0], "POST", "/auth/token", body=login)
     assert status == 200
-    bearer = {"Authorization": f"Bearer {token['token']}"}
+    bearer = {"Authorization": f"Bearer {token['token']}", "Content-Type": "text/plain"}
     assert call(followers[1], "PUT", "/kv/app/1", body=b"mine", headers=bearer)[0] == 200
     assert call(lead, "GET", "/kv/app/1", headers=bearer)[1]["value"] == "mine"
     status, reply = call(followers[1], "PUT", "/kv/user:john", body=b"x", headers=bearer)
@@ -163,7 +168,7 @@ def walkthrough(c: TlsCluster) -> None:
     assert status == 200 and "alice-pw" not in json.dumps(reply) and "user/" not in str(reply)
 
     # A forged forwarded-by claim (no peer certificate) is ignored: the follower forwards.
-    spoof = {**ROOT, "X-Raftkv-Forwarded-By": lead}
+    spoof = {**raw, "X-Raftkv-Forwarded-By": lead}
     status, reply = call(followers[0], "PUT", "/kv/spoofed", body=b"v", headers=spoof)
     assert (status, reply["value"]) == (200, "v")
 
