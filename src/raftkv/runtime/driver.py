@@ -63,6 +63,7 @@ from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
 from raftkv.storage.errors import UndecodableEntryError
 from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
+from raftkv.storage.format import open_data_dir
 from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.state_lmdb import LmdbState
@@ -114,6 +115,10 @@ class RaftDriver:
         loop = asyncio.get_running_loop()
         self.fatal = loop.create_future()
         d = self.opts.data_dir
+        # Before any other file: refuse a newer format, migrate an older one (storage/format.py).
+        fmt = await asyncio.to_thread(open_data_dir, d)
+        if fmt.migrated:
+            log.info("data directory migrated", node=self.id, steps=fmt.migrated, to=fmt.version)
         (d / "snapshots").mkdir(parents=True, exist_ok=True)
         (d / "incoming").mkdir(parents=True, exist_ok=True)
         self.durable = await asyncio.to_thread(DurableLog.open, d / "raft.db")
