@@ -66,6 +66,7 @@ from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
 from raftkv.storage.format import open_data_dir
 from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
+from raftkv.storage.snapshot_file import SnapshotInfo
 from raftkv.storage.state_lmdb import LmdbState
 from raftkv.transport.tcp import PeerTransport, TransportTuning
 
@@ -693,6 +694,15 @@ class RaftDriver:
                 await self._applied_waiters.wait(index)
         except TimeoutError:
             raise OperationTimeout(f"index {index} not applied in time") from None
+
+    async def snapshot_copy(self, dest: Path) -> SnapshotInfo:
+        """A snapshot of the state written to `dest` (a backup), reflecting every write
+        acknowledged before the call: a ReadIndex barrier (thesis §6.4) first, then the same
+        build as automatic snapshots, on the state-machine worker. A failure to write `dest`
+        raises OSError and leaves the node running: the node's own files are not involved."""
+        await self.read_barrier()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._sm_worker, self.sm.build_snapshot, dest)
 
     def metrics_sample(self) -> NodeSample:
         """The gauges of /metrics, read when scraped."""

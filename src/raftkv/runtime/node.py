@@ -28,6 +28,7 @@ from raftkv.kv.commands import (
 from raftkv.kv.mvcc import MVCCStore
 from raftkv.raft.types import Role
 from raftkv.runtime.api import LocalStatus
+from raftkv.runtime.backup import Backups
 from raftkv.runtime.driver import RaftDriver
 from raftkv.runtime.inspect import NodeInspector
 from raftkv.runtime.metrics import RuntimeMetrics
@@ -44,6 +45,7 @@ class RaftKVNode:
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.driver = RaftDriver(opts)
+        self._backups = Backups(self.driver)
 
     @property
     def node_id(self) -> str:
@@ -129,6 +131,10 @@ class RaftKVNode:
     def inspector(self) -> NodeInspector:
         """Read-only views for the /debug endpoints (runtime/inspect.py)."""
         return NodeInspector(self.driver)
+
+    def backups(self) -> Backups:
+        """Consistent snapshot copies for `GET /cluster/snapshot` (runtime/backup.py)."""
+        return self._backups
 
     def metrics(self) -> RuntimeMetrics | None:
         """The node's Prometheus metrics for /metrics, or None when they are switched off."""

@@ -6,6 +6,7 @@ Routes:
     DELETE /kv/{key}   -> {"key", "message"}
     GET    /cluster/status, /cluster/local, /health, /ready
     GET    /metrics    Prometheus text format (`metrics_routes.py`)
+    GET    /cluster/snapshot   a consistent snapshot of the state, for backups (`backup_routes.py`)
 
 Rules:
 - Replies match the seed README byte for byte where it shows them (field names, messages).
@@ -41,6 +42,7 @@ from raftkv.runtime.api import (
 )
 from raftkv.server.auth import Authenticator, AuthNode
 from raftkv.server.auth_routes import Forwarded, add_auth_routes
+from raftkv.server.backup_routes import add_backup_routes
 from raftkv.server.config import Settings
 from raftkv.server.errors import ApiError, error_middleware, error_response, json_response
 from raftkv.server.forward import Forwarder, resolve_source_ip
@@ -118,6 +120,7 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
         add_auth_routes(app, node, auth, api.propose)
         if settings.auth_enabled:
             app.cleanup_ctx.append(functools.partial(_auth_upkeep, auth, node, settings))
+    add_backup_routes(app, node)
     return app
 
 
