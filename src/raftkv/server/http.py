@@ -16,7 +16,8 @@ Rules:
   the runtime's ReadIndex, which works on any node.
 - Every node call runs under `server.request_timeout_ms`. Outcome mapping (`_call`):
   NoLeaderError -> 503 no_leader (nothing was proposed; Retry-After: 1); OperationTimeout or our
-  timeout -> 504 timeout (a write's outcome is unknown); NodeStopping -> 503 node_stopping.
+  timeout -> 504 timeout (a write's outcome is unknown); NodeStopping -> 503 node_stopping;
+  FeatureNotEnabled -> 503 feature_not_enabled (nothing proposed; Retry-After: 5).
 - Errors are JSON (`errors.py`); inputs and limits are checked in `inputs.py` before the node is
   touched. No input may produce a 500. Request bodies are read (bounded, timed, never
   decompressed) by `limits.BodyGate` before any handler runs.
@@ -34,6 +35,7 @@ from aiohttp import web
 
 from raftkv.kv.commands import Command
 from raftkv.runtime.api import (
+    FeatureNotEnabled,
     KVNode,
     NodeStopping,
     NoLeaderError,
@@ -228,6 +230,18 @@ class _Api:
             raise ApiError(504, "timeout", f"request timed out; {words}") from exc
         except NodeStopping as exc:
             raise _stopping() from exc
+        except FeatureNotEnabled as exc:
+            # Nothing was proposed: safe to retry once every member runs the newer version.
+            raise ApiError(
+                503,
+                "feature_not_enabled",
+                str(exc),
+                headers={"Retry-After": "5"},
+                kind=exc.kind,
+                needs_command_set=exc.needs,
+                cluster_command_set=exc.cluster_command_set,
+                waiting_for=exc.waiting_for,
+            ) from exc
 
     async def propose(self, request: web.Request, cmd: Command) -> object:
         """Propose `cmd` (auth management); on a follower, forward the request to the leader
