@@ -71,11 +71,14 @@ class RoleRecord(msgspec.Struct, frozen=True):
 
 @command_kind("auth_user_put", since=COMMAND_SET_VERSION)
 class UserPut(CommandBase, frozen=True, tag=16):
-    """Create user `name` or change its password. `create_only`: fail if it exists."""
+    """Create user `name` or change its password. `create_only`: fail if it exists. `root`:
+    also grant it the root role, in the same step (the bootstrap root user is never seen
+    without its role)."""
 
     name: str
     password: PasswordHash
     create_only: bool = True
+    root: bool = False
 
 
 @command_kind("auth_user_delete", since=COMMAND_SET_VERSION)
@@ -173,12 +176,14 @@ def _without(items: tuple[str, ...], item: str) -> tuple[str, ...]:
 def apply_auth(batch: AuthBatch, cmd: AuthCommand) -> AuthResult:
     """Apply one auth command (see the module rules)."""
     match cmd:
-        case UserPut(name=name, password=password, create_only=create_only):
+        case UserPut(name=name, password=password, create_only=create_only, root=root):
             old = decode_user(batch.get(USER_PREFIX + name))
             if old is not None and create_only:
                 return _fail("user_exists", f"user {name!r} already exists")
             roles = old.roles if old is not None else ()
             batch.put(USER_PREFIX + name, _encode(UserRecord(password, roles)))
+            if root and ROOT not in roles:
+                return _user_role(batch, name, ROOT, grant=True)
             return _OK
         case UserDelete(name=name):
             user = decode_user(batch.get(USER_PREFIX + name))

@@ -341,7 +341,7 @@ class Authenticator:
                 hashed = await asyncio.to_thread(
                     hash_password, root_password, secrets.token_bytes(SALT_BYTES)
                 )
-                await self._node.propose_command(UserPut(ROOT, hashed, create_only=True))
+                await self._node.propose_command(UserPut(ROOT, hashed, create_only=True, root=True))
                 return True
             if ROOT not in user.roles:
                 await self._node.propose_command(UserRole(ROOT, ROOT, grant=True))

@@ -96,6 +96,15 @@ def test_user_role_permission_lifecycle() -> None:
     assert apply_command(st, UserDelete("alice")).code == "user_not_found"
 
 
+def test_bootstrap_root_user_gets_its_role_in_one_step() -> None:
+    st = _Records(DictState())
+    assert apply_command(st, UserPut(ROOT, PW, root=True)).ok
+    user = decode_user(st.get(USER_PREFIX + ROOT))
+    role = decode_role(st.get(ROLE_PREFIX + ROOT))
+    assert user is not None and user.roles == (ROOT,)
+    assert role is not None and role.users == (ROOT,)
+
+
 def test_signing_key_first_one_stays() -> None:
     st = _Records(DictState())
     apply_command(st, SigningKey("aa" * 32))
