@@ -72,6 +72,15 @@ def run_point(make_cluster: MakeCluster, p: Point) -> dict[str, float]:
     victim = "node-1" if p.role == "leader" else "node-3"
     others = [n for n in c.nodes if n != victim]
     trace = c.root / f"strace-{victim}.txt"
+    data = c.nodes[victim].data_dir
+    # write/pwrite64 also carry sockets and the log: inject only into the node's data files
+    # (strace -P counts and injects per matching path). fsync/fdatasync are all storage.
+    paths = (
+        [data / "raft.db", data / "raft.db-wal", data / "state" / "data.mdb"]
+        + [data / "snapshots" / n for n in ("building.tmp.tmp", "building.tmp")]
+        if "write" in p.syscall
+        else []
+    )
     prefix = [
         str(STRACE),
         "-f",
@@ -79,6 +88,7 @@ def run_point(make_cluster: MakeCluster, p: Point) -> dict[str, float]:
         "-ttt",
         "-o",
         str(trace),
+        *(arg for path in paths for arg in ("-P", str(path))),
         "-e",
         f"trace={p.syscall}",
         "-e",

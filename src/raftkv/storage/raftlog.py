@@ -39,6 +39,7 @@ import msgspec
 from raftkv.raft.errors import InvariantViolation
 from raftkv.raft.types import Entry, EntryKind, HardState, Index, SnapshotMeta, Term
 from raftkv.storage.errors import CorruptLogError, StorageError
+from raftkv.storage.failure import StorageFailure, classify
 from raftkv.storage.fsutil import fsync_dir
 
 SCHEMA_VERSION = 1
@@ -124,6 +125,8 @@ class DurableLog:
             log._loaded = log._read_all()
         except sqlite3.DatabaseError as exc:  # e.g. "file is not a database", "malformed"
             conn.close()
+            if classify(exc, "open").errno_name:  # the disk failed (EIO, ENOSPC): not damage
+                raise StorageFailure("open", path, exc) from exc
             raise CorruptLogError(f"raft log {path} is unreadable: {exc}") from exc
         except BaseException:
             conn.close()
