@@ -48,6 +48,7 @@ def node_options(s: Settings) -> NodeOptions:
         snapshot_every=s.snapshot_every,
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,
+        metrics=s.metrics,
     )
 
 

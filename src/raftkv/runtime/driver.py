@@ -19,6 +19,8 @@ Rules:
 - Work on the state machine off the loop thread (snapshot build, install, sync) runs on ONE
   executor (`_sm_worker`) that `stop()` drains before closing LMDB: no transaction outlives
   the environment.
+- Metrics (`metrics.py`): the driver only bumps counters and hands over durations and messages;
+  gauges are read at scrape time through `metrics_sample`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from random import Random
@@ -55,6 +58,7 @@ from raftkv.raft.types import (
     Term,
 )
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
+from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, ReadWaiters
 from raftkv.storage.errors import UndecodableEntryError
@@ -96,6 +100,13 @@ class RaftDriver:
         self._bootstrap_until = 0.0  # fresh cluster: the bootstrap node campaigns until then
         self._hold_elections_until = 0.0  # fresh cluster: other nodes wait for it until then
         self._last_snapshot_index = Index(0)
+        self.metrics = (
+            RuntimeMetrics(
+                self.id, opts.election_ticks * opts.tick_ms / 1000.0, self.metrics_sample
+            )
+            if opts.metrics
+            else DisabledMetrics()
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -286,6 +297,7 @@ class RaftDriver:
     def _on_message(self, msg: AnyMessage) -> None:
         if self._stopping or self.failed:
             return
+        self.metrics.received(msg)
         try:
             self.raw.step(msg)
         except InvariantViolation as exc:
@@ -310,12 +322,15 @@ class RaftDriver:
             self._issue_reads()
             msgs = self.raw.take_messages()
             if msgs:
+                self.metrics.sent(msgs)
                 self.transport.send(msgs)
 
     def _on_unreachable(self, node: NodeId) -> None:
+        self.metrics.unreachable(node)
         self.raw.report_unreachable(node)
 
     def _on_snapshot_status(self, node: NodeId, ok: bool) -> None:
+        self.metrics.snapshot_sent(node, ok)
         self.raw.report_snapshot(node, ok)
         self._wake.set()
 
@@ -383,6 +398,7 @@ class RaftDriver:
         for action in rd.steps():
             match action:
                 case SendMessages(messages=msgs):
+                    self.metrics.sent(msgs)
                     self.transport.send(msgs)
                 case Persist(snapshot=snap, entries=entries, hard_state=hs, sync=sync):
                     if snap is not None:
@@ -396,10 +412,11 @@ class RaftDriver:
                         meta = snap.meta if snap is not None else None
                         self._persisting = True
                         try:
-                            await self._io(
+                            took = await self._io(
                                 "log commit",
                                 self.durable.path,
                                 self._writer,
+                                timed,
                                 self.durable.save,
                                 hs,
                                 entries,
@@ -407,6 +424,7 @@ class RaftDriver:
                             )
                         finally:
                             self._persisting = False
+                        self.metrics.persisted(took, len(entries))
                     if snap is not None:
                         self.storage.apply_snapshot(snap)
                     self.storage.append(entries)
@@ -424,7 +442,11 @@ class RaftDriver:
         """Install a received snapshot into the state machine; returns it with our local path."""
         src = Path(snap.data.decode())
         dest = snapshot_path(self.opts.data_dir, snap.meta.term, snap.meta.index)
-        await self._io("snapshot install", src, self._sm_worker, self.sm.install_snapshot, src)
+        started = time.perf_counter()
+        info = await self._io(
+            "snapshot install", src, self._sm_worker, self.sm.install_snapshot, src
+        )
+        self.metrics.snapshot_done("install", time.perf_counter() - started, info.size)
         await self._io("rename", dest, self._sm_worker, shutil.move, src, dest)
         self._last_snapshot_index = snap.meta.index
         log.info("installed snapshot", node=self.id, index=snap.meta.index, term=snap.meta.term)
@@ -444,6 +466,7 @@ class RaftDriver:
                 results = self.sm.apply(todo, conf=new_conf)
             except Exception as exc:
                 raise wrap(exc, "apply (write)", self.sm.path) from exc
+            self.metrics.applied(len(todo))
             for e, result in zip(todo, results, strict=True):
                 self._proposals.applied(e.index, e.term, result)
         self._reads.applied(self.sm.applied_index)
@@ -460,6 +483,7 @@ class RaftDriver:
     def _on_soft_state(self, leader: NodeId | None) -> None:
         st = self.raw.status()
         log.info("raft state", node=self.id, role=st.role.value, term=st.term, leader=leader)
+        self.metrics.leader_seen(leader)
         if leader is None:
             self._leader_known.clear()
         else:
@@ -481,6 +505,7 @@ class RaftDriver:
         for ctx in pending:
             try:
                 self.raw.read_index(ctx)
+                self.metrics.read_index_rounds += 1
             except NotLeader:
                 self._reads_need_leader.append(ctx)
 
@@ -493,7 +518,9 @@ class RaftDriver:
             # The state must be durable before the log entries behind it go.
             await self._io("fsync (LMDB sync)", self.sm.path, w, self.sm.sync)
             tmp = self.opts.data_dir / "snapshots" / "building.tmp"
+            started = time.perf_counter()
             info = await self._io("snapshot build", tmp, w, self.sm.build_snapshot, tmp)
+            self.metrics.snapshot_done("build", time.perf_counter() - started, info.size)
             dest = snapshot_path(self.opts.data_dir, Term(info.term), Index(info.index))
             await self._io("rename", dest, w, tmp.rename, dest)
             await self._io("fsync (directory)", dest.parent, w, fsync_dir, dest.parent)
@@ -561,6 +588,7 @@ class RaftDriver:
                 await self._wait_leader(leader_deadline)
                 continue
             except ProposalDropped:
+                self.metrics.proposals_dropped += 1
                 # A transfer or election is under way: wait for the outcome, then retry.
                 try:
                     await asyncio.wait_for(
@@ -577,11 +605,18 @@ class RaftDriver:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the future in a new Task,
                 # a real cost per request on the hot path.
                 async with asyncio.timeout(max(0.001, remaining)):
-                    return await fut
+                    result = await fut
             except TimeoutError:
+                self.metrics.proposals_failed += 1
                 raise OperationTimeout(f"entry {index} not applied in time") from None
             except ProposalLost:
+                self.metrics.proposals_dropped += 1
                 continue  # definitely not applied: safe to propose again
+            except (OperationTimeout, NodeStopping):
+                self.metrics.proposals_failed += 1
+                raise
+            self.metrics.proposals_committed += 1
+            return result
 
     async def read_barrier(self) -> None:
         """Return once local state reflects every write acknowledged before the call (§6.4)."""
@@ -608,3 +643,24 @@ class RaftDriver:
 
     def stale_get(self, key: str) -> str | None:
         return self.sm.get(key)
+
+    def metrics_sample(self) -> NodeSample:
+        """The gauges of /metrics, read when scraped."""
+        d = self.opts.data_dir
+        st = self.raw.status()
+        return NodeSample(
+            status=st,
+            applied_index=self.sm.applied_index,
+            snapshot_index=self._last_snapshot_index,
+            pending_proposals=len(self._proposals),
+            peers=sorted(n for n in st.conf.all_nodes() if n != self.id),
+            outbound_connected=frozenset(self.transport.connected_peers()),
+            inbound_connected=frozenset(self.transport.inbound_peers()),
+            files=[
+                ("log", d / "raft.db"),
+                ("log", d / "raft.db-wal"),
+                ("state", d / "state" / "data.mdb"),
+                *(("snapshots", p) for p in (d / "snapshots").glob("snap-*.snap")),
+            ],
+            alarms=(),
+        )

@@ -30,3 +30,4 @@ class NodeOptions:
     leader_wait_s: float = 2.0  # how long a request waits for a leader to appear
     request_timeout_s: float = 5.0  # proposals / reads not done by then: outcome unknown
     max_append_bytes: int = 4 << 20
+    metrics: bool = True  # record Prometheus metrics (runtime/metrics.py)
