@@ -61,7 +61,7 @@ from raftkv.runtime import testhooks
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
-from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, ReadWaiters
+from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
 from raftkv.storage import recovery
 from raftkv.storage.errors import CorruptSnapshotError, UndecodableEntryError
 from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
@@ -69,7 +69,7 @@ from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.recovery import snapshot_path
 from raftkv.storage.snapshot_file import verify_snapshot_file
-from raftkv.transport.tcp import PeerTransport
+from raftkv.transport.tcp import PeerTransport, TransportTuning
 
 _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
@@ -87,6 +87,7 @@ class RaftDriver:
         self._soft_changed: asyncio.Future[None] | None = None
         self._proposals = ProposalWaiters()
         self._reads = ReadWaiters(self.id.encode())
+        self._applied_waiters = AppliedWaiters()
         self._reads_need_leader: list[bytes] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
@@ -167,6 +168,9 @@ class RaftDriver:
             on_unreachable=self._on_unreachable,
             on_snapshot_status=self._on_snapshot_status,
             snapshot_dir=d / "incoming",
+            tuning=self._transport_tuning(),
+            is_member=self._is_member,
+            tls=self.opts.peer_tls,
         )
         await self.transport.start()
         self._tasks.append(asyncio.create_task(self._ready_loop(), name=f"ready-{self.id}"))
@@ -260,6 +264,7 @@ class RaftDriver:
             OperationTimeout("the node stopped before the write was confirmed; outcome unknown")
         )
         self._reads.fail_all(NodeStopping("node is shutting down"))
+        self._applied_waiters.fail_all(NodeStopping("node is shutting down"))
 
     def _die(self, exc: BaseException) -> None:
         if self.fatal is None or self.fatal.done():
@@ -291,6 +296,29 @@ class RaftDriver:
             return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
         except Exception as exc:
             raise wrap(exc, op, path) from exc
+
+    def _transport_tuning(self) -> TransportTuning:
+        tick_s = self.opts.tick_ms / 1000.0
+        return TransportTuning(
+            keepalive_interval=tick_s,
+            # A few missed keepalives, never a GC pause or a busy loop on a loaded machine.
+            idle_timeout=max(4 * self.opts.election_ticks * tick_s, 0.5),
+            max_snapshot_bytes=self.opts.max_snapshot_bytes,
+        )
+
+    def _is_member(self, node: NodeId) -> bool:
+        """May `node` open a peer connection to us? Members of the LIVE configuration (the
+        core's, which follows conf changes) may; removed ones may not, whatever the YAML says.
+        Until we are in the configuration ourselves (a joining node that has not caught up),
+        the peers we were configured with may too, so a leader can bring us up to date."""
+        conf = self.raw.raft.conf
+        if node in conf.voters or node in conf.learners:
+            return True
+        return (
+            self.id not in conf.voters
+            and self.id not in conf.learners
+            and node in self.opts.peers_raft
+        )
 
     # -- inputs -------------------------------------------------------------------------------
     def _on_message(self, msg: AnyMessage) -> None:
@@ -487,6 +515,7 @@ class RaftDriver:
         started = time.perf_counter()
         info = await self._io("snapshot install", dest, w, self.sm.install_snapshot, dest)
         self.metrics.snapshot_done("install", time.perf_counter() - started, info.size)
+        self._applied_waiters.applied(self.sm.applied_index)
         testhooks.crash_point("snapshot-install:installed")
         self._last_snapshot_index = snap.meta.index
         log.info("installed snapshot", node=self.id, index=snap.meta.index, term=snap.meta.term)
@@ -498,7 +527,13 @@ class RaftDriver:
         for e in todo:
             if e.kind is EntryKind.CONF_CHANGE:
                 base = new_conf or (self.sm.conf if self.sm.conf.voters else self._bootstrap_conf)
-                new_conf = conf_after(base, _conf_decoder.decode(e.data))
+                try:
+                    cc = _conf_decoder.decode(e.data)
+                except msgspec.DecodeError as exc:
+                    # Committed, so on every node: a corruption to report by index, not a
+                    # crash somewhere inside the core (ARCHITECTURE §7).
+                    raise UndecodableEntryError(e.index, None, f"bad conf change: {exc}") from exc
+                new_conf = conf_after(base, cc)
         if todo:
             # The resulting configuration is stored in the same LMDB transaction, so a
             # snapshot never pairs an index with the wrong configuration.
@@ -510,6 +545,7 @@ class RaftDriver:
             for e, result in zip(todo, results, strict=True):
                 self._proposals.applied(e.index, e.term, result)
         self._reads.applied(self.sm.applied_index)
+        self._applied_waiters.applied(self.sm.applied_index)
         if (
             self.sm.applied_index - self._last_snapshot_index >= self.opts.snapshot_every
             and not self._snapshotting
@@ -685,8 +721,17 @@ class RaftDriver:
     def status(self) -> Status:
         return self.raw.status()
 
-    def stale_get(self, key: str) -> str | None:
-        return self.sm.get(key)
+    async def wait_applied(self, index: int) -> None:
+        """Return once this node has applied `index` (read-your-writes, `min_revision`)."""
+        if self.sm.applied_index >= index:
+            return
+        if self._stopping or self.draining:
+            raise NodeStopping("node is shutting down")
+        try:
+            async with asyncio.timeout(self.opts.request_timeout_s):
+                await self._applied_waiters.wait(index)
+        except TimeoutError:
+            raise OperationTimeout(f"index {index} not applied in time") from None
 
     def metrics_sample(self) -> NodeSample:
         """The gauges of /metrics, read when scraped."""
