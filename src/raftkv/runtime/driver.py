@@ -65,6 +65,7 @@ from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters
 from raftkv.storage import recovery
 from raftkv.storage.errors import CorruptSnapshotError, UndecodableEntryError
 from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
+from raftkv.storage.format import open_data_dir
 from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.recovery import snapshot_path
@@ -113,6 +114,10 @@ class RaftDriver:
         loop = asyncio.get_running_loop()
         self.fatal = loop.create_future()
         d = self.opts.data_dir
+        # Before any other file: refuse a newer format, migrate an older one (storage/format.py).
+        fmt = await asyncio.to_thread(open_data_dir, d)
+        if fmt.migrated:
+            log.info("data directory migrated", node=self.id, steps=fmt.migrated, to=fmt.version)
         # Startup recovery (storage/recovery.py): durable dirs, leftovers removed, the state
         # rebuilt after an unclean OS restart, state and log reconciled or the start refused.
         await asyncio.to_thread(recovery.prepare_dirs, d)

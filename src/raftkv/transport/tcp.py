@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import socket
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ class PeerTransport:
         self._running = False
         self._stopped = False
         self._server: asyncio.Server | None = None
+        self._listen_sock: socket.socket | None = None  # TLS mode's listener
         self._bound: tuple[str, int] | None = None
         self._peers: dict[NodeId, OutboundPeer] = {}
         self._dirty: dict[NodeId, OutboundPeer] = {}  # peers with pending messages this turn
@@ -134,10 +136,18 @@ class PeerTransport:
             await asyncio.to_thread(self._snapshot_dir.mkdir, parents=True, exist_ok=True)
             await asyncio.to_thread(remove_stale_partials, self._snapshot_dir)
         host, port = self._listen
-        # TLS is started per connection (`InboundSide`), not here: each handshake then uses the
-        # contexts current at accept time, and a failed one is logged with its reason.
-        self._server = await asyncio.start_server(self._in.handle, host, port)
-        sockname = self._server.sockets[0].getsockname()
+        if self._tls is None:
+            self._server = await asyncio.start_server(self._in.handle, host, port)
+            sockname = self._server.sockets[0].getsockname()
+        else:
+            # TLS: our own accept loop, so each handshake uses the context current at accept
+            # time (reload without restart) and a failed one is logged with its reason.
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.create_server((host, port), family=family)
+            sock.setblocking(False)
+            self._listen_sock = sock
+            sockname = sock.getsockname()
+            self._spawn(self._accept_tls(sock), "raftkv-transport-accept")
         self._bound = (str(sockname[0]), int(sockname[1]))
         self._running = True
         self._in.running = True
@@ -158,6 +168,8 @@ class PeerTransport:
             self._flush_handle = None
         if self._server is not None:
             self._server.close()
+        if self._listen_sock is not None:
+            self._listen_sock.close()
         for task in self._tasks:
             task.cancel()
         self._in.abort_all()
@@ -335,6 +347,17 @@ class PeerTransport:
         outbound = self._peers.get(peer_id)
         if outbound is not None:
             outbound.peer_is_up()
+
+    async def _accept_tls(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _addr = await loop.sock_accept(sock)
+            except OSError as exc:  # e.g. EMFILE: log, breathe, go on
+                self._log.warning("accept_failed", error=str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            self._spawn(self._in.handle_tls(conn), "raftkv-transport-in-tls")
 
     async def _housekeeping(self) -> None:
         """Keepalives out, half-open connections in: see the module's rules."""
