@@ -260,10 +260,14 @@ class Cluster:
             self.start_node(node_id)
 
     def start_node(
-        self, node_id: str, prefix: Iterable[str] = (), env: Mapping[str, str] | None = None
+        self,
+        node_id: str,
+        prefix: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+        args: Iterable[str] = (),
     ) -> Node:
         """Start `node_id`; `prefix` runs it under another program (e.g. strace), `env` adds
-        environment variables (test hooks)."""
+        environment variables (test hooks), `args` more `raftkv serve` flags."""
         node = self.nodes[node_id]
         assert not node.running, f"{node_id} is already running"
         node.starts += 1
@@ -279,6 +283,7 @@ class Cluster:
                     str(self.config_path),
                     "--node-id",
                     node_id,
+                    *args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=f,

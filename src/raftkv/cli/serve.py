@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
+from raftkv.ops.recovery import RecoveryError, force_new_cluster
 from raftkv.raft.types import NodeId
 from raftkv.runtime.node import RaftKVNode
 from raftkv.runtime.options import NodeOptions
@@ -109,6 +110,21 @@ async def serve_node(settings: Settings) -> int:
     return code
 
 
+def _force_new_cluster(settings: Settings) -> None:
+    try:
+        done = force_new_cluster(settings.data_dir, settings.node_id)
+    except RecoveryError as exc:
+        print(f"raftkv: --force-new-cluster: {exc}", file=sys.stderr)
+        raise typer.Exit(2 if exc.misuse else 1) from None
+    print(
+        f"raftkv: --force-new-cluster: {settings.node_id} is now the only voter, at index "
+        f"{done.index} (term {done.term}; {done.entries_applied} log entries applied, "
+        f"{done.beyond_commit} past the persisted commit index). Add members back with the "
+        "membership API; never restart the old members with their old data.",
+        file=sys.stderr,
+    )
+
+
 def _run(settings: Settings) -> int:
     try:
         import uvloop
@@ -130,6 +146,14 @@ def register(app: typer.Typer) -> None:
         raft_port: Annotated[int | None, typer.Option("--raft-port")] = None,
         log_level: Annotated[str | None, typer.Option("--log-level")] = None,
         log_format: Annotated[str | None, typer.Option("--log-format")] = None,
+        force_new_cluster: Annotated[
+            bool,
+            typer.Option(
+                "--force-new-cluster",
+                help="Quorum lost: make this node's data a one-voter cluster, then serve "
+                "(docs/operations.md)",
+            ),
+        ] = False,
     ) -> None:
         """Run one node of the cluster (flags > env > config file > defaults)."""
         overrides = {
@@ -149,6 +173,8 @@ def register(app: typer.Typer) -> None:
         configure_logging(settings.log_level, settings.log_format)
         bind_node(settings.node_id)
         try:
+            if force_new_cluster:
+                _force_new_cluster(settings)
             code = _run(settings)
         except StorageFailure as exc:
             print(f"raftkv: {exc}", file=sys.stderr)

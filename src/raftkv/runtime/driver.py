@@ -59,6 +59,7 @@ from raftkv.raft.types import (
 )
 from raftkv.runtime import testhooks
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
+from raftkv.runtime.features import OWN_VERSIONS
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
@@ -68,8 +69,8 @@ from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
 from raftkv.storage.format import open_data_dir
 from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
-from raftkv.storage.recovery import snapshot_path
-from raftkv.storage.snapshot_file import verify_snapshot_file
+from raftkv.storage.recovery import snapshot_path as snapshot_path  # re-exported (ops)
+from raftkv.storage.snapshot_file import SnapshotInfo, verify_snapshot_file
 from raftkv.transport.tcp import PeerTransport, TransportTuning
 
 _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
@@ -176,6 +177,7 @@ class RaftDriver:
             tuning=self._transport_tuning(),
             is_member=self._is_member,
             tls=self.opts.peer_tls,
+            advertise=self.opts.advertise_versions or OWN_VERSIONS,  # runtime/features.py
         )
         await self.transport.start()
         self._tasks.append(asyncio.create_task(self._ready_loop(), name=f"ready-{self.id}"))
@@ -560,6 +562,10 @@ class RaftDriver:
 
     def _after_advance(self, rd: Ready) -> None:
         self._reads.drop_done()
+        if any(e.kind is EntryKind.CONF_CHANGE for e in rd.committed_entries):
+            # advance() applied it to the core's configuration: a removed member's connection
+            # to us closes now, not whenever it happens to drop.
+            self.transport.drop_non_members()
 
     def _on_soft_state(self, leader: NodeId | None) -> None:
         st = self.raw.status()
@@ -737,6 +743,15 @@ class RaftDriver:
                 await self._applied_waiters.wait(index)
         except TimeoutError:
             raise OperationTimeout(f"index {index} not applied in time") from None
+
+    async def snapshot_copy(self, dest: Path) -> SnapshotInfo:
+        """A snapshot of the state written to `dest` (a backup), reflecting every write
+        acknowledged before the call: a ReadIndex barrier (thesis §6.4) first, then the same
+        build as automatic snapshots, on the state-machine worker. A failure to write `dest`
+        raises OSError and leaves the node running: the node's own files are not involved."""
+        await self.read_barrier()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._sm_worker, self.sm.build_snapshot, dest)
 
     def metrics_sample(self) -> NodeSample:
         """The gauges of /metrics, read when scraped."""

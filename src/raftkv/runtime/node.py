@@ -5,6 +5,8 @@ Rules:
 - `get(linearizable=True)` runs a ReadIndex barrier (thesis §6.4) on any node, followers
   included, then reads local applied state; `linearizable=False` reads local state at once.
 - Readiness: a leader is known and this node has applied everything it knows committed.
+- The leader proposes a command kind only once every member understands it
+  (`runtime/features.py`): otherwise `FeatureNotEnabled`, and nothing is proposed.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from raftkv.kv.commands import (
     SessionRequest,
 )
 from raftkv.kv.mvcc import MVCCStore
+from raftkv.kv.registry import BASE_COMMAND_SET, kind_of
 from raftkv.raft.types import Role
 from raftkv.runtime.api import LocalStatus
+from raftkv.runtime.backup import Backups
 from raftkv.runtime.driver import RaftDriver
+from raftkv.runtime.features import OWN_VERSIONS, ClusterVersions, check_enabled, cluster_versions
 from raftkv.runtime.inspect import NodeInspector
 from raftkv.runtime.metrics import RuntimeMetrics
 from raftkv.runtime.options import NodeOptions
@@ -44,6 +49,7 @@ class RaftKVNode:
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.driver = RaftDriver(opts)
+        self._backups = Backups(self.driver)
 
     @property
     def node_id(self) -> str:
@@ -55,7 +61,22 @@ class RaftKVNode:
     async def stop(self) -> None:
         await self.driver.stop()
 
+    def cluster_versions(self) -> ClusterVersions:
+        """What every member understands, as this node knows it (runtime/features.py)."""
+        st = self.driver.status()
+        peers = {str(n): v for n, v in self.driver.transport.peer_versions().items()}
+        return cluster_versions(self.opts.node_id, st.conf.all_nodes(), peers)
+
+    def _check_feature(self, cmd: Command) -> None:
+        """The leader refuses a kind that some member cannot apply yet (FeatureNotEnabled)."""
+        if kind_of(cmd).since <= BASE_COMMAND_SET:
+            return  # understood by every version: no lookup on the hot path
+        if self.driver.status().role is not Role.LEADER:
+            return  # the leader decides; a follower's propose raises NotLeader (forwarded)
+        check_enabled(cmd, self.cluster_versions())
+
     async def write(self, cmd: Command) -> Result:
+        self._check_feature(cmd)
         if isinstance(cmd, OpenSession | SessionRequest):
             # The state machine's clock (thesis §6.3): the proposing leader's wall clock, in
             # the entry. Stamped here, on the node that proposes; a follower raises NotLeader
@@ -98,6 +119,8 @@ class RaftKVNode:
             last_index=st.last_index,
             raft_address=self.opts.raft_advertise,
             http_address=self.opts.http_advertise,
+            format_version=(self.opts.advertise_versions or OWN_VERSIONS)[0],
+            command_set=(self.opts.advertise_versions or OWN_VERSIONS)[1],
         )
 
     def is_ready(self) -> bool:
@@ -117,6 +140,10 @@ class RaftKVNode:
     def inspector(self) -> NodeInspector:
         """Read-only views for the /debug endpoints (runtime/inspect.py)."""
         return NodeInspector(self.driver)
+
+    def backups(self) -> Backups:
+        """Consistent snapshot copies for `GET /cluster/snapshot` (runtime/backup.py)."""
+        return self._backups
 
     def metrics(self) -> RuntimeMetrics | None:
         """The node's Prometheus metrics for /metrics, or None when they are switched off."""
