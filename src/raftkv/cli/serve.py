@@ -1,4 +1,5 @@
-"""`raftkv serve`: run one node (Raft runtime + HTTP API) until SIGINT/SIGTERM.
+"""`raftkv serve`: run one node (Raft runtime + HTTP API) until SIGINT/SIGTERM; SIGHUP re-reads
+the `tls.peer` certificate files (rotation without restart).
 
 Rules: an invalid config exits 2 with a message naming the field; a corrupt log or snapshot
 exits 3 naming what is corrupt and where; a broken invariant at run time exits 70; a storage
@@ -16,6 +17,7 @@ import signal
 import sys
 from typing import Annotated, Any
 
+import structlog
 import typer
 
 from raftkv.ops.recovery import RecoveryError, force_new_cluster
@@ -28,6 +30,7 @@ from raftkv.server.logging import bind_node, configure_logging
 from raftkv.server.runner import run_http
 from raftkv.storage.errors import StorageError
 from raftkv.storage.failure import EXIT_IOERR, StorageFailure, describe, is_storage_error
+from raftkv.transport.tls import PeerTls, TlsConfigError
 
 DAMAGED_DATA_ADVICE = (
     "What is safe: do NOT delete the data directory and restart this node under the same id "
@@ -71,6 +74,21 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 50, 1000)
 
 
+def reload_peer_tls(tls: PeerTls | None) -> bool:
+    """SIGHUP: re-read the `tls.peer` files; on failure keep the current ones. Logged either way."""
+    log = structlog.get_logger("raftkv.serve")
+    if tls is None:
+        log.info("tls_reload_skipped", reason="tls.peer is not configured")
+        return False
+    try:
+        tls.reload()
+    except TlsConfigError as exc:
+        log.error("tls_reload_failed", part="peer", error=str(exc), keeping="previous files")
+        return False
+    log.info("tls_reloaded", part="peer", cert=str(tls.files.cert), ca=str(tls.files.ca))
+    return True
+
+
 async def serve_node(settings: Settings) -> int:
     node = RaftKVNode(node_options(settings))
     await node.start()
@@ -86,6 +104,8 @@ async def serve_node(settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Certificate rotation without a restart: new peer connections use the re-read files.
+    loop.add_signal_handler(signal.SIGHUP, reload_peer_tls, node.opts.peer_tls)
     fatal = node.driver.fatal
     assert fatal is not None
     stop_wait = asyncio.ensure_future(stop.wait())

@@ -165,6 +165,17 @@ class ServerSection(_Section, frozen=True, kw_only=True):
             )
 
 
+class StorageSection(_Section, frozen=True, kw_only=True):
+    history_revisions: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="revisions of history kept for `?revision=` reads and watches; the "
+            "leader compacts older ones automatically (0: keep all until `POST /compact`)",
+        ),
+    ] = 100_000
+
+
 class LoggingSection(_Section, frozen=True, kw_only=True):
     level: Annotated[
         LogLevel,
@@ -182,6 +193,7 @@ class ConfigFile(_Section, frozen=True, kw_only=True):
     cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
     raft: RaftSection = msgspec.field(default_factory=RaftSection)
     server: ServerSection = msgspec.field(default_factory=ServerSection)
+    storage: StorageSection = msgspec.field(default_factory=StorageSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
 
 

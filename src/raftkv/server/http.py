@@ -51,6 +51,7 @@ from raftkv.server.inspect_routes import add_inspect_routes
 from raftkv.server.kv_routes import KvRoutes
 from raftkv.server.limits import BodyGate
 from raftkv.server.metrics_routes import HttpMetrics, add_metrics_routes
+from raftkv.server.retention import retention_task
 from raftkv.server.runner import server_kwargs
 from raftkv.server.status import StatusProbe, cluster_status, local_status_json
 from raftkv.server.txn_routes import TxnRoutes
@@ -78,6 +79,7 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
         handler_args=server_kwargs(settings),
     )
     app.cleanup_ctx.append(api.client_sessions)
+    app.cleanup_ctx.append(retention_task(node, settings.config.storage.history_revisions))
     kv = KvRoutes(node, settings, api)
     txn = TxnRoutes(node, settings, api)
     routes = (
