@@ -76,6 +76,7 @@ def test_restore_seeds_a_node_of_the_new_configuration(tmp_path: Path) -> None:
     # The node's own snapshot file carries the NEW configuration (followers may be sent it).
     facts = read_facts(snapshot_path(node, Term(3), Index(7)))
     assert facts.voters == ["x", "y"] and facts.records >= 2
+    assert facts.revision == 1  # a pre-MVCC image: every key installed at revision 1
 
 
 def test_restore_refuses_a_used_directory_and_bad_files(tmp_path: Path) -> None:
