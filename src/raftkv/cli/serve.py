@@ -1,4 +1,5 @@
-"""`raftkv serve`: run one node (Raft runtime + HTTP API) until SIGINT/SIGTERM.
+"""`raftkv serve`: run one node (Raft runtime + HTTP API) until SIGINT/SIGTERM; SIGHUP re-reads
+the `tls.peer` certificate files (rotation without restart).
 
 Rules: an invalid config exits 2 with a message naming the field; a corrupt log or snapshot
 exits 3 naming what is corrupt and where; a broken invariant at run time exits 70; a storage
@@ -16,6 +17,7 @@ import signal
 import sys
 from typing import Annotated, Any
 
+import structlog
 import typer
 
 from raftkv.ops.recovery import RecoveryError, force_new_cluster
@@ -26,8 +28,10 @@ from raftkv.server.config import ConfigError, Settings, load_settings
 from raftkv.server.http import create_app
 from raftkv.server.logging import bind_node, configure_logging
 from raftkv.server.runner import run_http
+from raftkv.server.tls import node_client_context, server_context
 from raftkv.storage.errors import StorageError
 from raftkv.storage.failure import EXIT_IOERR, StorageFailure, describe, is_storage_error
+from raftkv.transport.tls import PeerTls, TlsConfigError
 
 _STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
@@ -51,6 +55,7 @@ def node_options(s: Settings) -> NodeOptions:
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,
         metrics=s.metrics,
+        peer_tls=PeerTls(s.tls_peer) if s.tls_peer is not None else None,
     )
 
 
@@ -62,6 +67,21 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 1000)
+
+
+def reload_peer_tls(tls: PeerTls | None) -> bool:
+    """SIGHUP: re-read the `tls.peer` files; on failure keep the current ones. Logged either way."""
+    log = structlog.get_logger("raftkv.serve")
+    if tls is None:
+        log.info("tls_reload_skipped", reason="tls.peer is not configured")
+        return False
+    try:
+        tls.reload()
+    except TlsConfigError as exc:
+        log.error("tls_reload_failed", part="peer", error=str(exc), keeping="previous files")
+        return False
+    log.info("tls_reloaded", part="peer", cert=str(tls.files.cert), ca=str(tls.files.ca))
+    return True
 
 
 async def serve_node(settings: Settings) -> int:
@@ -79,6 +99,8 @@ async def serve_node(settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Certificate rotation without a restart: new peer connections use the re-read files.
+    loop.add_signal_handler(signal.SIGHUP, reload_peer_tls, node.opts.peer_tls)
     fatal = node.driver.fatal
     assert fatal is not None
     stop_wait = asyncio.ensure_future(stop.wait())
@@ -160,7 +182,12 @@ def register(app: typer.Typer) -> None:
         }
         try:
             settings = load_settings(overrides)
-        except ConfigError as exc:
+            # Load the TLS files now, so that a bad pair fails here, naming the field.
+            server_context(settings)
+            node_client_context(settings)
+            if settings.tls_peer is not None:
+                PeerTls(settings.tls_peer)
+        except (ConfigError, TlsConfigError) as exc:
             print(f"raftkv: invalid configuration: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
         configure_logging(settings.log_level, settings.log_format)

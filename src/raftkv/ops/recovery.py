@@ -33,7 +33,7 @@ import structlog
 from raftkv.ops.backup import BackupError, check_sidecar, read_facts
 from raftkv.raft.types import ConfState, HardState, Index, NodeId, SnapshotMeta, Term
 from raftkv.runtime.driver import snapshot_path
-from raftkv.storage.format import open_data_dir, write_format
+from raftkv.storage.format import open_data_dir
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.state_lmdb import LmdbState
 
@@ -96,7 +96,7 @@ def restore_snapshot(
     conf = ConfState(voters=tuple(NodeId(n) for n in sorted(initial_cluster)))
     node_dir.mkdir(parents=True, exist_ok=True)
     try:
-        write_format(node_dir)  # before any other file (storage/format.py)
+        open_data_dir(node_dir)  # an empty directory: records the current data format first
         sm = LmdbState.open(node_dir / "state")
         try:
             info = sm.install_snapshot(file)
@@ -115,7 +115,7 @@ def force_new_cluster(node_dir: Path, node_id: str) -> Rewritten:
     if not (node_dir / "raft.db").exists():
         raise RecoveryError(f"{node_dir} holds no Raft log: nothing to recover", misuse=True)
     conf = ConfState(voters=(NodeId(node_id),))
-    open_data_dir(node_dir)  # an older format is migrated first, a newer one refused
+    open_data_dir(node_dir)  # refuse a newer format, migrate an older one, before rewriting
     durable = DurableLog.open(node_dir / "raft.db")
     try:
         loaded = durable.load()

@@ -58,6 +58,7 @@ from raftkv.raft.types import (
     Term,
 )
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
+from raftkv.runtime.features import OWN_VERSIONS
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
@@ -179,6 +180,7 @@ class RaftDriver:
             tuning=self._transport_tuning(),
             is_member=self._is_member,
             tls=self.opts.peer_tls,
+            advertise=self.opts.advertise_versions or OWN_VERSIONS,  # runtime/features.py
         )
         await self.transport.start()
         self._tasks.append(asyncio.create_task(self._ready_loop(), name=f"ready-{self.id}"))
@@ -521,6 +523,10 @@ class RaftDriver:
 
     def _after_advance(self, rd: Ready) -> None:
         self._reads.drop_done()
+        if any(e.kind is EntryKind.CONF_CHANGE for e in rd.committed_entries):
+            # advance() applied it to the core's configuration: a removed member's connection
+            # to us closes now, not whenever it happens to drop.
+            self.transport.drop_non_members()
 
     def _on_soft_state(self, leader: NodeId | None) -> None:
         st = self.raw.status()

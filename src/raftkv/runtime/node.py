@@ -5,6 +5,8 @@ Rules:
 - `get(linearizable=True)` runs a ReadIndex barrier (thesis §6.4) on any node, followers
   included, then reads local applied state; `linearizable=False` reads local state at once.
 - Readiness: a leader is known and this node has applied everything it knows committed.
+- The leader proposes a command kind only once every member understands it
+  (`runtime/features.py`): otherwise `FeatureNotEnabled`, and nothing is proposed.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from raftkv.kv.commands import (
     SessionRequest,
 )
 from raftkv.kv.mvcc import MVCCStore
+from raftkv.kv.registry import BASE_COMMAND_SET, kind_of
 from raftkv.raft.types import Role
 from raftkv.runtime.api import LocalStatus
 from raftkv.runtime.backup import Backups
 from raftkv.runtime.driver import RaftDriver
+from raftkv.runtime.features import OWN_VERSIONS, ClusterVersions, check_enabled, cluster_versions
 from raftkv.runtime.inspect import NodeInspector
 from raftkv.runtime.metrics import RuntimeMetrics
 from raftkv.runtime.options import NodeOptions
@@ -57,7 +61,22 @@ class RaftKVNode:
     async def stop(self) -> None:
         await self.driver.stop()
 
+    def cluster_versions(self) -> ClusterVersions:
+        """What every member understands, as this node knows it (runtime/features.py)."""
+        st = self.driver.status()
+        peers = {str(n): v for n, v in self.driver.transport.peer_versions().items()}
+        return cluster_versions(self.opts.node_id, st.conf.all_nodes(), peers)
+
+    def _check_feature(self, cmd: Command) -> None:
+        """The leader refuses a kind that some member cannot apply yet (FeatureNotEnabled)."""
+        if kind_of(cmd).since <= BASE_COMMAND_SET:
+            return  # understood by every version: no lookup on the hot path
+        if self.driver.status().role is not Role.LEADER:
+            return  # the leader decides; a follower's propose raises NotLeader (forwarded)
+        check_enabled(cmd, self.cluster_versions())
+
     async def write(self, cmd: Command) -> Result:
+        self._check_feature(cmd)
         if isinstance(cmd, OpenSession | SessionRequest):
             # The state machine's clock (thesis §6.3): the proposing leader's wall clock, in
             # the entry. Stamped here, on the node that proposes; a follower raises NotLeader
@@ -68,6 +87,18 @@ class RaftKVNode:
         return result  # type: ignore[return-value]  # propose returns the apply result
 
     # Shorthands for tests and tools (the server uses `write`/`read`).
+    async def propose_command(self, cmd: Command) -> object:
+        """Propose any registered command (auth management); returns its apply result."""
+        return await self.write(cmd)
+
+    def local_get(self, key: str) -> str | None:
+        """This node's applied auth record `key`, at once (no ReadIndex)."""
+        return self.driver.sm.read(lambda store: store.auth_get(key))
+
+    def local_items(self, prefix: str) -> list[tuple[str, str]]:
+        """This node's applied auth records under `prefix` (users, roles: small)."""
+        return self.driver.sm.read(lambda store: store.auth_items(prefix))
+
     async def put(self, key: str, value: str | bytes) -> Result:
         return await self.write(Put(key, value))
 
@@ -100,6 +131,8 @@ class RaftKVNode:
             last_index=st.last_index,
             raft_address=self.opts.raft_advertise,
             http_address=self.opts.http_advertise,
+            format_version=(self.opts.advertise_versions or OWN_VERSIONS)[0],
+            command_set=(self.opts.advertise_versions or OWN_VERSIONS)[1],
         )
 
     def is_ready(self) -> bool:

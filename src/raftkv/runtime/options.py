@@ -34,3 +34,6 @@ class NodeOptions:
     max_snapshot_bytes: int = 8 << 30  # raft.max_snapshot_bytes: larger inbound snapshots refused
     peer_tls: PeerTls | None = None  # tls.peer: mutual TLS between peers (None: plain TCP)
     metrics: bool = True  # record Prometheus metrics (runtime/metrics.py)
+    # (format, command set) claimed in the Hello and /cluster/local; None: what this code
+    # understands (runtime/features.OWN_VERSIONS). Tests set less to play an older node.
+    advertise_versions: tuple[int, int] | None = None

@@ -80,6 +80,7 @@ class InboundSide:
         self._log = logger
         self.running = False
         self.live: dict[NodeId, _Live] = {}
+        self.versions: dict[NodeId, tuple[int, int]] = {}  # (format, command set) per peer
         self.tasks: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
         self._handshaking = 0
         self._last_overload_log = -1e9
@@ -93,6 +94,11 @@ class InboundSide:
         if live is not None:
             self._log.info("inbound_closed_not_member", peer=peer_id)
             live.writer.transport.abort()
+
+    def drop_non_members(self) -> None:
+        for peer_id in list(self.live):
+            if not self._is_member(peer_id):
+                self.drop_peer(peer_id)
 
     def drop_idle(self, now: float) -> None:
         """Abort connections silent for longer than `idle_timeout` (half-open)."""
@@ -180,6 +186,8 @@ class InboundSide:
                 raise PeerRefused(f"node {peer_id!r} already has a live connection")
             live = _Live(writer, remote, asyncio.get_running_loop().time())
             self.live[peer_id] = live
+            # What the peer understands, for the leader's feature gate (runtime/features.py).
+            self.versions[peer_id] = (hello.format_version, hello.command_set)
             log.info("inbound_connected")
             self._on_peer_up(peer_id)
             if self._snapshot_dir is not None:

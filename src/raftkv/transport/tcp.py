@@ -82,8 +82,10 @@ class PeerTransport:
         tuning: TransportTuning | None = None,
         is_member: Callable[[NodeId], bool] | None = None,
         tls: PeerTls | None = None,
+        advertise: tuple[int, int] = (1, 1),
     ) -> None:
         self._node_id = node_id
+        self._advertise = advertise  # (format, command set) we understand, sent in our Hello
         self._cluster_name = cluster_name
         self._listen = listen
         # Our own entry is skipped, so callers may pass the whole cluster's address map.
@@ -125,6 +127,10 @@ class PeerTransport:
             tls=tls,
             logger=self._log,
         )
+
+    def peer_versions(self) -> Mapping[NodeId, tuple[int, int]]:
+        """(format, command set) each peer advertised in its latest accepted Hello."""
+        return self._in.versions
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -230,6 +236,11 @@ class PeerTransport:
         if task is not None:
             task.cancel()
 
+    def drop_non_members(self) -> None:
+        """Close inbound connections whose peer `is_member` no longer accepts (call after a
+        configuration change)."""
+        self._in.drop_non_members()
+
     def _add_peer(self, peer_id: NodeId, addr: tuple[str, int]) -> None:
         peer = OutboundPeer(
             node_id=self._node_id,
@@ -243,6 +254,7 @@ class PeerTransport:
             report_unreachable=self._report_unreachable,
             logger=self._log,
             tls=self._tls,
+            advertise=self._advertise,
         )
         self._peers[peer_id] = peer
         peer.start()

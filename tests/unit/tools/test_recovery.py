@@ -149,3 +149,16 @@ def test_force_new_cluster_needs_a_log(tmp_path: Path) -> None:
     with pytest.raises(RecoveryError, match="no Raft log") as info:
         force_new_cluster(tmp_path / "nothing", "a")
     assert info.value.misuse
+
+
+def test_restored_and_recovered_directories_record_the_current_data_format(
+    tmp_path: Path,
+) -> None:
+    from raftkv.storage.format import FORMAT_VERSION, DataFormatError, read_format, write_format
+
+    done = restore_snapshot(backup_file(tmp_path), tmp_path / "data", "x", {"x": "h:1"})
+    assert read_format(done.node_dir) == FORMAT_VERSION
+    # force_new_cluster checks the format first: a newer directory is never rewritten.
+    write_format(done.node_dir, FORMAT_VERSION + 1)
+    with pytest.raises(DataFormatError, match="newer raftkv"):
+        force_new_cluster(done.node_dir, "x")
