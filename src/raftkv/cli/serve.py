@@ -28,6 +28,7 @@ from raftkv.server.config import ConfigError, Settings, load_settings
 from raftkv.server.http import create_app
 from raftkv.server.logging import bind_node, configure_logging
 from raftkv.server.runner import run_http
+from raftkv.server.tls import node_client_context, server_context
 from raftkv.storage.errors import StorageError
 from raftkv.storage.failure import EXIT_IOERR, StorageFailure, describe, is_storage_error
 from raftkv.transport.tls import PeerTls, TlsConfigError
@@ -54,6 +55,7 @@ def node_options(s: Settings) -> NodeOptions:
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,
         metrics=s.metrics,
+        peer_tls=PeerTls(s.tls_peer) if s.tls_peer is not None else None,
     )
 
 
@@ -180,7 +182,12 @@ def register(app: typer.Typer) -> None:
         }
         try:
             settings = load_settings(overrides)
-        except ConfigError as exc:
+            # Load the TLS files now, so that a bad pair fails here, naming the field.
+            server_context(settings)
+            node_client_context(settings)
+            if settings.tls_peer is not None:
+                PeerTls(settings.tls_peer)
+        except (ConfigError, TlsConfigError) as exc:
             print(f"raftkv: invalid configuration: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
         configure_logging(settings.log_level, settings.log_format)
