@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from raftkv.server.config import load_settings
 from raftkv.transport.certs import init_certs
+from raftkv.transport.tls import PeerTls, TlsFiles
 
 from .deployfiles import REPO, final_stage, image_file, load_compose, service_env
 
@@ -80,3 +82,19 @@ def test_docker_compose_accepts_both_files_with_generated_certificates(tmp_path:
         assert service["environment"]["KV_CONFIG"] == TLS_CONFIG
         assert {s["target"] for s in service["secrets"]} == {"ca.crt", "peer.crt", "peer.key"}
         assert "9001" not in str(service.get("ports", ""))  # still no Raft port on the host
+
+
+def test_a_node_resolves_the_tls_config_to_its_certificate(tmp_path: Path) -> None:
+    stage = final_stage()
+    text = image_file(stage, TLS_CONFIG).read_text(encoding="utf-8")
+    init_certs(tmp_path / "certs", ["node-2"], ["localhost"])
+    secrets = tmp_path / "run-secrets"  # what compose mounts at /run/secrets/ for node-2
+    secrets.mkdir()
+    for target, src in (("ca.crt", "ca.crt"), ("peer.crt", "node-2/peer.crt")):
+        shutil.copy(tmp_path / "certs" / src, secrets / target)
+    shutil.copy(tmp_path / "certs" / "node-2" / "peer.key", secrets / "peer.key")
+    config = tmp_path / "cluster.yaml"
+    config.write_text(text.replace("/run/secrets", str(secrets)), encoding="utf-8")
+    s = load_settings({"config": str(config), "node_id": "node-2"}, env={})
+    assert s.tls_peer == TlsFiles(secrets / "peer.crt", secrets / "peer.key", secrets / "ca.crt")
+    PeerTls(s.tls_peer)  # the files form a usable pair
