@@ -178,3 +178,20 @@ def test_leader_gate_follows_configuration_and_hello_changes() -> None:
     raw.leader = "n2"  # a follower does not gate: the leader does
     advertised[NodeId("n3")] = OLD
     node._check_feature(Compact(revision=1))
+
+
+@aio
+async def test_http_reply_is_503_feature_not_enabled_with_context(tmp_path: Path) -> None:
+    from tests.unit.server.fakes import FakeNode, client_for, make_settings
+
+    node = FakeNode()
+    node.fail_with = FeatureNotEnabled("txn", 2, 1, ["node-3 (at 1)"])
+    async with client_for(node, make_settings(tmp_path)) as client:
+        resp = await client.put("/kv/k", json={"value": "v"})
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "5"
+        body = await resp.json()
+    assert body["code"] == "feature_not_enabled"
+    assert body["kind"] == "txn" and body["waiting_for"] == ["node-3 (at 1)"]
+    assert (body["needs_command_set"], body["cluster_command_set"]) == (2, 1)
+    assert "'txn' needs command set 2" in body["error"]
