@@ -48,6 +48,7 @@ class TlsCluster(LocalCluster):
                 "tls:\n  http:\n"
                 f'    cert: "{root}/{{node_id}}/http.crt"\n'
                 f'    key: "{root}/{{node_id}}/http.key"\n'
+                f'    ca: "{root}/ca.crt"\n'
             )
 
     def client_url(self, name: str) -> str:

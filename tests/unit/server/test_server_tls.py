@@ -248,3 +248,27 @@ def test_tls_config_paths_and_errors(tmp_path: Path, certs: CertLayout) -> None:
     base.write_text(seed + f"tls:\n  peer:\n    cert: '{certs.peer_cert('node-1')}'\n")
     with pytest.raises(ConfigError, match=r"^tls\.peer\.key: required"):
         load_settings({"config": base, "node_id": "node-2"}, env={})
+
+
+@aio
+async def test_https_without_peer_tls_forwards_with_tls_http_ca(
+    tmp_path: Path, certs: CertLayout
+) -> None:
+    recorder = Recorder()
+    leader_settings = dataclasses.replace(tls_settings(tmp_path, certs, "node-1"), tls_peer=None)
+    async with recorder_leader(leader_settings, recorder) as port:
+        peers = {"node-1": f"127.0.0.1:{port}", "node-2": "127.0.0.1:2", "node-3": "127.0.0.1:3"}
+        base = dataclasses.replace(tls_settings(tmp_path, certs, "node-2"), tls_peer=None)
+        text = {"Content-Type": "text/plain"}
+        outcomes = []
+        for http_ca in (None, certs.ca_cert):  # the system CAs do not know the cluster CA
+            assert base.tls_http is not None
+            files = dataclasses.replace(base.tls_http, ca=http_ca)
+            follower = FakeNode("node-2", leader_id="node-1", http_peers=peers)
+            async with serving(follower, dataclasses.replace(base, tls_http=files)) as fport:
+                url = f"https://localhost:{fport}/kv/k"
+                status, body = await fetch("PUT", url, client_ctx(certs), data=b"v", headers=text)
+                outcomes.append((status, body.get("code")))
+    assert outcomes == [(503, "leader_unreachable"), (200, None)]
+    [(_, callers)] = recorder.seen
+    assert callers == []  # no peer certificate to present
