@@ -10,6 +10,8 @@ Rules:
   else the system's CAs, with host-name checking (`raftkv certs init --hosts` puts the hosts in
   it), and presents this node's PEER certificate (with `tls.peer`), whose URI SAN
   `raftkv://node/<id>` names it.
+- SIGHUP re-reads the HTTPS files into the live listener (`reload_server_context`), so a
+  certificate is rotated without a restart (the peer side reloads on the same signal).
 - `X-Raftkv-Forwarded-By: <id>` (FORWARDED_HEADER) is believed only when `forwarded_by` says so:
   with peer TLS, only on a connection whose verified client certificate names that same node id
   — from anyone else the header is ignored (the request is handled as any client's). Without
@@ -77,6 +79,20 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
     elif cas:
         ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
+
+
+def reload_server_context(ctx: ssl.SSLContext, settings: Settings) -> None:
+    """Re-read `tls.http.cert/key` (and the CAs) into the listener's live context: handshakes
+    from now on use the new files, established connections keep theirs. Raises TlsConfigError
+    (the context then still holds the old pair: `load_cert_chain` replaces it only on success).
+    A CA can be added this way, not removed (that needs a restart)."""
+    fresh = server_context(settings)  # validates everything before touching the live context
+    files = settings.tls_http
+    assert fresh is not None and files is not None
+    ctx.load_cert_chain(files.cert, files.key)
+    for path in (files.client_ca, settings.tls_peer.ca if settings.tls_peer else None):
+        if path is not None:
+            ctx.load_verify_locations(cafile=path)
 
 
 def node_client_context(settings: Settings) -> ssl.SSLContext | None:

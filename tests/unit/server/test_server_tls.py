@@ -6,6 +6,7 @@ Certificates come from `raftkv certs init` (transport/certs.py), made once per m
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,10 +20,15 @@ from aiohttp import web
 from raftkv.server.config import Address, ConfigError, Settings, load_settings
 from raftkv.server.forward import FORWARDED_HEADER
 from raftkv.server.http import create_app
-from raftkv.server.runner import run_http
-from raftkv.server.tls import HttpTlsFiles, server_context, verified_node_ids
+from raftkv.server.runner import http_ssl_context, run_http
+from raftkv.server.tls import (
+    HttpTlsFiles,
+    reload_server_context,
+    server_context,
+    verified_node_ids,
+)
 from raftkv.transport.certs import CertLayout, init_certs
-from raftkv.transport.tls import TlsFiles
+from raftkv.transport.tls import TlsConfigError, TlsFiles
 from tests.unit.server.fakes import FakeNode, aio, closed_port, make_settings
 
 NODES = ("node-1", "node-2", "node-3")
@@ -272,3 +278,39 @@ async def test_https_without_peer_tls_forwards_with_tls_http_ca(
     assert outcomes == [(503, "leader_unreachable"), (200, None)]
     [(_, callers)] = recorder.seen
     assert callers == []  # no peer certificate to present
+
+
+@aio
+async def test_https_certificate_reload_without_restart(
+    tmp_path: Path, certs: CertLayout, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    other = CertLayout(tmp_path_factory.mktemp("rotated"))
+    init_certs(other.root, ["node-1"], ["localhost", "127.0.0.1"])
+    live = tmp_path / "live"
+    live.mkdir()
+    for name in ("http.crt", "http.key"):
+        shutil.copy(certs.root / "node-1" / name, live / name)
+    settings = dataclasses.replace(
+        make_settings(tmp_path),
+        tls_http=HttpTlsFiles(live / "http.crt", live / "http.key"),
+        http_listen=Address("127.0.0.1", 0),
+    )
+    runner = await run_http(create_app(FakeNode(), settings), settings)
+    try:
+        url = f"https://localhost:{runner.addresses[0][1]}/health"
+        assert (await fetch("GET", url, client_ctx(certs)))[0] == 200
+        ctx = http_ssl_context(runner)
+        assert ctx is not None
+        # A bad pair is refused and the old one keeps serving.
+        (live / "http.key").write_text("not a key")
+        with pytest.raises(TlsConfigError):
+            reload_server_context(ctx, settings)
+        assert (await fetch("GET", url, client_ctx(certs)))[0] == 200
+        for name in ("http.crt", "http.key"):
+            shutil.copy(other.root / "node-1" / name, live / name)
+        reload_server_context(ctx, settings)
+        assert (await fetch("GET", url, client_ctx(other)))[0] == 200  # the new certificate
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await fetch("GET", url, client_ctx(certs))
+    finally:
+        await runner.cleanup()
