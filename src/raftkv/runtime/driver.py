@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,7 +40,7 @@ import structlog
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
-from raftkv.raft.messages import AnyMessage
+from raftkv.raft.messages import AnyMessage, InstallSnapshot
 from raftkv.raft.rawnode import RawNode, Status
 from raftkv.raft.ready import Apply, Persist, ReadStates, Ready, SendMessages
 from raftkv.raft.storage import MemoryStorage
@@ -57,26 +57,24 @@ from raftkv.raft.types import (
     SnapshotMeta,
     Term,
 )
+from raftkv.runtime import testhooks
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.features import OWN_VERSIONS
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
-from raftkv.storage.errors import UndecodableEntryError
+from raftkv.storage import recovery
+from raftkv.storage.errors import CorruptSnapshotError, UndecodableEntryError
 from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
 from raftkv.storage.format import open_data_dir
 from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
-from raftkv.storage.snapshot_file import SnapshotInfo
-from raftkv.storage.state_lmdb import LmdbState
+from raftkv.storage.recovery import snapshot_path as snapshot_path  # re-exported (ops)
+from raftkv.storage.snapshot_file import SnapshotInfo, verify_snapshot_file
 from raftkv.transport.tcp import PeerTransport, TransportTuning
 
 _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
-
-
-def snapshot_path(data_dir: Path, term: Term, index: Index) -> Path:
-    return data_dir / "snapshots" / f"snap-{term:016d}-{index:016d}.snap"
 
 
 class RaftDriver:
@@ -121,19 +119,18 @@ class RaftDriver:
         fmt = await asyncio.to_thread(open_data_dir, d)
         if fmt.migrated:
             log.info("data directory migrated", node=self.id, steps=fmt.migrated, to=fmt.version)
-        (d / "snapshots").mkdir(parents=True, exist_ok=True)
-        (d / "incoming").mkdir(parents=True, exist_ok=True)
+        # Startup recovery (storage/recovery.py): durable dirs, leftovers removed, the state
+        # rebuilt after an unclean OS restart, state and log reconciled or the start refused.
+        await asyncio.to_thread(recovery.prepare_dirs, d)
         self.durable = await asyncio.to_thread(DurableLog.open, d / "raft.db")
         loaded = await asyncio.to_thread(self.durable.load)
-        self.sm = await asyncio.to_thread(LmdbState.open, d / "state")
+        self.sm = await asyncio.to_thread(recovery.open_state, d)
+        loaded = await asyncio.to_thread(recovery.reconcile, d, self.durable, loaded, self.sm)
         self._bootstrap_conf = ConfState(voters=tuple(sorted(self.opts.peers_raft)))
         self.storage = MemoryStorage(self._bootstrap_conf)
         if loaded.snapshot is not None:
             meta = loaded.snapshot
             path = snapshot_path(d, meta.term, meta.index)
-            if self.sm.applied_index < meta.index:
-                # Only possible if the state was lost: rebuild it from the snapshot file.
-                await asyncio.to_thread(self.sm.install_snapshot, path)
             if not meta.conf.voters:
                 # Recorded before the configuration was kept in the state (see below): no
                 # cluster has zero voters, so it can only mean the configured one.
@@ -222,6 +219,7 @@ class RaftDriver:
         await asyncio.to_thread(self.durable.close)
         await asyncio.to_thread(self.sm.sync)
         self.sm.close()
+        await asyncio.to_thread(recovery.mark_clean, self.opts.data_dir)
         log.info("node stopped", node=self.id)
 
     @property
@@ -333,6 +331,41 @@ class RaftDriver:
     def _on_message(self, msg: AnyMessage) -> None:
         if self._stopping or self.failed:
             return
+        if isinstance(msg, InstallSnapshot) and msg.snapshot.data:
+            # File mode: verify the received file before Raft sees it (off the loop thread).
+            self._tasks.append(asyncio.create_task(self._verify_then_step(msg)))
+            return
+        self._step(msg)
+
+    async def _verify_then_step(self, msg: InstallSnapshot) -> None:
+        """A corrupt received snapshot is discarded and the node keeps running: the leader
+        hears nothing back, its transfer times out or it probes again, and it resends. A
+        snapshot Raft does not take (stale, or we already hold its last entry) is removed from
+        incoming/ at once; a taken one is moved out by `_install_snapshot`."""
+        path = Path(msg.snapshot.data.decode())
+        testhooks.maybe_corrupt_received(path)
+        try:
+            await self._io("snapshot verify", path, self._sm_worker, verify_snapshot_file, path)
+        except CorruptSnapshotError as exc:
+            log.error(
+                "received snapshot is corrupt: discarded, waiting for the leader to resend",
+                node=self.id,
+                leader=msg.from_,
+                error=str(exc),
+            )
+            path.unlink(missing_ok=True)
+            return
+        except Exception as exc:
+            self._die(exc)
+            return
+        if self._stopping or self.failed:
+            return
+        self._step(msg)
+        pending = self.raw.raft.log.unstable_snapshot
+        if pending is None or pending.data != msg.snapshot.data:
+            path.unlink(missing_ok=True)
+
+    def _step(self, msg: AnyMessage) -> None:
         self.metrics.received(msg)
         try:
             self.raw.step(msg)
@@ -461,6 +494,8 @@ class RaftDriver:
                         finally:
                             self._persisting = False
                         self.metrics.persisted(took, len(entries))
+                        if snap is not None:
+                            testhooks.crash_point("snapshot-install:recorded")
                     if snap is not None:
                         self.storage.apply_snapshot(snap)
                     self.storage.append(entries)
@@ -478,13 +513,17 @@ class RaftDriver:
         """Install a received snapshot into the state machine; returns it with our local path."""
         src = Path(snap.data.decode())
         dest = snapshot_path(self.opts.data_dir, snap.meta.term, snap.meta.index)
+        w = self._sm_worker
+        # Order (recovery.py): the file is durably in snapshots/ before the state changes, so
+        # a crash after the install finds it and finishes by recording it in the log.
+        await self._io("rename", dest, w, os.replace, src, dest)
+        await self._io("fsync (directory)", dest.parent, w, fsync_dir, dest.parent)
+        testhooks.crash_point("snapshot-install:moved")
         started = time.perf_counter()
-        info = await self._io(
-            "snapshot install", src, self._sm_worker, self.sm.install_snapshot, src
-        )
+        info = await self._io("snapshot install", dest, w, self.sm.install_snapshot, dest)
         self.metrics.snapshot_done("install", time.perf_counter() - started, info.size)
         self._applied_waiters.applied(self.sm.applied_index)
-        await self._io("rename", dest, self._sm_worker, shutil.move, src, dest)
+        testhooks.crash_point("snapshot-install:installed")
         self._last_snapshot_index = snap.meta.index
         log.info("installed snapshot", node=self.id, index=snap.meta.index, term=snap.meta.term)
         return Snapshot(snap.meta, str(dest).encode())
@@ -565,13 +604,16 @@ class RaftDriver:
         try:
             # The state must be durable before the log entries behind it go.
             await self._io("fsync (LMDB sync)", self.sm.path, w, self.sm.sync)
+            testhooks.crash_point("snapshot-build:synced")
             tmp = self.opts.data_dir / "snapshots" / "building.tmp"
             started = time.perf_counter()
             info = await self._io("snapshot build", tmp, w, self.sm.build_snapshot, tmp)
             self.metrics.snapshot_done("build", time.perf_counter() - started, info.size)
+            testhooks.crash_point("snapshot-build:written")
             dest = snapshot_path(self.opts.data_dir, Term(info.term), Index(info.index))
             await self._io("rename", dest, w, tmp.rename, dest)
             await self._io("fsync (directory)", dest.parent, w, fsync_dir, dest.parent)
+            testhooks.crash_point("snapshot-build:renamed")
             if info.index <= self.storage.snapshot().meta.index:
                 return
             snap = self.storage.create_snapshot(Index(info.index), info.conf, str(dest).encode())
@@ -584,6 +626,7 @@ class RaftDriver:
                 (),
                 snap.meta,
             )
+            testhooks.crash_point("snapshot-build:recorded")
             keep_from = Index(info.index - self.opts.snapshot_keep_entries)
             if keep_from > self.storage.first_index():
                 self.storage.compact(keep_from)
