@@ -4,9 +4,30 @@
 # Each node's command line names its id and the config file, so `pkill -f "node-2"` stops
 # exactly node-2 and `pkill -f "cluster"` stops them all. If one node dies, the others keep
 # running. Data lives under ./data/cluster/node-N and survives a restart.
+#
+# --tls: the same cluster with HTTPS, mutual TLS between the nodes and authentication
+# (config/multi-node-cluster-tls.yaml, data under ./data/cluster-tls). Certificates are made in
+# ./certs with `raftkv certs init` when certs/ca.crt is missing; user root gets the password in
+# RAFTKV_ROOT_PASSWORD, else one generated once and kept in certs/root-password (0600).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-CONFIG="${KV_CONFIG:-config/multi-node-cluster.yaml}"
+TLS=0
+for arg in "$@"; do
+  case "$arg" in
+    --tls) TLS=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "unknown option: $arg (expected --tls)" >&2; exit 2 ;;
+  esac
+done
+if [ "$TLS" -eq 1 ]; then
+  CONFIG="${KV_CONFIG:-config/multi-node-cluster-tls.yaml}"
+  SCHEME=https
+  CURL=(curl --cacert certs/ca.crt)
+else
+  CONFIG="${KV_CONFIG:-config/multi-node-cluster.yaml}"
+  SCHEME=http
+  CURL=(curl)
+fi
 NODES=(node-1 node-2 node-3)
 HTTP=(8081 8082 8083)
 RAFT=(9001 9002 9003)
@@ -21,6 +42,22 @@ if ! ensure_venv >"$install_log" 2>&1; then
   exit 1
 fi
 rm -f "$install_log"
+
+if [ "$TLS" -eq 1 ]; then
+  if [ ! -f certs/ca.crt ]; then
+    echo "Making certificates in ./certs ..."
+    "$VENV/bin/raftkv" certs init --nodes node-1,node-2,node-3 --hosts localhost,127.0.0.1 \
+      --out certs >/dev/null || exit 1
+  fi
+  if [ -z "${RAFTKV_ROOT_PASSWORD:-}" ]; then
+    if [ ! -f certs/root-password ]; then
+      (umask 077 && "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(18))' \
+        >certs/root-password)
+    fi
+    RAFTKV_ROOT_PASSWORD="$(cat certs/root-password)"
+  fi
+  export RAFTKV_ROOT_PASSWORD
+fi
 
 # Refuse to start over a cluster (or anything else) already holding our ports.
 for port in "${HTTP[@]}" "${RAFT[@]}"; do
@@ -51,7 +88,7 @@ done
 # Wait (bounded) until every node answers /health, and a leader is elected.
 deadline=$((SECONDS + 30))
 for i in "${!HTTP[@]}"; do
-  until curl -fsS "http://localhost:${HTTP[$i]}/health" >/dev/null 2>&1; do
+  until "${CURL[@]}" -fsS "$SCHEME://localhost:${HTTP[$i]}/health" >/dev/null 2>&1; do
     if ! kill -0 "${pids[$i]}" 2>/dev/null; then
       echo "${NODES[$i]} exited during startup (see its log above)" >&2
       break
@@ -66,10 +103,19 @@ if [ "$alive" -eq 0 ]; then
   echo "no node is running; cluster not started" >&2
   exit 1
 fi
-until curl -fsS "http://localhost:${HTTP[0]}/ready" >/dev/null 2>&1 || [ $SECONDS -ge $deadline ]; do
+until "${CURL[@]}" -fsS "$SCHEME://localhost:${HTTP[0]}/ready" >/dev/null 2>&1 \
+  || [ $SECONDS -ge $deadline ]; do
   sleep 0.1
 done
 
+if [ "$TLS" -eq 1 ]; then  # the leader creates user root a moment after the election
+  until "${CURL[@]}" -fsS -u "root:$RAFTKV_ROOT_PASSWORD" "$SCHEME://localhost:${HTTP[0]}/auth/whoami" \
+    >/dev/null 2>&1 || [ $SECONDS -ge $deadline ]; do
+    sleep 0.1
+  done
+fi
+
+if [ "$TLS" -eq 0 ]; then
 cat <<BANNER
 
 Cluster started successfully!
@@ -83,6 +129,25 @@ Try these commands:
   curl http://localhost:${HTTP[1]}/kv/test
 
 BANNER
+else
+cat <<BANNER
+
+Cluster started successfully (HTTPS, mutual TLS between nodes, authentication on)!
+Node 1: https://localhost:${HTTP[0]} (Raft: localhost:${RAFT[0]})
+Node 2: https://localhost:${HTTP[1]} (Raft: localhost:${RAFT[1]})
+Node 3: https://localhost:${HTTP[2]} (Raft: localhost:${RAFT[2]})
+User root, password: ${RAFTKV_ROOT_PASSWORD}
+
+Try these commands:
+  curl --cacert certs/ca.crt https://localhost:${HTTP[0]}/cluster/status
+  curl --cacert certs/ca.crt -u 'root:${RAFTKV_ROOT_PASSWORD}' -X PUT https://localhost:${HTTP[0]}/kv/test -d 'hello world'
+  curl --cacert certs/ca.crt -u 'root:${RAFTKV_ROOT_PASSWORD}' https://localhost:${HTTP[1]}/kv/test
+  curl --cacert certs/ca.crt https://localhost:${HTTP[1]}/kv/test      # 401: credentials required
+  TOKEN=\$(curl -s --cacert certs/ca.crt -u 'root:${RAFTKV_ROOT_PASSWORD}' -X POST https://localhost:${HTTP[0]}/auth/token | sed 's/.*"token":"\([^"]*\)".*/\1/')
+  curl --cacert certs/ca.crt -H "Authorization: Bearer \$TOKEN" https://localhost:${HTTP[2]}/kv/test
+
+BANNER
+fi
 
 # Keep running while any node runs; a node that dies does not stop the others.
 wait

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import structlog
 import typer
+from aiohttp import web
 
 from raftkv.ops.recovery import RecoveryError, force_new_cluster
 from raftkv.raft.types import NodeId
@@ -27,11 +28,19 @@ from raftkv.runtime.options import NodeOptions
 from raftkv.server.config import ConfigError, Settings, load_settings
 from raftkv.server.http import create_app
 from raftkv.server.logging import bind_node, configure_logging
-from raftkv.server.runner import run_http
+from raftkv.server.runner import http_ssl_context, run_http
+from raftkv.server.tls import node_client_context, reload_server_context, server_context
 from raftkv.storage.errors import StorageError
 from raftkv.storage.failure import EXIT_IOERR, StorageFailure, describe, is_storage_error
 from raftkv.transport.tls import PeerTls, TlsConfigError
 
+DAMAGED_DATA_ADVICE = (
+    "What is safe: do NOT delete the data directory and restart this node under the same id "
+    "(it would forget its term and votes and could vote twice, and lose entries it "
+    "acknowledged). Keep the directory for analysis; remove this node from the cluster and "
+    "add a replacement with a new id and an empty data directory (docs/durability.md, "
+    "'Replacing a damaged node')"
+)
 _STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
@@ -54,6 +63,7 @@ def node_options(s: Settings) -> NodeOptions:
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,
         metrics=s.metrics,
+        peer_tls=PeerTls(s.tls_peer) if s.tls_peer is not None else None,
     )
 
 
@@ -82,6 +92,22 @@ def reload_peer_tls(tls: PeerTls | None) -> bool:
     return True
 
 
+def reload_tls(tls: PeerTls | None, runner: web.AppRunner, settings: Settings) -> None:
+    """SIGHUP: re-read the peer and the HTTPS files (each keeps its old files on failure)."""
+    reload_peer_tls(tls)
+    ctx = http_ssl_context(runner)
+    if ctx is None:
+        return
+    log = structlog.get_logger("raftkv.serve")
+    try:
+        reload_server_context(ctx, settings)
+    except TlsConfigError as exc:
+        log.error("tls_reload_failed", part="http", error=str(exc), keeping="previous files")
+        return
+    assert settings.tls_http is not None
+    log.info("tls_reloaded", part="http", cert=str(settings.tls_http.cert))
+
+
 async def serve_node(settings: Settings) -> int:
     node = RaftKVNode(node_options(settings))
     await node.start()
@@ -97,8 +123,8 @@ async def serve_node(settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    # Certificate rotation without a restart: new peer connections use the re-read files.
-    loop.add_signal_handler(signal.SIGHUP, reload_peer_tls, node.opts.peer_tls)
+    # Certificate rotation without a restart: new connections use the re-read files.
+    loop.add_signal_handler(signal.SIGHUP, reload_tls, node.opts.peer_tls, runner, settings)
     fatal = node.driver.fatal
     assert fatal is not None
     stop_wait = asyncio.ensure_future(stop.wait())
@@ -180,7 +206,12 @@ def register(app: typer.Typer) -> None:
         }
         try:
             settings = load_settings(overrides)
-        except ConfigError as exc:
+            # Load the TLS files now, so that a bad pair fails here, naming the field.
+            server_context(settings)
+            node_client_context(settings)
+            if settings.tls_peer is not None:
+                PeerTls(settings.tls_peer)
+        except (ConfigError, TlsConfigError) as exc:
             print(f"raftkv: invalid configuration: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
         configure_logging(settings.log_level, settings.log_format)
@@ -193,7 +224,7 @@ def register(app: typer.Typer) -> None:
             print(f"raftkv: {exc}", file=sys.stderr)
             raise typer.Exit(EXIT_IOERR) from None
         except StorageError as exc:
-            print(f"raftkv: refusing to start: {exc}", file=sys.stderr)
+            print(f"raftkv: refusing to start: {exc}. {DAMAGED_DATA_ADVICE}", file=sys.stderr)
             raise typer.Exit(3) from None
         except OSError as exc:
             if exc.errno in _STORAGE_ERRNOS:

@@ -16,6 +16,8 @@ Rules:
   `StorageFailure` naming the operation and file and stops the node; nothing is acknowledged
   after it, and `stop()` then writes nothing more (no hard-state save, no sync, no close that
   could checkpoint).
+- Snapshot build, verification of a received snapshot and its install live in
+  `runtime/snapshots.py` (a mixin of the driver), with their crash-safe step order.
 - Work on the state machine off the loop thread (snapshot build, install, sync) runs on ONE
   executor (`_sm_worker`) that `stop()` drains before closing LMDB: no transaction outlives
   the environment.
@@ -27,8 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from random import Random
@@ -40,7 +40,7 @@ import structlog
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
-from raftkv.raft.messages import AnyMessage
+from raftkv.raft.messages import AnyMessage, InstallSnapshot
 from raftkv.raft.rawnode import RawNode, Status
 from raftkv.raft.ready import Apply, Persist, ReadStates, Ready, SendMessages
 from raftkv.raft.storage import MemoryStorage
@@ -55,31 +55,28 @@ from raftkv.raft.types import (
     Role,
     Snapshot,
     SnapshotMeta,
-    Term,
 )
+from raftkv.runtime import testhooks
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.features import OWN_VERSIONS
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
+from raftkv.runtime.snapshots import SnapshotSteps
 from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
+from raftkv.storage import recovery
 from raftkv.storage.errors import UndecodableEntryError
 from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
 from raftkv.storage.format import open_data_dir
-from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
+from raftkv.storage.recovery import snapshot_path as snapshot_path  # re-exported (ops)
 from raftkv.storage.snapshot_file import SnapshotInfo
-from raftkv.storage.state_lmdb import LmdbState
 from raftkv.transport.tcp import PeerTransport, TransportTuning
 
 _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
 
 
-def snapshot_path(data_dir: Path, term: Term, index: Index) -> Path:
-    return data_dir / "snapshots" / f"snap-{term:016d}-{index:016d}.snap"
-
-
-class RaftDriver:
+class RaftDriver(SnapshotSteps):
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.id = opts.node_id
@@ -121,19 +118,18 @@ class RaftDriver:
         fmt = await asyncio.to_thread(open_data_dir, d)
         if fmt.migrated:
             log.info("data directory migrated", node=self.id, steps=fmt.migrated, to=fmt.version)
-        (d / "snapshots").mkdir(parents=True, exist_ok=True)
-        (d / "incoming").mkdir(parents=True, exist_ok=True)
+        # Startup recovery (storage/recovery.py): durable dirs, leftovers removed, the state
+        # rebuilt after an unclean OS restart, state and log reconciled or the start refused.
+        await asyncio.to_thread(recovery.prepare_dirs, d)
         self.durable = await asyncio.to_thread(DurableLog.open, d / "raft.db")
         loaded = await asyncio.to_thread(self.durable.load)
-        self.sm = await asyncio.to_thread(LmdbState.open, d / "state")
+        self.sm = await asyncio.to_thread(recovery.open_state, d)
+        loaded = await asyncio.to_thread(recovery.reconcile, d, self.durable, loaded, self.sm)
         self._bootstrap_conf = ConfState(voters=tuple(sorted(self.opts.peers_raft)))
         self.storage = MemoryStorage(self._bootstrap_conf)
         if loaded.snapshot is not None:
             meta = loaded.snapshot
             path = snapshot_path(d, meta.term, meta.index)
-            if self.sm.applied_index < meta.index:
-                # Only possible if the state was lost: rebuild it from the snapshot file.
-                await asyncio.to_thread(self.sm.install_snapshot, path)
             if not meta.conf.voters:
                 # Recorded before the configuration was kept in the state (see below): no
                 # cluster has zero voters, so it can only mean the configured one.
@@ -222,6 +218,7 @@ class RaftDriver:
         await asyncio.to_thread(self.durable.close)
         await asyncio.to_thread(self.sm.sync)
         self.sm.close()
+        await asyncio.to_thread(recovery.mark_clean, self.opts.data_dir)
         log.info("node stopped", node=self.id)
 
     @property
@@ -333,6 +330,13 @@ class RaftDriver:
     def _on_message(self, msg: AnyMessage) -> None:
         if self._stopping or self.failed:
             return
+        if isinstance(msg, InstallSnapshot) and msg.snapshot.data:
+            # File mode: verify the received file before Raft sees it (off the loop thread).
+            self._tasks.append(asyncio.create_task(self._verify_then_step(msg)))
+            return
+        self._step(msg)
+
+    def _step(self, msg: AnyMessage) -> None:
         self.metrics.received(msg)
         try:
             self.raw.step(msg)
@@ -461,6 +465,8 @@ class RaftDriver:
                         finally:
                             self._persisting = False
                         self.metrics.persisted(took, len(entries))
+                        if snap is not None:
+                            testhooks.crash_point("snapshot-install:recorded")
                     if snap is not None:
                         self.storage.apply_snapshot(snap)
                     self.storage.append(entries)
@@ -473,21 +479,6 @@ class RaftDriver:
                         self._reads.read_state(rs.context, rs.index, self.sm.applied_index)
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader)
-
-    async def _install_snapshot(self, snap: Snapshot) -> Snapshot:
-        """Install a received snapshot into the state machine; returns it with our local path."""
-        src = Path(snap.data.decode())
-        dest = snapshot_path(self.opts.data_dir, snap.meta.term, snap.meta.index)
-        started = time.perf_counter()
-        info = await self._io(
-            "snapshot install", src, self._sm_worker, self.sm.install_snapshot, src
-        )
-        self.metrics.snapshot_done("install", time.perf_counter() - started, info.size)
-        self._applied_waiters.applied(self.sm.applied_index)
-        await self._io("rename", dest, self._sm_worker, shutil.move, src, dest)
-        self._last_snapshot_index = snap.meta.index
-        log.info("installed snapshot", node=self.id, index=snap.meta.index, term=snap.meta.term)
-        return Snapshot(snap.meta, str(dest).encode())
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
         todo = [e for e in entries if e.index > self.sm.applied_index]
@@ -556,51 +547,6 @@ class RaftDriver:
                 self.metrics.read_index_rounds += 1
             except NotLeader:
                 self._reads_need_leader.append(ctx)
-
-    # -- snapshots ----------------------------------------------------------------------------
-    async def _take_snapshot(self) -> None:
-        """Build a snapshot file, then record it in the log (which compacts the log). Any
-        error stops the node: a half-done snapshot must never be followed by a compaction."""
-        w = self._sm_worker
-        try:
-            # The state must be durable before the log entries behind it go.
-            await self._io("fsync (LMDB sync)", self.sm.path, w, self.sm.sync)
-            tmp = self.opts.data_dir / "snapshots" / "building.tmp"
-            started = time.perf_counter()
-            info = await self._io("snapshot build", tmp, w, self.sm.build_snapshot, tmp)
-            self.metrics.snapshot_done("build", time.perf_counter() - started, info.size)
-            dest = snapshot_path(self.opts.data_dir, Term(info.term), Index(info.index))
-            await self._io("rename", dest, w, tmp.rename, dest)
-            await self._io("fsync (directory)", dest.parent, w, fsync_dir, dest.parent)
-            if info.index <= self.storage.snapshot().meta.index:
-                return
-            snap = self.storage.create_snapshot(Index(info.index), info.conf, str(dest).encode())
-            await self._io(
-                "log commit",
-                self.durable.path,
-                self._writer,
-                self.durable.save,
-                None,
-                (),
-                snap.meta,
-            )
-            keep_from = Index(info.index - self.opts.snapshot_keep_entries)
-            if keep_from > self.storage.first_index():
-                self.storage.compact(keep_from)
-            self._last_snapshot_index = Index(info.index)
-            self._prune_snapshots(keep=2)
-            log.info("snapshot taken", node=self.id, index=info.index, bytes=info.size)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._die(exc)
-        finally:
-            self._snapshotting = False
-
-    def _prune_snapshots(self, keep: int) -> None:
-        files = sorted((self.opts.data_dir / "snapshots").glob("snap-*.snap"))
-        for old in files[:-keep]:
-            old.unlink(missing_ok=True)
 
     # -- requests -----------------------------------------------------------------------------
     def _soft_change(self) -> asyncio.Future[None]:

@@ -49,6 +49,8 @@ class RaftKVNode:
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.driver = RaftDriver(opts)
+        # (key, value) cache of cluster_versions(): the key is what the value depends on.
+        self._versions: tuple[tuple[object, ...], ClusterVersions] | None = None
         self._backups = Backups(self.driver)
 
     @property
@@ -62,16 +64,21 @@ class RaftKVNode:
         await self.driver.stop()
 
     def cluster_versions(self) -> ClusterVersions:
-        """What every member understands, as this node knows it (runtime/features.py)."""
-        st = self.driver.status()
-        peers = {str(n): v for n, v in self.driver.transport.peer_versions().items()}
-        return cluster_versions(self.opts.node_id, st.conf.all_nodes(), peers)
+        """What every member understands, as this node knows it (runtime/features.py).
+        Recomputed only when the configuration or a peer's advertised versions change."""
+        conf = self.driver.raw.conf
+        advertised = tuple(self.driver.transport.peer_versions().items())
+        if self._versions is None or self._versions[0] != (conf, advertised):
+            peers = {str(n): v for n, v in advertised}
+            computed = cluster_versions(self.opts.node_id, conf.all_nodes(), peers)
+            self._versions = ((conf, advertised), computed)
+        return self._versions[1]
 
     def _check_feature(self, cmd: Command) -> None:
         """The leader refuses a kind that some member cannot apply yet (FeatureNotEnabled)."""
         if kind_of(cmd).since <= BASE_COMMAND_SET:
             return  # understood by every version: no lookup on the hot path
-        if self.driver.status().role is not Role.LEADER:
+        if self.driver.raw.leader != self.opts.node_id:
             return  # the leader decides; a follower's propose raises NotLeader (forwarded)
         check_enabled(cmd, self.cluster_versions())
 
@@ -87,6 +94,18 @@ class RaftKVNode:
         return result  # type: ignore[return-value]  # propose returns the apply result
 
     # Shorthands for tests and tools (the server uses `write`/`read`).
+    async def propose_command(self, cmd: Command) -> object:
+        """Propose any registered command (auth management); returns its apply result."""
+        return await self.write(cmd)
+
+    def local_get(self, key: str) -> str | None:
+        """This node's applied auth record `key`, at once (no ReadIndex)."""
+        return self.driver.sm.read(lambda store: store.auth_get(key))
+
+    def local_items(self, prefix: str) -> list[tuple[str, str]]:
+        """This node's applied auth records under `prefix` (users, roles: small)."""
+        return self.driver.sm.read(lambda store: store.auth_items(prefix))
+
     async def put(self, key: str, value: str | bytes) -> Result:
         return await self.write(Put(key, value))
 

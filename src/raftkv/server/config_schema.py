@@ -187,6 +187,37 @@ class LoggingSection(_Section, frozen=True, kw_only=True):
     format: Annotated[LogFormat, Meta(description="log line format")] = "console"
 
 
+class TlsSection(_Section, frozen=True, kw_only=True):
+    # Checked in config.py (`_tls_part`): file paths, `{node_id}` replaced by the node's id.
+    http: Annotated[
+        dict[str, str] | None,
+        Meta(
+            description="HTTPS for the API: `cert`, `key`, optional `client_ca` (then client "
+            "certificates are required) and `ca` (issuer of the nodes' HTTP certificates, for "
+            "node-to-node HTTPS; default `tls.peer.ca`); paths may hold `{node_id}`",
+            extra={"custom": True, "default_doc": "plain HTTP"},
+        ),
+    ] = None
+    peer: Annotated[
+        dict[str, str] | None,
+        Meta(
+            description="mutual TLS between members: `cert`, `key`, `ca` (the cluster CA); "
+            "paths may hold `{node_id}`",
+            extra={"custom": True, "default_doc": "plain TCP"},
+        ),
+    ] = None
+
+
+class AuthSection(_Section, frozen=True, kw_only=True):
+    enabled: Annotated[
+        bool,
+        Meta(description="require users and roles (Basic or bearer token) on the HTTP API"),
+    ] = False
+    token_ttl_s: Annotated[
+        int, Meta(ge=1, description="lifetime of a token from `POST /auth/token`, in seconds")
+    ] = 600
+
+
 class ConfigFile(_Section, frozen=True, kw_only=True):
     """The whole file. Sections in this order; `cluster` is required."""
 
@@ -195,6 +226,8 @@ class ConfigFile(_Section, frozen=True, kw_only=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     storage: StorageSection = msgspec.field(default_factory=StorageSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
+    tls: TlsSection = msgspec.field(default_factory=TlsSection)
+    auth: AuthSection = msgspec.field(default_factory=AuthSection)
 
 
 REQUIRED_SECTIONS: Final = frozenset({"cluster"})

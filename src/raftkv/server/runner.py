@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from http import HTTPStatus
 from typing import Any, Final, cast
 
@@ -33,6 +34,7 @@ from aiohttp.web_request import BaseRequest
 from raftkv.server.config import Settings
 from raftkv.server.errors import error_response, http_error_code
 from raftkv.server.inputs import MAX_KEY_BYTES
+from raftkv.server.tls import scheme, server_context
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +59,11 @@ def server_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
+def http_ssl_context(runner: web.AppRunner) -> ssl.SSLContext | None:
+    """The live context of a runner made by `run_http` (None: plain HTTP)."""
+    return runner.ssl_context if isinstance(runner, _JsonErrorAppRunner) else None
+
+
 async def run_http(app: web.Application, settings: Settings) -> web.AppRunner:
     """Start serving `app` on settings.http_listen. Stop with `await runner.cleanup()`."""
     runner = _JsonErrorAppRunner(
@@ -68,15 +75,23 @@ async def run_http(app: web.Application, settings: Settings) -> web.AppRunner:
     )
     await runner.setup()
     try:
+        runner.ssl_context = server_context(settings)
         site = web.TCPSite(
-            runner, settings.http_listen.host, settings.http_listen.port, reuse_address=True
+            runner,
+            settings.http_listen.host,
+            settings.http_listen.port,
+            reuse_address=True,
+            ssl_context=runner.ssl_context,
         )
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
     log.info(
-        "http listening", listen=str(settings.http_listen), advertised=str(settings.http_address)
+        "http listening",
+        listen=str(settings.http_listen),
+        advertised=str(settings.http_address),
+        scheme=scheme(settings),
     )
     return runner
 
@@ -152,6 +167,7 @@ class _JsonErrorAppRunner(web.AppRunner):
     ) -> None:
         super().__init__(app, **kwargs)
         self._max_connections = max_connections
+        self.ssl_context: ssl.SSLContext | None = None  # the HTTPS listener's (tls.reload)
 
     async def _make_server(self) -> web.Server:
         # The app builds its Server (startup, freezing, handler_args); we swap the class only.

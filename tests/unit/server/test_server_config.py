@@ -236,7 +236,7 @@ BAD_FILES = [
     ),
     (
         SEED + "extra: 1\n",
-        "extra: unknown key (expected one of cluster, raft, server, storage, logging)",
+        "extra: unknown key (expected one of cluster, raft, server, storage, logging, tls, auth)",
     ),
     (
         SEED.replace('level: "info"', 'level: "loud"'),
