@@ -1,7 +1,9 @@
 """`raftkv serve`: run one node (Raft runtime + HTTP API) until SIGINT/SIGTERM.
 
 Rules: an invalid config exits 2 with a message naming the field; a corrupt log or snapshot
-exits 3 naming what is corrupt and where; a broken invariant at run time exits 70.
+exits 3 naming what is corrupt and where; a broken invariant at run time exits 70. A node that
+was removed from the cluster exits 0 after saying so (and refuses to start again: exit 2).
+`--join` and restarts from the node's own `member.json`: see `raftkv.server.joining`.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ from typing import Annotated, Any
 import typer
 
 from raftkv.raft.types import NodeId
+from raftkv.runtime.driver import NodeRemoved
 from raftkv.runtime.node import RaftKVNode
 from raftkv.runtime.options import NodeOptions
-from raftkv.server.config import ConfigError, Settings, load_settings
+from raftkv.server.config import ConfigError, Settings
 from raftkv.server.http import create_app
+from raftkv.server.joining import check_not_removed, resolve, save_member_file
 from raftkv.server.logging import bind_node, configure_logging
 from raftkv.server.runner import run_http
 from raftkv.storage.errors import StorageError
 
 
-def node_options(s: Settings) -> NodeOptions:
+def node_options(
+    s: Settings, initial_voters: tuple[str, ...] | None = None, *, auto_promote: bool = True
+) -> NodeOptions:
     return NodeOptions(
         node_id=NodeId(s.node_id),
         cluster_name=s.cluster_name,
@@ -35,13 +41,15 @@ def node_options(s: Settings) -> NodeOptions:
         http_advertise=str(s.http_address),
         peers_raft={NodeId(n): (a.host, a.port) for n, a in s.raft_peers.items()},
         peers_http={NodeId(n): str(a) for n, a in s.http_peers.items()},
-        bootstrap_id=NodeId(s.bootstrap_id),
+        bootstrap_id=NodeId(s.bootstrap_id) if s.bootstrap_id in s.raft_peers else None,
         source_host=s.raft_listen.host if s.raft_listen.host not in ("0.0.0.0", "::") else None,
         tick_ms=float(s.tick_ms),
         election_ticks=s.election_ticks,
         snapshot_every=s.snapshot_every,
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,
+        initial_voters=tuple(NodeId(v) for v in initial_voters) if initial_voters else None,
+        auto_promote=auto_promote,
     )
 
 
@@ -55,8 +63,8 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 50, 1000)
 
 
-async def serve_node(settings: Settings) -> int:
-    node = RaftKVNode(node_options(settings))
+async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None = None) -> int:
+    node = RaftKVNode(node_options(settings, initial_voters))
     await node.start()
     _tune_gc()
     try:
@@ -76,6 +84,8 @@ async def serve_node(settings: Settings) -> int:
     waits: list[asyncio.Future[Any]] = [stop_wait, fatal]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     code = 70 if fatal.done() else 0
+    if fatal.done() and isinstance(fatal.result(), NodeRemoved):
+        code = 0  # removed from the cluster: a normal end (the driver logged why)
     stop_wait.cancel()
     if code == 0:
         # Graceful stop: hand leadership over, refuse new requests (503 node_stopping), let
@@ -88,7 +98,7 @@ async def serve_node(settings: Settings) -> int:
     return code
 
 
-def _run(settings: Settings) -> int:
+def _run(settings: Settings, initial_voters: tuple[str, ...] | None = None) -> int:
     try:
         import uvloop
 
@@ -96,7 +106,7 @@ def _run(settings: Settings) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.Runner()
     with runner:
-        return runner.run(serve_node(settings))
+        return runner.run(serve_node(settings, initial_voters))
 
 
 def register(app: typer.Typer) -> None:
@@ -109,6 +119,18 @@ def register(app: typer.Typer) -> None:
         raft_port: Annotated[int | None, typer.Option("--raft-port")] = None,
         log_level: Annotated[str | None, typer.Option("--log-level")] = None,
         log_format: Annotated[str | None, typer.Option("--log-format")] = None,
+        join: Annotated[
+            str | None,
+            typer.Option("--join", help="join the cluster at this HTTP URL (reads no config file)"),
+        ] = None,
+        raft_address: Annotated[
+            str | None,
+            typer.Option("--raft-address", help="with --join: this node's Raft host:port"),
+        ] = None,
+        http_address: Annotated[
+            str | None,
+            typer.Option("--http-address", help="with --join: this node's HTTP host:port"),
+        ] = None,
     ) -> None:
         """Run one node of the cluster (flags > env > config file > defaults)."""
         overrides = {
@@ -121,14 +143,30 @@ def register(app: typer.Typer) -> None:
             "log_format": log_format,
         }
         try:
-            settings = load_settings(overrides)
+            resolved = resolve(
+                overrides, join=join, raft_address=raft_address, http_address=http_address
+            )
+            settings = resolved.settings
+            has_data = (settings.data_dir / "raft.db").exists()
+            if has_data and not resolved.joined and (peer := check_not_removed(settings)):
+                print(
+                    f"raftkv: refusing to start: {settings.node_id} was removed from the cluster "
+                    f"(so says {peer}); it cannot rejoin under this id: start a new node with a "
+                    "new id and an empty data directory",
+                    file=sys.stderr,
+                )
+                raise typer.Exit(2)
+            save_member_file(settings, resolved.initial_voters)
         except ConfigError as exc:
             print(f"raftkv: invalid configuration: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
         configure_logging(settings.log_level, settings.log_format)
         bind_node(settings.node_id)
         try:
-            code = _run(settings)
+            code = _run(settings, resolved.initial_voters)
+        except NodeRemoved as exc:
+            print(f"raftkv: refusing to start: {exc}", file=sys.stderr)
+            raise typer.Exit(2) from None
         except StorageError as exc:
             print(f"raftkv: refusing to start: {exc}", file=sys.stderr)
             raise typer.Exit(3) from None

@@ -12,6 +12,9 @@ Rules:
   the state machine does not have.
 - A broken invariant stops the node (`fatal` resolves); a malformed peer message is logged and
   dropped.
+- Membership: the member addresses are the replicated `ClusterRecord` (runtime/members.py),
+  stored with the configuration in the same apply transaction; the transport dials what it
+  holds. A node that applies its own removal resolves `fatal` with `NodeRemoved` and stops.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ from raftkv.raft.types import (
     Term,
 )
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
+from raftkv.runtime.members import (
+    ClusterRecord,
+    bootstrap_record,
+    decode_record,
+    encode_record,
+    record_after,
+)
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, ReadWaiters
 from raftkv.storage.raftlog import DurableLog
@@ -56,6 +66,11 @@ from raftkv.transport.tcp import PeerTransport
 
 _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
+
+
+class NodeRemoved(Exception):
+    """This node was removed from the cluster (it applied its own removal, or finds itself in
+    the record's `removed` ids at start): it must stop and never rejoin under this id."""
 
 
 def snapshot_path(data_dir: Path, term: Term, index: Index) -> Path:
@@ -85,6 +100,11 @@ class RaftDriver:
         self._bootstrap_until = 0.0  # fresh cluster: the bootstrap node campaigns until then
         self._hold_elections_until = 0.0  # fresh cluster: other nodes wait for it until then
         self._last_snapshot_index = Index(0)
+        self.members = ClusterRecord()  # the replicated membership record (addresses)
+        self.heard: dict[NodeId, float] = {}  # peer -> loop time of its last message
+        self._now = 0.0  # loop time, refreshed every tick (cheap for `heard`)
+        self._removed: frozenset[str] = frozenset()  # = members.removed, for a fast check
+        self._removed_logged: dict[str, float] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,7 +116,7 @@ class RaftDriver:
         self.durable = await asyncio.to_thread(DurableLog.open, d / "raft.db")
         loaded = await asyncio.to_thread(self.durable.load)
         self.sm = await asyncio.to_thread(LmdbState.open, d / "state")
-        self._bootstrap_conf = ConfState(voters=tuple(sorted(self.opts.peers_raft)))
+        self._bootstrap_conf = self._initial_conf()
         self.storage = MemoryStorage(self._bootstrap_conf)
         if loaded.snapshot is not None:
             meta = loaded.snapshot
@@ -115,6 +135,23 @@ class RaftDriver:
             # It must be in the state: snapshots carry the state's configuration, and a node
             # restarted from (or sent) a snapshot with no voters could never campaign again.
             await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
+        if not self.sm.cluster:
+            # First start (or data from before the record existed): the configured nodes.
+            seed = bootstrap_record(
+                self.opts.peers_raft, self.opts.peers_http, self._bootstrap_conf.voters
+            )
+            live = set(self.sm.conf.all_nodes())
+            seed = ClusterRecord(
+                {n: m for n, m in seed.members.items() if n in live}, seed.initial, seed.removed
+            )
+            await asyncio.to_thread(self.sm.set_conf, self.sm.conf, encode_record(seed))
+        self.members = decode_record(self.sm.cluster)
+        self._removed = frozenset(self.members.removed)
+        if self.id in self.members.removed:
+            raise NodeRemoved(
+                f"node {self.id} was removed from the cluster; it cannot rejoin under this id "
+                "(start a new node with a new id and an empty data directory)"
+            )
         self.storage.append(loaded.entries)
         hs = loaded.hard_state
         if hs.commit < self.sm.applied_index <= self.storage.last_index():
@@ -136,7 +173,9 @@ class RaftDriver:
             # A fresh cluster: give the bootstrap node a head start so it leads first, as the
             # seed shows; if it is not there, we campaign normally after the grace period.
             self._hold_elections_until = loop.time() + 2.0
-        peers = {n: a for n, a in self.opts.peers_raft.items() if n != self.id}
+        # Dial the replicated record's addresses; the configured ones only fill gaps.
+        peers = {**self.opts.peers_raft, **self.members.raft_addresses()}
+        peers = {n: a for n, a in peers.items() if n != self.id and a[1]}
         self.transport = PeerTransport(
             self.id,
             self.opts.cluster_name,
@@ -239,6 +278,10 @@ class RaftDriver:
     def _on_message(self, msg: AnyMessage) -> None:
         if self._stopping:
             return
+        if msg.from_ in self._removed:
+            self._refuse_removed(msg.from_)
+            return
+        self.heard[msg.from_] = self._now
         try:
             self.raw.step(msg)
         except InvariantViolation as exc:
@@ -299,6 +342,7 @@ class RaftDriver:
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         period = self.opts.tick_ms / 1000.0
+        self._now = loop.time()
         if self._hold_elections_until:
             if loop.time() < self._hold_elections_until and self.raw.status().leader is None:
                 return  # no ticks: no election timeout while the bootstrap node starts
@@ -375,20 +419,28 @@ class RaftDriver:
         await asyncio.to_thread(self.sm.install_snapshot, src)
         await asyncio.to_thread(shutil.move, src, dest)
         self._last_snapshot_index = snap.meta.index
+        if self.sm.cluster:
+            self._set_members(decode_record(self.sm.cluster))
         log.info("installed snapshot", node=self.id, index=snap.meta.index, term=snap.meta.term)
         return Snapshot(snap.meta, str(dest).encode())
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
         todo = [e for e in entries if e.index > self.sm.applied_index]
         new_conf: ConfState | None = None
+        record = self.members
         for e in todo:
             if e.kind is EntryKind.CONF_CHANGE:
                 base = new_conf or (self.sm.conf if self.sm.conf.voters else self._bootstrap_conf)
-                new_conf = conf_after(base, _conf_decoder.decode(e.data))
+                cc = _conf_decoder.decode(e.data)
+                new_conf = conf_after(base, cc)
+                record = record_after(record, cc, new_conf)
         if todo:
-            # The resulting configuration is stored in the same LMDB transaction, so a
-            # snapshot never pairs an index with the wrong configuration.
-            results = self.sm.apply(todo, conf=new_conf)
+            # The resulting configuration and member record are stored in the same LMDB
+            # transaction, so a snapshot never pairs an index with the wrong configuration.
+            cluster = encode_record(record) if new_conf is not None else None
+            results = self.sm.apply(todo, conf=new_conf, cluster=cluster)
+            if new_conf is not None:
+                self._set_members(record)
             for e, result in zip(todo, results, strict=True):
                 self._proposals.applied(e.index, e.term, result)
         self._reads.applied(self.sm.applied_index)
@@ -398,6 +450,79 @@ class RaftDriver:
         ):
             self._snapshotting = True
             self._tasks.append(asyncio.create_task(self._take_snapshot()))
+
+    def _initial_conf(self) -> ConfState:
+        """The configuration the cluster started from: the record's, once there is one."""
+        if self.sm.cluster:
+            initial = decode_record(self.sm.cluster).initial
+            if initial:
+                return ConfState(voters=tuple(NodeId(n) for n in initial))
+        voters = self.opts.initial_voters or tuple(self.opts.peers_raft)
+        return ConfState(voters=tuple(sorted(voters)))
+
+    def _set_members(self, record: ClusterRecord) -> None:
+        """Adopt a new membership record: dial new members, drop removed ones."""
+        old, self.members = self.members, record
+        self._removed = frozenset(record.removed)
+        if old == record:
+            return
+        new_addrs = record.raft_addresses()
+        for node, addr in new_addrs.items():
+            if node != self.id and addr[1]:
+                self.transport.update_peer(node, addr)
+        for gone in old.members:
+            if gone not in record.members and gone != self.id:
+                self.transport.remove_peer(NodeId(gone))
+                self.heard.pop(NodeId(gone), None)
+        conf = self.sm.conf
+        log.info(
+            "membership changed",
+            node=self.id,
+            voters=list(conf.voters),
+            learners=list(conf.learners),
+        )
+        if self.id in record.removed:
+            self.learned_removed("its own log")
+
+    def learned_removed(self, source: str) -> None:
+        """This node was removed from the cluster (seen in `source`): say so and stop. A
+        removed follower often never applies its own removal -- the leader stops replicating to
+        it once the change is applied -- so the server also asks the others (members_routes)."""
+        log.warning(
+            "this node was removed from the cluster; stopping (it cannot rejoin under this id)",
+            node=self.id,
+            source=source,
+        )
+        if self.fatal is not None and not self.fatal.done():
+            self.fatal.set_result(NodeRemoved(f"node {self.id} was removed from the cluster"))
+
+    def _refuse_removed(self, node: NodeId) -> None:
+        """Drop a message from a removed node (etcd answers such a member 410 Gone): it must
+        not disturb the cluster with its old term. Logged at most every 10 s per node."""
+        last = self._removed_logged.get(node)
+        if last is None or self._now - last >= 10.0:
+            self._removed_logged[node] = self._now
+            log.warning("refused a message from a removed node", node=self.id, peer=node)
+
+    def is_removed(self, node: str) -> bool:
+        """Whether `node` was removed from the cluster (it must never be let back in)."""
+        return node in self._removed
+
+    def live_conf(self) -> ConfState:
+        """The configuration in force at this node (voters and learners, sorted)."""
+        return self.raw.raft.conf
+
+    def track(self, term: Term, index: Index) -> asyncio.Future[object]:
+        """A future resolved when the entry proposed at (term, index) is applied here."""
+        fut = self._proposals.add(term, index)
+        self._wake.set()
+        self._schedule_pump()
+        return fut
+
+    def poke(self) -> None:
+        """Run the Ready loop soon (after a direct call into the core, e.g. a transfer)."""
+        self._wake.set()
+        self._schedule_pump()
 
     def _after_advance(self, rd: Ready) -> None:
         self._reads.drop_done()

@@ -5,6 +5,8 @@ Rules:
 - `get(linearizable=True)` runs a ReadIndex barrier (thesis §6.4) on any node, followers
   included, then reads local applied state; `linearizable=False` reads local state at once.
 - Readiness: a leader is known and this node has applied everything it knows committed.
+- Peer addresses are the live, replicated membership record (runtime/members.py), not the
+  configured `nodes`: a member added later is listed, a removed one is not.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from raftkv.raft.types import Role
 from raftkv.runtime.api import LocalStatus
 from raftkv.runtime.driver import RaftDriver
 from raftkv.runtime.inspect import NodeInspector
+from raftkv.runtime.membership import MembershipManager
 from raftkv.runtime.options import NodeOptions
 
 
@@ -28,6 +31,7 @@ class RaftKVNode:
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.driver = RaftDriver(opts)
+        self.membership = MembershipManager(self.driver, auto_promote=opts.auto_promote)
 
     @property
     def node_id(self) -> str:
@@ -35,8 +39,10 @@ class RaftKVNode:
 
     async def start(self) -> None:
         await self.driver.start()
+        self.membership.start()
 
     async def stop(self) -> None:
+        await self.membership.stop()
         await self.driver.stop()
 
     async def put(self, key: str, value: str) -> None:
@@ -74,10 +80,16 @@ class RaftKVNode:
         return self.driver.sm.applied_index >= st.commit
 
     def peer_http_addresses(self) -> Mapping[str, str]:
-        return {str(n): a for n, a in self.opts.peers_http.items()}
+        record = self.driver.members.members
+        if not record:  # not started yet
+            return {str(n): a for n, a in self.opts.peers_http.items()}
+        return {n: m.http_address for n, m in record.items()}
 
     def peer_raft_addresses(self) -> Mapping[str, str]:
-        return {n: _addr(a) for n, a in self.opts.peers_raft.items()}
+        record = self.driver.members.members
+        if not record:
+            return {n: _addr(a) for n, a in self.opts.peers_raft.items()}
+        return {n: m.raft_address for n, m in record.items()}
 
     def inspector(self) -> NodeInspector:
         """Read-only views for the /debug endpoints (runtime/inspect.py)."""

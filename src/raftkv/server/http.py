@@ -33,6 +33,7 @@ from raftkv.runtime.api import (
     NotLeaderError,
     OperationTimeout,
 )
+from raftkv.runtime.membership import MembershipManager
 from raftkv.server.config import Settings
 from raftkv.server.errors import ApiError, error_middleware, error_response, json_response
 from raftkv.server.forward import FORWARDED_HEADER, Forwarder, resolve_source_ip
@@ -44,6 +45,7 @@ from raftkv.server.inputs import (
     value_from_body,
 )
 from raftkv.server.inspect_routes import add_inspect_routes
+from raftkv.server.members_routes import add_member_routes
 from raftkv.server.runner import server_kwargs
 from raftkv.server.status import StatusProbe, cluster_status, local_status_json
 
@@ -82,6 +84,9 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
     for method, path, handler in routes:
         app.router.add_route(method, path, handler, expect_handler=api.expect_continue)
     add_inspect_routes(app, node)
+    membership = getattr(node, "membership", None)
+    if isinstance(membership, MembershipManager):
+        add_member_routes(app, membership, settings)
     return app
 
 

@@ -72,6 +72,7 @@ class MemoryState:
         self._applied_index = Index(0)
         self._applied_term = Term(0)
         self._conf = conf or ConfState()
+        self._cluster = b""
 
     @property
     def applied_index(self) -> Index:
@@ -85,7 +86,16 @@ class MemoryState:
     def conf(self) -> ConfState:
         return self._conf
 
-    def apply(self, entries: Sequence[Entry], conf: ConfState | None = None) -> list[ApplyResult]:
+    @property
+    def cluster(self) -> bytes:
+        return self._cluster
+
+    def apply(
+        self,
+        entries: Sequence[Entry],
+        conf: ConfState | None = None,
+        cluster: bytes | None = None,
+    ) -> list[ApplyResult]:
         start = first_new(self._applied_index, entries, "memory state")
         results: list[ApplyResult] = [None] * len(entries)
         with self._lock:
@@ -98,10 +108,12 @@ class MemoryState:
                 self._applied_term = entries[-1].term
             if conf is not None:
                 self._conf = conf
+            if cluster is not None:
+                self._cluster = cluster
         return results
 
-    def set_conf(self, conf: ConfState) -> None:
-        self.apply((), conf)
+    def set_conf(self, conf: ConfState, cluster: bytes | None = None) -> None:
+        self.apply((), conf, cluster)
 
     def sync(self) -> None:
         """Nothing to flush: memory has no durability."""
@@ -126,7 +138,9 @@ class MemoryState:
 
     def _image(self) -> tuple[SnapshotHeader, list[tuple[bytes, bytes]]]:
         with self._lock:  # one instant: the data copy and its index/term/conf agree
-            header = SnapshotHeader(self._applied_index, self._applied_term, self._conf)
+            header = SnapshotHeader(
+                self._applied_index, self._applied_term, self._conf, self._cluster
+            )
             data = self._data.copy()
         return header, [(k.encode(), v.encode()) for k, v in data.items()]
 
@@ -155,6 +169,8 @@ class MemoryState:
         with self._lock:
             self._data = DictState(fresh)
             self._applied_index, self._applied_term, self._conf = h.index, h.term, h.conf
+            if h.cluster:
+                self._cluster = h.cluster
         size = path.stat().st_size if path is not None else 0
         return SnapshotInfo(h.index, h.term, h.conf, path, size)
 
