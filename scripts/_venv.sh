@@ -11,7 +11,7 @@ RAFTKV_EXTRAS="${RAFTKV_EXTRAS:-test}"
 # find_uv — sets UV to a uv binary of the pinned version, installing it into .uv/ when needed.
 find_uv() {
   local py="${PYTHON:-python3}" candidate
-  for candidate in "$PWD/.uv/bin/uv" "$(command -v uv 2>/dev/null || true)"; do
+  for candidate in "$PWD/.uv/bin/uv" "$PWD/.uv/venv/bin/uv" "$(command -v uv 2>/dev/null || true)"; do
     if [ -n "$candidate" ] && [ -x "$candidate" ] \
       && [ "$("$candidate" --version 2>/dev/null | awk '{print $2}')" = "$RAFTKV_UV_VERSION" ]; then
       UV="$candidate"
@@ -19,9 +19,18 @@ find_uv() {
     fi
   done
   echo "== installing uv $RAFTKV_UV_VERSION into .uv/"
-  "$py" -m pip install -q --disable-pip-version-check --target "$PWD/.uv" "uv==$RAFTKV_UV_VERSION" \
-    || { echo "could not install uv $RAFTKV_UV_VERSION with $py -m pip" >&2; return 1; }
-  UV="$PWD/.uv/bin/uv"
+  if "$py" -m pip --version >/dev/null 2>&1; then
+    # --target: a private folder, so no system site-packages are touched (and PEP 668 allows it).
+    "$py" -m pip install -q --disable-pip-version-check --target "$PWD/.uv" "uv==$RAFTKV_UV_VERSION" \
+      || { echo "could not install uv $RAFTKV_UV_VERSION with $py -m pip" >&2; return 1; }
+    UV="$PWD/.uv/bin/uv"
+  else
+    # No pip for this python3 (e.g. Debian without python3-pip): a throwaway venv brings its own.
+    "$py" -m venv "$PWD/.uv/venv" \
+      && "$PWD/.uv/venv/bin/python" -m pip install -q --disable-pip-version-check "uv==$RAFTKV_UV_VERSION" \
+      || { echo "could not bootstrap uv: $py has neither pip nor venv (Debian: apt-get install python3-venv)" >&2; return 1; }
+    UV="$PWD/.uv/venv/bin/uv"
+  fi
 }
 
 ensure_venv() {

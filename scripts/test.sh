@@ -17,8 +17,8 @@ UV_PYTHON_DOWNLOADS=never "$UV" lock --check --quiet \
 ensure_apt nft:nftables docker-compose:docker-compose wrk:wrk curl:curl
 
 echo "== ruff"
-"$VENV/bin/ruff" check src tests bench
-"$VENV/bin/ruff" format --check src tests bench
+"$VENV/bin/ruff" check src tests
+"$VENV/bin/ruff" format --check src tests
 echo "== mypy --strict"
 "$VENV/bin/mypy" --strict src/raftkv
 echo "== import-linter"

@@ -21,11 +21,11 @@ from typing import Final, Literal
 import aiohttp
 
 from raftkv.bench.clusters import b64, http_json
-from raftkv.bench.httpc import base_url
 from raftkv.bench.pyload import run_python
 from raftkv.bench.spec import LoadSpec, ProgressFn, System, keyspace_keys
 from raftkv.bench.stats import LoadResult
 from raftkv.bench.wrk import LoadError, run_wrk, wrk_binary
+from raftkv.ops.httpc import base_url
 
 Generator = Literal["auto", "wrk", "python"]
 WATCH_EVERY_S: Final = 0.1

@@ -23,7 +23,6 @@ from rich.table import Table
 
 from raftkv.bench.clusters import ClusterError
 from raftkv.bench.compare import CompareOptions, markdown, run_compare
-from raftkv.bench.inspector import DEFAULT_ADDRESS
 from raftkv.bench.runner import (
     LeaderWatch,
     fill_keyspace,
@@ -36,6 +35,7 @@ from raftkv.bench.runner import (
 from raftkv.bench.spec import LoadSpec
 from raftkv.bench.stats import LoadResult
 from raftkv.bench.wrk import LoadError
+from raftkv.ops.inspector import DEFAULT_ADDRESS
 
 
 class Gen(enum.StrEnum):

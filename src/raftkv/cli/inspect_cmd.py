@@ -1,6 +1,6 @@
 """`raftkv inspect [status|data|raft|test|all]`: the seed's database inspector.
 
-Rules: the reports are built in `raftkv.bench.inspector` (online) and `raftkv.bench.offline`
+Rules: the reports are built in `raftkv.ops.inspector` (online) and `raftkv.ops.offline`
 (`raft --data-dir`); this module only parses flags and prints, a rich table on a terminal or the
 report's JSON with `--json`. Exit codes: 0 fine; 1 a check failed (test step failed, data
 diverges, cluster unhealthy); 2 the cluster or data directory could not be read.
@@ -18,9 +18,9 @@ import msgspec
 import typer
 from rich.console import Console
 
-from raftkv.bench import render
-from raftkv.bench.inspector import DEFAULT_ADDRESS, InspectError, run_report
-from raftkv.bench.offline import OfflineError, read_offline
+from raftkv.ops import render
+from raftkv.ops.inspector import DEFAULT_ADDRESS, InspectError, run_report
+from raftkv.ops.offline import OfflineError, read_offline
 
 
 class What(enum.StrEnum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from raftkv.cli import bench_cmd, chaos_cmd, inspect_cmd, serve, sim_cmd
+from raftkv.cli import bench_cmd, certs, chaos_cmd, inspect_cmd, serve, sim_cmd
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="raftkv: a Raft key-value store")
 
@@ -19,6 +19,7 @@ inspect_cmd.register(app)
 bench_cmd.register(app)
 sim_cmd.register(app)
 chaos_cmd.register(app)
+certs.register(app)
 
 
 def main() -> None:

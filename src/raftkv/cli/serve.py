@@ -84,8 +84,10 @@ async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None 
     waits: list[asyncio.Future[Any]] = [stop_wait, fatal]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     code = 70 if fatal.done() else 0
+    if code:
+        print(f"raftkv: node {settings.node_id} stopping: {fatal.result()}", file=sys.stderr)
     if fatal.done() and isinstance(fatal.result(), NodeRemoved):
-        code = 0  # removed from the cluster: a normal end (the driver logged why)
+        code = 0  # removed from the cluster: a normal end (said so above and in the log)
     stop_wait.cancel()
     if code == 0:
         # Graceful stop: hand leadership over, refuse new requests (503 node_stopping), let

@@ -5,9 +5,11 @@ Rules:
   (array-like: `[tag, field, ...]`). The version byte changes only if this layout changes;
   adding a command does not change it (the union's tags carry that).
 - `decode_command` raises `CommandDecodeError` (never a msgspec or IndexError) for anything it
-  cannot decode: empty data, an unknown version, an unknown tag, malformed msgpack. A committed
-  entry that does not decode is the same on every node, so the caller must treat it as fatal
-  (a newer node proposed something this one does not understand), not skip it.
+  cannot decode: empty data, an unknown version, malformed msgpack; and its subclass
+  `UnknownCommandKind` (carrying the tag) for a well-formed command whose tag is not in
+  `raftkv.kv.registry` - a newer node proposed something this one does not understand. A
+  committed entry that does not decode is the same on every node, so the caller must treat it
+  as fatal (stop, naming the entry), never skip it.
 - No pickle; nothing here allocates more than the input needs.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import msgspec
 
 from raftkv.kv.commands import Command
+from raftkv.kv.registry import COMMAND_SET_VERSION, kind_by_tag, kinds
 
 COMMAND_VERSION = 1
 
@@ -26,6 +29,18 @@ _decoder: msgspec.msgpack.Decoder[Command] = msgspec.msgpack.Decoder(Command)
 
 class CommandDecodeError(ValueError):
     """Entry data that is not a command this version understands."""
+
+
+class UnknownCommandKind(CommandDecodeError):
+    """A well-formed command whose kind (tag) this node's registry does not have."""
+
+    def __init__(self, tag: int) -> None:
+        known = ", ".join(f"{k.tag} {k.name}" for k in kinds())
+        super().__init__(
+            f"unknown command kind tag {tag} (this node knows command set {COMMAND_SET_VERSION}:"
+            f" {known}); it was proposed by a newer node: upgrade this node"
+        )
+        self.tag = tag
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -47,4 +62,18 @@ def decode_command(data: bytes | memoryview) -> Command:
     try:
         return _decoder.decode(memoryview(data)[1:])
     except msgspec.DecodeError as exc:  # ValidationError is a subclass
+        tag = _unknown_tag(memoryview(data)[1:])
+        if tag is not None:
+            raise UnknownCommandKind(tag) from exc
         raise CommandDecodeError(f"malformed command (version {version}): {exc}") from exc
+
+
+def _unknown_tag(payload: memoryview) -> int | None:
+    """The tag of a well-formed `[tag, ...]` array whose tag is not registered (error path)."""
+    try:
+        raw = msgspec.msgpack.decode(payload)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(raw, list) and raw and type(raw[0]) is int and kind_by_tag(raw[0]) is None:
+        return int(raw[0])
+    return None

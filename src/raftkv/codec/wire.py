@@ -30,6 +30,9 @@ WIRE_VERSION = 1
 PROTOCOL_VERSION = 1
 """Version of the peer protocol (frame meanings and order), announced in `Hello`."""
 
+MAX_FRAME_BYTES = 64 << 20
+"""Default limit on one peer frame's payload; an entry (hence a value) must fit in one."""
+
 _LEN = struct.Struct(">I")
 LENGTH_PREFIX_BYTES = _LEN.size
 _VERSION_BYTE = bytes([WIRE_VERSION])

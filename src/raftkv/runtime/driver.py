@@ -60,6 +60,7 @@ from raftkv.runtime.members import (
 )
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, ReadWaiters
+from raftkv.storage.errors import UndecodableEntryError
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.state_lmdb import LmdbState
 from raftkv.transport.tcp import PeerTransport
@@ -270,7 +271,17 @@ class RaftDriver:
         self._reads.fail_all(NodeStopping("node is shutting down"))
 
     def _die(self, exc: BaseException) -> None:
-        log.critical("node stopping on a broken invariant", node=self.id, error=repr(exc))
+        if isinstance(exc, UndecodableEntryError):
+            # Every node holds this entry: skipping it would fork the state machines.
+            log.critical(
+                "node stopping: a committed entry cannot be applied",
+                node=self.id,
+                index=exc.index,
+                tag=exc.tag,
+                error=str(exc),
+            )
+        else:
+            log.critical("node stopping on a broken invariant", node=self.id, error=repr(exc))
         if self.fatal is not None and not self.fatal.done():
             self.fatal.set_result(exc)
 

@@ -7,7 +7,7 @@ Rules:
 - Key listings are *stale* reads of the local applied state (no ReadIndex): they show what this
   node has applied, which is what an operator comparing nodes wants to see.
 - `describe_entry` is the one place that turns a raw log entry into words (type + decoded
-  command); the offline reader (`raftkv.bench.offline`) uses it too, so both views agree.
+  command); the offline reader (`raftkv.ops.offline`) uses it too, so both views agree.
 - Page sizes are bounded (`MAX_KEYS_PAGE`, `MAX_LOG_PAGE`) so one request cannot make a node
   read its whole database into memory.
 """
@@ -23,13 +23,15 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from raftkv.codec.commands import CommandDecodeError, decode_command
-from raftkv.kv.commands import Delete, Put
+from raftkv.kv.registry import kind_of
 from raftkv.raft.types import ConfChange, Entry, EntryKind, Index
 
 if TYPE_CHECKING:
     from raftkv.runtime.driver import RaftDriver
 
 MAX_KEYS_PAGE: Final = 10_000
+MAX_KEYS_PAGE_BYTES: Final = 4 << 20  # key + value bytes in one /debug/keys page
+_KEYS_BATCH: Final = 16  # pairs read per storage call: bounds memory held beyond the page
 MAX_LOG_PAGE: Final = 1_000
 _SNAP_RE: Final = re.compile(r"snap-(\d+)-(\d+)\.snap")
 _conf_decoder: Final = msgspec.msgpack.Decoder(ConfChange)
@@ -37,7 +39,8 @@ _conf_decoder: Final = msgspec.msgpack.Decoder(ConfChange)
 
 @dataclass(frozen=True, slots=True)
 class EntryView:
-    """One log entry in words. `type` is noop | put | delete | conf_change | undecodable."""
+    """One log entry in words. `type` is noop | conf_change | undecodable | a command kind's
+    registry name (put, delete, ...)."""
 
     index: int
     term: int
@@ -94,12 +97,9 @@ def describe_entry(entry: Entry) -> EntryView:
         cmd = decode_command(entry.data)
     except CommandDecodeError as exc:
         return EntryView(entry.index, entry.term, "undecodable", {"error": str(exc)}, size)
-    match cmd:
-        case Put(key=key, value=value):
-            return EntryView(entry.index, entry.term, "put", {"key": key, "value": value}, size)
-        case Delete(key=key):
-            return EntryView(entry.index, entry.term, "delete", {"key": key}, size)
-    return EntryView(entry.index, entry.term, "undecodable", {"error": "unknown"}, size)
+    # Generic over the registry: a new command kind shows up here with no change.
+    fields = {name: getattr(cmd, name) for name in cmd.__struct_fields__}
+    return EntryView(entry.index, entry.term, kind_of(cmd).name, fields, size)
 
 
 def list_snapshots(snap_dir: Path) -> list[SnapshotFileView]:
@@ -129,18 +129,32 @@ class NodeInspector:
     def __init__(self, driver: RaftDriver) -> None:
         self._driver = driver
 
-    async def keys(self, prefix: str, limit: int, after: str | None) -> KeysPage:
+    async def keys(
+        self, prefix: str, limit: int, after: str | None, *, max_bytes: int = MAX_KEYS_PAGE_BYTES
+    ) -> KeysPage:
+        """Up to `limit` pairs and about `max_bytes` of keys + values (at least one pair)."""
         limit = clamp(limit, 1, MAX_KEYS_PAGE)
+        max_bytes = clamp(max_bytes, 1, MAX_KEYS_PAGE_BYTES)
         sm = self._driver.sm
         applied = int(sm.applied_index)
 
-        def read() -> list[tuple[str, str]]:
-            # One more than asked tells whether another page follows.
-            return list(sm.items(prefix, limit + 1, after))
+        def read() -> tuple[list[tuple[str, str]], bool]:
+            # Small batches, so that a page of huge values never sits in memory all at once.
+            out: list[tuple[str, str]] = []
+            size = 0
+            cursor = after
+            while True:
+                batch = list(sm.items(prefix, _KEYS_BATCH, cursor))
+                for key, value in batch:
+                    if len(out) >= limit or (out and size + len(key) + len(value) > max_bytes):
+                        return out, True
+                    out.append((key, value))
+                    size += len(key) + len(value)
+                if len(batch) < _KEYS_BATCH:
+                    return out, False
+                cursor = batch[-1][0]
 
-        items = await asyncio.to_thread(read)
-        more = len(items) > limit
-        items = items[:limit]
+        items, more = await asyncio.to_thread(read)
         return KeysPage(applied, items, items[-1][0] if more and items else None)
 
     async def log(self, start: int | None, limit: int) -> LogPage:

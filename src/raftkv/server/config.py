@@ -11,7 +11,12 @@ Rules:
   (node id -> HTTP "host:port"; default: the node's Raft host with ports 8081, 8082, ... in the
   nodes' declared order), `cluster.listen` (a host every node binds its listeners to, e.g.
   "0.0.0.0" in containers; default: the advertised host), `raft.snapshot_every`,
-  `server.max_value_bytes`, `server.leader_wait_ms`, `server.request_timeout_ms`, `logging.format`.
+  `server.max_value_bytes`, `server.leader_wait_ms`, `server.request_timeout_ms`, `logging.format`,
+  the HTTP hardening limits (`server.body_timeout_ms`, `server.keepalive_timeout_ms`,
+  `server.max_connections`, `server.max_inflight_body_bytes`; see limits.py) and
+  `server.debug_endpoints`.
+- `server.max_value_bytes` must fit in one peer frame (limits.largest_value_bytes); the error
+  names the largest allowed value.
 - Advertised vs listen addresses are separate fields so that a deployment whose listen address
   differs from what peers dial (Kubernetes) needs no change outside this module.
 - `KV_HTTP_PORT` / `KV_RAFT_PORT` (or the flags) replace the port of this node's own entry, both
@@ -32,6 +37,13 @@ from typing import Final, Literal, cast
 
 import yaml
 
+from raftkv.server.limits import (
+    DEFAULT_HTTP_LIMITS,
+    HTTP_LIMIT_KEYS,
+    HttpLimits,
+    largest_value_bytes,
+)
+
 LogFormat = Literal["console", "json"]
 
 DEFAULT_CONFIG_PATH: Final = Path("config/multi-node-cluster.yaml")
@@ -42,7 +54,6 @@ DEFAULT_ELECTION_TIMEOUT_MS: Final = 100
 DEFAULT_HEARTBEAT_MS: Final = 25
 DEFAULT_SNAPSHOT_EVERY: Final = 10_000
 DEFAULT_MAX_VALUE_BYTES: Final = 1 << 20
-MAX_MAX_VALUE_BYTES: Final = 64 << 20  # one value is one Raft entry; keep entries sane
 DEFAULT_LEADER_WAIT_MS: Final = 2000
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 5000
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
@@ -51,7 +62,15 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _SCHEMA: Final[Mapping[str, frozenset[str]]] = {
     "cluster": frozenset({"name", "bootstrap_id", "data_dir", "nodes", "http", "listen"}),
     "raft": frozenset({"election_timeout_ms", "heartbeat_timeout_ms", "snapshot_every"}),
-    "server": frozenset({"max_value_bytes", "leader_wait_ms", "request_timeout_ms"}),
+    "server": frozenset(
+        {
+            "max_value_bytes",
+            "leader_wait_ms",
+            "request_timeout_ms",
+            *HTTP_LIMIT_KEYS,
+            "debug_endpoints",
+        }
+    ),
     "logging": frozenset({"level", "format"}),
 }
 
@@ -125,6 +144,9 @@ class Settings:
     request_timeout_ms: int  # > leader_wait_ms
     log_level: str  # one of LOG_LEVELS
     log_format: LogFormat
+    # HTTP hardening (limits.py); defaults far above what benchmarks use.
+    http_limits: HttpLimits = DEFAULT_HTTP_LIMITS
+    debug_endpoints: bool = True  # /debug/*; root-only when auth is on
 
     @property
     def tick_ms(self) -> int:
@@ -200,8 +222,13 @@ def load_settings(
         )
 
     max_value = _pos_int(server, "server.max_value_bytes", DEFAULT_MAX_VALUE_BYTES)
-    if max_value > MAX_MAX_VALUE_BYTES:
-        raise ConfigError(f"server.max_value_bytes: must be at most {MAX_MAX_VALUE_BYTES}")
+    if max_value > (largest := largest_value_bytes()):
+        # One value is one Raft entry, and an entry must fit in one peer frame with a key of the
+        # largest size: otherwise it is committed locally but never replicates, and writes stop.
+        raise ConfigError(
+            f"server.max_value_bytes: {max_value} does not fit in one peer frame; "
+            f"the largest allowed value is {largest} bytes"
+        )
     leader_wait = _pos_int(server, "server.leader_wait_ms", DEFAULT_LEADER_WAIT_MS)
     request_timeout = _pos_int(server, "server.request_timeout_ms", DEFAULT_REQUEST_TIMEOUT_MS)
     if request_timeout <= leader_wait:
@@ -238,6 +265,23 @@ def load_settings(
         request_timeout_ms=request_timeout,
         log_level=_log_level(layer, logging_),
         log_format=_log_format(layer, logging_),
+        http_limits=HttpLimits(
+            body_timeout_ms=_pos_int(
+                server, "server.body_timeout_ms", DEFAULT_HTTP_LIMITS.body_timeout_ms
+            ),
+            keepalive_timeout_ms=_pos_int(
+                server, "server.keepalive_timeout_ms", DEFAULT_HTTP_LIMITS.keepalive_timeout_ms
+            ),
+            max_connections=_pos_int(
+                server, "server.max_connections", DEFAULT_HTTP_LIMITS.max_connections
+            ),
+            max_inflight_body_bytes=_pos_int(
+                server,
+                "server.max_inflight_body_bytes",
+                DEFAULT_HTTP_LIMITS.max_inflight_body_bytes,
+            ),
+        ),
+        debug_endpoints=_bool(server, "server.debug_endpoints", True),
     )
 
 
@@ -386,6 +430,13 @@ def _pos_int(section: Mapping[str, object], field: str, default: int) -> int:
     # bool is an int subclass; `true` is never a sensible count of milliseconds.
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{field}: must be a positive integer (got {value!r})")
+    return value
+
+
+def _bool(section: Mapping[str, object], field: str, default: bool) -> bool:
+    value = section.get(field.rpartition(".")[2], default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field}: must be true or false (got {value!r})")
     return value
 
 

@@ -15,7 +15,8 @@ Rules:
   NoLeaderError -> 503 no_leader (nothing was proposed; Retry-After: 1); OperationTimeout or our
   timeout -> 504 timeout (a write's outcome is unknown); NodeStopping -> 503 node_stopping.
 - Errors are JSON (`errors.py`); inputs and limits are checked in `inputs.py` before the node is
-  touched. No input may produce a 500.
+  touched. No input may produce a 500. Request bodies are read (bounded, timed, never
+  decompressed) by `limits.BodyGate` before any handler runs.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from raftkv.server.inputs import (
     value_from_body,
 )
 from raftkv.server.inspect_routes import add_inspect_routes
+from raftkv.server.limits import BodyGate
 from raftkv.server.members_routes import add_member_routes
 from raftkv.server.runner import server_kwargs
 from raftkv.server.status import StatusProbe, cluster_status, local_status_json
@@ -64,9 +66,11 @@ _KEY_PATH: Final = r"/kv/{key:[\s\S]+}"  # [\s\S]: keys may hold newlines (%0A)
 def create_app(node: KVNode, settings: Settings) -> web.Application:
     """The aiohttp application serving `node`. Serve it with `runner.run_http` in production."""
     api = _Api(node, settings)
+    max_body = max_body_bytes(settings.max_value_bytes)
+    gate = BodyGate(settings.http_limits, max_body)
     app = web.Application(
-        middlewares=[error_middleware],
-        client_max_size=max_body_bytes(settings.max_value_bytes),
+        middlewares=[error_middleware, gate.middleware],
+        client_max_size=max_body,
         handler_args=server_kwargs(settings),
     )
     app.cleanup_ctx.append(api.client_sessions)
@@ -83,7 +87,7 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
     )
     for method, path, handler in routes:
         app.router.add_route(method, path, handler, expect_handler=api.expect_continue)
-    add_inspect_routes(app, node)
+    add_inspect_routes(app, node, enabled=settings.debug_endpoints)
     membership = getattr(node, "membership", None)
     if isinstance(membership, MembershipManager):
         add_member_routes(app, membership, settings)

@@ -8,8 +8,9 @@ Rules:
 - A body is JSON when Content-Type is application/json: `{"value": string}`. Otherwise the body
   itself is the value and must be UTF-8. A value has at most `max_value_bytes` UTF-8 bytes.
 - Bodies are bounded before they are buffered: Content-Length is checked first (also from the
-  `Expect: 100-continue` hook, so curl does not even send an oversized body), and a body without
-  a length is read in chunks and refused as soon as it passes the bound.
+  `Expect: 100-continue` hook, so curl does not even send an oversized body); a body without a
+  length is read by `limits.BodyGate` up to the app's client_max_size (the JSON bound), then
+  checked against the bound for its content type.
 - A JSON body may take up to 6 bytes per value byte (`\\u001f`), so its bound is
   6 x max_value_bytes + JSON_OVERHEAD: every value within the limit is accepted in either form.
 """
@@ -29,7 +30,6 @@ KV_PREFIX: Final = "/kv/"
 MAX_KEY_BYTES: Final = 4096
 JSON_ESCAPE_FACTOR: Final = 6  # worst case: one byte written as \u00XX
 JSON_OVERHEAD: Final = 1024  # braces, the "value" name, whitespace
-_READ_CHUNK: Final = 64 * 1024
 _BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -93,17 +93,11 @@ def check_content_length(request: web.BaseRequest, max_value_bytes: int) -> None
 
 async def read_body(request: web.Request, max_value_bytes: int) -> bytes:
     check_content_length(request, max_value_bytes)
-    limit = body_limit(request, max_value_bytes)
-    if request.content_length is not None:
-        return await request.read()  # bounded by the check above
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(_READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise _value_too_large(max_value_bytes)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    # limits.BodyGate has already read (and cached) the body, bounded by client_max_size.
+    body = await request.read()
+    if len(body) > body_limit(request, max_value_bytes):
+        raise _value_too_large(max_value_bytes)
+    return body
 
 
 def value_from_body(request: web.Request, body: bytes, max_value_bytes: int) -> str:

@@ -1,7 +1,7 @@
 """Read-only debug endpoints for the operator's inspector (`raftkv inspect`).
 
 Routes (documented in the README, "Debug endpoints"):
-    GET /debug/keys ?prefix=&limit=&after=   stale listing of this node's applied key/values
+    GET /debug/keys ?prefix=&limit=&after=&max_bytes=   stale listing of applied key/values
     GET /debug/log  ?from=&limit=            this node's durable Raft log + snapshot files
 
 Rules:
@@ -9,6 +9,10 @@ Rules:
   which is the point (the inspector compares nodes side by side).
 - The routes exist on every app; a node that offers no inspector (a test fake) answers
   501 `not_supported` instead of the route being missing.
+- Pages are capped by count and by key+value bytes (`max_bytes`, at most MAX_KEYS_PAGE_BYTES;
+  a page always holds at least one item so that paging progresses).
+- `server.debug_endpoints: false` answers every /debug route 404 `debug_disabled`. With auth on,
+  they need the root role (auth middleware).
 - Bad query parameters are 400 `invalid_parameter` naming the parameter.
 """
 
@@ -18,7 +22,7 @@ from typing import Final, Protocol, runtime_checkable
 
 from aiohttp import web
 
-from raftkv.runtime.inspect import MAX_KEYS_PAGE, MAX_LOG_PAGE, NodeInspector
+from raftkv.runtime.inspect import MAX_KEYS_PAGE, MAX_KEYS_PAGE_BYTES, MAX_LOG_PAGE, NodeInspector
 from raftkv.server.errors import ApiError, json_response
 
 DEFAULT_KEYS_PAGE: Final = 1000
@@ -30,8 +34,11 @@ class Inspectable(Protocol):
     def inspector(self) -> NodeInspector: ...
 
 
-def add_inspect_routes(app: web.Application, node: object) -> None:
+def add_inspect_routes(app: web.Application, node: object, *, enabled: bool = True) -> None:
     routes = _InspectRoutes(node.inspector() if isinstance(node, Inspectable) else None, node)
+    if not enabled:
+        app.router.add_route("*", "/debug/{rest:.*}", routes.disabled)
+        return
     app.router.add_get("/debug/keys", routes.keys)
     app.router.add_get("/debug/log", routes.log)
 
@@ -63,12 +70,20 @@ class _InspectRoutes:
             raise ApiError(501, "not_supported", "this node offers no inspection endpoints")
         return self._inspector
 
+    async def disabled(self, request: web.Request) -> web.StreamResponse:
+        raise ApiError(
+            404,
+            "debug_disabled",
+            "debug endpoints are disabled on this node (server.debug_endpoints: false)",
+        )
+
     async def keys(self, request: web.Request) -> web.StreamResponse:
         inspector = self._need()
         prefix = request.query.get("prefix", "")
         after = request.query.get("after")
         limit = _int_param(request, "limit", DEFAULT_KEYS_PAGE, 1, MAX_KEYS_PAGE)
-        page = await inspector.keys(prefix, limit, after)
+        max_bytes = _int_param(request, "max_bytes", MAX_KEYS_PAGE_BYTES, 1, MAX_KEYS_PAGE_BYTES)
+        page = await inspector.keys(prefix, limit, after, max_bytes=max_bytes)
         return json_response(
             {
                 "node_id": self._node_id,

@@ -8,6 +8,9 @@ Rules:
   this: `_JsonErrorServer` makes aiohttp's `Server` create `_JsonErrorRequestHandler`s, whose
   `handle_error` renders JSON. Covered by tests that send such requests to `run_http`.
 - Client errors are logged at warning without a traceback; a 500 is a bug and keeps one.
+- Hardening (limits.py): idle keep-alive connections close after `keepalive_timeout_ms`;
+  connections past `max_connections` get a canned 503 `too_many_connections` and are closed
+  before aiohttp registers them; request bodies are never decompressed.
 - The access log is on only at debug level (a line per request costs more than the request).
 - A request whose client disconnects is cancelled (`handler_cancellation`): the node's
   operations must tolerate cancellation (runtime/api.py says so).
@@ -15,10 +18,12 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, cast
 
+import msgspec
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadStatusLine, LineTooLong
@@ -45,6 +50,10 @@ def server_kwargs(settings: Settings) -> dict[str, Any]:
         # this ends aiohttp's "lingering" drain of a body we refused: that read is not woken
         # by a disconnect and would otherwise sit for lingering_time, and hold up shutdown.
         "handler_cancellation": True,
+        # limits.py: idle keep-alive connections are closed (aiohttp's default: an hour), and
+        # compressed bodies are never inflated (the body middleware refuses them with 415).
+        "keepalive_timeout": settings.http_limits.keepalive_timeout_ms / 1000,
+        "auto_decompress": False,
     }
 
 
@@ -52,6 +61,7 @@ async def run_http(app: web.Application, settings: Settings) -> web.AppRunner:
     """Start serving `app` on settings.http_listen. Stop with `await runner.cleanup()`."""
     runner = _JsonErrorAppRunner(
         app,
+        max_connections=settings.http_limits.max_connections,
         access_log=logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         **server_kwargs(settings),
@@ -72,6 +82,18 @@ async def run_http(app: web.Application, settings: Settings) -> web.AppRunner:
 
 
 class _JsonErrorRequestHandler(RequestHandler):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        manager = self._manager
+        if isinstance(manager, _JsonErrorServer) and (cap := manager.at_capacity()) is not None:
+            # Refused before aiohttp sees it: not registered, no task, no keep-alive timer.
+            # connection_lost returns at once for a handler without a manager.
+            log.warning("connection refused: too many connections", limit=cap)
+            cast(asyncio.Transport, transport).write(_too_many_connections(cap))
+            transport.close()
+            self._manager = None
+            return
+        super().connection_made(transport)
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -100,26 +122,57 @@ class _JsonErrorRequestHandler(RequestHandler):
 
 
 class _JsonErrorServer(web.Server):
+    max_connections: int | None = None  # None: no cap (set by adopt)
+
     @classmethod
-    def adopt(cls, server: web.Server) -> _JsonErrorServer:
+    def adopt(cls, server: web.Server, max_connections: int | None) -> _JsonErrorServer:
         """The same server (handler, request factory, arguments) creating our handlers."""
-        return cls(
+        adopted = cls(
             server.request_handler,
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             loop=server._loop,
             **server._kwargs,
         )
+        adopted.max_connections = max_connections
+        return adopted
+
+    def at_capacity(self) -> int | None:
+        """The cap when it is reached, else None."""
+        cap = self.max_connections
+        return cap if cap is not None and len(self._connections) >= cap else None
 
     def __call__(self) -> RequestHandler:
         return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
 class _JsonErrorAppRunner(web.AppRunner):
+    def __init__(
+        self, app: web.Application, *, max_connections: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self._max_connections = max_connections
+
     async def _make_server(self) -> web.Server:
         # The app builds its Server (startup, freezing, handler_args); we swap the class only.
         server = await super()._make_server()
-        return _JsonErrorServer.adopt(server)
+        return _JsonErrorServer.adopt(server, self._max_connections)
+
+
+def _too_many_connections(limit: int) -> bytes:
+    body = msgspec.json.encode(
+        {
+            "error": "too many connections to this node; retry later",
+            "code": "too_many_connections",
+            "max_connections": limit,
+        }
+    )
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Retry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
 
 
 def _short(text: str, limit: int = 200) -> str:

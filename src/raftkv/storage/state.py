@@ -9,8 +9,9 @@ Rules:
 - Per entry: a NORMAL entry with data is decoded (`raftkv.codec.commands`) and applied by the
   pure `raftkv.kv.machine.apply_command`; an empty NORMAL entry (a leader's no-op, §5.4.2) and a
   CONF_CHANGE entry only advance the applied index. Their result, and that of a skipped entry,
-  is None. An undecodable command raises `CommandDecodeError`: every node holds the same entry,
-  so skipping it would hide a version mismatch; the node must stop.
+  is None. An undecodable command raises `UndecodableEntryError` naming the entry's index (and
+  the tag of an unknown kind): every node holds the same entry, so skipping it would hide a
+  version mismatch; the node must stop.
 - Snapshots: `build_snapshot` reads one consistent image (index, term, conf and data all from
   the same instant) and may run on a worker thread while the loop thread keeps applying;
   `install_snapshot` verifies the file while replacing the whole state and is durable on
@@ -23,11 +24,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from raftkv.codec.commands import decode_command
+from raftkv.codec.commands import CommandDecodeError, UnknownCommandKind, decode_command
 from raftkv.kv.commands import Result
 from raftkv.kv.machine import KVBatch, apply_command
 from raftkv.raft.types import ConfState, Entry, EntryKind, Index, Term
-from raftkv.storage.errors import ApplyOrderError
+from raftkv.storage.errors import ApplyOrderError, UndecodableEntryError
 from raftkv.storage.snapshot_file import SnapshotInfo
 
 ApplyResult = Result | None  # None: no-op, conf change, or an entry applied before
@@ -95,5 +96,11 @@ def first_new(applied: Index, entries: Sequence[Entry], where: str) -> int:
 def apply_entry(batch: KVBatch, entry: Entry) -> ApplyResult:
     """Apply one committed entry to `batch` (see the module rules)."""
     if entry.kind == EntryKind.NORMAL and entry.data:
-        return apply_command(batch, decode_command(entry.data))
+        try:
+            cmd = decode_command(entry.data)
+        except UnknownCommandKind as exc:
+            raise UndecodableEntryError(entry.index, exc.tag, str(exc)) from exc
+        except CommandDecodeError as exc:
+            raise UndecodableEntryError(entry.index, None, str(exc)) from exc
+        return apply_command(batch, cmd)
     return None

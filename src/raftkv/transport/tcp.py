@@ -34,6 +34,7 @@ from structlog.typing import FilteringBoundLogger
 
 from raftkv.codec.wire import (
     LENGTH_PREFIX_BYTES,
+    MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     FrameError,
     FrameParser,
@@ -75,7 +76,7 @@ class PeerTransport:
         source_host: str | None,
         on_unreachable: Callable[[NodeId], None] = _ignore_unreachable,
         on_snapshot_status: Callable[[NodeId, bool], None] = _ignore_snapshot_status,
-        max_frame_bytes: int = 64 << 20,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
         snapshot_dir: Path | None = None,
         logger: FilteringBoundLogger | None = None,
         rng: random.Random | None = None,

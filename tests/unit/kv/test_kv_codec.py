@@ -37,7 +37,7 @@ def test_encoding_is_stable() -> None:
         (b"\x02\x92\x02\xa1a", "unsupported command version 2"),
         (b"\x00", "unsupported command version 0"),
         (b"\x01", "malformed"),
-        (b"\x01\x92\x09\xa1a", "malformed"),  # unknown tag 9
+        (b"\x01\x92\x09\xa1a", "unknown command kind tag 9"),
         (b"\x01\x92\x01\xa1a", "malformed"),  # Put without its value
         (b"\x01\x93\x01\xa1a\x05", "malformed"),  # value not a string
         (b"\x01\xc1", "malformed"),  # invalid msgpack opcode

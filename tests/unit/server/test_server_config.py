@@ -251,8 +251,10 @@ BAD_FILES = [
         "server.max_value_bytes: must be a positive integer",
     ),
     (
-        SEED + "server:\n  max_value_bytes: 100000000\n",
-        "server.max_value_bytes: must be at most 67108864",
+        # 64 MiB was accepted before; such an entry never fits in a 64 MiB peer frame.
+        SEED + "server:\n  max_value_bytes: 67108864\n",
+        "server.max_value_bytes: 67108864 does not fit in one peer frame; "
+        "the largest allowed value is 67038999 bytes",
     ),
     (
         SEED + "server:\n  leader_wait_ms: 6000\n",

@@ -11,7 +11,7 @@ import pytest
 from raftkv.codec.commands import CommandDecodeError, encode_command
 from raftkv.kv.commands import Delete, DeleteResult, Put, PutResult
 from raftkv.raft.types import ConfState, Entry, EntryKind, Index, NodeId, Term
-from raftkv.storage.errors import ApplyOrderError, CorruptSnapshotError
+from raftkv.storage.errors import ApplyOrderError, CorruptSnapshotError, UndecodableEntryError
 from raftkv.storage.memory import MemoryState
 from raftkv.storage.state import StateMachine
 from raftkv.storage.state_lmdb import LmdbState
@@ -109,10 +109,23 @@ def test_gap_raises_and_changes_nothing(state: StateMachine) -> None:
 def test_undecodable_command_aborts_the_whole_batch(state: StateMachine) -> None:
     state.apply([put(1, "a", "1")])
     bad = Entry(Term(1), Index(3), EntryKind.NORMAL, b"\x07garbage")
-    with pytest.raises(CommandDecodeError, match="unsupported command version 7"):
+    with pytest.raises(UndecodableEntryError, match="unsupported command version 7") as info:
         state.apply([put(2, "a", "2"), bad])
+    assert (info.value.index, info.value.tag) == (3, None)
+    assert isinstance(info.value.__cause__, CommandDecodeError)
     assert state.get("a") == "1"
     assert state.applied_index == 1
+
+
+def test_unknown_command_kind_stops_naming_index_and_tag(state: StateMachine) -> None:
+    # A well-formed command of a kind this node does not know (tag 99, from a newer node).
+    future = Entry(Term(1), Index(1), EntryKind.NORMAL, b"\x01\x92\x63\xa1a")
+    with pytest.raises(UndecodableEntryError) as info:
+        state.apply([future])
+    assert (info.value.index, info.value.tag) == (1, 99)
+    assert str(info.value).startswith("committed entry 1 cannot be applied: unknown command kind")
+    assert "tag 99" in str(info.value)
+    assert state.applied_index == 0  # never skipped
 
 
 def test_keys_edge_cases(state: StateMachine) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from raftkv.bench.inspector import build_status, compare_data, pick_leader
 from raftkv.cli.inspect_cmd import failed
+from raftkv.ops.inspector import build_status, compare_data, pick_leader
 
 MEMBERS = {"node-1": "h:1", "node-2": "h:2", "node-3": "h:3"}
 

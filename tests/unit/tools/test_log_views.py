@@ -9,9 +9,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from raftkv.bench.offline import OfflineError, read_offline
 from raftkv.codec.commands import encode_command
 from raftkv.kv.commands import Delete, Put
+from raftkv.ops.offline import OfflineError, read_offline
 from raftkv.raft.types import (
     ConfChange,
     ConfChangeKind,

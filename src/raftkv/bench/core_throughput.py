@@ -5,7 +5,7 @@ order — persist into MemoryStorage, deliver every message at once to its targe
 apply, advance — the batching model of ARCHITECTURE.md §1 with the network and disk taken
 away. The figure is an upper bound for what the core itself allows, not a server's throughput.
 
-    python bench/core_throughput.py [--batch 64] [--seconds 3] [--payload 100] [--nodes 3]
+    python -m raftkv.bench.core_throughput [--batch 64] [--seconds 3] [--payload 100] [--nodes 3]
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from raftkv.bench.httpc import Reply, kv_path, make_session, request
+from raftkv.ops.httpc import Reply, kv_path, make_session, request
 
 DEFAULT_ADDRESS: Final = "localhost:8081"
 KEYS_PAGE: Final = 10_000

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # raftkv side by side with etcd 3.4 on this machine (see docs/benchmarks.md):
-#   bench/compare_etcd.sh            # full run: 3 rounds x 10 s per load, 5 failovers, 60 s stability
-#   bench/compare_etcd.sh --quick    # smoke run (about 2 minutes)
-#   bench/compare_etcd.sh --out docs/last-compare.md --rounds 5 --duration 20
+#   scripts/compare_etcd.sh            # full run: 3 rounds x 10 s per load, 5 failovers, 60 s stability
+#   scripts/compare_etcd.sh --quick    # smoke run (about 2 minutes)
+#   scripts/compare_etcd.sh --out docs/last-compare.md --rounds 5 --duration 20
 # Installs Debian's etcd-server, etcd-client and wrk when missing (needs root), then runs
 # `raftkv bench compare-etcd`, which starts both 3-member clusters on 127.0.0.1 under
 # --workdir (default /var/tmp/raftkv-compare, a real disk) and removes nothing else.
