@@ -280,7 +280,8 @@ class _MemberRoutes:
 
 
 async def _json_body(request: web.Request) -> tuple[dict[str, Any], bytes]:
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    # The server's body gate has read (and cached) the body already; read() returns it.
+    raw = await request.read()
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "request_too_large", "request body too large")
     try:
