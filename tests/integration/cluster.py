@@ -289,7 +289,11 @@ class Cluster:
             self.log_level,
         ]
 
-    def start_node(self, node_id: str) -> Node:
+    def start_node(
+        self, node_id: str, prefix: Iterable[str] = (), env: Mapping[str, str] | None = None
+    ) -> Node:
+        """Start `node_id`; `prefix` runs it under another program (e.g. strace), `env` adds
+        environment variables (test hooks)."""
         node = self.nodes[node_id]
         assert not node.running, f"{node_id} is already running"
         node.starts += 1
@@ -297,12 +301,17 @@ class Cluster:
             f.write(f"\n===== start #{node.starts} of {node_id} =====\n".encode())
             f.flush()
             node.proc = subprocess.Popen(
-                [str(raftkv_executable()), *self._command(node)],
+                [*prefix, str(raftkv_executable()), *self._command(node)],
                 stdin=subprocess.DEVNULL,
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # our Ctrl-C / signals never reach it by accident
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "KV_LOG_FORMAT": "console"},
+                env={
+                    **os.environ,
+                    "PYTHONUNBUFFERED": "1",
+                    "KV_LOG_FORMAT": "console",
+                    **(env or {}),
+                },
             )
         return node
 

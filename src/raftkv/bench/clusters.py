@@ -173,8 +173,16 @@ class LocalCluster(_ProcessCluster):
 
     kind = "raftkv"
 
-    def __init__(self, base: Path, size: int = 3, *, log_level: str = "warning") -> None:
+    def __init__(
+        self,
+        base: Path,
+        size: int = 3,
+        *,
+        log_level: str = "warning",
+        server: Mapping[str, bool | int] | None = None,
+    ) -> None:
         self.base = Path(base)
+        self.server = dict(server or {})  # extra `server:` keys of the config file
         self.names = [f"node-{i}" for i in range(1, size + 1)]
         ports = free_ports(2 * size)
         self.http = {n: f"127.0.0.1:{ports[i]}" for i, n in enumerate(self.names)}
@@ -196,6 +204,8 @@ class LocalCluster(_ProcessCluster):
             "raft:",
             "  election_timeout_ms: 100",
             "  heartbeat_timeout_ms: 25",
+            *(["server:"] if self.server else []),
+            *(f"  {k}: {json.dumps(v)}" for k, v in self.server.items()),
             "logging:",
             f'  level: "{self.log_level}"',
         ]

@@ -1,8 +1,10 @@
 """`raftkv serve`: run one node (Raft runtime + HTTP API) until SIGINT/SIGTERM.
 
 Rules: an invalid config exits 2 with a message naming the field; a corrupt log or snapshot
-exits 3 naming what is corrupt and where; a broken invariant at run time exits 70. A node that
-was removed from the cluster exits 0 after saying so (and refuses to start again: exit 2).
+exits 3 naming what is corrupt and where; a broken invariant at run time exits 70; a storage
+failure (EIO, ENOSPC, ... at start or at run time) exits 74 (EX_IOERR) with one line naming the
+operation, file, errno and what to do (storage/failure.py). A node that was removed from the
+cluster exits 0 after saying so (and refuses to start again: exit 2).
 `--join` and restarts from the node's own `member.json`: see `raftkv.server.joining`.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import signal
 import sys
@@ -27,6 +30,9 @@ from raftkv.server.joining import check_not_removed, resolve, save_member_file
 from raftkv.server.logging import bind_node, configure_logging
 from raftkv.server.runner import run_http
 from raftkv.storage.errors import StorageError
+from raftkv.storage.failure import EXIT_IOERR, StorageFailure, describe, is_storage_error
+
+_STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 def node_options(
@@ -48,6 +54,7 @@ def node_options(
         snapshot_every=s.snapshot_every,
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,
+        metrics=s.metrics,
         initial_voters=tuple(NodeId(v) for v in initial_voters) if initial_voters else None,
         auto_promote=auto_promote,
     )
@@ -83,11 +90,15 @@ async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None 
     stop_wait = asyncio.ensure_future(stop.wait())
     waits: list[asyncio.Future[Any]] = [stop_wait, fatal]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    code = 70 if fatal.done() else 0
-    if code:
-        print(f"raftkv: node {settings.node_id} stopping: {fatal.result()}", file=sys.stderr)
-    if fatal.done() and isinstance(fatal.result(), NodeRemoved):
-        code = 0  # removed from the cluster: a normal end (said so above and in the log)
+    code = 0
+    if fatal.done():
+        failure = fatal.result()
+        code = EXIT_IOERR if isinstance(failure, StorageFailure) else 70
+        if isinstance(failure, NodeRemoved):
+            code = 0  # removed from the cluster: a normal end (the driver logged why)
+        if code == 70:
+            # (A storage failure's one line is already in the log, on stderr.)
+            print(f"raftkv: node {settings.node_id} stopping: {failure}", file=sys.stderr)
     stop_wait.cancel()
     if code == 0:
         # Graceful stop: hand leadership over, refuse new requests (503 node_stopping), let
@@ -169,12 +180,23 @@ def register(app: typer.Typer) -> None:
         except NodeRemoved as exc:
             print(f"raftkv: refusing to start: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
+        except StorageFailure as exc:
+            print(f"raftkv: {exc}", file=sys.stderr)
+            raise typer.Exit(EXIT_IOERR) from None
         except StorageError as exc:
             print(f"raftkv: refusing to start: {exc}", file=sys.stderr)
             raise typer.Exit(3) from None
         except OSError as exc:
+            if exc.errno in _STORAGE_ERRNOS:
+                print(f"raftkv: {describe(exc, 'open', exc.filename or '')}", file=sys.stderr)
+                raise typer.Exit(EXIT_IOERR) from None
             print(f"raftkv: cannot start: {exc}", file=sys.stderr)
             raise typer.Exit(1) from None
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
+            print(f"raftkv: {describe(exc, 'open', settings.data_dir)}", file=sys.stderr)
+            raise typer.Exit(EXIT_IOERR) from None
         with contextlib.suppress(Exception):
             sys.stdout.flush()
         raise typer.Exit(code)

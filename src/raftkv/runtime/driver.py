@@ -11,7 +11,16 @@ Rules:
   is saved in the Raft log, so a crash in between never leaves a log that starts after a state
   the state machine does not have.
 - A broken invariant stops the node (`fatal` resolves); a malformed peer message is logged and
-  dropped.
+  dropped. A storage error on any durability path (log save, apply, state sync, snapshot build
+  or install, compaction) is never retried (storage/failure.py: fsyncgate): it is wrapped in a
+  `StorageFailure` naming the operation and file and stops the node; nothing is acknowledged
+  after it, and `stop()` then writes nothing more (no hard-state save, no sync, no close that
+  could checkpoint).
+- Work on the state machine off the loop thread (snapshot build, install, sync) runs on ONE
+  executor (`_sm_worker`) that `stop()` drains before closing LMDB: no transaction outlives
+  the environment.
+- Metrics (`metrics.py`): the driver only bumps counters and hands over durations and messages;
+  gauges are read at scrape time through `metrics_sample`.
 - Membership: the member addresses are the replicated `ClusterRecord` (runtime/members.py),
   stored with the configuration in the same apply transaction; the transport dials what it
   holds. A node that applies its own removal resolves `fatal` with `NodeRemoved` and stops.
@@ -22,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from random import Random
@@ -51,16 +61,14 @@ from raftkv.raft.types import (
     Term,
 )
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
-from raftkv.runtime.members import (
-    ClusterRecord,
-    bootstrap_record,
-    decode_record,
-    encode_record,
-    record_after,
-)
+from raftkv.runtime.member_table import MemberTable, initial_conf, seed_record
+from raftkv.runtime.members import ClusterRecord, decode_record, encode_record, record_after
+from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, ReadWaiters
 from raftkv.storage.errors import UndecodableEntryError
+from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
+from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.state_lmdb import LmdbState
 from raftkv.transport.tcp import PeerTransport
@@ -84,6 +92,7 @@ class RaftDriver:
         self.id = opts.node_id
         self.fatal: asyncio.Future[BaseException] | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wal-{self.id}")
+        self._sm_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sm-{self.id}")
         self._wake = asyncio.Event()
         self._leader_known = asyncio.Event()
         self._soft_changed: asyncio.Future[None] | None = None
@@ -101,11 +110,15 @@ class RaftDriver:
         self._bootstrap_until = 0.0  # fresh cluster: the bootstrap node campaigns until then
         self._hold_elections_until = 0.0  # fresh cluster: other nodes wait for it until then
         self._last_snapshot_index = Index(0)
-        self.members = ClusterRecord()  # the replicated membership record (addresses)
-        self.heard: dict[NodeId, float] = {}  # peer -> loop time of its last message
-        self._now = 0.0  # loop time, refreshed every tick (cheap for `heard`)
-        self._removed: frozenset[str] = frozenset()  # = members.removed, for a fast check
-        self._removed_logged: dict[str, float] = {}
+        self.table = MemberTable(self.id)  # the replicated member record and its effects
+        self._now = 0.0  # loop time, refreshed every tick (cheap for `table.heard`)
+        self.metrics = (
+            RuntimeMetrics(
+                self.id, opts.election_ticks * opts.tick_ms / 1000.0, self.metrics_sample
+            )
+            if opts.metrics
+            else DisabledMetrics()
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -117,7 +130,7 @@ class RaftDriver:
         self.durable = await asyncio.to_thread(DurableLog.open, d / "raft.db")
         loaded = await asyncio.to_thread(self.durable.load)
         self.sm = await asyncio.to_thread(LmdbState.open, d / "state")
-        self._bootstrap_conf = self._initial_conf()
+        self._bootstrap_conf = initial_conf(self.sm.cluster, self.opts)
         self.storage = MemoryStorage(self._bootstrap_conf)
         if loaded.snapshot is not None:
             meta = loaded.snapshot
@@ -137,18 +150,10 @@ class RaftDriver:
             # restarted from (or sent) a snapshot with no voters could never campaign again.
             await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
         if not self.sm.cluster:
-            # First start (or data from before the record existed): the configured nodes.
-            seed = bootstrap_record(
-                self.opts.peers_raft, self.opts.peers_http, self._bootstrap_conf.voters
-            )
-            live = set(self.sm.conf.all_nodes())
-            seed = ClusterRecord(
-                {n: m for n, m in seed.members.items() if n in live}, seed.initial, seed.removed
-            )
+            seed = seed_record(self.opts, self._bootstrap_conf, self.sm.conf)
             await asyncio.to_thread(self.sm.set_conf, self.sm.conf, encode_record(seed))
-        self.members = decode_record(self.sm.cluster)
-        self._removed = frozenset(self.members.removed)
-        if self.id in self.members.removed:
+        self.table.load(decode_record(self.sm.cluster))
+        if self.id in self.table.removed:
             raise NodeRemoved(
                 f"node {self.id} was removed from the cluster; it cannot rejoin under this id "
                 "(start a new node with a new id and an empty data directory)"
@@ -174,9 +179,7 @@ class RaftDriver:
             # A fresh cluster: give the bootstrap node a head start so it leads first, as the
             # seed shows; if it is not there, we campaign normally after the grace period.
             self._hold_elections_until = loop.time() + 2.0
-        # Dial the replicated record's addresses; the configured ones only fill gaps.
-        peers = {**self.opts.peers_raft, **self.members.raft_addresses()}
-        peers = {n: a for n, a in peers.items() if n != self.id and a[1]}
+        peers = self.table.dial_map(self.opts.peers_raft)
         self.transport = PeerTransport(
             self.id,
             self.opts.cluster_name,
@@ -214,15 +217,25 @@ class RaftDriver:
                 await t
         self.abort_pending()
         await self.transport.stop()
-        loop = asyncio.get_running_loop()
+        # Threads still inside LMDB or SQLite finish before anything is closed.
+        await asyncio.to_thread(self._sm_worker.shutdown, True)
+        await asyncio.to_thread(self._writer.shutdown, True)
+        if self.failed:
+            # After a storage failure nothing is written again (no retried fsync, no
+            # checkpoint on close): the process exits and the next start recovers.
+            log.info("node stopped after a failure; files left as they are", node=self.id)
+            return
         if self._pending_hard_state is not None:
             hs = self._pending_hard_state
-            await loop.run_in_executor(self._writer, self.durable.save, hs, (), None)
-        await loop.run_in_executor(self._writer, self.durable.close)
-        self._writer.shutdown(wait=True)
+            await asyncio.to_thread(self.durable.save, hs, (), None)
+        await asyncio.to_thread(self.durable.close)
         await asyncio.to_thread(self.sm.sync)
         self.sm.close()
         log.info("node stopped", node=self.id)
+
+    @property
+    def failed(self) -> bool:
+        return self.fatal is not None and self.fatal.done()
 
     async def hand_off(self, timeout_s: float) -> bool:
         """Graceful-stop step 1 (thesis §3.10): if we lead, transfer leadership to the most
@@ -271,7 +284,13 @@ class RaftDriver:
         self._reads.fail_all(NodeStopping("node is shutting down"))
 
     def _die(self, exc: BaseException) -> None:
-        if isinstance(exc, UndecodableEntryError):
+        if self.fatal is None or self.fatal.done():
+            return  # the first failure is the one reported
+        if is_storage_error(exc):
+            if not isinstance(exc, StorageFailure):
+                exc = StorageFailure("storage operation", self.opts.data_dir, exc)
+            log.critical(str(exc), node=self.id)
+        elif isinstance(exc, UndecodableEntryError):
             # Every node holds this entry: skipping it would fork the state machines.
             log.critical(
                 "node stopping: a committed entry cannot be applied",
@@ -282,17 +301,28 @@ class RaftDriver:
             )
         else:
             log.critical("node stopping on a broken invariant", node=self.id, error=repr(exc))
-        if self.fatal is not None and not self.fatal.done():
-            self.fatal.set_result(exc)
+        # Nothing may be acknowledged from now on: waiters fail before any other task runs.
+        self.abort_pending()
+        self.fatal.set_result(exc)
+
+    async def _io(
+        self, op: str, path: Path, executor: ThreadPoolExecutor, fn: Any, *args: Any
+    ) -> Any:
+        """Run `fn(*args)` on `executor`; a storage error comes back as a StorageFailure."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except Exception as exc:
+            raise wrap(exc, op, path) from exc
 
     # -- inputs -------------------------------------------------------------------------------
     def _on_message(self, msg: AnyMessage) -> None:
-        if self._stopping:
+        if self._stopping or self.failed:
             return
-        if msg.from_ in self._removed:
-            self._refuse_removed(msg.from_)
+        if msg.from_ in self.table.removed:
+            self.table.refuse(msg.from_, self._now)
             return
-        self.heard[msg.from_] = self._now
+        self.table.heard[msg.from_] = self._now
+        self.metrics.received(msg)
         try:
             self.raw.step(msg)
         except InvariantViolation as exc:
@@ -313,16 +343,19 @@ class RaftDriver:
 
     def _pump(self) -> None:
         self._pump_scheduled = False
-        if self._persisting and not self._stopping:
+        if self._persisting and not self._stopping and not self.failed:
             self._issue_reads()
             msgs = self.raw.take_messages()
             if msgs:
+                self.metrics.sent(msgs)
                 self.transport.send(msgs)
 
     def _on_unreachable(self, node: NodeId) -> None:
+        self.metrics.unreachable(node)
         self.raw.report_unreachable(node)
 
     def _on_snapshot_status(self, node: NodeId, ok: bool) -> None:
+        self.metrics.snapshot_sent(node, ok)
         self.raw.report_snapshot(node, ok)
         self._wake.set()
 
@@ -388,10 +421,10 @@ class RaftDriver:
             self._die(exc)
 
     async def _handle_ready(self, rd: Ready) -> None:
-        loop = asyncio.get_running_loop()
         for action in rd.steps():
             match action:
                 case SendMessages(messages=msgs):
+                    self.metrics.sent(msgs)
                     self.transport.send(msgs)
                 case Persist(snapshot=snap, entries=entries, hard_state=hs, sync=sync):
                     if snap is not None:
@@ -405,11 +438,19 @@ class RaftDriver:
                         meta = snap.meta if snap is not None else None
                         self._persisting = True
                         try:
-                            await loop.run_in_executor(
-                                self._writer, self.durable.save, hs, entries, meta
+                            took = await self._io(
+                                "log commit",
+                                self.durable.path,
+                                self._writer,
+                                timed,
+                                self.durable.save,
+                                hs,
+                                entries,
+                                meta,
                             )
                         finally:
                             self._persisting = False
+                        self.metrics.persisted(took, len(entries))
                     if snap is not None:
                         self.storage.apply_snapshot(snap)
                     self.storage.append(entries)
@@ -427,8 +468,12 @@ class RaftDriver:
         """Install a received snapshot into the state machine; returns it with our local path."""
         src = Path(snap.data.decode())
         dest = snapshot_path(self.opts.data_dir, snap.meta.term, snap.meta.index)
-        await asyncio.to_thread(self.sm.install_snapshot, src)
-        await asyncio.to_thread(shutil.move, src, dest)
+        started = time.perf_counter()
+        info = await self._io(
+            "snapshot install", src, self._sm_worker, self.sm.install_snapshot, src
+        )
+        self.metrics.snapshot_done("install", time.perf_counter() - started, info.size)
+        await self._io("rename", dest, self._sm_worker, shutil.move, src, dest)
         self._last_snapshot_index = snap.meta.index
         if self.sm.cluster:
             self._set_members(decode_record(self.sm.cluster))
@@ -449,7 +494,11 @@ class RaftDriver:
             # The resulting configuration and member record are stored in the same LMDB
             # transaction, so a snapshot never pairs an index with the wrong configuration.
             cluster = encode_record(record) if new_conf is not None else None
-            results = self.sm.apply(todo, conf=new_conf, cluster=cluster)
+            try:
+                results = self.sm.apply(todo, conf=new_conf, cluster=cluster)
+            except Exception as exc:
+                raise wrap(exc, "apply (write)", self.sm.path) from exc
+            self.metrics.applied(len(todo))
             if new_conf is not None:
                 self._set_members(record)
             for e, result in zip(todo, results, strict=True):
@@ -462,37 +511,17 @@ class RaftDriver:
             self._snapshotting = True
             self._tasks.append(asyncio.create_task(self._take_snapshot()))
 
-    def _initial_conf(self) -> ConfState:
-        """The configuration the cluster started from: the record's, once there is one."""
-        if self.sm.cluster:
-            initial = decode_record(self.sm.cluster).initial
-            if initial:
-                return ConfState(voters=tuple(NodeId(n) for n in initial))
-        voters = self.opts.initial_voters or tuple(self.opts.peers_raft)
-        return ConfState(voters=tuple(sorted(voters)))
+    @property
+    def members(self) -> ClusterRecord:
+        """The replicated membership record as applied here."""
+        return self.table.record
+
+    @property
+    def heard(self) -> dict[NodeId, float]:
+        return self.table.heard
 
     def _set_members(self, record: ClusterRecord) -> None:
-        """Adopt a new membership record: dial new members, drop removed ones."""
-        old, self.members = self.members, record
-        self._removed = frozenset(record.removed)
-        if old == record:
-            return
-        new_addrs = record.raft_addresses()
-        for node, addr in new_addrs.items():
-            if node != self.id and addr[1]:
-                self.transport.update_peer(node, addr)
-        for gone in old.members:
-            if gone not in record.members and gone != self.id:
-                self.transport.remove_peer(NodeId(gone))
-                self.heard.pop(NodeId(gone), None)
-        conf = self.sm.conf
-        log.info(
-            "membership changed",
-            node=self.id,
-            voters=list(conf.voters),
-            learners=list(conf.learners),
-        )
-        if self.id in record.removed:
+        if self.table.adopt(record, self.transport, self.sm.conf):
             self.learned_removed("its own log")
 
     def learned_removed(self, source: str) -> None:
@@ -507,17 +536,9 @@ class RaftDriver:
         if self.fatal is not None and not self.fatal.done():
             self.fatal.set_result(NodeRemoved(f"node {self.id} was removed from the cluster"))
 
-    def _refuse_removed(self, node: NodeId) -> None:
-        """Drop a message from a removed node (etcd answers such a member 410 Gone): it must
-        not disturb the cluster with its old term. Logged at most every 10 s per node."""
-        last = self._removed_logged.get(node)
-        if last is None or self._now - last >= 10.0:
-            self._removed_logged[node] = self._now
-            log.warning("refused a message from a removed node", node=self.id, peer=node)
-
     def is_removed(self, node: str) -> bool:
         """Whether `node` was removed from the cluster (it must never be let back in)."""
-        return node in self._removed
+        return node in self.table.removed
 
     def live_conf(self) -> ConfState:
         """The configuration in force at this node (voters and learners, sorted)."""
@@ -541,6 +562,7 @@ class RaftDriver:
     def _on_soft_state(self, leader: NodeId | None) -> None:
         st = self.raw.status()
         log.info("raft state", node=self.id, role=st.role.value, term=st.term, leader=leader)
+        self.metrics.leader_seen(leader)
         if leader is None:
             self._leader_known.clear()
         else:
@@ -562,30 +584,47 @@ class RaftDriver:
         for ctx in pending:
             try:
                 self.raw.read_index(ctx)
+                self.metrics.read_index_rounds += 1
             except NotLeader:
                 self._reads_need_leader.append(ctx)
 
     # -- snapshots ----------------------------------------------------------------------------
     async def _take_snapshot(self) -> None:
+        """Build a snapshot file, then record it in the log (which compacts the log). Any
+        error stops the node: a half-done snapshot must never be followed by a compaction."""
+        w = self._sm_worker
         try:
-            await asyncio.to_thread(self.sm.sync)  # the state must be durable before compaction
+            # The state must be durable before the log entries behind it go.
+            await self._io("fsync (LMDB sync)", self.sm.path, w, self.sm.sync)
             tmp = self.opts.data_dir / "snapshots" / "building.tmp"
-            info = await asyncio.to_thread(self.sm.build_snapshot, tmp)
+            started = time.perf_counter()
+            info = await self._io("snapshot build", tmp, w, self.sm.build_snapshot, tmp)
+            self.metrics.snapshot_done("build", time.perf_counter() - started, info.size)
             dest = snapshot_path(self.opts.data_dir, Term(info.term), Index(info.index))
-            await asyncio.to_thread(tmp.rename, dest)
+            await self._io("rename", dest, w, tmp.rename, dest)
+            await self._io("fsync (directory)", dest.parent, w, fsync_dir, dest.parent)
             if info.index <= self.storage.snapshot().meta.index:
                 return
             snap = self.storage.create_snapshot(Index(info.index), info.conf, str(dest).encode())
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._writer, self.durable.save, None, (), snap.meta)
+            await self._io(
+                "log commit",
+                self.durable.path,
+                self._writer,
+                self.durable.save,
+                None,
+                (),
+                snap.meta,
+            )
             keep_from = Index(info.index - self.opts.snapshot_keep_entries)
             if keep_from > self.storage.first_index():
                 self.storage.compact(keep_from)
             self._last_snapshot_index = Index(info.index)
             self._prune_snapshots(keep=2)
             log.info("snapshot taken", node=self.id, index=info.index, bytes=info.size)
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
-            log.error("snapshot failed", node=self.id, error=repr(exc))
+            self._die(exc)
         finally:
             self._snapshotting = False
 
@@ -628,6 +667,7 @@ class RaftDriver:
                 await self._wait_leader(leader_deadline)
                 continue
             except ProposalDropped:
+                self.metrics.proposals_dropped += 1
                 # A transfer or election is under way: wait for the outcome, then retry.
                 try:
                     await asyncio.wait_for(
@@ -644,11 +684,18 @@ class RaftDriver:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the future in a new Task,
                 # a real cost per request on the hot path.
                 async with asyncio.timeout(max(0.001, remaining)):
-                    return await fut
+                    result = await fut
             except TimeoutError:
+                self.metrics.proposals_failed += 1
                 raise OperationTimeout(f"entry {index} not applied in time") from None
             except ProposalLost:
+                self.metrics.proposals_dropped += 1
                 continue  # definitely not applied: safe to propose again
+            except (OperationTimeout, NodeStopping):
+                self.metrics.proposals_failed += 1
+                raise
+            self.metrics.proposals_committed += 1
+            return result
 
     async def read_barrier(self) -> None:
         """Return once local state reflects every write acknowledged before the call (§6.4)."""
@@ -675,3 +722,24 @@ class RaftDriver:
 
     def stale_get(self, key: str) -> str | None:
         return self.sm.get(key)
+
+    def metrics_sample(self) -> NodeSample:
+        """The gauges of /metrics, read when scraped."""
+        d = self.opts.data_dir
+        st = self.raw.status()
+        return NodeSample(
+            status=st,
+            applied_index=self.sm.applied_index,
+            snapshot_index=self._last_snapshot_index,
+            pending_proposals=len(self._proposals),
+            peers=sorted(n for n in st.conf.all_nodes() if n != self.id),
+            outbound_connected=frozenset(self.transport.connected_peers()),
+            inbound_connected=frozenset(self.transport.inbound_peers()),
+            files=[
+                ("log", d / "raft.db"),
+                ("log", d / "raft.db-wal"),
+                ("state", d / "state" / "data.mdb"),
+                *(("snapshots", p) for p in (d / "snapshots").glob("snap-*.snap")),
+            ],
+            alarms=(),
+        )

@@ -20,6 +20,7 @@ from raftkv.runtime.api import LocalStatus
 from raftkv.runtime.driver import RaftDriver
 from raftkv.runtime.inspect import NodeInspector
 from raftkv.runtime.membership import MembershipManager
+from raftkv.runtime.metrics import RuntimeMetrics
 from raftkv.runtime.options import NodeOptions
 
 
@@ -94,3 +95,7 @@ class RaftKVNode:
     def inspector(self) -> NodeInspector:
         """Read-only views for the /debug endpoints (runtime/inspect.py)."""
         return NodeInspector(self.driver)
+
+    def metrics(self) -> RuntimeMetrics | None:
+        """The node's Prometheus metrics for /metrics, or None when they are switched off."""
+        return self.driver.metrics if self.opts.metrics else None

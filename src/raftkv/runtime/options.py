@@ -30,6 +30,7 @@ class NodeOptions:
     leader_wait_s: float = 2.0  # how long a request waits for a leader to appear
     request_timeout_s: float = 5.0  # proposals / reads not done by then: outcome unknown
     max_append_bytes: int = 4 << 20
+    metrics: bool = True  # record Prometheus metrics (runtime/metrics.py)
     # Voters of the configuration the cluster started from; None: every node of peers_raft.
     # A node joining later gets it from the cluster (it replays the log from index 1).
     initial_voters: tuple[NodeId, ...] | None = None

@@ -3,7 +3,9 @@
 Rules:
 - A proposal (term, index) resolves when the entry at `index` is applied: with its result if
   the applied entry has the proposal's term, else with `ProposalLost` — a different entry won
-  that index, so ours can never commit (Log Matching, §5.3).
+  that index, so ours can never commit (Log Matching, §5.3). A new proposal at an index that
+  still has a waiter fails the old waiter with `ProposalLost` at once (retried, not left to
+  time out).
 - Reads of one loop turn share one ReadIndex context; a batch resolves once the read state
   arrives AND applied >= its index (thesis §6.4 step 4).
 - Everything here runs on the event loop thread.
@@ -35,6 +37,14 @@ class ProposalWaiters:
 
     def add(self, term: Term, index: Index) -> asyncio.Future[object]:
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        old = self._by_index.get(index)
+        if old is not None and not old.future.done():
+            # We lead again and our new entry took this index: the older entry was overwritten
+            # in our log, and a leader's log holds every committed entry (Leader Completeness,
+            # §5.4), so the older proposal never committed and never will: retry it now.
+            old.future.set_exception(
+                ProposalLost(f"entry {index} (term {old.term}) was replaced (term {term})")
+            )
         self._by_index[index] = _Proposal(term, fut)
         return fut
 

@@ -13,8 +13,8 @@ Rules:
   "0.0.0.0" in containers; default: the advertised host), `raft.snapshot_every`,
   `server.max_value_bytes`, `server.leader_wait_ms`, `server.request_timeout_ms`, `logging.format`,
   the HTTP hardening limits (`server.body_timeout_ms`, `server.keepalive_timeout_ms`,
-  `server.max_connections`, `server.max_inflight_body_bytes`; see limits.py) and
-  `server.debug_endpoints`.
+  `server.max_connections`, `server.max_inflight_body_bytes`; see limits.py),
+  `server.debug_endpoints` and `server.metrics` (Prometheus /metrics, default true).
 - `server.max_value_bytes` must fit in one peer frame (limits.largest_value_bytes); the error
   names the largest allowed value.
 - Advertised vs listen addresses are separate fields so that a deployment whose listen address
@@ -69,6 +69,7 @@ _SCHEMA: Final[Mapping[str, frozenset[str]]] = {
             "request_timeout_ms",
             *HTTP_LIMIT_KEYS,
             "debug_endpoints",
+            "metrics",
         }
     ),
     "logging": frozenset({"level", "format"}),
@@ -142,6 +143,7 @@ class Settings:
     max_value_bytes: int  # UTF-8 bytes of one value, > 0
     leader_wait_ms: int  # how long a write waits for a leader before 503 no_leader
     request_timeout_ms: int  # > leader_wait_ms
+    metrics: bool  # record and serve Prometheus metrics at /metrics
     log_level: str  # one of LOG_LEVELS
     log_format: LogFormat
     # HTTP hardening (limits.py); defaults far above what benchmarks use.
@@ -263,6 +265,7 @@ def load_settings(
         max_value_bytes=max_value,
         leader_wait_ms=leader_wait,
         request_timeout_ms=request_timeout,
+        metrics=_bool(server, "server.metrics", True),
         log_level=_log_level(layer, logging_),
         log_format=_log_format(layer, logging_),
         http_limits=HttpLimits(
@@ -425,18 +428,18 @@ def _opt_str(section: Mapping[str, object], field: str, default: str) -> str:
     return value
 
 
+def _bool(section: Mapping[str, object], field: str, default: bool) -> bool:
+    value = section.get(field.rpartition(".")[2], default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field}: must be true or false (got {value!r})")
+    return value
+
+
 def _pos_int(section: Mapping[str, object], field: str, default: int) -> int:
     value = section.get(field.rpartition(".")[2], default)
     # bool is an int subclass; `true` is never a sensible count of milliseconds.
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{field}: must be a positive integer (got {value!r})")
-    return value
-
-
-def _bool(section: Mapping[str, object], field: str, default: bool) -> bool:
-    value = section.get(field.rpartition(".")[2], default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{field}: must be true or false (got {value!r})")
     return value
 
 

@@ -5,6 +5,7 @@ Routes:
     GET    /kv/{key}   ?consistency=linearizable (default) | stale -> {"key", "value"}
     DELETE /kv/{key}   -> {"key", "message"}
     GET    /cluster/status, /cluster/local, /health, /ready
+    GET    /metrics    Prometheus text format (`metrics_routes.py`)
 
 Rules:
 - Replies match the seed README byte for byte where it shows them (field names, messages).
@@ -48,6 +49,7 @@ from raftkv.server.inputs import (
 from raftkv.server.inspect_routes import add_inspect_routes
 from raftkv.server.limits import BodyGate
 from raftkv.server.members_routes import add_member_routes
+from raftkv.server.metrics_routes import HttpMetrics, add_metrics_routes
 from raftkv.server.runner import server_kwargs
 from raftkv.server.status import StatusProbe, cluster_status, local_status_json
 
@@ -88,6 +90,7 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
     for method, path, handler in routes:
         app.router.add_route(method, path, handler, expect_handler=api.expect_continue)
     add_inspect_routes(app, node, enabled=settings.debug_endpoints)
+    api.http_metrics = add_metrics_routes(app, node)
     membership = getattr(node, "membership", None)
     if isinstance(membership, MembershipManager):
         add_member_routes(app, membership, settings)
@@ -101,6 +104,7 @@ class _Api:
         self._timeout_s = settings.request_timeout_ms / 1000
         self._forwarder: Forwarder | None = None  # set while the app runs
         self._probe: StatusProbe | None = None  # set while the app runs
+        self.http_metrics: HttpMetrics | None = None  # None: metrics off
 
     async def client_sessions(self, _app: web.Application) -> AsyncIterator[None]:
         source_ip = await resolve_source_ip(self._settings.http_address.host)
@@ -235,7 +239,15 @@ class _Api:
             )
         if self._forwarder is None:
             raise _stopping()
-        return await self._forwarder.forward(request, body, leader_id, leader_http)
+        try:
+            resp = await self._forwarder.forward(request, body, leader_id, leader_http)
+        except ApiError as failed:
+            if self.http_metrics is not None:
+                self.http_metrics.forwarded(failed.status)
+            raise
+        if self.http_metrics is not None:
+            self.http_metrics.forwarded(resp.status)
+        return resp
 
 
 def _key_not_found(key: str) -> ApiError:

@@ -122,6 +122,7 @@ def save_member_file(settings: Settings, initial_voters: tuple[str, ...] | None)
         "max_value_bytes": settings.max_value_bytes,
         "leader_wait_ms": settings.leader_wait_ms,
         "request_timeout_ms": settings.request_timeout_ms,
+        "metrics": settings.metrics,
         "initial_voters": list(initial_voters or settings.raft_peers),
         "peers": {
             n: {"raft_address": str(a), "http_address": str(settings.http_peers[n])}
@@ -189,6 +190,7 @@ def _settings_from(
         request_timeout_ms=int(doc["request_timeout_ms"]),
         log_level="warning" if level == "warn" else level,
         log_format="json" if fmt == "json" else "console",
+        metrics=bool(doc.get("metrics", True)),
     )
 
 

@@ -1,0 +1,155 @@
+"""Both transports against a misbehaving local server: a write is never sent twice.
+
+The server counts the requests it reads; on `/drop` it reads a whole request and closes the
+connection without answering — exactly when aiohttp's client would silently re-send a PUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from raftkv.client import AsyncClient, Client, OutcomeUnknown, Unavailable
+from raftkv.client.async_transport import AsyncTransport
+from raftkv.client.engine import MaybeSent, NotSent, Send
+from raftkv.client.protocol import Reply
+from raftkv.client.sync_transport import SyncTransport
+
+OK = b'{"key": "k", "value": "v", "message": "ok"}'
+
+
+class Server:
+    """A tiny HTTP/1.1 server in a thread: `/kv/drop` hangs up after reading the request,
+    `/session` is 404 (no sessions), anything else answers 200 with OK."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[str] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                while len(buf) < length:
+                    buf += conn.recv(65536)
+                buf = buf[length:]
+                method, target, _ = lines[0].split(" ", 2)
+                self.requests.append(f"{method} {target}")
+                if target == "/kv/drop":
+                    return  # read it all, answer nothing, hang up
+                if target == "/session":
+                    body, status = b'{"error": "no such endpoint", "code": "not_found"}', "404"
+                else:
+                    body, status = OK, "200"
+                conn.sendall(
+                    f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    s = Server()
+    yield s
+    s.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def send(port: int, target: str, *, fresh: bool, method: str = "PUT") -> Send:
+    return Send(f"http://127.0.0.1:{port}", method, target, (), b"x", 2.0, 1.0, fresh)
+
+
+def test_sync_client_write_dropped_after_send_is_sent_once(server: Server) -> None:
+    with Client([f"127.0.0.1:{server.port}"]) as kv, pytest.raises(OutcomeUnknown):
+        kv.put("drop", "v")
+    assert server.requests.count("PUT /kv/drop") == 1
+
+
+def test_async_client_write_dropped_after_send_is_sent_once(server: Server) -> None:
+    async def main() -> None:
+        async with AsyncClient([f"127.0.0.1:{server.port}"]) as kv:
+            await kv.put("k", "v")  # warm the pooled session: a reused connection exists
+            with pytest.raises(OutcomeUnknown):
+                await kv.put("drop", "v")
+            with pytest.raises(OutcomeUnknown):
+                await kv.delete("drop")
+
+    asyncio.run(main())
+    assert server.requests.count("PUT /kv/drop") == 1
+    assert server.requests.count("DELETE /kv/drop") == 1
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_async_transport_attributes_failures(server: Server, fresh: bool) -> None:
+    async def main() -> None:
+        t = AsyncTransport(None)
+        try:
+            assert isinstance(await t.send(send(server.port, "/kv/k", fresh=fresh)), Reply)
+            assert isinstance(await t.send(send(server.port, "/kv/drop", fresh=fresh)), MaybeSent)
+            assert isinstance(await t.send(send(free_port(), "/kv/k", fresh=fresh)), NotSent)
+        finally:
+            await t.close()
+
+    asyncio.run(main())
+    assert server.requests == ["PUT /kv/k", "PUT /kv/drop"]
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_sync_transport_attributes_failures(server: Server, fresh: bool) -> None:
+    t = SyncTransport(None)
+    try:
+        assert isinstance(t.send(send(server.port, "/kv/k", fresh=fresh)), Reply)
+        assert isinstance(t.send(send(server.port, "/kv/k", fresh=fresh)), Reply)
+        dropped = t.send(send(server.port, "/kv/drop", fresh=fresh))
+        assert isinstance(dropped, MaybeSent) and dropped.reused is not fresh
+        assert isinstance(t.send(send(free_port(), "/kv/k", fresh=fresh)), NotSent)
+    finally:
+        t.close()
+    assert server.requests == ["PUT /kv/k", "PUT /kv/k", "PUT /kv/drop"]
+
+
+def test_reads_retry_after_a_drop_and_fail_over(server: Server) -> None:
+    dead = free_port()
+    with Client([f"127.0.0.1:{dead}", f"127.0.0.1:{server.port}"], timeout=1.5) as kv:
+        assert kv.put("k", "v").key == "k"  # refused by the dead node: sent to the live one
+        with pytest.raises(Unavailable):
+            kv.get("drop")  # a read is retried until the deadline, then Unavailable
+    assert server.requests.count("GET /kv/drop") > 1
