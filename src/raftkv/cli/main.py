@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from raftkv.cli import bench_cmd, certs, chaos_cmd, inspect_cmd, serve, sim_cmd
+from raftkv.cli import bench_cmd, certs, chaos_cmd, inspect_cmd, kv_cmd, serve, sim_cmd
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="raftkv: a Raft key-value store")
 
@@ -20,6 +20,7 @@ bench_cmd.register(app)
 sim_cmd.register(app)
 chaos_cmd.register(app)
 certs.register(app)
+kv_cmd.register(app)
 
 
 def main() -> None:

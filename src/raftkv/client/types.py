@@ -131,7 +131,7 @@ class Delete(msgspec.Struct, frozen=True, tag_field="op", tag="delete", omit_def
 TxnOp = Get | Put | Delete
 
 
-class TxnRequest(msgspec.Struct, frozen=True):
-    compare: list[Compare]
-    success: list[TxnOp]
-    failure: list[TxnOp]
+class TxnRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    compare: list[Compare] = msgspec.field(default_factory=list)
+    success: list[TxnOp] = msgspec.field(default_factory=list)
+    failure: list[TxnOp] = msgspec.field(default_factory=list)

@@ -1,28 +1,23 @@
 """Cluster configuration: the seed's YAML file + environment + flags -> one node's `Settings`.
 
 Rules:
+- What the file may hold (keys, types, limits, defaults, meaning) is declared once, in
+  `raftkv.server.config_schema`; this module resolves it: reads the file, applies the overrides,
+  checks what depends on several fields (addresses, node ids), and builds `Settings`.
 - Precedence: flags > environment > file > defaults. `load_settings` takes the flags as an
   explicit mapping and the environment as a mapping (os.environ only when none is given), so
   every path is testable.
 - Everything is validated here, once. A problem raises `ConfigError` whose message starts with
   the field it is about: `raft.election_timeout_ms: ...`, `KV_HTTP_PORT: ...`, `--node-id: ...`.
 - Unknown keys are errors: a typo must never silently fall back to a default.
-- The file is the seed's `config/multi-node-cluster.yaml` plus optional keys: `cluster.http`
-  (node id -> HTTP "host:port"; default: the node's Raft host with ports 8081, 8082, ... in the
-  nodes' declared order), `cluster.listen` (a host every node binds its listeners to, e.g.
-  "0.0.0.0" in containers; default: the advertised host), `raft.snapshot_every`,
-  `server.max_value_bytes`, `server.leader_wait_ms`, `server.request_timeout_ms`, `logging.format`,
-  the HTTP hardening limits (`server.body_timeout_ms`, `server.keepalive_timeout_ms`,
-  `server.max_connections`, `server.max_inflight_body_bytes`; see limits.py),
-  `server.debug_endpoints` and `server.metrics` (Prometheus /metrics, default true).
-- `server.max_value_bytes` must fit in one peer frame (limits.largest_value_bytes); the error
-  names the largest allowed value.
 - Advertised vs listen addresses are separate fields so that a deployment whose listen address
   differs from what peers dial (Kubernetes) needs no change outside this module.
 - `KV_HTTP_PORT` / `KV_RAFT_PORT` (or the flags) replace the port of this node's own entry, both
   where it listens and what it advertises. `KV_DATA_DIR` replaces `cluster.data_dir`; the node's
   directory is always `<data_dir>/<node id>`.
 - One tick is the heartbeat interval; the election timeout must be a whole number (>= 2) of ticks.
+- `Settings.config` is the validated file with the overrides applied: a key added to the schema
+  is read as `settings.config.<section>.<key>` with no change here.
 """
 
 from __future__ import annotations
@@ -33,65 +28,51 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final, Literal, cast
+from typing import Any, Final
 
+import msgspec
 import yaml
+from msgspec import inspect as mi
 
-from raftkv.server.limits import (
-    DEFAULT_HTTP_LIMITS,
-    HTTP_LIMIT_KEYS,
-    HttpLimits,
-    largest_value_bytes,
+from raftkv.server.config_fields import (
+    ConfigError,
+    check_keys,
+    check_value,
+    fields_of,
+    parse_struct,
 )
+from raftkv.server.config_schema import (
+    DEFAULT_HTTP_BASE_PORT,
+    OVERRIDES,
+    REQUIRED_SECTIONS,
+    ClusterSection,
+    ConfigFile,
+    LogFormat,
+)
+from raftkv.server.limits import HttpLimits
 
-LogFormat = Literal["console", "json"]
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_HTTP_BASE_PORT",
+    "FLAG_KEYS",
+    "LOG_LEVELS",
+    "Address",
+    "ConfigError",
+    "ConfigFile",
+    "LogFormat",
+    "Settings",
+    "load_settings",
+]
 
 DEFAULT_CONFIG_PATH: Final = Path("config/multi-node-cluster.yaml")
-DEFAULT_CLUSTER_NAME: Final = "raftkv"
-DEFAULT_DATA_DIR: Final = "./data/cluster"
-DEFAULT_HTTP_BASE_PORT: Final = 8081
-DEFAULT_ELECTION_TIMEOUT_MS: Final = 100
-DEFAULT_HEARTBEAT_MS: Final = 25
-DEFAULT_SNAPSHOT_EVERY: Final = 10_000
-DEFAULT_MAX_VALUE_BYTES: Final = 1 << 20
-DEFAULT_LEADER_WAIT_MS: Final = 2000
-DEFAULT_REQUEST_TIMEOUT_MS: Final = 5000
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
-# Section -> allowed keys. Anything else in the file is an error.
-_SCHEMA: Final[Mapping[str, frozenset[str]]] = {
-    "cluster": frozenset({"name", "bootstrap_id", "data_dir", "nodes", "http", "listen"}),
-    "raft": frozenset({"election_timeout_ms", "heartbeat_timeout_ms", "snapshot_every"}),
-    "server": frozenset(
-        {
-            "max_value_bytes",
-            "leader_wait_ms",
-            "request_timeout_ms",
-            *HTTP_LIMIT_KEYS,
-            "debug_endpoints",
-            "metrics",
-        }
-    ),
-    "logging": frozenset({"level", "format"}),
-}
-
 # Flag key (as the CLI passes it) -> (environment variable, name used in error messages).
-FLAG_KEYS: Final[Mapping[str, tuple[str, str]]] = {
-    "node_id": ("RAFT_NODE_ID", "--node-id"),
-    "config": ("KV_CONFIG", "--config"),
-    "data_dir": ("KV_DATA_DIR", "--data-dir"),
-    "http_port": ("KV_HTTP_PORT", "--http-port"),
-    "raft_port": ("KV_RAFT_PORT", "--raft-port"),
-    "log_level": ("KV_LOG_LEVEL", "--log-level"),
-    "log_format": ("KV_LOG_FORMAT", "--log-format"),
-}
+FLAG_KEYS: Final[Mapping[str, tuple[str, str]]] = {o.key: (o.env, o.flag) for o in OVERRIDES}
+_FILE_KEY: Final = {o.key: o.file_key for o in OVERRIDES if o.file_key}
 
 # Node ids name directories and appear in URLs and logs: keep them plain.
 _NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the field."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +127,9 @@ class Settings:
     metrics: bool  # record and serve Prometheus metrics at /metrics
     log_level: str  # one of LOG_LEVELS
     log_format: LogFormat
-    # HTTP hardening (limits.py); defaults far above what benchmarks use.
-    http_limits: HttpLimits = DEFAULT_HTTP_LIMITS
-    debug_endpoints: bool = True  # /debug/*; root-only when auth is on
+    http_limits: HttpLimits  # HTTP hardening (limits.py)
+    debug_endpoints: bool  # /debug/*; root-only when auth is on
+    config: ConfigFile  # the validated file, defaults filled in, overrides applied
 
     @property
     def tick_ms(self) -> int:
@@ -181,15 +162,12 @@ def load_settings(
     layer = _Layers(flags, environ)
 
     config_path = Path(str(layer.get("config") or DEFAULT_CONFIG_PATH))
-    doc = _read_yaml(config_path)
-    cluster = _section(doc, "cluster", required=True)
-    raft = _section(doc, "raft")
-    server = _section(doc, "server")
-    logging_ = _section(doc, "logging")
+    sections = _sections(_read_yaml(config_path))
+    cluster = parse_struct(ClusterSection, sections.pop("cluster")[1], "cluster")
 
-    raft_peers = _nodes(cluster.get("nodes"))
+    raft_peers = _nodes(cluster.nodes)
     node_ids = list(raft_peers)
-    http_peers = _http_nodes(cluster.get("http"), raft_peers)
+    http_peers = _http_nodes(cluster.http, raft_peers)
     node_id = _node_id(layer, node_ids)
 
     if (port := layer.get("raft_port")) is not None:
@@ -198,93 +176,52 @@ def load_settings(
         http_peers[node_id] = http_peers[node_id].with_port(_port(port, layer.source("http_port")))
     _check_distinct(raft_peers, http_peers)
 
-    bootstrap_id = _opt_str(cluster, "cluster.bootstrap_id", node_ids[0])
+    bootstrap_id = cluster.bootstrap_id or node_ids[0]
     if bootstrap_id not in raft_peers:
         raise ConfigError(
             f"cluster.bootstrap_id: {bootstrap_id!r} is not in cluster.nodes "
             f"({', '.join(node_ids)})"
         )
 
-    listen = cluster.get("listen")
+    listen = cluster.listen
     if listen is not None and not (isinstance(listen, str) and _valid_host(listen)):
         raise ConfigError(f"cluster.listen: must be a host such as 0.0.0.0 (got {listen!r})")
-    listen_host = listen if isinstance(listen, str) else None
     raft_address, http_address = raft_peers[node_id], http_peers[node_id]
-
-    heartbeat = _pos_int(raft, "raft.heartbeat_timeout_ms", DEFAULT_HEARTBEAT_MS)
-    election = _pos_int(raft, "raft.election_timeout_ms", DEFAULT_ELECTION_TIMEOUT_MS)
-    if election <= heartbeat:
-        raise ConfigError(
-            f"raft.election_timeout_ms: must be greater than heartbeat_timeout_ms ({heartbeat})"
-        )
-    if election % heartbeat:
-        raise ConfigError(
-            f"raft.election_timeout_ms: must be a multiple of heartbeat_timeout_ms ({heartbeat}),"
-            f" the tick; got {election}"
-        )
-
-    max_value = _pos_int(server, "server.max_value_bytes", DEFAULT_MAX_VALUE_BYTES)
-    if max_value > (largest := largest_value_bytes()):
-        # One value is one Raft entry, and an entry must fit in one peer frame with a key of the
-        # largest size: otherwise it is committed locally but never replicates, and writes stop.
-        raise ConfigError(
-            f"server.max_value_bytes: {max_value} does not fit in one peer frame; "
-            f"the largest allowed value is {largest} bytes"
-        )
-    leader_wait = _pos_int(server, "server.leader_wait_ms", DEFAULT_LEADER_WAIT_MS)
-    request_timeout = _pos_int(server, "server.request_timeout_ms", DEFAULT_REQUEST_TIMEOUT_MS)
-    if request_timeout <= leader_wait:
-        # Otherwise a write waiting for a leader would always time out (504) before it could be
-        # told there is none (503), and the client would not know it is safe to retry.
-        raise ConfigError(
-            f"server.request_timeout_ms: must be greater than leader_wait_ms ({leader_wait})"
-        )
-
-    data_root = layer.get("data_dir")
-    if data_root is None:
-        data_root = _opt_str(cluster, "cluster.data_dir", DEFAULT_DATA_DIR)
-    if not str(data_root):
-        raise ConfigError(f"{layer.source('data_dir') or 'cluster.data_dir'}: must not be empty")
+    # The other sections after the cluster's (their errors come after those of node ids).
+    parsed = {name: parse_struct(cls, raw, name) for name, (cls, raw) in sections.items()}
+    conf = _apply_overrides(ConfigFile(cluster=cluster, **parsed), layer)
+    cluster, raft, server = conf.cluster, conf.raft, conf.server
 
     return Settings(
         config_path=config_path,
-        cluster_name=_opt_str(cluster, "cluster.name", DEFAULT_CLUSTER_NAME),
+        cluster_name=cluster.name,
         node_id=node_id,
         bootstrap_id=bootstrap_id,
-        data_dir=Path(str(data_root)) / node_id,
+        data_dir=Path(cluster.data_dir) / node_id,
         raft_address=raft_address,
         http_address=http_address,
-        raft_listen=Address(listen_host, raft_address.port) if listen_host else raft_address,
-        http_listen=Address(listen_host, http_address.port) if listen_host else http_address,
+        raft_listen=Address(listen, raft_address.port) if listen else raft_address,
+        http_listen=Address(listen, http_address.port) if listen else http_address,
         raft_peers=MappingProxyType(raft_peers),
         http_peers=MappingProxyType(http_peers),
-        heartbeat_ms=heartbeat,
-        election_timeout_ms=election,
-        election_ticks=election // heartbeat,
-        snapshot_every=_pos_int(raft, "raft.snapshot_every", DEFAULT_SNAPSHOT_EVERY),
-        max_value_bytes=max_value,
-        leader_wait_ms=leader_wait,
-        request_timeout_ms=request_timeout,
-        metrics=_bool(server, "server.metrics", True),
-        log_level=_log_level(layer, logging_),
-        log_format=_log_format(layer, logging_),
+        heartbeat_ms=raft.heartbeat_timeout_ms,
+        election_timeout_ms=raft.election_timeout_ms,
+        election_ticks=raft.election_timeout_ms // raft.heartbeat_timeout_ms,
+        snapshot_every=raft.snapshot_every,
+        max_value_bytes=server.max_value_bytes,
+        leader_wait_ms=server.leader_wait_ms,
+        request_timeout_ms=server.request_timeout_ms,
+        metrics=server.metrics,
+        log_level=conf.logging.level,
+        log_format=conf.logging.format,
         http_limits=HttpLimits(
-            body_timeout_ms=_pos_int(
-                server, "server.body_timeout_ms", DEFAULT_HTTP_LIMITS.body_timeout_ms
-            ),
-            keepalive_timeout_ms=_pos_int(
-                server, "server.keepalive_timeout_ms", DEFAULT_HTTP_LIMITS.keepalive_timeout_ms
-            ),
-            max_connections=_pos_int(
-                server, "server.max_connections", DEFAULT_HTTP_LIMITS.max_connections
-            ),
-            max_inflight_body_bytes=_pos_int(
-                server,
-                "server.max_inflight_body_bytes",
-                DEFAULT_HTTP_LIMITS.max_inflight_body_bytes,
-            ),
+            body_timeout_ms=server.body_timeout_ms,
+            keepalive_timeout_ms=server.keepalive_timeout_ms,
+            max_connections=server.max_connections,
+            max_inflight_body_bytes=server.max_inflight_body_bytes,
         ),
-        debug_endpoints=_bool(server, "server.debug_endpoints", True),
+        debug_endpoints=server.debug_endpoints,
+        config=conf,
     )
 
 
@@ -319,28 +256,44 @@ def _read_yaml(path: Path) -> Mapping[str, object]:
         raise ConfigError(f"config: {path} is not valid YAML: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"config: {path} must hold a mapping with a 'cluster' section")
+    return doc
+
+
+def _sections(doc: Mapping[str, object]) -> dict[str, Any]:
+    """Section name -> (its Struct, its raw mapping) for the sections present in `doc`, after
+    checking every key name (top level in declared order, then each section's)."""
+    fields = {f.name: f for f in fields_of(ConfigFile)}
     for key in doc:
-        if key not in _SCHEMA:
-            raise ConfigError(f"{key}: unknown key (expected one of {', '.join(_SCHEMA)})")
-    return cast("Mapping[str, object]", doc)
+        if key not in fields:
+            raise ConfigError(f"{key}: unknown key (expected one of {', '.join(fields)})")
+    found: dict[str, Any] = {}
+    for name, f in fields.items():
+        raw = doc.get(name)
+        if raw is None:
+            if name in REQUIRED_SECTIONS:
+                raise ConfigError(f"{name}: missing section")
+            continue
+        assert isinstance(f.type, mi.StructType)  # every top-level key is a section
+        check_keys(f.type.cls, raw, name)
+        found[name] = (f.type.cls, raw)
+    return found
 
 
-def _section(doc: Mapping[str, object], name: str, *, required: bool = False) -> dict[str, object]:
-    raw = doc.get(name)
-    if raw is None:
-        if required:
-            raise ConfigError(f"{name}: missing section")
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{name}: must be a mapping")
-    allowed = _SCHEMA[name]
-    for key in raw:
-        if key not in allowed:
-            raise ConfigError(
-                f"{name}.{key}: unknown key (expected one of {', '.join(sorted(allowed))})"
-            )
-    # A key written with no value (`level:`) means "use the default".
-    return {k: v for k, v in raw.items() if v is not None}
+def _apply_overrides(conf: ConfigFile, layer: _Layers) -> ConfigFile:
+    """`conf` with the file keys that a flag or environment variable replaces."""
+    for key, file_key in _FILE_KEY.items():
+        value = layer.get(key)
+        if value is None:
+            continue
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        section_name, field = file_key.split(".")
+        section = getattr(conf, section_name)
+        checked = check_value(type(section), field, value, layer.source(key))
+        conf = msgspec.structs.replace(
+            conf, **{section_name: msgspec.structs.replace(section, **{field: checked})}
+        )
+    return conf
 
 
 def _nodes(raw: object) -> dict[str, Address]:
@@ -397,50 +350,6 @@ def _check_distinct(raft_peers: Mapping[str, Address], http_peers: Mapping[str, 
             if addr in seen:
                 raise ConfigError(f"cluster.nodes: {seen[addr]} and {name} both use {addr}")
             seen[addr] = name
-
-
-def _log_level(layer: _Layers, section: Mapping[str, object]) -> str:
-    value = layer.get("log_level")
-    field = layer.source("log_level")
-    if value is None:
-        value, field = section.get("level", "info"), "logging.level"
-    level = str(value).lower()
-    level = "warning" if level == "warn" else level
-    if not isinstance(value, str) or level not in LOG_LEVELS:
-        raise ConfigError(f"{field}: must be one of {', '.join(LOG_LEVELS)} (got {value!r})")
-    return level
-
-
-def _log_format(layer: _Layers, section: Mapping[str, object]) -> LogFormat:
-    value = layer.get("log_format")
-    field = layer.source("log_format")
-    if value is None:
-        value, field = section.get("format", "console"), "logging.format"
-    if value == "console" or value == "json":
-        return value
-    raise ConfigError(f"{field}: must be console or json (got {value!r})")
-
-
-def _opt_str(section: Mapping[str, object], field: str, default: str) -> str:
-    value = section.get(field.rpartition(".")[2], default)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{field}: must be a non-empty string (got {value!r})")
-    return value
-
-
-def _bool(section: Mapping[str, object], field: str, default: bool) -> bool:
-    value = section.get(field.rpartition(".")[2], default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{field}: must be true or false (got {value!r})")
-    return value
-
-
-def _pos_int(section: Mapping[str, object], field: str, default: int) -> int:
-    value = section.get(field.rpartition(".")[2], default)
-    # bool is an int subclass; `true` is never a sensible count of milliseconds.
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{field}: must be a positive integer (got {value!r})")
-    return value
 
 
 def _port(value: object, field: str) -> int:
