@@ -26,7 +26,7 @@ from raftkv.runtime.node import RaftKVNode
 from raftkv.runtime.options import NodeOptions
 from raftkv.server.config import ConfigError, Settings
 from raftkv.server.http import create_app
-from raftkv.server.joining import check_not_removed, resolve, save_member_file
+from raftkv.server.joining import check_not_removed, resolve, save_member_files
 from raftkv.server.logging import bind_node, configure_logging
 from raftkv.server.runner import run_http
 from raftkv.storage.errors import StorageError
@@ -35,9 +35,7 @@ from raftkv.storage.failure import EXIT_IOERR, StorageFailure, describe, is_stor
 _STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
-def node_options(
-    s: Settings, initial_voters: tuple[str, ...] | None = None, *, auto_promote: bool = True
-) -> NodeOptions:
+def node_options(s: Settings, initial_voters: tuple[str, ...] | None = None) -> NodeOptions:
     return NodeOptions(
         node_id=NodeId(s.node_id),
         cluster_name=s.cluster_name,
@@ -56,7 +54,7 @@ def node_options(
         request_timeout_s=s.request_timeout_ms / 1000.0,
         metrics=s.metrics,
         initial_voters=tuple(NodeId(v) for v in initial_voters) if initial_voters else None,
-        auto_promote=auto_promote,
+        auto_promote=s.config.cluster.auto_promote,
     )
 
 
@@ -169,7 +167,7 @@ def register(app: typer.Typer) -> None:
                     file=sys.stderr,
                 )
                 raise typer.Exit(2)
-            save_member_file(settings, resolved.initial_voters)
+            save_member_files(settings, resolved.initial_voters)
         except ConfigError as exc:
             print(f"raftkv: invalid configuration: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None

@@ -7,8 +7,9 @@ Routes:
     POST   /cluster/members/{id}/promote    -> 200 (409 learner_not_ready with its lag)
     DELETE /cluster/members/{id}            -> 200 (409 would_lose_quorum)
     POST   /cluster/leader                  {"to": id} -> 200 once `to` leads
-    GET    /cluster/config                  what a joining node copies: the cluster's name,
-                                            timing and limits, its initial voters, its members
+    GET    /cluster/config                  what a joining node copies: the shared sections of
+                                            the configuration, the initial voters, the members
+                                            and the removed ids
 
 Rules:
 - Changes run on the leader (runtime/membership.py); a follower forwards them once, like writes
@@ -56,6 +57,7 @@ from raftkv.server.forward import (
     make_connector,
     resolve_source_ip,
 )
+from raftkv.server.joining import shared_config
 
 log = structlog.get_logger(__name__)
 
@@ -198,17 +200,10 @@ class _MemberRoutes:
         return json_response({"leader": leader, "message": f"{leader} is the leader"})
 
     async def config(self, request: web.Request) -> web.StreamResponse:
-        s = self._settings
         record = self._m.record()
         return json_response(
             {
-                "cluster_name": s.cluster_name,
-                "heartbeat_ms": s.heartbeat_ms,
-                "election_timeout_ms": s.election_timeout_ms,
-                "snapshot_every": s.snapshot_every,
-                "max_value_bytes": s.max_value_bytes,
-                "leader_wait_ms": s.leader_wait_ms,
-                "request_timeout_ms": s.request_timeout_ms,
+                "config": shared_config(self._settings),
                 "initial_voters": list(record.initial),
                 "removed": list(record.removed),
                 "members": {
