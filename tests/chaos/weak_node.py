@@ -3,7 +3,7 @@
 Usage (what the chaos tool runs with `--node-cmd "python tests/chaos/weak_node.py"`):
     python tests/chaos/weak_node.py serve --config FILE --node-id ID
 
-It wraps the node the HTTP API is built on so that `get` ignores `linearizable` (the
+It wraps the node the HTTP API is built on so that `read` ignores `linearizable` (the
 `?consistency=` parameter) and reads the local applied state at once, then runs the normal
 `raftkv` entry point. A node cut off from the majority, or a lagging follower, then answers
 reads with stale values: exactly what a linearizability checker must catch. Production code
@@ -32,9 +32,8 @@ class StaleReads:
     def node_id(self) -> str:
         return str(self._node.node_id)
 
-    async def get(self, key: str, *, linearizable: bool) -> str | None:
-        value: str | None = await self._node.get(key, linearizable=False)
-        return value
+    async def read(self, fn: Any, *, linearizable: bool, min_revision: int = 0) -> Any:
+        return await self._node.read(fn, linearizable=False, min_revision=min_revision)
 
 
 def weak_create_app(node: Any, settings: Any) -> Any:

@@ -159,6 +159,16 @@ def request(
         conn.close()
 
 
+ADDED_FIELDS = frozenset({"revision", "create_revision", "mod_revision", "version"})
+
+
+def seed_view(reply: Any) -> Any:
+    """A /kv reply without the fields added by the data model (revisions): what the seed shows."""
+    if not isinstance(reply, dict):
+        return reply
+    return {k: v for k, v in reply.items() if k not in ADDED_FIELDS}
+
+
 def kv_path(key: str, query: str = "") -> str:
     path = "/kv/" + urllib.parse.quote(key, safe="")
     return f"{path}?{query}" if query else path

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 
-from tests.integration.cluster import Cluster, MakeCluster, wait_for
+from tests.integration.cluster import Cluster, MakeCluster, seed_view, wait_for
 
 STORED = "Key-value pair stored successfully"
 
@@ -59,7 +59,7 @@ def test_fresh_cluster_without_the_bootstrap_node_elects_another(make_cluster: M
     assert c.wait_ready() == leader
     c.wait_caught_up("node-1", leader)
     assert c.local(leader)["term"] == term
-    assert c.get("node-1", "early").json == {"key": "early", "value": "bird"}
+    assert seed_view(c.get("node-1", "early").json) == {"key": "early", "value": "bird"}
 
 
 def test_banner_commands(shared_cluster: Cluster) -> None:
@@ -70,11 +70,11 @@ def test_banner_commands(shared_cluster: Cluster) -> None:
     # curl -X PUT http://localhost:8081/kv/test -d 'hello world'
     reply = c.put("node-1", "test", "hello world", as_json=False)
     assert reply.status == 200, reply
-    assert reply.json == {"key": "test", "value": "hello world", "message": STORED}
+    assert seed_view(reply.json) == {"key": "test", "value": "hello world", "message": STORED}
     # curl http://localhost:8082/kv/test
     reply = c.get("node-2", "test")
     assert reply.status == 200, reply
-    assert reply.json == {"key": "test", "value": "hello world"}
+    assert seed_view(reply.json) == {"key": "test", "value": "hello world"}
 
 
 def test_seed_test_1_basic_operations(shared_cluster: Cluster) -> None:
@@ -82,14 +82,14 @@ def test_seed_test_1_basic_operations(shared_cluster: Cluster) -> None:
     reply = c.put("node-1", "user:john", "John Doe, Software Engineer")
     assert reply.status == 200, reply
     assert reply.headers["content-type"].startswith("application/json")
-    assert reply.json == {
+    assert seed_view(reply.json) == {
         "key": "user:john",
         "value": "John Doe, Software Engineer",
         "message": STORED,
     }
     reply = c.get("node-1", "user:john")
     assert reply.status == 200, reply
-    assert reply.json == {"key": "user:john", "value": "John Doe, Software Engineer"}
+    assert seed_view(reply.json) == {"key": "user:john", "value": "John Doe, Software Engineer"}
 
 
 def test_seed_test_2_read_from_every_node(shared_cluster: Cluster) -> None:
@@ -98,7 +98,7 @@ def test_seed_test_2_read_from_every_node(shared_cluster: Cluster) -> None:
     for node_id in ("node-2", "node-3"):
         reply = c.get(node_id, "user:john")  # linearizable by default: no waiting needed
         assert reply.status == 200, reply
-        assert reply.json == {"key": "user:john", "value": "John Doe, Software Engineer"}
+        assert seed_view(reply.json) == {"key": "user:john", "value": "John Doe, Software Engineer"}
 
 
 def test_seed_test_3_follower_forwards_writes(shared_cluster: Cluster) -> None:
@@ -107,7 +107,7 @@ def test_seed_test_3_follower_forwards_writes(shared_cluster: Cluster) -> None:
     follower = "node-2" if leader != "node-2" else "node-3"
     reply = c.put(follower, "company", "Distributed Systems Corp")
     assert reply.status == 200, reply
-    assert reply.json == {
+    assert seed_view(reply.json) == {
         "key": "company",
         "value": "Distributed Systems Corp",
         "message": STORED,
@@ -115,7 +115,7 @@ def test_seed_test_3_follower_forwards_writes(shared_cluster: Cluster) -> None:
     for node_id in ("node-1", "node-2", "node-3"):
         reply = c.get(node_id, "company")
         assert reply.status == 200, reply
-        assert reply.json == {"key": "company", "value": "Distributed Systems Corp"}
+        assert seed_view(reply.json) == {"key": "company", "value": "Distributed Systems Corp"}
 
 
 def test_seed_test_4_one_node_stopped(shared_cluster: Cluster) -> None:
@@ -141,22 +141,28 @@ def test_seed_test_4_one_node_stopped(shared_cluster: Cluster) -> None:
     # The cluster still works with 2 of 3 nodes.
     reply = c.put("node-1", "test:fault-tolerance", "Still working with 2/3 nodes!")
     assert reply.status == 200, reply
-    assert reply.json == {
+    assert seed_view(reply.json) == {
         "key": "test:fault-tolerance",
         "value": "Still working with 2/3 nodes!",
         "message": STORED,
     }
     reply = c.get("node-3", "test:fault-tolerance")
     assert reply.status == 200, reply
-    assert reply.json == {"key": "test:fault-tolerance", "value": "Still working with 2/3 nodes!"}
+    assert seed_view(reply.json) == {
+        "key": "test:fault-tolerance",
+        "value": "Still working with 2/3 nodes!",
+    }
     # Reads and writes through node-3 too.
     assert c.put("node-3", "test:via-3", "yes").status == 200
-    assert c.get("node-1", "test:via-3").json == {"key": "test:via-3", "value": "yes"}
+    assert seed_view(c.get("node-1", "test:via-3").json) == {"key": "test:via-3", "value": "yes"}
 
     # node-2 comes back with its data and catches up.
     c.start_node("node-2")
     leader = c.wait_ready()
     c.wait_caught_up("node-2", leader)
     reply = c.get("node-2", "test:fault-tolerance", consistency="stale")
-    assert reply.json == {"key": "test:fault-tolerance", "value": "Still working with 2/3 nodes!"}
+    assert seed_view(reply.json) == {
+        "key": "test:fault-tolerance",
+        "value": "Still working with 2/3 nodes!",
+    }
     assert c.get("node-2", "user:john", consistency="stale").status == 200

@@ -1,4 +1,6 @@
-"""Versions on real nodes: a committed entry of an unknown command kind stops a node, by name.
+"""Versions on real nodes: a data directory written by round 1 (commit e2e4924) is migrated and
+served; one from a newer format is refused; a committed entry of an unknown command kind stops a
+node, by name.
 
 A newer node could (without the cluster-version gate) have proposed a kind this node does not
 know. The entry is the same on every node, so skipping it would fork the state machines: the
@@ -7,17 +9,103 @@ node must stop, promptly, with a message naming the entry's index and the kind's
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import sqlite3
 import subprocess
+import tarfile
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from raftkv.storage.format import FORMAT_FILE, FORMAT_VERSION, read_format, write_format
 from raftkv.storage.raftlog import entry_crc
-from tests.integration.cluster import MakeCluster
+from tests.integration.cluster import (
+    MakeCluster,
+    free_port,
+    kv_path,
+    raftkv_executable,
+    request,
+    wait_for,
+)
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "datadir-format1-e2e4924.tar.gz"
+
+
+def one_node_config(root: Path) -> tuple[Path, str]:
+    """A one-node cluster (`node-1`) whose data root is `root/data`; returns (config, http)."""
+    taken: set[int] = set()
+    raft, http = free_port("127.0.0.1", taken), free_port("127.0.0.1", taken)
+    config = root / "one.yaml"
+    config.write_text(
+        "cluster:\n"
+        f"  data_dir: {root / 'data'}\n"
+        f'  nodes: {{node-1: "127.0.0.1:{raft}"}}\n'
+        f'  http: {{node-1: "127.0.0.1:{http}"}}\n'
+        "raft: {election_timeout_ms: 100, heartbeat_timeout_ms: 25}\n"
+    )
+    return config, f"127.0.0.1:{http}"
+
+
+def serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as f:
+        return subprocess.Popen(
+            [str(raftkv_executable()), "serve", "--config", str(config), "--node-id", "node-1"],
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def test_round1_data_directory_is_migrated_at_start_and_served(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    with tarfile.open(FIXTURE) as tar:
+        tar.extractall(tmp_path / "data", filter="data")
+    node_dir = tmp_path / "data" / "node-1"
+    assert read_format(node_dir) == 1
+    config, http = one_node_config(tmp_path)
+    log = tmp_path / "node.log"
+    proc = serve(config, log)
+    try:
+        reply = wait_for(
+            "the migrated node to serve a linearizable read",
+            lambda: (r := request(http, "GET", kv_path("last"))).status == 200 and r,
+            on_timeout=lambda: log.read_text(errors="replace")[-3000:],
+        )
+        assert reply.json["value"] == "written by e2e4924"
+        assert request(http, "GET", kv_path("k07")).json["value"] == "value 7 ключ"
+        assert request(http, "GET", kv_path("k03")).status == 404
+        assert request(http, "PUT", kv_path("new"), b"after the upgrade").status == 200
+        assert read_format(node_dir) == FORMAT_VERSION
+        assert "data directory migrated" in log.read_text(errors="replace")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
+
+
+def test_newer_data_format_is_refused_with_exit_3(tmp_path: Path) -> None:
+    node_dir = tmp_path / "data" / "node-1"
+    write_format(node_dir, FORMAT_VERSION + 1)
+    config, _ = one_node_config(tmp_path)
+    done = subprocess.run(
+        [str(raftkv_executable()), "serve", "--config", str(config), "--node-id", "node-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3, done
+    assert f"data format {FORMAT_VERSION + 1} was written by a newer raftkv" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in node_dir.iterdir()) == [FORMAT_FILE]  # nothing created
 
 
 def rewrite_last_command(db: Path, tag: int) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import msgspec
 
-from raftkv.kv.commands import Command
+from raftkv.kv.commands import Command, Put, PutOp, SessionRequest, Txn
 from raftkv.kv.registry import COMMAND_SET_VERSION, kind_by_tag, kinds
 
 COMMAND_VERSION = 1
@@ -60,12 +60,30 @@ def decode_command(data: bytes | memoryview) -> Command:
             f"unsupported command version {version} (this node reads version {COMMAND_VERSION})"
         )
     try:
-        return _decoder.decode(memoryview(data)[1:])
+        cmd = _decoder.decode(memoryview(data)[1:])
     except msgspec.DecodeError as exc:  # ValidationError is a subclass
         tag = _unknown_tag(memoryview(data)[1:])
         if tag is not None:
             raise UnknownCommandKind(tag) from exc
         raise CommandDecodeError(f"malformed command (version {version}): {exc}") from exc
+    _check_values(cmd)
+    return cmd
+
+
+def _check_values(cmd: object) -> None:
+    """Values are declared `Any` to msgspec (it cannot express str | bytes): check them here."""
+    match cmd:
+        case Put(value=value) | PutOp(value=value):
+            if not isinstance(value, str | bytes):
+                raise CommandDecodeError(f"malformed command: value of type {type(value).__name__}")
+        case Txn(compare=compare, success=success, failure=failure):
+            for c in compare:
+                if isinstance(c.value, bool) or not isinstance(c.value, int | str | bytes):
+                    raise CommandDecodeError("malformed command: compare value type")
+            for op in (*success, *failure):
+                _check_values(op)
+        case SessionRequest(cmd=inner):
+            _check_values(inner)
 
 
 def _unknown_tag(payload: memoryview) -> int | None:

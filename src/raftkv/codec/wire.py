@@ -4,8 +4,9 @@ Rules:
 - A frame is a 4-byte big-endian payload length followed by the payload; the payload is one
   wire-format version byte (`WIRE_VERSION`) then the msgpack encoding of one `WireMessage`.
 - `WireMessage` is a msgspec tagged union (tag = class name) of the Raft messages
-  (`raftkv.raft.messages.AnyMessage`) and the transport frames `Hello` and `SnapshotChunk`; the
-  core's classes are the wire classes, there is no conversion layer.
+  (`raftkv.raft.messages.AnyMessage`) and the transport frames `Hello`, `SnapshotChunk` and
+  `Ping`; the core's classes are the wire classes, there is no conversion layer.
+- Types are checked here; values (ranges, combinations) in `raftkv.codec.validate`.
 - One module-level Encoder and Decoder are reused (msgspec is faster that way); both are used
   from the event-loop thread only.
 - Anything a peer can get wrong (short or oversized length, unknown version byte, malformed
@@ -65,7 +66,13 @@ class SnapshotChunk(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=F
     data: bytes
 
 
-WireMessage = AnyMessage | Hello | SnapshotChunk
+class Ping(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
+    """Keepalive on an outbound connection that has been idle for a heartbeat interval: the
+    acceptor drops a connection silent for several intervals (half-open after a peer's host
+    died), and a peer restarted meanwhile can then connect again."""
+
+
+WireMessage = AnyMessage | Hello | SnapshotChunk | Ping
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[WireMessage] = msgspec.msgpack.Decoder(WireMessage)

@@ -1,79 +1,174 @@
-"""The KV state machine's apply logic, pure, over a small storage port.
+"""The KV state machine's apply logic, pure, over the MVCC store port (`raftkv.kv.mvcc`).
 
 Rules:
-- `apply_command` is deterministic: the same commands applied to the same state give the same
-  state and results on every node. No clock, no randomness, no I/O beyond the port.
-- The port (`KVBatch`) is what one atomic batch of a backend offers: `get`, `put`, `delete`.
-  The backend decides the atomicity (LMDB: one write transaction per applied batch of entries);
-  this module only states what each command does to it.
-- `DictState` is a plain-dict implementation of the port for the simulator and tests; it has
-  no durability and its "batch" is the dict itself.
+- `apply_command(store, cmd, revision)` is deterministic: the same commands at the same
+  revisions applied to the same state give the same state and results on every node. No clock,
+  no randomness, no I/O beyond the port. `revision` is the Raft index of the entry (see mvcc).
+- A command that writes sets the store's revision to `revision`; one that writes nothing (a
+  delete of an absent key, a transaction whose branch only reads) leaves it unchanged.
+- Every write of one command is one revision; `sub` numbers the writes inside it.
+- Transactions: compares read the state before the transaction; the branch's ops run in order
+  and a `get` sees the branch's earlier writes. A value compare on an absent key is false; a
+  value compare between text and bytes is false for ==, <, > and true for !=.
+- Sessions (`raftkv.kv.sessions`) wrap a write: the wrapped write runs through `apply_write`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol
+from raftkv.kv.commands import (
+    Command,
+    Compact,
+    CompactResult,
+    Compare,
+    CompareOp,
+    Delete,
+    DeleteOp,
+    DeleteRange,
+    DeleteRangeResult,
+    DeleteResult,
+    GetOp,
+    KeyValue,
+    OpenSession,
+    OpResult,
+    Put,
+    PutOp,
+    PutResult,
+    RangeResult,
+    Result,
+    SessionRequest,
+    Target,
+    Txn,
+    TxnOp,
+    TxnResult,
+    Value,
+)
+from raftkv.kv.mvcc import MVCCStore
+from raftkv.kv.sessions import apply_session_request, open_session
 
-from raftkv.kv.commands import Command, Delete, DeleteResult, Put, PutResult, Result
 
+class _Writes:
+    """The writes of one command: one revision, numbered by `sub`."""
 
-class KVBatch(Protocol):
-    """What the apply logic needs from a storage backend inside one atomic batch."""
+    __slots__ = ("revision", "store", "sub")
 
-    def get(self, key: str) -> str | None: ...
+    def __init__(self, store: MVCCStore, revision: int) -> None:
+        self.store = store
+        self.revision = revision
+        self.sub = 0  # writes so far; > 0 means the command wrote
 
-    def put(self, key: str, value: str) -> None: ...
+    def put(self, key: str, value: Value) -> None:
+        prev = self.store.get(key)
+        rev = self.revision
+        if prev is None:
+            kv = KeyValue(key, value, rev, rev, 1)
+        else:
+            kv = KeyValue(key, value, prev.create_revision, rev, prev.version + 1)
+        self.store.put(kv, self.sub)
+        self.sub += 1
 
     def delete(self, key: str) -> bool:
-        """Remove `key`; True if it was present."""
-        ...
+        if self.store.get(key) is None:
+            return False
+        self.store.delete(key, self.revision, self.sub)
+        self.sub += 1
+        return True
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = [kv.key for kv in self.store.range(prefix, None, prefix, None, None)]
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
+    def finish(self) -> int:
+        """The store's revision after the command."""
+        if self.sub:
+            self.store.set_revision(self.revision)
+        return self.store.revision()
 
 
-def apply_command(batch: KVBatch, cmd: Command) -> Result:
-    """Apply one decoded command to `batch` and return its result."""
+def apply_command(store: MVCCStore, cmd: Command, revision: int) -> Result:
+    """Apply one decoded command, carried by the entry at index `revision`."""
     match cmd:
-        case Put(key=key, value=value):
-            batch.put(key, value)
-            return PutResult()
-        case Delete(key=key):
-            return DeleteResult(existed=batch.delete(key))
+        case SessionRequest():
+            return apply_session_request(store, cmd, revision, apply_write)
+        case OpenSession():
+            return open_session(store, cmd, revision)
+        case Compact(revision=rev):
+            if rev <= store.compact_revision() or rev > store.revision():
+                return CompactResult(False, store.compact_revision(), store.revision())
+            store.compact(rev)
+            return CompactResult(True, rev, store.revision())
+        case Put() | Delete() | Txn() | DeleteRange():
+            return apply_write(store, cmd, revision)
     # Unreachable while Command is a closed union; a new command must get a case above.
     raise TypeError(f"unknown command type {type(cmd).__name__}")
 
 
-class DictState:
-    """A `KVBatch` over a dict: the simulator's and tests' state machine storage."""
+def apply_write(store: MVCCStore, cmd: Put | Delete | Txn | DeleteRange, revision: int) -> Result:
+    """Apply a data command (bare or inside a session request)."""
+    w = _Writes(store, revision)
+    match cmd:
+        case Put(key=key, value=value):
+            w.put(key, value)
+            return PutResult(w.finish())
+        case Delete(key=key):
+            existed = w.delete(key)
+            return DeleteResult(existed, w.finish())
+        case DeleteRange(prefix=prefix):
+            deleted = w.delete_prefix(prefix)
+            return DeleteRangeResult(deleted, w.finish())
+        case Txn(compare=compare, success=success, failure=failure):
+            ok = all(_holds(store, c) for c in compare)
+            results = [_run_op(w, op) for op in (success if ok else failure)]
+            return TxnResult(ok, w.finish(), results)
+    raise TypeError(f"unknown write type {type(cmd).__name__}")
 
-    __slots__ = ("_data",)
 
-    def __init__(self, data: dict[str, str] | None = None) -> None:
-        self._data: dict[str, str] = dict(data) if data else {}
+def _run_op(w: _Writes, op: TxnOp) -> OpResult:
+    match op:
+        case GetOp(key=key, prefix=True):
+            return RangeResult(list(w.store.range(key, None, key, None, None)))
+        case GetOp(key=key):
+            kv = w.store.get(key)
+            return RangeResult([] if kv is None else [kv])
+        case PutOp(key=key, value=value):
+            w.put(key, value)
+            return PutResult(w.revision)
+        case DeleteOp(key=key, prefix=True):
+            return DeleteRangeResult(w.delete_prefix(key), w.revision)
+        case DeleteOp(key=key):
+            return DeleteRangeResult(int(w.delete(key)), w.revision)
+    raise TypeError(f"unknown txn op {type(op).__name__}")
 
-    def get(self, key: str) -> str | None:
-        return self._data.get(key)
 
-    def put(self, key: str, value: str) -> None:
-        self._data[key] = value
+def compare_target(kv: KeyValue | None, target: Target) -> int | Value | None:
+    """What `target` reads from `kv` (None: the value of an absent key)."""
+    match target:
+        case Target.VALUE:
+            return None if kv is None else kv.value
+        case Target.VERSION:
+            return 0 if kv is None else kv.version
+        case Target.MOD_REVISION:
+            return 0 if kv is None else kv.mod_revision
+        case Target.CREATE_REVISION:
+            return 0 if kv is None else kv.create_revision
+    raise ValueError(f"unknown compare target {target!r}")
 
-    def delete(self, key: str) -> bool:
-        return self._data.pop(key, None) is not None
 
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def items(self, prefix: str = "") -> Iterator[tuple[str, str]]:
-        """(key, value) pairs whose key starts with `prefix`, in key order.
-
-        Sorted because dict order is insertion order, which differs between nodes that reached
-        the same state differently (e.g. by snapshot vs by log); callers must see one order.
-        """
-        for key in sorted(self._data):
-            if key.startswith(prefix):
-                yield key, self._data[key]
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    def copy(self) -> DictState:
-        return DictState(self._data)
+def _holds(store: MVCCStore, c: Compare) -> bool:
+    actual = compare_target(store.get(c.key), c.target)
+    if actual is None:
+        return False
+    want = c.value
+    if type(actual) is not type(want) and not (isinstance(actual, int) and isinstance(want, int)):
+        return c.op is CompareOp.NE
+    match c.op:
+        case CompareOp.EQ:
+            return actual == want
+        case CompareOp.NE:
+            return actual != want
+        case CompareOp.LT:
+            return actual < want  # type: ignore[operator]  # same type, checked above
+        case CompareOp.GT:
+            return actual > want  # type: ignore[operator]
+    return False

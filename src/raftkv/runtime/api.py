@@ -9,17 +9,25 @@ Rules:
     NoLeaderError      no leader became known within the configured wait; nothing was proposed
     OperationTimeout   proposed/read but not completed in time: the outcome is UNKNOWN
     NodeStopping       the node is shutting down; the outcome of an in-flight write is unknown
-- `put`/`delete` return only once the command is committed AND applied locally, so a following
-  local read sees it. `get(linearizable=True)` works on any node (ReadIndex via the leader).
-- Callers may cancel `put`/`delete`/`get` (the server applies its own request timeout); the
+- `write` returns only once the command is committed AND applied locally, so a following
+  local read sees it. `read(linearizable=True)` works on any node (ReadIndex via the leader);
+  `min_revision=N` first waits until this node has applied index N (revisions are indexes).
+- Commands that carry time (`OpenSession`, `SessionRequest`) get the proposing leader's clock
+  stamped by the runtime; whatever the caller put in `time_ms` is replaced.
+- Callers may cancel `write`/`read` (the server applies its own request timeout); the
   runtime must treat a cancelled wait like a timeout: the proposal may still commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
+
+from raftkv.kv.commands import Command, Result
+from raftkv.kv.mvcc import MVCCStore
+
+T = TypeVar("T")
 
 ROLE_LEADER: Final = "Leader"
 ROLE_FOLLOWER: Final = "Follower"
@@ -70,16 +78,15 @@ class KVNode(Protocol):
     @property
     def node_id(self) -> str: ...
 
-    async def put(self, key: str, value: str) -> None:
+    async def write(self, cmd: Command) -> Result:
         """Committed and applied on return. Raises NotLeaderError on a follower."""
         ...
 
-    async def delete(self, key: str) -> bool:
-        """True if the key existed. Committed and applied on return."""
-        ...
-
-    async def get(self, key: str, *, linearizable: bool) -> str | None:
-        """The value, or None if absent. linearizable=False reads local applied state."""
+    async def read(
+        self, fn: Callable[[MVCCStore], T], *, linearizable: bool, min_revision: int = 0
+    ) -> T:
+        """`fn` over one consistent instant of the local applied state, once it has applied
+        `min_revision` and (if linearizable) every write acknowledged before the call."""
         ...
 
     def local_status(self) -> LocalStatus: ...

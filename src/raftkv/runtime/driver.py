@@ -65,13 +65,14 @@ from raftkv.runtime.member_table import MemberTable, initial_conf, seed_record
 from raftkv.runtime.members import ClusterRecord, decode_record, encode_record, record_after
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
-from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, ReadWaiters
+from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
 from raftkv.storage.errors import UndecodableEntryError
 from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
+from raftkv.storage.format import open_data_dir
 from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.state_lmdb import LmdbState
-from raftkv.transport.tcp import PeerTransport
+from raftkv.transport.tcp import PeerTransport, TransportTuning
 
 _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
@@ -98,6 +99,7 @@ class RaftDriver:
         self._soft_changed: asyncio.Future[None] | None = None
         self._proposals = ProposalWaiters()
         self._reads = ReadWaiters(self.id.encode())
+        self._applied_waiters = AppliedWaiters()
         self._reads_need_leader: list[bytes] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
@@ -125,6 +127,10 @@ class RaftDriver:
         loop = asyncio.get_running_loop()
         self.fatal = loop.create_future()
         d = self.opts.data_dir
+        # Before any other file: refuse a newer format, migrate an older one (storage/format.py).
+        fmt = await asyncio.to_thread(open_data_dir, d)
+        if fmt.migrated:
+            log.info("data directory migrated", node=self.id, steps=fmt.migrated, to=fmt.version)
         (d / "snapshots").mkdir(parents=True, exist_ok=True)
         (d / "incoming").mkdir(parents=True, exist_ok=True)
         self.durable = await asyncio.to_thread(DurableLog.open, d / "raft.db")
@@ -190,6 +196,9 @@ class RaftDriver:
             on_unreachable=self._on_unreachable,
             on_snapshot_status=self._on_snapshot_status,
             snapshot_dir=d / "incoming",
+            tuning=self._transport_tuning(),
+            is_member=self._is_member,
+            tls=self.opts.peer_tls,
         )
         await self.transport.start()
         self._tasks.append(asyncio.create_task(self._ready_loop(), name=f"ready-{self.id}"))
@@ -282,6 +291,7 @@ class RaftDriver:
             OperationTimeout("the node stopped before the write was confirmed; outcome unknown")
         )
         self._reads.fail_all(NodeStopping("node is shutting down"))
+        self._applied_waiters.fail_all(NodeStopping("node is shutting down"))
 
     def _die(self, exc: BaseException) -> None:
         if self.fatal is None or self.fatal.done():
@@ -313,6 +323,29 @@ class RaftDriver:
             return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
         except Exception as exc:
             raise wrap(exc, op, path) from exc
+
+    def _transport_tuning(self) -> TransportTuning:
+        tick_s = self.opts.tick_ms / 1000.0
+        return TransportTuning(
+            keepalive_interval=tick_s,
+            # A few missed keepalives, never a GC pause or a busy loop on a loaded machine.
+            idle_timeout=max(4 * self.opts.election_ticks * tick_s, 0.5),
+            max_snapshot_bytes=self.opts.max_snapshot_bytes,
+        )
+
+    def _is_member(self, node: NodeId) -> bool:
+        """May `node` open a peer connection to us? Members of the LIVE configuration (the
+        core's, which follows conf changes) may; removed ones may not, whatever the YAML says.
+        Until we are in the configuration ourselves (a joining node that has not caught up),
+        the peers we were configured with may too, so a leader can bring us up to date."""
+        conf = self.raw.raft.conf
+        if node in conf.voters or node in conf.learners:
+            return True
+        return (
+            self.id not in conf.voters
+            and self.id not in conf.learners
+            and node in self.opts.peers_raft
+        )
 
     # -- inputs -------------------------------------------------------------------------------
     def _on_message(self, msg: AnyMessage) -> None:
@@ -473,6 +506,7 @@ class RaftDriver:
             "snapshot install", src, self._sm_worker, self.sm.install_snapshot, src
         )
         self.metrics.snapshot_done("install", time.perf_counter() - started, info.size)
+        self._applied_waiters.applied(self.sm.applied_index)
         await self._io("rename", dest, self._sm_worker, shutil.move, src, dest)
         self._last_snapshot_index = snap.meta.index
         if self.sm.cluster:
@@ -487,7 +521,12 @@ class RaftDriver:
         for e in todo:
             if e.kind is EntryKind.CONF_CHANGE:
                 base = new_conf or (self.sm.conf if self.sm.conf.voters else self._bootstrap_conf)
-                cc = _conf_decoder.decode(e.data)
+                try:
+                    cc = _conf_decoder.decode(e.data)
+                except msgspec.DecodeError as exc:
+                    # Committed, so on every node: a corruption to report by index, not a
+                    # crash somewhere inside the core (ARCHITECTURE §7).
+                    raise UndecodableEntryError(e.index, None, f"bad conf change: {exc}") from exc
                 new_conf = conf_after(base, cc)
                 record = record_after(record, cc, new_conf)
         if todo:
@@ -504,6 +543,7 @@ class RaftDriver:
             for e, result in zip(todo, results, strict=True):
                 self._proposals.applied(e.index, e.term, result)
         self._reads.applied(self.sm.applied_index)
+        self._applied_waiters.applied(self.sm.applied_index)
         if (
             self.sm.applied_index - self._last_snapshot_index >= self.opts.snapshot_every
             and not self._snapshotting
@@ -511,44 +551,25 @@ class RaftDriver:
             self._snapshotting = True
             self._tasks.append(asyncio.create_task(self._take_snapshot()))
 
+    # -- membership (runtime/member_table.py holds the record; membership.py the operations) --
     @property
     def members(self) -> ClusterRecord:
-        """The replicated membership record as applied here."""
         return self.table.record
-
-    @property
-    def heard(self) -> dict[NodeId, float]:
-        return self.table.heard
 
     def _set_members(self, record: ClusterRecord) -> None:
         if self.table.adopt(record, self.transport, self.sm.conf):
             self.learned_removed("its own log")
 
     def learned_removed(self, source: str) -> None:
-        """This node was removed from the cluster (seen in `source`): say so and stop. A
-        removed follower often never applies its own removal -- the leader stops replicating to
-        it once the change is applied -- so the server also asks the others (members_routes)."""
-        log.warning(
-            "this node was removed from the cluster; stopping (it cannot rejoin under this id)",
-            node=self.id,
-            source=source,
-        )
+        """This node was removed (seen in `source`): say so and stop (exit 0)."""
+        log.warning("this node was removed from the cluster; stopping", node=self.id, src=source)
         if self.fatal is not None and not self.fatal.done():
             self.fatal.set_result(NodeRemoved(f"node {self.id} was removed from the cluster"))
-
-    def is_removed(self, node: str) -> bool:
-        """Whether `node` was removed from the cluster (it must never be let back in)."""
-        return node in self.table.removed
-
-    def live_conf(self) -> ConfState:
-        """The configuration in force at this node (voters and learners, sorted)."""
-        return self.raw.raft.conf
 
     def track(self, term: Term, index: Index) -> asyncio.Future[object]:
         """A future resolved when the entry proposed at (term, index) is applied here."""
         fut = self._proposals.add(term, index)
-        self._wake.set()
-        self._schedule_pump()
+        self.poke()
         return fut
 
     def poke(self) -> None:
@@ -720,8 +741,17 @@ class RaftDriver:
     def status(self) -> Status:
         return self.raw.status()
 
-    def stale_get(self, key: str) -> str | None:
-        return self.sm.get(key)
+    async def wait_applied(self, index: int) -> None:
+        """Return once this node has applied `index` (read-your-writes, `min_revision`)."""
+        if self.sm.applied_index >= index:
+            return
+        if self._stopping or self.draining:
+            raise NodeStopping("node is shutting down")
+        try:
+            async with asyncio.timeout(self.opts.request_timeout_s):
+                await self._applied_waiters.wait(index)
+        except TimeoutError:
+            raise OperationTimeout(f"index {index} not applied in time") from None
 
     def metrics_sample(self) -> NodeSample:
         """The gauges of /metrics, read when scraped."""

@@ -59,6 +59,11 @@ class MemberTable:
         self.heard: dict[NodeId, float] = {}  # member -> loop time of its last message
         self._refusals_logged: dict[str, float] = {}
 
+    def is_removed(self, node: str) -> bool:
+        """Whether `node` was removed from the cluster: it must never be let back in (the
+        transport may refuse its Hello with this)."""
+        return node in self.removed
+
     def load(self, record: ClusterRecord) -> None:
         self.record = record
         self.removed = frozenset(record.removed)

@@ -152,14 +152,14 @@ class MembershipManager:
     def healthy(self, node: NodeId) -> bool:
         if node == self._driver.id:
             return True
-        heard = self._driver.heard.get(node)
+        heard = self._driver.table.heard.get(node)
         window = HEALTHY_ELECTIONS * self._driver.opts.election_ticks * self._tick_s
         loop = asyncio.get_running_loop()
         return heard is not None and loop.time() - heard <= window
 
     def members(self) -> list[MemberView]:
         d = self._driver
-        conf = d.live_conf()
+        conf = d.raw.raft.conf
         leading = self.is_leader()
         progress = d.raw.raft.progress if leading else {}
         record = d.members.members
@@ -240,7 +240,7 @@ class MembershipManager:
 
     async def promote(self, node_id: str) -> MemberView:
         self._require_leader()
-        conf = self._driver.live_conf()
+        conf = self._driver.raw.raft.conf
         node = NodeId(node_id)
         if node in conf.voters:
             return self._view(node_id)
@@ -271,7 +271,7 @@ class MembershipManager:
     async def remove(self, node_id: str) -> None:
         self._require_leader()
         d = self._driver
-        conf = d.live_conf()
+        conf = d.raw.raft.conf
         node = NodeId(node_id)
         if node not in conf.all_nodes():
             raise UnknownMember(f"{node_id} is not a member", id=node_id)
@@ -294,7 +294,7 @@ class MembershipManager:
         target = NodeId(to)
         if target == d.id:
             return to
-        conf = d.live_conf()
+        conf = d.raw.raft.conf
         if target not in conf.voters:
             raise NotAVoter(f"{to} is not a voter: only voters can lead", id=to)
         if not self.healthy(target):
@@ -360,7 +360,7 @@ class MembershipManager:
     async def _step_aside(self) -> None:
         d = self._driver
         raft = d.raw.raft
-        conf = d.live_conf()
+        conf = d.raw.raft.conf
         candidates = sorted(
             (int(raft.progress[v].match), v)
             for v in conf.voters
@@ -396,7 +396,7 @@ class MembershipManager:
             await asyncio.sleep(AUTO_PROMOTE_EVERY_TICKS * self._tick_s)
             if not self.is_leader():
                 continue
-            conf = self._driver.live_conf()
+            conf = self._driver.raw.raft.conf
             record = self._driver.members.members
             for node in conf.learners:
                 info = record.get(node)

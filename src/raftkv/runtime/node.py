@@ -11,10 +11,23 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+import msgspec
 
 from raftkv.codec.commands import encode_command
-from raftkv.kv.commands import Delete, DeleteResult, Put
+from raftkv.kv.commands import (
+    Command,
+    Delete,
+    DeleteResult,
+    OpenSession,
+    Put,
+    Result,
+    SessionRequest,
+)
+from raftkv.kv.mvcc import MVCCStore
 from raftkv.raft.types import Role
 from raftkv.runtime.api import LocalStatus
 from raftkv.runtime.driver import RaftDriver
@@ -22,6 +35,8 @@ from raftkv.runtime.inspect import NodeInspector
 from raftkv.runtime.membership import MembershipManager
 from raftkv.runtime.metrics import RuntimeMetrics
 from raftkv.runtime.options import NodeOptions
+
+T = TypeVar("T")
 
 
 def _addr(host_port: tuple[str, int]) -> str:
@@ -46,17 +61,36 @@ class RaftKVNode:
         await self.membership.stop()
         await self.driver.stop()
 
-    async def put(self, key: str, value: str) -> None:
-        await self.driver.propose(encode_command(Put(key, value)))
+    async def write(self, cmd: Command) -> Result:
+        if isinstance(cmd, OpenSession | SessionRequest):
+            # The state machine's clock (thesis §6.3): the proposing leader's wall clock, in
+            # the entry. Stamped here, on the node that proposes; a follower raises NotLeader
+            # below and never proposes, so its clock never reaches the log.
+            cmd = msgspec.structs.replace(cmd, time_ms=int(time.time() * 1000))
+        result = await self.driver.propose(encode_command(cmd))
+        assert result is not None  # a command entry always has a result
+        return result  # type: ignore[return-value]  # propose returns the apply result
+
+    # Shorthands for tests and tools (the server uses `write`/`read`).
+    async def put(self, key: str, value: str | bytes) -> Result:
+        return await self.write(Put(key, value))
 
     async def delete(self, key: str) -> bool:
-        result = await self.driver.propose(encode_command(Delete(key)))
+        result = await self.write(Delete(key))
         return isinstance(result, DeleteResult) and result.existed
 
-    async def get(self, key: str, *, linearizable: bool) -> str | None:
+    async def get(self, key: str, *, linearizable: bool) -> str | bytes | None:
+        kv = await self.read(lambda s: s.get(key), linearizable=linearizable)
+        return None if kv is None else kv.value
+
+    async def read(
+        self, fn: Callable[[MVCCStore], T], *, linearizable: bool, min_revision: int = 0
+    ) -> T:
+        if min_revision > 0:
+            await self.driver.wait_applied(min_revision)
         if linearizable:
             await self.driver.read_barrier()
-        return self.driver.stale_get(key)
+        return self.driver.sm.read(fn)
 
     def local_status(self) -> LocalStatus:
         st = self.driver.status()

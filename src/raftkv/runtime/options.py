@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raftkv.raft.types import NodeId
+from raftkv.transport.tls import PeerTls
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,8 @@ class NodeOptions:
     leader_wait_s: float = 2.0  # how long a request waits for a leader to appear
     request_timeout_s: float = 5.0  # proposals / reads not done by then: outcome unknown
     max_append_bytes: int = 4 << 20
+    max_snapshot_bytes: int = 8 << 30  # raft.max_snapshot_bytes: larger inbound snapshots refused
+    peer_tls: PeerTls | None = None  # tls.peer: mutual TLS between peers (None: plain TCP)
     metrics: bool = True  # record Prometheus metrics (runtime/metrics.py)
     # Voters of the configuration the cluster started from; None: every node of peers_raft.
     # A node joining later gets it from the cluster (it replays the log from index 1).

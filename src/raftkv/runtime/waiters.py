@@ -152,6 +152,31 @@ class ReadWaiters:
         self.open_batch = None
 
 
+class AppliedWaiters:
+    """Futures waiting until the applied index reaches a given index (`min_revision` reads)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def wait(self, index: int) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._heap, (index, next(self._seq), fut))
+        return fut
+
+    def applied(self, applied: int) -> None:
+        while self._heap and self._heap[0][0] <= applied:
+            _, _, fut = heapq.heappop(self._heap)
+            if not fut.done():
+                fut.set_result(None)
+
+    def fail_all(self, exc: BaseException) -> None:
+        for _, _, fut in self._heap:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._heap.clear()
+
+
 def _resolve(batch: ReadBatch) -> None:
     for f in batch.futures:
         if not f.done():

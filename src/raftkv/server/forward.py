@@ -19,7 +19,8 @@ Rules:
     connection was up -> 504 `outcome_unknown`. (On a pooled connection a "server closed the
     connection" could mean either.)
   * Redirects are not followed; no proxy is used (trust_env is off).
-- The leader's reply (status, JSON body, Retry-After) is passed back unchanged.
+- The request goes with every header in FORWARDED_REQUEST_HEADERS (preconditions, session);
+  the leader's reply (status, body, Content-Type, Retry-After, ETag) is passed back unchanged.
 - A forwarded request carries FORWARDED_HEADER; a node receiving one never forwards it again
   (a leader that just lost leadership answers 503 `not_leader`): no forwarding loops.
 - Outgoing connections bind their source address to this node's host, so per-address network
@@ -43,7 +44,18 @@ from raftkv.server.errors import ApiError
 log = structlog.get_logger(__name__)
 
 FORWARDED_HEADER: Final = "X-Raftkv-Forwarded-By"
-_PASSED_BACK_HEADERS: Final = ("Content-Type", "Retry-After")
+_PASSED_BACK_HEADERS: Final = ("Content-Type", "Retry-After", "ETag")
+# Request headers that change what a write means: forwarding without them would turn a
+# conditional or exactly-once write into a blind one.
+FORWARDED_REQUEST_HEADERS: Final = (
+    "Content-Type",
+    "Accept",
+    "If-Match",
+    "If-None-Match",
+    "Raftkv-Session",
+    "Raftkv-Seq",
+    "Raftkv-Ack",
+)
 _MAX_CONNECTIONS: Final = 256  # concurrent forwards; waiting for a slot counts as connecting
 
 
@@ -125,8 +137,9 @@ class Forwarder:
         except ValueError as exc:
             raise _unreachable(leader_id, leader_http, f"bad leader address: {exc}") from exc
         headers = {FORWARDED_HEADER: self._node_id}
-        if (content_type := request.headers.get("Content-Type")) is not None:
-            headers["Content-Type"] = content_type
+        for name in FORWARDED_REQUEST_HEADERS:
+            if (value := request.headers.get(name)) is not None:
+                headers[name] = value
         try:
             async with asyncio.timeout(self._total_timeout_s):
                 async with self._session.request(

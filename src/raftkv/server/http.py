@@ -43,15 +43,15 @@ from raftkv.server.inputs import (
     check_content_length,
     key_from_request,
     max_body_bytes,
-    read_body,
-    value_from_body,
 )
 from raftkv.server.inspect_routes import add_inspect_routes
+from raftkv.server.kv_routes import KvRoutes
 from raftkv.server.limits import BodyGate
 from raftkv.server.members_routes import add_member_routes
 from raftkv.server.metrics_routes import HttpMetrics, add_metrics_routes
 from raftkv.server.runner import server_kwargs
 from raftkv.server.status import StatusProbe, cluster_status, local_status_json
+from raftkv.server.txn_routes import TxnRoutes
 
 T = TypeVar("T")
 
@@ -76,10 +76,17 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
         handler_args=server_kwargs(settings),
     )
     app.cleanup_ctx.append(api.client_sessions)
+    kv = KvRoutes(node, settings, api)
+    txn = TxnRoutes(node, settings, api)
     routes = (
-        ("PUT", _KEY_PATH, api.put),
-        ("GET", _KEY_PATH, api.get),
-        ("DELETE", _KEY_PATH, api.delete),
+        ("PUT", _KEY_PATH, kv.put),
+        ("GET", _KEY_PATH, kv.get),
+        ("DELETE", _KEY_PATH, kv.delete),
+        ("GET", "/kv", kv.range_get),
+        ("DELETE", "/kv", kv.range_delete),
+        ("POST", "/txn", txn.txn),
+        ("POST", "/compact", txn.compact),
+        ("POST", "/session", txn.open_session),
         ("*", "/kv/", api.empty_key),
         ("*", "/kv", api.empty_key),
         ("GET", "/cluster/status", api.cluster_status),
@@ -123,46 +130,6 @@ class _Api:
             self._forwarder = self._probe = None
 
     # -- /kv ------------------------------------------------------------------------------
-
-    async def put(self, request: web.Request) -> web.StreamResponse:
-        key = key_from_request(request)
-        max_value = self._settings.max_value_bytes
-        body = await read_body(request, max_value)
-        value = value_from_body(request, body, max_value)
-        try:
-            await self._call(self._node.put(key, value), write=True)
-        except NotLeaderError as exc:
-            return await self._forward(request, body, exc)
-        return json_response({"key": key, "value": value, "message": STORED_MESSAGE})
-
-    async def get(self, request: web.Request) -> web.StreamResponse:
-        key = key_from_request(request)
-        consistency = request.query.get("consistency", "linearizable")
-        if consistency not in CONSISTENCY_LEVELS:
-            raise ApiError(
-                400,
-                "invalid_consistency",
-                "consistency must be linearizable or stale",
-                consistency=consistency,
-            )
-        linearizable = consistency == "linearizable"
-        try:
-            value = await self._call(self._node.get(key, linearizable=linearizable), write=False)
-        except NotLeaderError as exc:  # not expected from the runtime: ReadIndex goes via leader
-            raise _not_leader(exc) from exc
-        if value is None:
-            raise _key_not_found(key)
-        return json_response({"key": key, "value": value})
-
-    async def delete(self, request: web.Request) -> web.StreamResponse:
-        key = key_from_request(request)
-        try:
-            existed = await self._call(self._node.delete(key), write=True)
-        except NotLeaderError as exc:
-            return await self._forward(request, b"", exc)
-        if not existed:
-            raise _key_not_found(key)
-        return json_response({"key": key, "message": DELETED_MESSAGE})
 
     async def empty_key(self, request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "invalid_key", "key must not be empty")
@@ -208,7 +175,7 @@ class _Api:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    async def _call(self, operation: Awaitable[T], *, write: bool) -> T:
+    async def call(self, operation: Awaitable[T], *, write: bool) -> T:
         try:
             async with asyncio.timeout(self._timeout_s):
                 return await operation
@@ -222,7 +189,7 @@ class _Api:
         except NodeStopping as exc:
             raise _stopping() from exc
 
-    async def _forward(
+    async def forward(
         self, request: web.Request, body: bytes, exc: NotLeaderError
     ) -> web.StreamResponse:
         if FORWARDED_HEADER in request.headers:

@@ -5,7 +5,8 @@ Rules:
   the shared file format), minus durability: `sync()` does nothing and state dies with the
   object. Its snapshots are byte-compatible with LMDB's, in either direction.
 - Atomic like LMDB's write transaction: a batch that raises part-way (an undecodable command)
-  leaves the state as it was, because it is applied to a copy-on-write overlay first.
+  leaves the state as it was, because it is applied to a copy that replaces the state only when
+  the whole batch succeeded (O(state) per batch: fine for tests, not for production).
 - One lock makes `apply`/`install` and the snapshot's copy of the data mutually atomic, so
   `build_snapshot` is safe on a worker thread while another thread applies.
 - Deterministic: no clock, no randomness; key order is sorted (code-point = UTF-8 byte order).
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from raftkv.kv.machine import DictState
+from raftkv.kv.commands import KeyValue
+from raftkv.kv.mvcc import DictState, MVCCStore
 from raftkv.raft.types import ConfState, Entry, Index, Term
-from raftkv.storage.errors import CorruptSnapshotError
+from raftkv.storage.mvcc_image import dict_image, load_image
 from raftkv.storage.snapshot_file import (
     SnapshotHeader,
     SnapshotInfo,
@@ -30,37 +32,15 @@ from raftkv.storage.snapshot_file import (
     SnapshotWriter,
     write_snapshot_file,
 )
-from raftkv.storage.state import ApplyResult, StateMachine, apply_entry, first_new
+from raftkv.storage.state import (
+    ApplyResult,
+    StateMachine,
+    apply_entry,
+    display_value,
+    first_new,
+)
 
-
-class _Overlay:
-    """Writes of one batch, over a base DictState; merged only if the whole batch succeeds."""
-
-    __slots__ = ("_base", "_writes")
-
-    def __init__(self, base: DictState) -> None:
-        self._base = base
-        self._writes: dict[str, str | None] = {}  # None = deleted in this batch
-
-    def get(self, key: str) -> str | None:
-        if key in self._writes:
-            return self._writes[key]
-        return self._base.get(key)
-
-    def put(self, key: str, value: str) -> None:
-        self._writes[key] = value
-
-    def delete(self, key: str) -> bool:
-        existed = self.get(key) is not None
-        self._writes[key] = None
-        return existed
-
-    def merge(self) -> None:
-        for key, value in self._writes.items():
-            if value is None:
-                self._base.delete(key)
-            else:
-                self._base.put(key, value)
+T = TypeVar("T")
 
 
 class MemoryState:
@@ -99,10 +79,10 @@ class MemoryState:
         start = first_new(self._applied_index, entries, "memory state")
         results: list[ApplyResult] = [None] * len(entries)
         with self._lock:
-            overlay = _Overlay(self._data)
+            work = self._data.copy() if start < len(entries) else self._data
             for pos in range(start, len(entries)):
-                results[pos] = apply_entry(overlay, entries[pos])
-            overlay.merge()
+                results[pos] = apply_entry(work, entries[pos])
+            self._data = work
             if start < len(entries):
                 self._applied_index = entries[-1].index
                 self._applied_term = entries[-1].term
@@ -118,31 +98,36 @@ class MemoryState:
     def sync(self) -> None:
         """Nothing to flush: memory has no durability."""
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: str) -> KeyValue | None:
         return self._data.get(key)
+
+    def read(self, fn: Callable[[MVCCStore], T]) -> T:
+        with self._lock:
+            data = self._data  # replaced, never mutated, once published: a stable instant
+        return fn(data)
 
     def items(
         self, prefix: str = "", limit: int | None = None, after: str | None = None
     ) -> Iterator[tuple[str, str]]:
         with self._lock:
-            out: list[tuple[str, str]] = []
-            for key, value in self._data.items(prefix):
-                if limit is not None and len(out) >= limit:
-                    break
-                if after is None or key > after:
-                    out.append((key, value))
+            data = self._data
+        out: list[tuple[str, str]] = []
+        for kv in data.range(prefix, None, prefix, None, after):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append((kv.key, display_value(kv)))
         return iter(out)
 
     def __len__(self) -> int:
         return len(self._data)
 
     def _image(self) -> tuple[SnapshotHeader, list[tuple[bytes, bytes]]]:
-        with self._lock:  # one instant: the data copy and its index/term/conf agree
+        with self._lock:  # one instant: the data and its index/term/conf agree
             header = SnapshotHeader(
                 self._applied_index, self._applied_term, self._conf, self._cluster
             )
-            data = self._data.copy()
-        return header, [(k.encode(), v.encode()) for k, v in data.items()]
+            data = self._data  # never mutated once published (apply works on a copy)
+        return header, list(dict_image(data))
 
     def build_snapshot(self, dest: Path) -> SnapshotInfo:
         header, records = self._image()
@@ -159,15 +144,11 @@ class MemoryState:
         return SnapshotInfo(header.index, header.term, header.conf, None, len(data)), data
 
     def _install(self, reader: SnapshotReader, name: str, path: Path | None) -> SnapshotInfo:
-        fresh: dict[str, str] = {}
-        try:
-            for kb, vb in reader.records():
-                fresh[kb.decode()] = vb.decode()
-        except UnicodeDecodeError as exc:
-            raise CorruptSnapshotError(f"snapshot {name} is corrupt: {exc}") from exc
+        fresh = DictState()
+        load_image(reader.records(), fresh, name)
         h = reader.header
         with self._lock:
-            self._data = DictState(fresh)
+            self._data = fresh
             self._applied_index, self._applied_term, self._conf = h.index, h.term, h.conf
             if h.cluster:
                 self._cluster = h.cluster

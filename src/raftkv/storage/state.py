@@ -7,7 +7,8 @@ Rules:
   below the applied index are skipped (a restart replays from the durable log, and the state
   may be ahead of what the driver assumed); a gap raises `ApplyOrderError`.
 - Per entry: a NORMAL entry with data is decoded (`raftkv.codec.commands`) and applied by the
-  pure `raftkv.kv.machine.apply_command`; an empty NORMAL entry (a leader's no-op, §5.4.2) and a
+  pure `raftkv.kv.machine.apply_command` at revision = the entry's index (`raftkv.kv.mvcc`);
+  an empty NORMAL entry (a leader's no-op, §5.4.2) and a
   CONF_CHANGE entry only advance the applied index. Their result, and that of a skipped entry,
   is None. An undecodable command raises `UndecodableEntryError` naming the entry's index (and
   the tag of an unknown kind): every node holds the same entry, so skipping it would hide a
@@ -20,20 +21,30 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from raftkv.codec.commands import CommandDecodeError, UnknownCommandKind, decode_command
-from raftkv.kv.commands import Result
-from raftkv.kv.machine import KVBatch, apply_command
+from raftkv.kv.commands import KeyValue, Result
+from raftkv.kv.machine import apply_command
+from raftkv.kv.mvcc import MVCCStore
 from raftkv.raft.types import ConfState, Entry, EntryKind, Index, Term
 from raftkv.storage.errors import ApplyOrderError, UndecodableEntryError
 from raftkv.storage.snapshot_file import SnapshotInfo
 
 ApplyResult = Result | None  # None: no-op, conf change, or an entry applied before
 
-__all__ = ["ApplyResult", "SnapshotInfo", "StateMachine", "apply_entry", "first_new"]
+T = TypeVar("T")
+
+__all__ = [
+    "ApplyResult",
+    "SnapshotInfo",
+    "StateMachine",
+    "apply_entry",
+    "display_value",
+    "first_new",
+]
 
 
 class StateMachine(Protocol):
@@ -64,7 +75,11 @@ class StateMachine(Protocol):
 
     def sync(self) -> None: ...
 
-    def get(self, key: str) -> str | None: ...
+    def get(self, key: str) -> KeyValue | None: ...
+
+    def read(self, fn: Callable[[MVCCStore], T]) -> T:
+        """`fn` over one consistent instant of the state (read only)."""
+        ...
 
     def items(
         self, prefix: str = "", limit: int | None = None, after: str | None = None
@@ -93,8 +108,8 @@ def first_new(applied: Index, entries: Sequence[Entry], where: str) -> int:
     return start
 
 
-def apply_entry(batch: KVBatch, entry: Entry) -> ApplyResult:
-    """Apply one committed entry to `batch` (see the module rules)."""
+def apply_entry(store: MVCCStore, entry: Entry) -> ApplyResult:
+    """Apply one committed entry to `store` (see the module rules)."""
     if entry.kind == EntryKind.NORMAL and entry.data:
         try:
             cmd = decode_command(entry.data)
@@ -102,5 +117,10 @@ def apply_entry(batch: KVBatch, entry: Entry) -> ApplyResult:
             raise UndecodableEntryError(entry.index, exc.tag, str(exc)) from exc
         except CommandDecodeError as exc:
             raise UndecodableEntryError(entry.index, None, str(exc)) from exc
-        return apply_command(batch, cmd)
+        return apply_command(store, cmd, int(entry.index))
     return None
+
+
+def display_value(kv: KeyValue) -> str:
+    """A value as text for operator views (binary values with escapes)."""
+    return kv.value if isinstance(kv.value, str) else kv.value.decode("utf-8", "backslashreplace")

@@ -10,13 +10,8 @@ Rules:
   restart re-applies the entries after whatever applied index LMDB kept (a commit is already in
   the OS page cache, so only an OS crash or power loss rolls it back). The caller MUST call
   `sync()` before compacting the log past `applied_index`. `install_snapshot` syncs itself.
-- Key layout: LMDB keys are at most 511 bytes, but a client key may be longer (the HTTP layer
-  admits 4 KiB). The stored key is b"=" + the UTF-8 key when that is <= 447 bytes (the "="
-  makes the empty key storable); a longer key is stored as b"=" + its first 447 bytes + 0xFF +
-  blake2b-256 of the whole key, and its value as u32 key length + key + value. 0xFF never occurs
-  in UTF-8, so the two shapes cannot collide, and prefix scans still find long keys. Order is
-  UTF-8 byte order (= code-point order), except that keys sharing their first 447 bytes and
-  longer than that come in hash order.
+- Key layout, history, sessions and the layout migration: `raftkv.storage.mvcc_lmdb` (this
+  module keeps the environment, the applied index and conf, and snapshot mechanics).
 - Threads: `apply`/`set_conf` run on the loop thread; `build_snapshot` uses one read
   transaction and may run on a worker thread meanwhile; `install_snapshot` (worker thread) holds
   the write lock for the whole install, so the caller must not apply until it returns. A write
@@ -25,35 +20,38 @@ Rules:
 
 from __future__ import annotations
 
-import hashlib
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import lmdb
 import msgspec
 
+from raftkv.kv.commands import KeyValue
+from raftkv.kv.mvcc import MVCCStore
 from raftkv.raft.types import ConfState, Entry, Index, Term
 from raftkv.storage.errors import CorruptSnapshotError, StorageError
+from raftkv.storage.mvcc_image import load_image
+from raftkv.storage.mvcc_lmdb import Dbs, LmdbStore, clear, lmdb_image, open_dbs
 from raftkv.storage.snapshot_file import (
     SnapshotHeader,
     SnapshotInfo,
     SnapshotReader,
     write_snapshot_file,
 )
-from raftkv.storage.state import ApplyResult, StateMachine, apply_entry, first_new
+from raftkv.storage.state import (
+    ApplyResult,
+    StateMachine,
+    apply_entry,
+    display_value,
+    first_new,
+)
 
-if TYPE_CHECKING:
-    from lmdb import _Database
+T = TypeVar("T")
 
 DEFAULT_MAP_SIZE = 16 << 30  # address space, not disk: the file grows with the data
 
-_PREFIX = b"="
-_SHORT_MAX = 447  # longest UTF-8 key stored as itself: 1 + 447 bytes
-_LONG_MARK = 0xFF
-_LONG_LEN = 1 + _SHORT_MAX + 1 + 32
-_KEYLEN = struct.Struct("<I")
 _APPLIED = struct.Struct("<QQ")  # applied index, applied term
 _APPLIED_KEY = b"applied"
 _CONF_KEY = b"conf"
@@ -63,64 +61,14 @@ _conf_encoder = msgspec.msgpack.Encoder()
 _conf_decoder = msgspec.msgpack.Decoder(ConfState)
 
 
-def _is_long(skey: bytes) -> bool:
-    return len(skey) == _LONG_LEN and skey[1 + _SHORT_MAX] == _LONG_MARK
-
-
-def _store_key(kb: bytes) -> bytes:
-    if len(kb) <= _SHORT_MAX:
-        return _PREFIX + kb
-    digest = hashlib.blake2b(kb, digest_size=32).digest()
-    return _PREFIX + kb[:_SHORT_MAX] + bytes([_LONG_MARK]) + digest
-
-
-def _store_value(kb: bytes, vb: bytes) -> bytes:
-    return vb if len(kb) <= _SHORT_MAX else _KEYLEN.pack(len(kb)) + kb + vb
-
-
-def _logical(skey: bytes, stored: bytes) -> tuple[bytes, bytes]:
-    """The (key, value) UTF-8 bytes behind a stored record."""
-    if not _is_long(skey):
-        return skey[1:], stored
-    (klen,) = _KEYLEN.unpack_from(stored)
-    end = _KEYLEN.size + klen
-    return stored[_KEYLEN.size : end], stored[end:]
-
-
-class _Batch:
-    """The KV port (`raftkv.kv.machine.KVBatch`) over one LMDB transaction."""
-
-    __slots__ = ("_db", "_txn")
-
-    def __init__(self, txn: lmdb.Transaction[bytes], db: _Database) -> None:
-        self._txn = txn
-        self._db = db
-
-    def get(self, key: str) -> str | None:
-        kb = key.encode()
-        skey = _store_key(kb)
-        stored = self._txn.get(skey, db=self._db)
-        if stored is None:
-            return None
-        full_key, value = _logical(skey, stored)
-        return value.decode() if full_key == kb else None
-
-    def put(self, key: str, value: str) -> None:
-        kb = key.encode()
-        self._txn.put(_store_key(kb), _store_value(kb, value.encode()), db=self._db)
-
-    def delete(self, key: str) -> bool:
-        return self._txn.delete(_store_key(key.encode()), db=self._db)
-
-
 class LmdbState:
     """The node's KV state machine in an LMDB environment. Create with `LmdbState.open(dir)`."""
 
-    def __init__(self, path: Path, env: lmdb.Environment, data: _Database, meta: _Database):
+    def __init__(self, path: Path, env: lmdb.Environment, dbs: Dbs):
         self._path = path
         self._env = env
-        self._data = data
-        self._meta = meta
+        self._dbs = dbs
+        self._meta = dbs.meta
         # Cached from `meta`, updated after each commit (read by the loop thread only):
         self._applied_index = Index(0)
         self._applied_term = Term(0)
@@ -133,13 +81,13 @@ class LmdbState:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         env = lmdb.open(
-            str(path), map_size=map_size, max_dbs=2, subdir=True, sync=False, metasync=False
+            str(path), map_size=map_size, max_dbs=5, subdir=True, sync=False, metasync=False
         )
         try:
-            data = env.open_db(b"kv")
             meta = env.open_db(b"meta")
-            state = cls(path, env, data, meta)
-            with env.begin(db=meta) as txn:
+            state = cls(path, env, open_dbs(env, meta))
+            with env.begin(write=True) as txn:
+                LmdbStore(txn, state._dbs).ensure_layout()
                 state._read_meta(txn)
         except BaseException:
             env.close()
@@ -192,9 +140,10 @@ class LmdbState:
         if start == len(entries) and conf is None and cluster is None:
             return results
         with self._env.begin(write=True) as txn:  # commits on success, aborts on an exception
-            batch = _Batch(txn, self._data)
+            store = LmdbStore(txn, self._dbs)
             for pos in range(start, len(entries)):
-                results[pos] = apply_entry(batch, entries[pos])
+                results[pos] = apply_entry(store, entries[pos])
+            store.compact_step()
             if start < len(entries):
                 last = entries[-1]
                 txn.put(_APPLIED_KEY, _APPLIED.pack(last.index, last.term), db=self._meta)
@@ -224,32 +173,30 @@ class LmdbState:
         self._env.sync(True)
 
     # -- any thread ---------------------------------------------------------------------------
-    def get(self, key: str) -> str | None:
+    def read(self, fn: Callable[[MVCCStore], T]) -> T:
+        """`fn` over one read transaction: one consistent instant of the state."""
         with self._env.begin() as txn:
-            return _Batch(txn, self._data).get(key)
+            return fn(LmdbStore(txn, self._dbs))
+
+    def get(self, key: str) -> KeyValue | None:
+        with self._env.begin() as txn:
+            return LmdbStore(txn, self._dbs).get(key)
 
     def items(
         self, prefix: str = "", limit: int | None = None, after: str | None = None
     ) -> Iterator[tuple[str, str]]:
-        """(key, value) pairs whose key starts with `prefix`, after key `after` (exclusive), at
-        most `limit`, in stored-key order; read in one transaction, then yielded."""
-        pb = prefix.encode()
-        scope = _PREFIX + pb[:_SHORT_MAX]  # every stored key under `prefix` starts with this
-        skip = None if after is None else _store_key(after.encode())
-        start = scope if skip is None else max(scope, skip)
-        out: list[tuple[str, str]] = []
-        with self._env.begin() as txn, txn.cursor(self._data) as cur:
-            found = cur.set_range(start)
-            while found and (limit is None or len(out) < limit):
-                skey, stored = cur.item()
-                if not skey.startswith(scope):
+        """(key, value as text) pairs whose key starts with `prefix`, after key `after`
+        (exclusive), at most `limit`, in key order; read in one transaction, then yielded."""
+
+        def page(store: MVCCStore) -> list[tuple[str, str]]:
+            out: list[tuple[str, str]] = []
+            for kv in store.range(prefix, None, prefix, None, after):
+                if limit is not None and len(out) >= limit:
                     break
-                if skey != skip:
-                    kb, vb = _logical(skey, stored)
-                    if kb.startswith(pb):
-                        out.append((kb.decode(), vb.decode()))
-                found = cur.next()
-        return iter(out)
+                out.append((kv.key, display_value(kv)))
+            return out
+
+        return iter(self.read(page))
 
     def build_snapshot(self, dest: Path) -> SnapshotInfo:
         """Write a snapshot of one consistent instant to `dest` (safe on a worker thread)."""
@@ -264,8 +211,7 @@ class LmdbState:
                 _conf_decoder.decode(conf) if conf is not None else ConfState(),
                 bytes(cluster),
             )
-            with txn.cursor(self._data) as cur:
-                return write_snapshot_file(dest, header, (_logical(k, v) for k, v in cur))
+            return write_snapshot_file(dest, header, lmdb_image(txn, self._dbs))
 
     def install_snapshot(self, src: Path) -> SnapshotInfo:
         """Verify `src` while replacing the whole state with it; durable on return.
@@ -276,10 +222,9 @@ class LmdbState:
             reader = SnapshotReader(f, str(src))
             h = reader.header
             with self._env.begin(write=True) as txn:  # aborted if verification fails
-                txn.drop(self._data, delete=False)
+                clear(txn, self._dbs)
                 try:
-                    for kb, vb in reader.records():
-                        txn.put(_store_key(kb), _store_value(kb, vb), db=self._data)
+                    load_image(reader.records(), LmdbStore(txn, self._dbs), str(src))
                 except lmdb.BadValsizeError as exc:
                     raise CorruptSnapshotError(f"snapshot {src}: bad record: {exc}") from exc
                 txn.put(_APPLIED_KEY, _APPLIED.pack(h.index, h.term), db=self._meta)

@@ -36,10 +36,31 @@ class TransportTuning:
     snapshot_chunk_bytes: int = 1 << 20
     read_bytes: int = 256 << 10
     """Inbound: the most bytes taken from the socket per read (one parse pass)."""
+    keepalive_interval: float = 0.025
+    """Outbound: a connection that wrote nothing for this long sends a `Ping` (one heartbeat
+    interval; the driver passes its tick)."""
+    idle_timeout: float = 0.5
+    """Inbound: a connection silent for this long is dropped (half-open: the peer's host died
+    without a FIN). The driver passes max(4 election timeouts, 0.5 s): a few missed keepalives,
+    but not a GC pause or a busy loop."""
+    max_handshaking: int = 32
+    """Inbound: connections that have not completed their handshake (TLS + Hello) at once;
+    more are closed at accept. With one live connection per member after the handshake, the
+    memory a connection can make us buffer is bounded: members x max frame + this x 64 KiB."""
+    max_snapshot_bytes: int = 8 << 30
+    """Inbound: a snapshot transfer announcing more is refused (`raft.max_snapshot_bytes`);
+    one that does not fit in the free space of the snapshot directory is refused too."""
+    snapshot_free_reserve_bytes: int = 64 << 20
+    """Inbound: free space left over after a received snapshot, for the log and the state."""
 
 
 class ProtocolViolation(Exception):
     """A peer broke the protocol (frame order, handshake, sender id); drop its connection."""
+
+
+class PeerRefused(Exception):
+    """A connection is refused at admission (not a member, duplicate, TLS identity, too many
+    handshakes); the message says why, for the log line."""
 
 
 def set_nodelay(writer: asyncio.StreamWriter) -> None:

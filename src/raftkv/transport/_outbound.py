@@ -13,6 +13,11 @@ Rules:
 - Writes: messages queued by `enqueue` during one loop turn go out in ONE `writer.write` when
   the transport flushes; a frame larger than `max_frame_bytes` is dropped here, since the
   receiver would drop the whole connection for it.
+- Keepalive: `keepalive` (called by the transport each interval) writes a `Ping` if nothing
+  was written for an interval, so the acceptor can tell a live idle link from a half-open one.
+- TLS: with a `PeerTls`, the connection is mutual TLS using the client context current at
+  dial time; the peer's certificate must name `peer_id` (URI SAN), else the connection is
+  closed and the reason logged, as for a failed TLS handshake.
 """
 
 from __future__ import annotations
@@ -20,13 +25,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 from collections.abc import Callable, Sequence
 
 from structlog.typing import FilteringBoundLogger
 
-from raftkv.codec.wire import PROTOCOL_VERSION, Hello, WireMessage, append_frame, encode_frame
+from raftkv.codec.wire import (
+    PROTOCOL_VERSION,
+    Hello,
+    Ping,
+    WireMessage,
+    append_frame,
+    encode_frame,
+)
 from raftkv.raft.types import NodeId
 from raftkv.transport._common import TransportTuning, set_nodelay
+from raftkv.transport.tls import PeerTls, describe_tls_error, node_ids_of
+
+_PING = encode_frame(Ping())
 
 
 class OutboundPeer:
@@ -45,8 +61,11 @@ class OutboundPeer:
         rng: random.Random,
         report_unreachable: Callable[[NodeId], bool],
         logger: FilteringBoundLogger,
+        tls: PeerTls | None = None,
     ) -> None:
         self.peer_id = peer_id
+        self._tls = tls
+        self._last_write = 0.0  # loop time of the last write (keepalive)
         self.addr = addr  # where to connect next; update_peer changes it
         self._hello = encode_frame(Hello(PROTOCOL_VERSION, cluster_name, node_id))
         self._source_host = source_host
@@ -130,7 +149,18 @@ class OutboundPeer:
                 )
         if buf:
             writer.write(buf)
+            self._last_write = asyncio.get_running_loop().time()
         return True
+
+    def keepalive(self, now: float, interval: float) -> None:
+        """Write a Ping if the connection wrote nothing for `interval` seconds."""
+        writer = self.writer
+        if writer is None or writer.transport.is_closing() or now - self._last_write < interval:
+            return
+        if writer.transport.get_write_buffer_size() > 0:
+            return  # bytes are still leaving: the link is not idle
+        writer.transport.write(_PING)  # what StreamWriter.write does, minus the message path
+        self._last_write = now
 
     # ---- connection loop -------------------------------------------------------------------
 
@@ -180,9 +210,21 @@ class OutboundPeer:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         host, port = addr
         local_addr = (self._source_host, 0) if self._source_host is not None else None
+        ctx = self._tls.client if self._tls is not None else None
         try:
             async with asyncio.timeout(self._tuning.connect_timeout):
-                return await asyncio.open_connection(host, port, local_addr=local_addr)
+                reader, writer = await asyncio.open_connection(
+                    host,
+                    port,
+                    local_addr=local_addr,
+                    ssl=ctx,
+                    server_hostname=self.peer_id if ctx is not None else None,
+                )
+        except ssl.SSLError as exc:  # before OSError, which it is
+            self._log.warning(
+                "peer_tls_refused", host=host, port=port, reason=describe_tls_error(exc)
+            )
+            return None
         except (OSError, TimeoutError) as exc:
             if self._was_connected:
                 self._was_connected = False
@@ -190,6 +232,19 @@ class OutboundPeer:
             else:
                 self._log.debug("peer_connect_failed", host=host, port=port, error=str(exc))
             return None
+        if ctx is not None:
+            named = node_ids_of(writer.get_extra_info("peercert"))
+            if self.peer_id not in named:
+                self._log.warning(
+                    "peer_tls_refused",
+                    host=host,
+                    port=port,
+                    reason=f"certificate names {', '.join(named) or 'no node id'}, "
+                    f"not {self.peer_id!r} (wrong node id in SAN)",
+                )
+                writer.transport.abort()
+                return None
+        return reader, writer
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: tuple[str, int]

@@ -17,6 +17,9 @@ Rules:
   its final `*.snap` name (and the directory fsynced). A broken transfer deletes its temp file;
   a crash can leave a `*.partial`, which `remove_stale_partials` deletes at start. Nothing with
   the final name is ever incomplete.
+- Sizes are untrusted: the announced `total_size` is capped (`raft.max_snapshot_bytes`, checked
+  in `codec.validate`) and must fit in the directory's free space minus a reserve before the
+  first byte is written; no chunk may go beyond it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -128,8 +132,16 @@ class _Incoming:
 class SnapshotReceiver:
     """Receives the snapshot transfers of one inbound connection (one at a time, in order)."""
 
-    def __init__(self, snapshot_dir: Path, peer_id: NodeId, log: FilteringBoundLogger) -> None:
+    def __init__(
+        self,
+        snapshot_dir: Path,
+        peer_id: NodeId,
+        log: FilteringBoundLogger,
+        *,
+        free_reserve: int = 0,
+    ) -> None:
         self._dir = snapshot_dir
+        self._free_reserve = free_reserve
         self._peer_id = peer_id
         self._log = log
         self._current: _Incoming | None = None
@@ -138,6 +150,14 @@ class SnapshotReceiver:
         if chunk.offset == 0:
             # A new transfer (the sender gave up on the previous one, or this is the first).
             self.discard()
+            # The size was capped by `check_message` (raft.max_snapshot_bytes); it must also
+            # fit on this disk with room to spare, or a forged size could fill it.
+            free = (await asyncio.to_thread(shutil.disk_usage, self._dir)).free
+            if chunk.total_size + self._free_reserve > free:
+                raise ProtocolViolation(
+                    f"snapshot of {chunk.total_size} bytes does not fit: {free} bytes free in "
+                    f"{self._dir}, {self._free_reserve} kept in reserve"
+                )
             token = secrets.token_hex(8)
             temp_path = self._dir / f"incoming-{chunk.index}-{chunk.term}-{token}{PARTIAL_SUFFIX}"
             file = await asyncio.to_thread(open, temp_path, "xb")

@@ -11,10 +11,17 @@ Rules:
 - Callbacks (`on_unreachable`, `on_snapshot_status`) run from their own loop callbacks, never
   inside `send`, so a driver can call back into the core without re-entering its Ready handling.
   `on_message` is called from the connection's reader task, one message at a time, in order.
-- Inbound: the connector's first frame must be `Hello` with our protocol version and cluster
-  name. A malformed or oversized frame, an unknown tag, a second Hello, a message whose `from_`
-  is not the Hello's node id or whose `to` is not us: logged, connection dropped. Nothing a peer
-  sends can raise out of the reader task; an exception from `on_message` is logged.
+- Inbound (`_inbound.py`, `_handshake.py`): the connector's first frame must be `Hello` with our
+  protocol version and cluster name and a node id that `is_member` accepts (the driver passes
+  the LIVE configuration; by default: the peers this transport knows addresses for); with TLS
+  its certificate must name that id. A Hello never displaces a live connection. Every later
+  frame is type- and value-checked (`codec.validate`) before `on_message`; anything wrong is
+  logged and the connection dropped. Nothing a peer sends can raise out of the reader task.
+- Housekeeping, every `keepalive_interval`: idle outbound connections send a `Ping`; inbound
+  ones silent for `idle_timeout` are dropped (half-open).
+- TLS (`tls`, a `PeerTls`): both directions are mutual TLS with the cluster CA; the dialled
+  peer's certificate must name the peer's node id. Contexts are taken per connection, so
+  `PeerTls.reload()` applies to every new connection without a restart.
 - Snapshots: see `_snapshot.py` (file mode when `snapshot_dir` is given, else inline).
 - `stop` cancels and awaits every task it started and closes every socket: no leaks.
 - Works on the default asyncio loop and on uvloop.
@@ -27,31 +34,22 @@ import math
 import random
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from raftkv.codec.wire import (
-    LENGTH_PREFIX_BYTES,
-    MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
-    FrameError,
-    FrameParser,
-    Hello,
-    SnapshotChunk,
-    WireMessage,
-    decode_payload,
-    frame_length,
-)
+from raftkv.codec.wire import MAX_FRAME_BYTES
 from raftkv.raft.messages import AnyMessage, InstallSnapshot
 from raftkv.raft.types import NodeId
-from raftkv.transport._common import ProtocolViolation, TransportTuning, set_nodelay
+from raftkv.transport._common import TransportTuning
+from raftkv.transport._handshake import HELLO_MAX_BYTES
+from raftkv.transport._inbound import InboundSide
 from raftkv.transport._outbound import OutboundPeer
-from raftkv.transport._snapshot import SnapshotReceiver, remove_stale_partials, stream_snapshot
+from raftkv.transport._snapshot import remove_stale_partials, stream_snapshot
+from raftkv.transport.tls import PeerTls
 
-HELLO_MAX_BYTES: Final = 64 << 10
-"""Before the handshake a peer is unknown: its first frame may not make us buffer more."""
+__all__ = ["HELLO_MAX_BYTES", "PeerTransport", "TransportTuning"]
 
 
 def _ignore_unreachable(peer: NodeId) -> None:
@@ -81,6 +79,8 @@ class PeerTransport:
         logger: FilteringBoundLogger | None = None,
         rng: random.Random | None = None,
         tuning: TransportTuning | None = None,
+        is_member: Callable[[NodeId], bool] | None = None,
+        tls: PeerTls | None = None,
     ) -> None:
         self._node_id = node_id
         self._cluster_name = cluster_name
@@ -105,14 +105,24 @@ class PeerTransport:
         self._dirty: dict[NodeId, OutboundPeer] = {}  # peers with pending messages this turn
         self._flush_handle: asyncio.Handle | None = None
         self._last_unreachable: dict[NodeId, float] = {}  # loop time of the last report
-        self._inbound: dict[NodeId, asyncio.StreamWriter] = {}  # newest connection per peer
-        self._inbound_addrs: dict[NodeId, tuple[str, int]] = {}
         self._snapshot_tasks: dict[NodeId, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()  # tasks we created, for stop()
+        self._tls = tls
         # Inbound handler tasks are created by asyncio.start_server. stop() ends them by closing
         # their connection, not by cancelling: 3.11's StreamReaderProtocol logs a spurious
         # "Exception in callback" for a cancelled client_connected_cb task.
-        self._inbound_tasks: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        self._in = InboundSide(
+            node_id=node_id,
+            cluster_name=cluster_name,
+            is_member=is_member if is_member is not None else self._knows_address,
+            on_message=on_message,
+            on_peer_up=self._peer_is_up,
+            snapshot_dir=snapshot_dir,
+            max_frame_bytes=max_frame_bytes,
+            tuning=self._tuning,
+            tls=tls,
+            logger=self._log,
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -124,12 +134,16 @@ class PeerTransport:
             await asyncio.to_thread(self._snapshot_dir.mkdir, parents=True, exist_ok=True)
             await asyncio.to_thread(remove_stale_partials, self._snapshot_dir)
         host, port = self._listen
-        self._server = await asyncio.start_server(self._handle_inbound, host, port)
+        # TLS is started per connection (`InboundSide`), not here: each handshake then uses the
+        # contexts current at accept time, and a failed one is logged with its reason.
+        self._server = await asyncio.start_server(self._in.handle, host, port)
         sockname = self._server.sockets[0].getsockname()
         self._bound = (str(sockname[0]), int(sockname[1]))
         self._running = True
+        self._in.running = True
         for peer_id in sorted(self._addrs):
             self._add_peer(peer_id, self._addrs[peer_id])
+        self._spawn(self._housekeeping(), "raftkv-transport-housekeeping")
         self._log.info("transport_started", host=self._bound[0], port=self._bound[1])
 
     async def stop(self) -> None:
@@ -138,6 +152,7 @@ class PeerTransport:
             return
         self._stopped = True
         self._running = False
+        self._in.running = False
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -145,8 +160,7 @@ class PeerTransport:
             self._server.close()
         for task in self._tasks:
             task.cancel()
-        for writer in self._inbound_tasks.values():
-            writer.transport.abort()
+        self._in.abort_all()
         # A connection accepted just now has a handler task that has not run yet; one loop turn
         # lets it start, see that we are stopped and close its socket.
         await asyncio.sleep(0)
@@ -154,8 +168,8 @@ class PeerTransport:
         self._peers.clear()
         self._dirty.clear()
         await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)
-        while self._tasks or self._inbound_tasks:
-            await asyncio.gather(*self._tasks, *self._inbound_tasks, return_exceptions=True)
+        while self._tasks or self._in.tasks:
+            await asyncio.gather(*self._tasks, *self._in.tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
         self._log.info("transport_stopped")
@@ -173,7 +187,7 @@ class PeerTransport:
 
     def inbound_peers(self) -> dict[NodeId, tuple[str, int]]:
         """Peers connected to us, with the remote address the connection came from."""
-        return dict(self._inbound_addrs)
+        return self._in.addresses()
 
     # ---- membership ------------------------------------------------------------------------
 
@@ -192,7 +206,9 @@ class PeerTransport:
             peer.change_address(addr)
 
     def remove_peer(self, node_id: NodeId) -> None:
-        """Forget a peer (removed from the cluster): close our connection to it."""
+        """Forget a peer (removed from the cluster): close our connection to it and its
+        connection to us (a removed member may no longer send us anything)."""
+        self._in.drop_peer(node_id)
         self._addrs.pop(node_id, None)
         self._dirty.pop(node_id, None)
         peer = self._peers.pop(node_id, None)
@@ -214,6 +230,7 @@ class PeerTransport:
             rng=self._rng,
             report_unreachable=self._report_unreachable,
             logger=self._log,
+            tls=self._tls,
         )
         self._peers[peer_id] = peer
         peer.start()
@@ -311,110 +328,21 @@ class PeerTransport:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    # ---- receiving -------------------------------------------------------------------------
+    def _knows_address(self, peer_id: NodeId) -> bool:
+        return peer_id in self._addrs
 
-    async def _handle_inbound(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        if not self._running or task is None:
-            writer.transport.abort()
-            return
-        self._inbound_tasks[task] = writer
-        peername = writer.get_extra_info("peername")
-        remote = (str(peername[0]), int(peername[1])) if peername else ("?", 0)
-        log = self._log.bind(remote=f"{remote[0]}:{remote[1]}")
-        peer_id: NodeId | None = None
-        receiver: SnapshotReceiver | None = None
-        try:
-            set_nodelay(writer)
-            async with asyncio.timeout(self._tuning.hello_timeout):
-                hello = await self._read_hello(reader)
-            peer_id = hello.node_id
-            log = log.bind(peer=peer_id)
-            old = self._inbound.get(peer_id)
-            if old is not None:
-                # The peer reconnected; its old connection is dead or about to be.
-                old.transport.abort()
-            self._inbound[peer_id] = writer
-            self._inbound_addrs[peer_id] = remote
-            log.info("inbound_connected")
-            outbound = self._peers.get(peer_id)
-            if outbound is not None:
-                outbound.peer_is_up()
-            if self._snapshot_dir is not None:
-                receiver = SnapshotReceiver(self._snapshot_dir, peer_id, log)
-            await self._receive(reader, peer_id, receiver)
-            log.info("inbound_closed")
-        except FrameError as exc:
-            log.warning("inbound_dropped_bad_frame", error=str(exc))
-        except ProtocolViolation as exc:
-            log.warning("inbound_dropped_protocol_violation", error=str(exc))
-        except TimeoutError as exc:  # before the OSError clause: TimeoutError is an OSError
-            if peer_id is None:
-                log.warning("inbound_dropped_no_hello", timeout=self._tuning.hello_timeout)
-            else:
-                log.info("inbound_lost", error=str(exc) or "timeout")
-        except (OSError, asyncio.IncompleteReadError) as exc:  # OSError includes ConnectionError
-            log.info("inbound_lost", error=str(exc) or type(exc).__name__)
-        except Exception:  # never let a peer's bytes crash the loop's exception handler
-            log.exception("inbound_failed")
-        finally:
-            if receiver is not None:
-                receiver.discard()
-            if peer_id is not None and self._inbound.get(peer_id) is writer:
-                del self._inbound[peer_id]
-                del self._inbound_addrs[peer_id]
-            writer.transport.abort()
-            del self._inbound_tasks[task]
+    def _peer_is_up(self, peer_id: NodeId) -> None:
+        outbound = self._peers.get(peer_id)
+        if outbound is not None:
+            outbound.peer_is_up()
 
-    async def _read_hello(self, reader: asyncio.StreamReader) -> Hello:
-        prefix = await reader.readexactly(LENGTH_PREFIX_BYTES)
-        payload = await reader.readexactly(frame_length(prefix, HELLO_MAX_BYTES))
-        hello = decode_payload(payload)
-        if not isinstance(hello, Hello):
-            raise ProtocolViolation(f"first frame is {type(hello).__name__}, not Hello")
-        if hello.protocol_version != PROTOCOL_VERSION:
-            raise ProtocolViolation(
-                f"protocol version {hello.protocol_version}, expected {PROTOCOL_VERSION}"
-            )
-        if hello.cluster_name != self._cluster_name:
-            raise ProtocolViolation(
-                f"cluster {hello.cluster_name!r}, expected {self._cluster_name!r}"
-            )
-        if hello.node_id == self._node_id:
-            raise ProtocolViolation("peer claims our own node id")
-        return hello
-
-    async def _receive(
-        self, reader: asyncio.StreamReader, peer_id: NodeId, receiver: SnapshotReceiver | None
-    ) -> None:
-        parser = FrameParser(self._max_frame_bytes)
-        read_bytes = self._tuning.read_bytes
-        while True:
-            data = await reader.read(read_bytes)
-            if not data:
-                return
-            for msg in parser.feed(data):
-                await self._dispatch(msg, peer_id, receiver)
-
-    async def _dispatch(
-        self, msg: WireMessage, peer_id: NodeId, receiver: SnapshotReceiver | None
-    ) -> None:
-        if isinstance(msg, SnapshotChunk):
-            if receiver is None:
-                raise ProtocolViolation("snapshot chunk, but snapshots travel inline here")
-            await receiver.add_chunk(msg)
-            return
-        if isinstance(msg, Hello):
-            raise ProtocolViolation("second Hello on a connection")
-        if msg.from_ != peer_id:
-            raise ProtocolViolation(f"{type(msg).__name__} from {msg.from_!r} on {peer_id}'s link")
-        if msg.to != self._node_id:
-            raise ProtocolViolation(f"{type(msg).__name__} addressed to {msg.to!r}")
-        if receiver is not None and isinstance(msg, InstallSnapshot):
-            msg = await receiver.complete(msg)
-        try:
-            self._on_message(msg)
-        except Exception:
-            self._log.exception("on_message_failed", msg_type=type(msg).__name__)
+    async def _housekeeping(self) -> None:
+        """Keepalives out, half-open connections in: see the module's rules."""
+        loop = asyncio.get_running_loop()
+        interval = self._tuning.keepalive_interval
+        while self._running:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for peer in list(self._peers.values()):
+                peer.keepalive(now, interval)
+            self._in.drop_idle(now)

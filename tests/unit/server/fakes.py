@@ -12,17 +12,21 @@ import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, TypeVar
 
 import aiohttp
 from yarl import URL
 
+from raftkv.kv.commands import Command, Delete, Put, Result
+from raftkv.kv.machine import apply_command
+from raftkv.kv.mvcc import DictState, MVCCStore
 from raftkv.runtime.api import ROLE_FOLLOWER, ROLE_LEADER, LocalStatus, NotLeaderError
 from raftkv.server.config import Address, Settings, load_settings
 from raftkv.server.http import create_app
 from raftkv.server.runner import run_http
 
 P = ParamSpec("P")
+T = TypeVar("T")
 
 CONFIG_3 = """\
 cluster:
@@ -81,7 +85,8 @@ class FakeNode:
             n: f"127.0.0.1:{9000 + i}" for i, n in enumerate(sorted(self.http_peers), 1)
         }
         self.hint_leader_http = hint_leader_http
-        self.data: dict[str, str] = {}
+        self.state = DictState()
+        self.index = 0  # the fake's "log index": every write takes the next one
         self.calls: list[tuple[object, ...]] = []
         self.fail_with: BaseException | None = None  # raised by every operation while set
         self.hang = False  # operations never complete while set
@@ -101,17 +106,32 @@ class FakeNode:
             hint = self.http_peers.get(self.leader_id) if self.leader_id else None
             raise NotLeaderError(self.leader_id, hint if self.hint_leader_http else None)
 
-    async def put(self, key: str, value: str) -> None:
-        await self._enter("put", key, value, write=True)
-        self.data[key] = value
+    @property
+    def data(self) -> dict[str, str | bytes]:
+        """The current values (read-only view: change state through `seed` or `write`)."""
+        return {k: kv.value for k, kv in self.state.items()}
 
-    async def delete(self, key: str) -> bool:
-        await self._enter("delete", key, write=True)
-        return self.data.pop(key, None) is not None
+    def seed(self, key: str, value: str) -> None:
+        self.index += 1
+        apply_command(self.state, Put(key, value), self.index)
 
-    async def get(self, key: str, *, linearizable: bool) -> str | None:
-        await self._enter("get", key, linearizable, write=False)
-        return self.data.get(key)
+    async def write(self, cmd: Command) -> Result:
+        match cmd:
+            case Put(key=key, value=value):
+                call: tuple[object, ...] = ("put", key, value)
+            case Delete(key=key):
+                call = ("delete", key)
+            case _:
+                call = (type(cmd).__name__.lower(),)
+        await self._enter(*call, write=True)
+        self.index += 1
+        return apply_command(self.state, cmd, self.index)
+
+    async def read(
+        self, fn: Callable[[MVCCStore], T], *, linearizable: bool, min_revision: int = 0
+    ) -> T:
+        await self._enter("read", linearizable, write=False)
+        return fn(self.state)
 
     def local_status(self) -> LocalStatus:
         return LocalStatus(
@@ -155,6 +175,12 @@ class Client:
         return URL(f"http://{self.address}{path}")
 
     async def request(self, method: str, path: str | URL, **kwargs: Any) -> aiohttp.ClientResponse:
+        if isinstance(kwargs.get("data"), bytes):
+            # aiohttp labels a bytes body application/octet-stream, which the server stores
+            # as a binary value; these tests send raw text unless they say otherwise.
+            headers = dict(kwargs.get("headers") or {})
+            headers.setdefault("Content-Type", "text/plain")
+            kwargs["headers"] = headers
         resp = await self.session.request(method, self.url(path), **kwargs)
         self._responses.append(resp)
         return resp

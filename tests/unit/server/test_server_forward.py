@@ -40,14 +40,16 @@ async def test_follower_forwards_put_and_delete_reply_identical(tmp_path: Path) 
                 "key": "company",
                 "value": "Distributed Systems Corp",
                 "message": "Key-value pair stored successfully",
+                "revision": 1,
             }
+            assert resp.headers["ETag"] == '"1"'
             assert leader.data == {"company": "Distributed Systems Corp"}
             assert follower.data == {}
             # Byte for byte what the leader answers directly.
             direct = await leader_client.put(
                 "/kv/company", json={"value": "Distributed Systems Corp"}
             )
-            assert await direct.read() == forwarded
+            assert json.loads(await direct.read()) == {**json.loads(forwarded), "revision": 2}
             assert resp.content_type == "application/json"
 
             # Raw bodies and encoded keys survive the hop unchanged.
@@ -68,7 +70,7 @@ async def test_follower_forwards_put_and_delete_reply_identical(tmp_path: Path) 
             assert leader.data == {"a/b:c": "raw é"}
             assert [c[0] for c in leader.calls].count("put") == 3
             # Reads are local, never forwarded.
-            follower.data["local"] = "x"
+            follower.seed("local", "x")
             resp = await client.get("/kv/local")
             assert (await resp.json())["value"] == "x"
 

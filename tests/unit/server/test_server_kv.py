@@ -43,18 +43,31 @@ async def test_put_json_get_delete_seed_replies(tmp_path: Path) -> None:
             "key": "user:john",
             "value": "John Doe, Software Engineer",
             "message": "Key-value pair stored successfully",
+            "revision": 1,
         }
+        assert resp.headers["ETag"] == '"1"'
         assert node.data == {"user:john": "John Doe, Software Engineer"}
 
         resp = await client.get("/kv/user:john")
         assert resp.status == 200
         assert resp.content_type == "application/json"
-        assert await resp.json() == {"key": "user:john", "value": "John Doe, Software Engineer"}
-        assert node.calls[-1] == ("get", "user:john", True)
+        assert await resp.json() == {
+            "key": "user:john",
+            "value": "John Doe, Software Engineer",
+            "create_revision": 1,
+            "mod_revision": 1,
+            "version": 1,
+        }
+        assert resp.headers["ETag"] == '"1"'
+        assert node.calls[-1] == ("read", True)
 
         resp = await client.delete("/kv/user:john")
         assert resp.status == 200
-        assert await resp.json() == {"key": "user:john", "message": "Key deleted successfully"}
+        assert await resp.json() == {
+            "key": "user:john",
+            "message": "Key deleted successfully",
+            "revision": 2,
+        }
         assert node.data == {}
 
 
@@ -92,12 +105,12 @@ async def test_missing_key_is_404_for_get_and_delete(tmp_path: Path) -> None:
 @aio
 async def test_consistency_parameter(tmp_path: Path) -> None:
     node = FakeNode()
-    node.data["k"] = "v"
+    node.seed("k", "v")
     async with client_for(node, make_settings(tmp_path)) as client:
         assert (await client.get("/kv/k?consistency=stale")).status == 200
-        assert node.calls[-1] == ("get", "k", False)
+        assert node.calls[-1] == ("read", False)
         assert (await client.get("/kv/k?consistency=linearizable")).status == 200
-        assert node.calls[-1] == ("get", "k", True)
+        assert node.calls[-1] == ("read", True)
         resp = await client.get("/kv/k?consistency=eventual")
         assert resp.status == 400
         body = await resp.json()
@@ -154,9 +167,9 @@ async def test_keys_with_slash_colon_unicode_and_newline(tmp_path: Path) -> None
             assert (await resp.json())["key"] == key
         # Unencoded '/' and ':' work too.
         resp = await client.get("/kv/a/b")
-        assert await resp.json() == {"key": "a/b", "value": "a/b"}
+        assert (await resp.json()).items() >= {"key": "a/b", "value": "a/b"}.items()
         resp = await client.get("/kv/a:b")
-        assert await resp.json() == {"key": "a:b", "value": "a:b"}
+        assert (await resp.json()).items() >= {"key": "a:b", "value": "a:b"}.items()
     assert set(node.data) == set(keys)
 
 
@@ -263,7 +276,7 @@ async def test_expect_continue_refuses_oversized_body_before_it_is_sent(tmp_path
         writer.write(b"hi")
         reply = await reader.read()
         assert reply.startswith(b"HTTP/1.1 200")
-        assert reply.endswith(b'"message":"Key-value pair stored successfully"}')
+        assert reply.endswith(b'"message":"Key-value pair stored successfully","revision":1}')
         writer.close()
         await writer.wait_closed()
 

@@ -28,6 +28,11 @@ def delete(index: int, key: str, term: int = 1) -> Entry:
     return Entry(Term(term), Index(index), EntryKind.NORMAL, encode_command(Delete(key)))
 
 
+def value_of(sm: StateMachine, key: str) -> str | bytes | None:
+    kv = sm.get(key)
+    return None if kv is None else kv.value
+
+
 def noop(index: int, term: int = 1) -> Entry:
     return Entry(Term(term), Index(index))
 
@@ -64,20 +69,20 @@ def test_apply_results_and_applied_index(state: StateMachine) -> None:
         [put(1, "a", "1"), put(2, "b", "2"), delete(3, "a"), delete(4, "absent"), noop(5, 2)]
     )
     assert results == [
-        PutResult(),
-        PutResult(),
-        DeleteResult(existed=True),
-        DeleteResult(existed=False),
+        PutResult(1),
+        PutResult(2),
+        DeleteResult(existed=True, revision=3),
+        DeleteResult(existed=False, revision=3),
         None,
     ]
-    assert state.get("a") is None
-    assert state.get("b") == "2"
+    assert value_of(state, "a") is None
+    assert value_of(state, "b") == "2"
     assert (state.applied_index, state.applied_term) == (5, 2)
 
 
 def test_conf_change_entry_advances_index_and_conf_is_stored(state: StateMachine) -> None:
     cc = Entry(Term(1), Index(2), EntryKind.CONF_CHANGE, b"opaque to the state machine")
-    assert state.apply([put(1, "a", "1"), cc], conf=CONF) == [PutResult(), None]
+    assert state.apply([put(1, "a", "1"), cc], conf=CONF) == [PutResult(1), None]
     assert state.applied_index == 2
     assert state.conf == CONF
     state.set_conf(CONF2)
@@ -89,11 +94,11 @@ def test_already_applied_entries_are_skipped(state: StateMachine) -> None:
     state.apply([put(1, "a", "1"), put(2, "a", "2")])
     # A replay after restart overlaps what was applied: 1..2 skipped, 3 applied.
     results = state.apply([put(1, "a", "X"), put(2, "a", "Y"), put(3, "b", "3")])
-    assert results == [None, None, PutResult()]
-    assert state.get("a") == "2"
+    assert results == [None, None, PutResult(3)]
+    assert value_of(state, "a") == "2"
     assert state.applied_index == 3
     assert state.apply([put(2, "a", "Z")]) == [None]
-    assert state.get("a") == "2"
+    assert value_of(state, "a") == "2"
 
 
 def test_gap_raises_and_changes_nothing(state: StateMachine) -> None:
@@ -102,7 +107,7 @@ def test_gap_raises_and_changes_nothing(state: StateMachine) -> None:
         state.apply([put(3, "a", "3")])
     with pytest.raises(ApplyOrderError):
         state.apply([put(2, "a", "2"), put(4, "a", "4")])
-    assert state.get("a") == "1"
+    assert value_of(state, "a") == "1"
     assert state.applied_index == 1
 
 
@@ -113,7 +118,7 @@ def test_undecodable_command_aborts_the_whole_batch(state: StateMachine) -> None
         state.apply([put(2, "a", "2"), bad])
     assert (info.value.index, info.value.tag) == (3, None)
     assert isinstance(info.value.__cause__, CommandDecodeError)
-    assert state.get("a") == "1"
+    assert value_of(state, "a") == "1"
     assert state.applied_index == 1
 
 
@@ -134,16 +139,16 @@ def test_keys_edge_cases(state: StateMachine) -> None:
     state.apply(
         [put(1, "", "empty key"), put(2, long_a, "A"), put(3, long_b, "B"), put(4, "ü", "")]
     )
-    assert state.get("") == "empty key"
-    assert state.get(long_a) == "A"
-    assert state.get(long_b) == "B"
-    assert state.get("a" * 3000) is None
-    assert state.get("ü") == ""
+    assert value_of(state, "") == "empty key"
+    assert value_of(state, long_a) == "A"
+    assert value_of(state, long_b) == "B"
+    assert value_of(state, "a" * 3000) is None
+    assert value_of(state, "ü") == ""
     assert state.apply([delete(5, long_a), delete(6, long_a)]) == [
-        DeleteResult(existed=True),
-        DeleteResult(existed=False),
+        DeleteResult(existed=True, revision=5),
+        DeleteResult(existed=False, revision=5),
     ]
-    assert state.get(long_b) == "B"
+    assert value_of(state, long_b) == "B"
     assert dict(state.items("a" * 3000)) == {long_b: "B"}
     assert dict(state.items("a" * 3000 + "/1")) == {}
 
@@ -185,13 +190,13 @@ def test_snapshot_round_trip_10k_keys(make_state: Factory, tmp_path: Path) -> No
     installed = dst.install_snapshot(tmp_path / "snap")
     assert (installed.index, installed.term, installed.conf) == (10_001, 3, CONF)
     assert (dst.applied_index, dst.applied_term, dst.conf) == (10_001, 3, CONF)
-    assert dst.get("stale") is None
-    assert dst.get("key/00007") is None
-    assert dst.get("key/09999") == "value 9999 " * 3
+    assert value_of(dst, "stale") is None
+    assert value_of(dst, "key/00007") is None
+    assert value_of(dst, "key/09999") == "value 9999 " * 3
     assert list(dst.items()) == list(src.items())
     assert len(list(dst.items())) == 9_999
     # Applying continues right after the snapshot.
-    assert dst.apply([put(10_002, "next", "n", 3)]) == [PutResult()]
+    assert dst.apply([put(10_002, "next", "n", 3)]) == [PutResult(10_002)]
 
 
 @pytest.mark.parametrize("direction", ["lmdb->memory", "memory->lmdb"])
@@ -265,9 +270,9 @@ def test_snapshot_while_applying_is_one_consistent_instant(
         check.install_snapshot(info.path)
         assert check.applied_index == info.index
         if info.index > 1_000:
-            assert check.get("counter") == str(info.index - 1)
-            assert check.get(f"k{info.index - 2}") == "x"
-            assert check.get(f"k{info.index}") is None
+            assert value_of(check, "counter") == str(info.index - 1)
+            assert value_of(check, f"k{info.index - 2}") == "x"
+            assert value_of(check, f"k{info.index}") is None
 
 
 def test_memory_snapshot_bytes_round_trip() -> None:
@@ -293,8 +298,8 @@ def test_lmdb_applied_index_conf_and_data_survive_reopen(tmp_path: Path) -> None
     state = LmdbState.open(tmp_path / "s")
     try:
         assert (state.applied_index, state.applied_term, state.conf) == (2, 4, CONF)
-        assert state.get("a") == "1"
-        assert state.apply([put(2, "a", "X"), put(3, "a", "3", 4)]) == [None, PutResult()]
+        assert value_of(state, "a") == "1"
+        assert state.apply([put(2, "a", "X"), put(3, "a", "3", 4)]) == [None, PutResult(3)]
     finally:
         state.close()
 
@@ -308,6 +313,6 @@ def test_lmdb_installed_snapshot_survives_reopen(tmp_path: Path) -> None:
     state.close()
     state = LmdbState.open(tmp_path / "s")
     try:
-        assert (state.applied_index, state.conf, state.get("a")) == (1, CONF, "1")
+        assert (state.applied_index, state.conf, value_of(state, "a")) == (1, CONF, "1")
     finally:
         state.close()

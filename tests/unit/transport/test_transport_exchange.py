@@ -218,7 +218,7 @@ def test_on_message_exception_is_logged_and_delivery_goes_on(run: Run) -> None:
                 if len(seen) == 1:
                     raise RuntimeError("driver bug")
 
-            b.transport._on_message = picky
+            b.transport._in._on_message = picky
             with structlog.testing.capture_logs() as logs:
                 n["a"].transport.send([hb("a", "b", 1), hb("a", "b", 2)])
                 await eventually(lambda: len(seen) == 2)

@@ -59,6 +59,9 @@ class Node:
         self.inbox: asyncio.Queue[AnyMessage] = asyncio.Queue()
         self.unreachable: list[NodeId] = []
         self.snapshot_status: list[tuple[NodeId, bool]] = []
+        # Most tests here are about moving bytes, not admission: any id may connect unless a
+        # test says otherwise (tests/unit/transport/test_peer_admission.py does).
+        kwargs.setdefault("is_member", lambda _peer: True)
         self.transport = PeerTransport(
             self.id,
             cluster,

@@ -1,0 +1,290 @@
+"""The /kv routes: single keys (revisions, CAS, binary values) and ranges.
+
+Routes:
+    PUT    /kv/{key}   JSON {"value": s}, a UTF-8 body, or application/octet-stream bytes
+                       -> {"key", "value", "message", "revision"}; If-Match / If-None-Match
+    GET    /kv/{key}   ?consistency= &revision= &min_revision=
+                       -> {"key", "value", "create_revision", "mod_revision", "version"}, ETag
+    DELETE /kv/{key}   -> {"key", "message", "revision"}; If-Match
+    GET    /kv         ?prefix= | start= [&end=], limit, after, keys_only, count_only, revision,
+                       consistency, min_revision -> {"items", "count", "next_after", "revision"}
+    DELETE /kv?prefix=P  -> {"deleted", "revision"} (one revision, atomic)
+
+Rules:
+- Seed replies are unchanged apart from added fields; errors are JSON (`errors.py`).
+- A conditional write is a one-compare transaction whose failure branch reads the key, so a
+  412 can name the key's current mod_revision (0 if absent) from the same atomic step.
+- Writes carry the session headers (`kv_params.session_headers`) into a `SessionRequest`; a
+  session error is a 409 with its code. Writes on a follower are forwarded by the caller's
+  `forward` (headers that change a write's meaning go along: see `forward.py`).
+- A range page and its `count` come from one read transaction: paging with a fixed `revision`
+  is a consistent snapshot. `count` is the number of keys in the whole range at that
+  revision (ignoring `after` and `limit`); `next_after` is null on the page that ends it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Final, Protocol, TypeVar
+
+from aiohttp import web
+
+from raftkv.kv.commands import (
+    Command,
+    Delete,
+    DeleteOp,
+    DeleteRange,
+    DeleteRangeResult,
+    DeleteResult,
+    GetOp,
+    KeyValue,
+    Put,
+    PutOp,
+    PutResult,
+    RangeResult,
+    Result,
+    SessionError,
+    SessionRequest,
+    Txn,
+    TxnResult,
+    Value,
+)
+from raftkv.kv.mvcc import MVCCStore
+from raftkv.runtime.api import KVNode, NotLeaderError
+from raftkv.server.config import Settings
+from raftkv.server.errors import ApiError, json_response
+from raftkv.server.inputs import MAX_KEY_BYTES, key_from_request, read_body, value_from_body
+from raftkv.server.kv_params import (
+    OCTET_STREAM,
+    check_revision,
+    consistency,
+    etag,
+    kv_json,
+    precondition_failed,
+    preconditions,
+    query_bool,
+    query_int,
+    session_headers,
+    value_json,
+    wants_raw,
+)
+
+T = TypeVar("T")
+
+STORED_MESSAGE: Final = "Key-value pair stored successfully"
+DELETED_MESSAGE: Final = "Key deleted successfully"
+DEFAULT_LIMIT: Final = 1000
+MAX_LIMIT: Final = 10_000
+
+
+class NodeCalls(Protocol):
+    """What the routes borrow from the server (`http._Api`): timeouts and forwarding."""
+
+    async def call(self, operation: Awaitable[T], *, write: bool) -> T: ...
+
+    async def forward(
+        self, request: web.Request, body: bytes, exc: NotLeaderError
+    ) -> web.StreamResponse: ...
+
+
+async def submit(
+    node: KVNode, calls: NodeCalls, request: web.Request, body: bytes, cmd: Command
+) -> Result | web.StreamResponse:
+    """Propose `cmd` (inside a session request if the headers name one); a follower forwards."""
+    session = session_headers(request)
+    if session is not None:
+        if not isinstance(cmd, Put | Delete | DeleteRange | Txn):
+            raise ApiError(400, "invalid_session", "this request cannot use a session")
+        sid, seq, ack = session
+        cmd = SessionRequest(sid, seq, ack, 0, cmd)
+    try:
+        result = await calls.call(node.write(cmd), write=True)
+    except NotLeaderError as exc:
+        return await calls.forward(request, body, exc)
+    if isinstance(result, SessionError):
+        words = {
+            "session_expired": "the session expired or does not exist; open a new one",
+            "stale_request": "this sequence number was already forgotten (acknowledged or "
+            "too old); its outcome cannot be reported",
+        }.get(result.code, result.code)
+        raise ApiError(409, result.code, words, session_id=result.session_id, seq=result.seq)
+    return result
+
+
+def _range_params(request: web.Request) -> tuple[str, str | None, str]:
+    """(start, end, prefix) of a range request; a bare /kv is refused as before."""
+    q = request.query
+    prefix, start, end = q.get("prefix"), q.get("start"), q.get("end")
+    if prefix is None and start is None:
+        if end is not None:
+            raise ApiError(400, "invalid_range", "end needs start")
+        raise ApiError(400, "invalid_key", "key must not be empty")
+    if prefix is not None and (start is not None or end is not None):
+        raise ApiError(400, "invalid_range", "use either prefix or start/end, not both")
+    for name in ("prefix", "start", "end", "after"):
+        raw = q.get(name)
+        if raw is not None and len(raw.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+            raise ApiError(400, "invalid_range", f"{name} longer than {MAX_KEY_BYTES} bytes")
+    if prefix is not None:
+        return prefix, None, prefix
+    assert start is not None
+    return start, end, ""
+
+
+class KvRoutes:
+    def __init__(self, node: KVNode, settings: Settings, calls: NodeCalls) -> None:
+        self._node = node
+        self._settings = settings
+        self._calls = calls
+
+    def _value(self, request: web.Request, body: bytes) -> Value:
+        # aiohttp reports a missing Content-Type as application/octet-stream: only an explicit
+        # one makes the body binary (a seed client sending no type still stores text).
+        if "Content-Type" in request.headers and request.content_type == OCTET_STREAM:
+            return body  # bounded by read_body
+        return value_from_body(request, body, self._settings.max_value_bytes)
+
+    # -- single keys ------------------------------------------------------------------------
+
+    async def put(self, request: web.Request) -> web.StreamResponse:
+        key = key_from_request(request)
+        body = await read_body(request, self._settings.max_value_bytes)
+        value = self._value(request, body)
+        conds = preconditions(request, key)
+        cmd: Command = Put(key, value)
+        if conds:
+            cmd = Txn(conds, [PutOp(key, value)], [GetOp(key)])
+        result = await submit(self._node, self._calls, request, body, cmd)
+        if isinstance(result, web.StreamResponse):
+            return result
+        revision = _write_revision(key, result)
+        reply: dict[str, object] = {"key": key}
+        value_json(value, reply)
+        reply["message"] = STORED_MESSAGE
+        reply["revision"] = revision
+        return json_response(reply, headers={"ETag": etag(revision)})
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        key = key_from_request(request)
+        linearizable = consistency(request)
+        rev = query_int(request, "revision", minimum=1)
+        min_rev = query_int(request, "min_revision") or 0
+
+        def read(store: MVCCStore) -> KeyValue | None:
+            at = check_revision(store, rev)
+            return store.get(key) if rev is None else store.get_at(key, at)
+
+        try:
+            kv = await self._calls.call(
+                self._node.read(read, linearizable=linearizable, min_revision=min_rev),
+                write=False,
+            )
+        except NotLeaderError as exc:  # not expected from the runtime: ReadIndex goes via leader
+            raise _not_leader(exc) from exc
+        if kv is None:
+            raise ApiError(404, "key_not_found", "key not found", key=key)
+        headers = {"ETag": etag(kv.mod_revision)}
+        if wants_raw(request):
+            raw = kv.value.encode() if isinstance(kv.value, str) else kv.value
+            return web.Response(body=raw, content_type=OCTET_STREAM, headers=headers)
+        return json_response(kv_json(kv), headers=headers)
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        key = key_from_request(request)
+        conds = preconditions(request, key)
+        cmd: Command = Delete(key)
+        if conds:
+            cmd = Txn(conds, [DeleteOp(key)], [GetOp(key)])
+        result = await submit(self._node, self._calls, request, b"", cmd)
+        if isinstance(result, web.StreamResponse):
+            return result
+        revision = _write_revision(key, result)
+        deleted = (
+            result.existed
+            if isinstance(result, DeleteResult)
+            else isinstance(result, TxnResult)
+            and isinstance(result.results[0], DeleteRangeResult)
+            and result.results[0].deleted > 0
+        )
+        if not deleted:
+            raise ApiError(404, "key_not_found", "key not found", key=key)
+        return json_response({"key": key, "message": DELETED_MESSAGE, "revision": revision})
+
+    # -- ranges -----------------------------------------------------------------------------
+
+    async def range_get(self, request: web.Request) -> web.StreamResponse:
+        start, end, prefix = _range_params(request)
+        linearizable = consistency(request)
+        rev = query_int(request, "revision", minimum=1)
+        min_rev = query_int(request, "min_revision") or 0
+        limit = query_int(request, "limit", minimum=1)
+        if limit is None:
+            limit = DEFAULT_LIMIT
+        elif limit > MAX_LIMIT:
+            raise ApiError(400, "invalid_limit", f"limit must be <= {MAX_LIMIT}", limit=limit)
+        after = request.query.get("after")
+        keys_only = query_bool(request, "keys_only")
+        count_only = query_bool(request, "count_only")
+
+        def read(store: MVCCStore) -> tuple[int, list[KeyValue], str | None, int]:
+            at = check_revision(store, rev)
+            count = 0
+            items: list[KeyValue] = []
+            next_after: str | None = None
+            for kv in store.range(start, end, prefix, None if rev is None else at, None):
+                count += 1
+                if count_only or (after is not None and kv.key <= after):
+                    continue
+                if len(items) < limit:
+                    items.append(kv)
+                elif next_after is None:
+                    next_after = items[-1].key
+            return count, items, next_after, at
+
+        count, items, next_after, at = await self._calls.call(
+            self._node.read(read, linearizable=linearizable, min_revision=min_rev), write=False
+        )
+        return json_response(
+            {
+                "items": [kv_json(kv, keys_only=keys_only) for kv in items],
+                "count": count,
+                "next_after": next_after,
+                "revision": at,
+            }
+        )
+
+    async def range_delete(self, request: web.Request) -> web.StreamResponse:
+        prefix = request.query.get("prefix")
+        if prefix is None:
+            raise ApiError(400, "invalid_key", "key must not be empty")
+        if prefix == "":
+            raise ApiError(400, "invalid_prefix", "refusing to delete with an empty prefix")
+        result = await submit(self._node, self._calls, request, b"", DeleteRange(prefix))
+        if isinstance(result, web.StreamResponse):
+            return result
+        if not isinstance(result, DeleteRangeResult):
+            raise ApiError(500, "internal_error", "unexpected result")
+        return json_response({"deleted": result.deleted, "revision": result.revision})
+
+
+def _write_revision(key: str, result: Result) -> int:
+    """The revision of a single-key write's result; a failed precondition raises 412."""
+    match result:
+        case PutResult(revision=rev) | DeleteResult(revision=rev):
+            return rev
+        case TxnResult(succeeded=True, revision=rev):
+            return rev
+        case TxnResult(succeeded=False, results=[RangeResult(kvs=kvs), *_]):
+            raise precondition_failed(key, kvs[0] if kvs else None)
+    raise ApiError(500, "internal_error", "unexpected result")
+
+
+def _not_leader(exc: NotLeaderError) -> ApiError:
+    return ApiError(
+        503,
+        "not_leader",
+        "this node is not the leader; retry",
+        headers={"Retry-After": "1"},
+        leader=exc.leader_id,
+        leader_http=exc.leader_http,
+    )
