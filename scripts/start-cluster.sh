@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Starts a 3-node raftkv cluster in the foreground (the seed's Step 2). Ctrl-C stops all three.
+# `--nodes N` (1..9) starts N nodes instead: node-1..node-N on HTTP 8081.. and Raft 9001..,
+# from a config file generated next to their data in ./data/cluster-N (a separate cluster: to
+# grow a running one, join nodes to it with `raftkv serve --join`, see docs/membership.md).
 # On a fresh clone it first creates .venv and installs raftkv (our "build" step).
 # Each node's command line names its id and the config file, so `pkill -f "node-2"` stops
 # exactly node-2 and `pkill -f "cluster"` stops them all. If one node dies, the others keep
@@ -7,9 +10,42 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CONFIG="${KV_CONFIG:-config/multi-node-cluster.yaml}"
-NODES=(node-1 node-2 node-3)
-HTTP=(8081 8082 8083)
-RAFT=(9001 9002 9003)
+COUNT=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) COUNT="${2:-}"; shift 2 ;;
+    --nodes=*) COUNT="${1#--nodes=}"; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "unknown option: $1 (usage: $0 [--nodes N])" >&2; exit 2 ;;
+  esac
+done
+if ! [[ "$COUNT" =~ ^[1-9]$ ]]; then
+  echo "--nodes: must be a number from 1 to 9 (got '${COUNT}')" >&2
+  exit 2
+fi
+NODES=() HTTP=() RAFT=()
+for ((i = 1; i <= COUNT; i++)); do
+  NODES+=("node-$i") HTTP+=($((8080 + i))) RAFT+=($((9000 + i)))
+done
+if [ "$COUNT" -ne 3 ]; then
+  # A cluster of another size: its own config file and data root, generated from the seed's.
+  root="./data/cluster-$COUNT"
+  mkdir -p "$root"
+  CONFIG="$root/cluster.yaml"
+  {
+    echo "cluster:"
+    echo "  name: \"distributed-kv-cluster-$COUNT\""
+    echo "  bootstrap_id: \"node-1\""
+    echo "  data_dir: \"$root\""
+    echo "  nodes:"
+    for i in "${!NODES[@]}"; do echo "    ${NODES[$i]}: \"localhost:${RAFT[$i]}\""; done
+    echo "raft:"
+    echo "  election_timeout_ms: 100"
+    echo "  heartbeat_timeout_ms: 25"
+    echo "logging:"
+    echo "  level: \"info\""
+  } >"$CONFIG"
+fi
 
 echo "Starting distributed key-value store cluster..."
 echo "Building cluster binary..."
@@ -70,17 +106,17 @@ until curl -fsS "http://localhost:${HTTP[0]}/ready" >/dev/null 2>&1 || [ $SECOND
   sleep 0.1
 done
 
+echo
+echo "Cluster started successfully!"
+for i in "${!NODES[@]}"; do
+  echo "Node $((i + 1)): http://localhost:${HTTP[$i]} (Raft: localhost:${RAFT[$i]})"
+done
 cat <<BANNER
-
-Cluster started successfully!
-Node 1: http://localhost:${HTTP[0]} (Raft: localhost:${RAFT[0]})
-Node 2: http://localhost:${HTTP[1]} (Raft: localhost:${RAFT[1]})
-Node 3: http://localhost:${HTTP[2]} (Raft: localhost:${RAFT[2]})
 
 Try these commands:
   curl http://localhost:${HTTP[0]}/cluster/status
   curl -X PUT http://localhost:${HTTP[0]}/kv/test -d 'hello world'
-  curl http://localhost:${HTTP[1]}/kv/test
+  curl http://localhost:${HTTP[$((COUNT > 1 ? 1 : 0))]}/kv/test
 
 BANNER
 

@@ -6,10 +6,19 @@ back to 3 (removing the leader too) -- no acknowledged write lost along the way.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 from typing import Any
 
-from tests.integration.cluster import Cluster, HttpError, MakeCluster, Reply, wait_for
+from tests.integration.cluster import (
+    Cluster,
+    HttpError,
+    MakeCluster,
+    Reply,
+    raftkv_executable,
+    wait_for,
+)
 
 
 class Writer:
@@ -53,6 +62,14 @@ def call(c: Cluster, via: str, method: str, path: str, body: object = None) -> R
     data = json.dumps(body).encode() if body is not None else b""
     return c.req(
         via, method, path, body=data, headers={"Content-Type": "application/json"}, timeout_s=20.0
+    )
+
+
+def cli(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `raftkv` command, piped (so its tables get 80 columns)."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    return subprocess.run(
+        [str(raftkv_executable()), *args], capture_output=True, text=True, timeout=60, env=env
     )
 
 
@@ -167,10 +184,17 @@ def test_refusals_and_leader_transfer(make_cluster: MakeCluster) -> None:
     reply = call(c, leader, "POST", "/cluster/members", spare)
     assert reply.status == 400 and reply.json["code"] == "member_removed", reply
 
-    # Leadership transfer, asked of a follower.
-    reply = call(c, other, "POST", "/cluster/leader", {"to": follower})
-    assert reply.status == 200 and reply.json["leader"] == follower, reply
+    # Leadership transfer through the CLI, asked of a follower; then the member table.
+    done = cli(c, "leader", "transfer", follower, "-e", c.nodes[other].http, "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["leader"] == follower, done
     assert c.wait_leader() == follower
+    table = cli(c, "member", "list", "-e", c.nodes[other].http)
+    assert table.returncode == 0, table
+    lines = table.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, table.stdout
+    assert any(line.startswith(f"{follower} ") and "voter*" in line for line in lines), lines
+    bad = cli(c, "member", "remove", "nobody", "-e", c.nodes[other].http, "--json")
+    assert bad.returncode != 0 and json.loads(bad.stdout)["code"] == "member_not_found", bad
 
     # With one voter down, removing a healthy one would leave 1 healthy of 2: refused.
     c.kill(leader, signal.SIGKILL)

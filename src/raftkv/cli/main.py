@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from raftkv.cli import bench_cmd, certs, chaos_cmd, inspect_cmd, kv_cmd, serve, sim_cmd
+from raftkv.cli import (
+    bench_cmd,
+    certs,
+    chaos_cmd,
+    inspect_cmd,
+    kv_cmd,
+    member_cmd,
+    serve,
+    sim_cmd,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="raftkv: a Raft key-value store")
 
@@ -21,6 +30,7 @@ sim_cmd.register(app)
 chaos_cmd.register(app)
 certs.register(app)
 kv_cmd.register(app)
+member_cmd.register(app)
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ Rules:
 - A removal that leaves fewer healthy voters than a quorum of the new configuration is refused
   (`WouldLoseQuorum`). Removing the leader first transfers leadership (thesis §3.10) to the most
   up-to-date healthy voter, then reports `NotLeaderError` so the caller asks the new leader.
-- Removed ids are never reused (runtime/members.py): adding one is `MemberRemoved`.
+- Removed ids are never reused (runtime/members.py): adding one is `MemberRemoved`; removing
+  one again is answered as done (so clients may retry a removal whose reply was lost).
 - Auto-promotion: while this node leads, learners whose record says `auto_promote` are
   promoted once ready (Consul autopilot's promotion, without a human step as in etcd).
 - Everything runs on the event loop thread, like the driver.
@@ -273,6 +274,8 @@ class MembershipManager:
         d = self._driver
         conf = d.raw.raft.conf
         node = NodeId(node_id)
+        if node_id in d.members.removed:
+            return  # removed already: a repeated request is answered as done
         if node not in conf.all_nodes():
             raise UnknownMember(f"{node_id} is not a member", id=node_id)
         if node in conf.voters:
