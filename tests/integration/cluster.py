@@ -300,10 +300,14 @@ class Cluster:
         ]
 
     def start_node(
-        self, node_id: str, prefix: Iterable[str] = (), env: Mapping[str, str] | None = None
+        self,
+        node_id: str,
+        prefix: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+        args: Iterable[str] = (),
     ) -> Node:
         """Start `node_id`; `prefix` runs it under another program (e.g. strace), `env` adds
-        environment variables (test hooks)."""
+        environment variables (test hooks), `args` more `raftkv serve` flags."""
         node = self.nodes[node_id]
         assert not node.running, f"{node_id} is already running"
         node.starts += 1
@@ -311,7 +315,7 @@ class Cluster:
             f.write(f"\n===== start #{node.starts} of {node_id} =====\n".encode())
             f.flush()
             node.proc = subprocess.Popen(
-                [*prefix, str(raftkv_executable()), *self._command(node)],
+                [*prefix, str(raftkv_executable()), *self._command(node), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=f,
                 stderr=subprocess.STDOUT,

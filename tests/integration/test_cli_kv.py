@@ -95,3 +95,48 @@ def test_usage_and_unavailable_exit_codes(shared_cluster: Cluster) -> None:
     dead = f"127.0.0.1:{free_port('127.0.0.1', set())}"
     done = raftkv(None, "get", "k", "--timeout", "1", endpoints=dead)
     assert done.returncode == 3 and b"no node answered" in done.stderr
+
+
+def test_cas_ls_txn_and_prefix_delete(shared_cluster: Cluster) -> None:
+    c = shared_cluster
+    rev = json.loads(raftkv(c, "put", "cli:ls:a", "alpha", "--json").stdout)["revision"]
+    assert raftkv(c, "put", "cli:ls:b", "beta").returncode == 0
+    done = raftkv(c, "put", "cli:ls:a", "again", "--if-match", str(rev - 1))
+    assert done.returncode == 1 and b"precondition" in done.stderr
+    assert raftkv(c, "put", "cli:ls:a", "again", "--if-match", str(rev)).returncode == 0
+    assert raftkv(c, "put", "cli:ls:a", "x", "--if-absent").returncode == 1
+
+    done = raftkv(c, "ls", "cli:ls:")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    assert lines[0].split() == ["KEY", "VALUE", "MOD", "VER"]
+    assert lines[1].split()[:2] == ["cli:ls:a", "again"] and lines[1].split()[3] == "2"
+    assert lines[2].split()[:2] == ["cli:ls:b", "beta"]
+    assert lines[-1].startswith("2 keys")
+    assert all(len(line) <= 80 for line in lines)
+    doc = json.loads(raftkv(c, "ls", "cli:ls:", "--keys-only", "--limit", "1", "--json").stdout)
+    assert [i["key"] for i in doc["items"]] == ["cli:ls:a"] and doc["count"] == 2
+    assert "value" not in doc["items"][0]
+
+    txn = {
+        "compare": [{"key": "cli:ls:b", "target": "value", "op": "==", "value": "beta"}],
+        "success": [
+            {"op": "put", "key": "cli:ls:c", "value": "gamma"},
+            {"op": "get", "key": "cli:ls:b"},
+        ],
+    }
+    done = raftkv(c, "txn", "--json", stdin=json.dumps(txn).encode())
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["succeeded"] and doc["results"][1]["items"][0]["value"] == "beta"
+    done = raftkv(
+        c,
+        "txn",
+        stdin=json.dumps({**txn, "compare": [{**txn["compare"][0], "value": "no"}]}).encode(),
+    )
+    assert done.returncode == 1 and done.stdout.decode().startswith("FAILED")
+    assert raftkv(c, "txn", stdin=b'{"compare": 1}').returncode == 2
+
+    done = raftkv(c, "del", "--prefix", "cli:ls:", "--json")
+    assert json.loads(done.stdout)["deleted"] == 3
+    assert raftkv(c, "ls", "cli:ls:", "--count-only").stdout.decode().startswith("0 keys")

@@ -20,6 +20,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from raftkv.kv.registry import COMMAND_SET_VERSION
 from raftkv.storage.format import FORMAT_FILE, FORMAT_VERSION, read_format, write_format
 from raftkv.storage.raftlog import entry_crc
 from tests.integration.cluster import (
@@ -81,6 +82,12 @@ def test_round1_data_directory_is_migrated_at_start_and_served(tmp_path: Path) -
         assert request(http, "PUT", kv_path("new"), b"after the upgrade").status == 200
         assert read_format(node_dir) == FORMAT_VERSION
         assert "data directory migrated" in log.read_text(errors="replace")
+        status = request(http, "GET", "/cluster/status").json
+        assert status["cluster_version"] == {
+            "format_version": FORMAT_VERSION,
+            "command_set": COMMAND_SET_VERSION,
+        }
+        assert status["nodes"]["node-1"]["command_set"] == COMMAND_SET_VERSION
     finally:
         proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -37,7 +37,8 @@ from raftkv.client import (
     TxnResult,
 )
 from raftkv.client.options import DEFAULT_ENDPOINTS
-from raftkv.client.types import TxnRequest, Value
+from raftkv.client.txn_codec import parse_txn
+from raftkv.client.types import Value
 
 T = TypeVar("T")
 
@@ -359,8 +360,8 @@ def register(app: typer.Typer) -> None:
         conn = Conn(endpoints, timeout, cacert, cert, key_file, insecure, user, token, as_json)
         try:
             raw = sys.stdin.buffer.read() if file is None or str(file) == "-" else file.read_bytes()
-            request = msgspec.json.decode(raw, type=TxnRequest)
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            request = parse_txn(raw)
+        except (OSError, ValueError) as exc:
             _fail(conn, EXIT_USAGE, f"bad transaction input: {exc}")
         result: TxnResult = _run(
             conn, lambda kv: kv.txn(request.compare, request.success, request.failure)

@@ -20,7 +20,13 @@ from rich.table import Table
 from rich.text import Text
 
 from raftkv.client import DeleteRangeResult, DeleteResult, KeyValue, PutResult, RangeResult
-from raftkv.client.types import TxnResult
+from raftkv.client.types import (
+    DeleteOpResult,
+    GetOpResult,
+    OpResult,
+    PutOpResult,
+    TxnResult,
+)
 
 
 def to_json(doc: object) -> str:
@@ -153,17 +159,40 @@ def print_listing(
     console.print(f"{len(items)}{more} {noun}{_revision(revision or 0)}", style="dim")
 
 
+def op_doc(result: OpResult) -> dict[str, Any]:
+    match result:
+        case GetOpResult(items=items, count=count):
+            return {"op": "get", "items": [item_doc(i) for i in items], "count": count}
+        case PutOpResult(revision=revision):
+            return {"op": "put", "revision": revision}
+        case DeleteOpResult(deleted=deleted):
+            return {"op": "delete", "deleted": deleted}
+
+
+def _op_line(result: OpResult) -> str:
+    match result:
+        case GetOpResult(items=[]):
+            return "get: not found"
+        case GetOpResult(items=items):
+            return "get: " + ", ".join(f"{i.key}={shown(i.value)}" for i in items)
+        case PutOpResult(revision=revision):
+            return f"put{_revision(revision)}"
+        case DeleteOpResult(deleted=deleted):
+            return f"delete: {deleted} deleted"
+
+
 def print_txn(console: Console, result: TxnResult, as_json: bool) -> None:
     if as_json:
-        console.file.write(to_json(result))
+        doc = {
+            "succeeded": result.succeeded,
+            "revision": result.revision,
+            "results": [op_doc(r) for r in result.results],
+        }
+        console.file.write(to_json(doc))
         return
     if result.succeeded:
         console.print(f"SUCCEEDED: compares held, success ops ran{_revision(result.revision)}")
     else:
         console.print(f"FAILED: compares false, failure ops ran{_revision(result.revision)}")
     for n, op_result in enumerate(result.results, 1):
-        console.print(
-            Text(
-                f"{n}. {msgspec.json.encode(op_result).decode()}", no_wrap=True, overflow="ellipsis"
-            )
-        )
+        console.print(Text(f"{n}. {_op_line(op_result)}", no_wrap=True, overflow="ellipsis"))

@@ -13,6 +13,7 @@ from raftkv.cli import (
     member_cmd,
     serve,
     sim_cmd,
+    snapshot_cmd,
 )
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="raftkv: a Raft key-value store")
@@ -31,6 +32,7 @@ chaos_cmd.register(app)
 certs.register(app)
 kv_cmd.register(app)
 member_cmd.register(app)
+snapshot_cmd.register(app)
 
 
 def main() -> None:

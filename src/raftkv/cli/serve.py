@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from raftkv.ops.recovery import RecoveryError, force_new_cluster
 from raftkv.raft.types import NodeId
 from raftkv.runtime.driver import NodeRemoved
 from raftkv.runtime.node import RaftKVNode
@@ -50,6 +51,7 @@ def node_options(s: Settings, initial_voters: tuple[str, ...] | None = None) -> 
         tick_ms=float(s.tick_ms),
         election_ticks=s.election_ticks,
         snapshot_every=s.snapshot_every,
+        max_snapshot_bytes=s.config.raft.max_snapshot_bytes,
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,
         metrics=s.metrics,
@@ -109,6 +111,21 @@ async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None 
     return code
 
 
+def _force_new_cluster(settings: Settings) -> None:
+    try:
+        done = force_new_cluster(settings.data_dir, settings.node_id)
+    except RecoveryError as exc:
+        print(f"raftkv: --force-new-cluster: {exc}", file=sys.stderr)
+        raise typer.Exit(2 if exc.misuse else 1) from None
+    print(
+        f"raftkv: --force-new-cluster: {settings.node_id} is now the only voter, at index "
+        f"{done.index} (term {done.term}; {done.entries_applied} log entries applied, "
+        f"{done.beyond_commit} past the persisted commit index). Add members back with the "
+        "membership API; never restart the old members with their old data.",
+        file=sys.stderr,
+    )
+
+
 def _run(settings: Settings, initial_voters: tuple[str, ...] | None = None) -> int:
     try:
         import uvloop
@@ -142,6 +159,14 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--http-address", help="with --join: this node's HTTP host:port"),
         ] = None,
+        force_new_cluster: Annotated[
+            bool,
+            typer.Option(
+                "--force-new-cluster",
+                help="Quorum lost: make this node's data a one-voter cluster, then serve "
+                "(docs/operations.md)",
+            ),
+        ] = False,
     ) -> None:
         """Run one node of the cluster (flags > env > config file > defaults)."""
         overrides = {
@@ -174,6 +199,8 @@ def register(app: typer.Typer) -> None:
         configure_logging(settings.log_level, settings.log_format)
         bind_node(settings.node_id)
         try:
+            if force_new_cluster:
+                _force_new_cluster(settings)
             code = _run(settings, resolved.initial_voters)
         except NodeRemoved as exc:
             print(f"raftkv: refusing to start: {exc}", file=sys.stderr)

@@ -192,7 +192,7 @@ class AsyncClient:
 
     async def compact(self, revision: int) -> int:
         """Discard history below `revision`; returns the compact revision."""
-        return await self._run(single(protocol.compact(revision)))
+        return await self._run(programs.compact(revision))
 
     async def status(self) -> ClusterStatus:
         """`/cluster/status` of a node (the leader when known)."""

@@ -24,7 +24,7 @@ import aiohttp
 from yarl import URL
 
 from raftkv.client.engine import MaybeSent, NotSent, Outcome, Send
-from raftkv.client.protocol import Reply
+from raftkv.client.wire import Reply
 
 
 class _NotSentError(Exception):

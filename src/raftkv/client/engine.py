@@ -22,7 +22,9 @@ Rules (exactly-once, ARCHITECTURE.md §4):
   the leader too when known (any node serves linearizable reads), else to the current endpoint.
 - A node that fails to connect is skipped for `DOWN_S` while others remain; success clears it.
 - Session expiry (409 `session_expired`): if no copy of the write can have arrived, a new
-  session is opened and the write sent under it; otherwise `OutcomeUnknown`.
+  session is opened and the write sent under it; otherwise `OutcomeUnknown`. The same for
+  409 `stale_request` (the server forgot replies below a floor that passed our seq): refused
+  before applying, so a first copy is re-sent under a new seq; after a lost copy, unknown.
 """
 
 from __future__ import annotations
@@ -36,16 +38,19 @@ from typing import Any, Final, TypeVar
 from raftkv.client import protocol
 from raftkv.client.errors import (
     BadRequest,
+    Forbidden,
     OutcomeUnknown,
     RaftkvError,
     ServerError,
     SessionExpired,
+    StaleRequest,
     TLSError,
     Unavailable,
 )
 from raftkv.client.options import ClientOptions
-from raftkv.client.protocol import Call, Kind, Reply
+from raftkv.client.protocol import Call, Kind
 from raftkv.client.types import ClusterStatus, SessionInfo
+from raftkv.client.wire import Reply
 
 T = TypeVar("T")
 
@@ -115,7 +120,7 @@ class _Session:
     """One server session: sequence numbers and which replies are still awaited."""
 
     def __init__(self, info: SessionInfo, now: float) -> None:
-        self.id = info.session_id
+        self.id = str(info.session_id)
         self.ttl_s = info.ttl_s
         self.last_used = now  # guarded by the engine's lock
         self._next_seq = 1
@@ -234,11 +239,16 @@ class Engine:
                                 ) from error
                             maybe_delivered = True
                             self._forget_leader(endpoint)
-                        elif isinstance(error, SessionExpired) and session is not None:
+                        elif isinstance(error, SessionExpired | StaleRequest) and session:
                             if maybe_delivered:
                                 raise self._give_up(call, True, f"{last} while retrying") from error
-                            self._drop_session(session, seq)
-                            session = yield from self._session_for_write(deadline)
+                            # Refused before applying, and no earlier copy exists: send it
+                            # again under a new seq (and a new session if this one expired).
+                            if isinstance(error, SessionExpired):
+                                self._drop_session(session, seq)
+                                session = yield from self._session_for_write(deadline)
+                            else:
+                                self._end(session, seq)
                             seq = self._begin(session) if session is not None else 0
                         else:
                             raise error
@@ -388,9 +398,11 @@ class Engine:
                 return session
         try:
             info = yield from self.call(protocol.open_session(), deadline)
-        except BadRequest as exc:
-            if exc.code in ("not_found", "method_not_allowed"):
-                with self._lock:  # a server without sessions: writes go without
+        except (BadRequest, Forbidden) as exc:
+            # A server without sessions (no such route), or a user not allowed to open one:
+            # writes go without, and a lost reply is then OutcomeUnknown instead of a retry.
+            if isinstance(exc, Forbidden) or exc.code in ("not_found", "method_not_allowed"):
+                with self._lock:
                     self._sessions_supported = False
                 return None
             raise
@@ -405,6 +417,10 @@ class Engine:
     def _begin(self, session: _Session) -> int:
         with self._lock:
             return session.begin(self._now())
+
+    def _end(self, session: _Session, seq: int) -> None:
+        with self._lock:
+            session.end(seq)
 
     def _drop_session(self, session: _Session, seq: int) -> None:
         with self._lock:

@@ -132,6 +132,7 @@ _BY_CODE: Final[Mapping[str, type[RaftkvError]]] = {
     "compacted": Compacted,
     "unauthorized": Unauthorized,
     "unauthenticated": Unauthorized,
+    "invalid_credentials": Unauthorized,
     "invalid_token": Unauthorized,
     "token_expired": Unauthorized,
     "forbidden": Forbidden,

@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 import msgspec
 
-from raftkv.client.protocol import JSON, Call, Kind, Reply
+from raftkv.client.protocol import JSON, Call, Kind
+from raftkv.client.wire import Reply
 
 Doc = dict[str, Any]
 

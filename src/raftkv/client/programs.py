@@ -11,6 +11,9 @@ Rules:
   succeeded, so the loop as a whole always makes progress; `max_attempts` bounds one caller.
 - `fn` runs in the caller's thread / task, between the read and the write; it must be pure (it
   may run several times).
+- `compact` may be sent twice (the engine retries it after a lost reply): the copy finds the
+  history already compacted at exactly the asked revision and gets 410; that is the state
+  asked for, so it is success. A 410 naming a higher compact revision is raised.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable
 
 from raftkv.client import protocol
 from raftkv.client.engine import Program
-from raftkv.client.errors import NotFound, PreconditionFailed, RaftkvError
+from raftkv.client.errors import Compacted, NotFound, PreconditionFailed, RaftkvError
 from raftkv.client.types import KeyValue, PutResult, Value
 
 UpdateFn = Callable[[Value | None], Value]
@@ -60,3 +63,13 @@ def update(
                 raise
             continue
         return result
+
+
+def compact(revision: int) -> Program[int]:
+    try:
+        done: int = yield protocol.compact(revision)
+    except Compacted as exc:
+        if exc.compact_revision == revision:
+            return revision
+        raise
+    return done

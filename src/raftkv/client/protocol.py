@@ -14,7 +14,6 @@ Rules:
 
 from __future__ import annotations
 
-import base64
 import enum
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -23,7 +22,8 @@ from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
-from raftkv.client.errors import RaftkvError, ServerError, error_class
+from raftkv.client.errors import RaftkvError, error_class
+from raftkv.client.txn_codec import decode_txn, txn_body
 from raftkv.client.types import (
     ClusterStatus,
     DeleteRangeResult,
@@ -36,6 +36,7 @@ from raftkv.client.types import (
     TxnResult,
     Value,
 )
+from raftkv.client.wire import KeyValueWire, Reply, decoder, key_value
 
 T = TypeVar("T")
 
@@ -56,13 +57,6 @@ class Kind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    headers: Mapping[str, str]  # names lower-cased
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
     """One logical request. The engine adds auth and session headers and picks the node."""
 
@@ -78,17 +72,8 @@ class Call(Generic[T]):
 # -- wire shapes of the replies ----------------------------------------------------------------
 
 
-class _KeyValueWire(msgspec.Struct):
-    key: str
-    value: str | None = None
-    value_encoding: str | None = None
-    create_revision: int = 0
-    mod_revision: int = 0
-    version: int = 0
-
-
 class _RangeWire(msgspec.Struct):
-    items: list[_KeyValueWire]
+    items: list[KeyValueWire]
     count: int
     next_after: str | None = None
     revision: int = 0
@@ -102,58 +87,25 @@ class _TokenWire(msgspec.Struct):
     token: str
 
 
-def _decoder(kind: type[T], what: str) -> Callable[[Reply], T]:
-    dec = msgspec.json.Decoder(kind)
-
-    def decode(reply: Reply) -> T:
-        try:
-            return dec.decode(reply.body)
-        except msgspec.DecodeError as exc:
-            raise ServerError(
-                f"malformed {what} reply: {exc}", status=reply.status, code="bad_reply"
-            ) from exc
-
-    return decode
-
-
-def _key_value(wire: _KeyValueWire) -> KeyValue:
-    value: Value | None = wire.value
-    if wire.value is not None and wire.value_encoding == "base64":
-        try:
-            value = base64.b64decode(wire.value, validate=True)
-        except ValueError as exc:
-            raise ServerError(f"bad base64 value for {wire.key!r}", code="bad_reply") from exc
-    elif wire.value_encoding not in (None, "utf-8", "text"):
-        raise ServerError(f"unknown value_encoding {wire.value_encoding!r}", code="bad_reply")
-    return KeyValue(
-        key=wire.key,
-        value=value,
-        create_revision=wire.create_revision,
-        mod_revision=wire.mod_revision,
-        version=wire.version,
-    )
-
-
-_decode_kv_wire = _decoder(_KeyValueWire, "get")
-_decode_range_wire = _decoder(_RangeWire, "range")
-_decode_put = _decoder(PutResult, "put")
-_decode_delete = _decoder(DeleteResult, "delete")
-_decode_delete_range = _decoder(DeleteRangeResult, "delete range")
-_decode_txn = _decoder(TxnResult, "txn")
-_decode_compact = _decoder(_CompactWire, "compact")
-_decode_status = _decoder(ClusterStatus, "cluster status")
-_decode_session = _decoder(SessionInfo, "session")
-_decode_token = _decoder(_TokenWire, "auth token")
+_decode_kv_wire = decoder(KeyValueWire, "get")
+_decode_range_wire = decoder(_RangeWire, "range")
+_decode_put = decoder(PutResult, "put")
+_decode_delete = decoder(DeleteResult, "delete")
+_decode_delete_range = decoder(DeleteRangeResult, "delete range")
+_decode_compact = decoder(_CompactWire, "compact")
+_decode_status = decoder(ClusterStatus, "cluster status")
+_decode_session = decoder(SessionInfo, "session")
+_decode_token = decoder(_TokenWire, "auth token")
 
 
 def _decode_get(reply: Reply) -> KeyValue:
-    return _key_value(_decode_kv_wire(reply))
+    return key_value(_decode_kv_wire(reply))
 
 
 def _decode_range(reply: Reply) -> RangeResult:
     wire = _decode_range_wire(reply)
     return RangeResult(
-        items=[_key_value(i) for i in wire.items],
+        items=[key_value(i) for i in wire.items],
         count=wire.count,
         next_after=wire.next_after,
         revision=wire.revision,
@@ -323,22 +275,22 @@ def delete_prefix(prefix: str) -> Call[DeleteRangeResult]:
     )
 
 
-_TXN_ENCODER: Final = msgspec.json.Encoder()
-
-
 def txn(request: TxnRequest) -> Call[TxnResult]:
     return Call(
         "POST",
         "/txn",
         Kind.WRITE,
-        _decode_txn,
-        body=_TXN_ENCODER.encode(request),
+        decode_txn,
+        body=txn_body(request),
         headers=(("Content-Type", JSON),),
         name="txn",
     )
 
 
 def compact(revision: int) -> Call[int]:
+    """Compacting twice to one revision leaves the same state, so it may be re-sent (the
+    server refuses session headers on /compact); `programs.compact` turns the copy's 410 at
+    exactly this revision back into success."""
     _check_revision("revision", revision)
 
     def decode(reply: Reply) -> int:
@@ -347,7 +299,7 @@ def compact(revision: int) -> Call[int]:
     return Call(
         "POST",
         "/compact",
-        Kind.WRITE,
+        Kind.IDEMPOTENT,
         decode,
         body=msgspec.json.encode({"revision": revision}),
         headers=(("Content-Type", JSON),),

@@ -188,7 +188,7 @@ class Client:
 
     def compact(self, revision: int) -> int:
         """Discard history below `revision`; returns the compact revision."""
-        return self._run(single(protocol.compact(revision)))
+        return self._run(programs.compact(revision))
 
     def status(self) -> ClusterStatus:
         """`/cluster/status` of a node (the leader when known)."""

@@ -23,7 +23,7 @@ import urllib.parse
 from typing import Final
 
 from raftkv.client.engine import MaybeSent, NotSent, Outcome, Send
-from raftkv.client.protocol import Reply
+from raftkv.client.wire import Reply
 
 MAX_IDLE_PER_NODE: Final = 32
 

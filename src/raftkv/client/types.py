@@ -12,7 +12,7 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -69,14 +69,32 @@ class DeleteRangeResult(msgspec.Struct, frozen=True):
     revision: int = 0
 
 
+class GetOpResult(msgspec.Struct, frozen=True, tag_field="op", tag="get"):
+    """A txn `get`: the key (a list of one, or none) or every key of a prefix."""
+
+    items: list[KeyValue]
+    count: int
+
+
+class PutOpResult(msgspec.Struct, frozen=True, tag_field="op", tag="put"):
+    revision: int
+
+
+class DeleteOpResult(msgspec.Struct, frozen=True, tag_field="op", tag="delete"):
+    deleted: int
+
+
+OpResult = GetOpResult | PutOpResult | DeleteOpResult
+
+
 class TxnResult(msgspec.Struct, frozen=True):
     succeeded: bool  # True: the compares held and `success` ran; False: `failure` ran
     revision: int
-    results: list[dict[str, Any]]  # one reply per op of the branch that ran, in order
+    results: list[OpResult]  # one per op of the branch that ran, in order
 
 
 class SessionInfo(msgspec.Struct, frozen=True):
-    session_id: str
+    session_id: int | str
     ttl_s: float
 
 
@@ -104,26 +122,35 @@ class ClusterStatus(msgspec.Struct, frozen=True):
 # -- transactions ------------------------------------------------------------------------------
 
 
+# Bytes in a compare or put travel as base64 with "value_encoding": "base64" (the API's rule);
+# `protocol.txn` does that, so these hold plain `str | bytes`.
+
+
 class Compare(msgspec.Struct, frozen=True):
-    """`target` of `key` compared with `value`: e.g. Compare("k", "mod_revision", "==", 7)."""
+    """`target` of `key` compared with `value`: e.g. Compare("k", "mod_revision", "==", 7).
+    `value` is an int for version / mod_revision / create_revision, the value for "value"."""
 
     key: str
     target: CompareTarget
     op: CompareOp
-    value: int | str
+    value: int | Value
 
 
-class Get(msgspec.Struct, frozen=True, tag_field="op", tag="get", omit_defaults=True):
+class Get(msgspec.Struct, frozen=True, tag_field="op", tag="get"):
+    """Read `key`, or with prefix=True every key starting with `key`."""
+
     key: str
     prefix: bool = False
 
 
 class Put(msgspec.Struct, frozen=True, tag_field="op", tag="put"):
     key: str
-    value: str
+    value: Value
 
 
-class Delete(msgspec.Struct, frozen=True, tag_field="op", tag="delete", omit_defaults=True):
+class Delete(msgspec.Struct, frozen=True, tag_field="op", tag="delete"):
+    """Delete `key`, or with prefix=True every key starting with `key` (not empty)."""
+
     key: str
     prefix: bool = False
 
@@ -132,6 +159,8 @@ TxnOp = Get | Put | Delete
 
 
 class TxnRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The body of POST /txn (also what `raftkv txn` reads)."""
+
     compare: list[Compare] = msgspec.field(default_factory=list)
     success: list[TxnOp] = msgspec.field(default_factory=list)
     failure: list[TxnOp] = msgspec.field(default_factory=list)

@@ -116,8 +116,18 @@ def check_message(msg: WireMessage, *, max_snapshot_bytes: int = LIMIT - 1) -> N
     """Raise `InvalidMessage` if `msg` holds values no honest peer sends."""
     match msg:
         case Hello(protocol_version=version, cluster_name=cluster, node_id=node_id):
-            if not 0 <= version < 1 << 16:
-                raise InvalidMessage(f"protocol version {version} out of range")
+            for name, value in (
+                ("protocol version", version),
+                ("format version", msg.format_version),
+                ("command set", msg.command_set),
+            ):
+                if not 0 <= value < 1 << 16:
+                    raise InvalidMessage(f"Hello {name} {value} out of range")
+            if not (1 <= msg.format_version < 1 << 16 and 1 <= msg.command_set < 1 << 16):
+                raise InvalidMessage(
+                    f"advertised versions out of range (format {msg.format_version}, "
+                    f"command set {msg.command_set})"
+                )
             if len(cluster) > MAX_CLUSTER_NAME_CHARS:
                 raise InvalidMessage("cluster name too long")
             _node("Hello node id", node_id)

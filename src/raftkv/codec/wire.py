@@ -45,11 +45,17 @@ class FrameError(Exception):
 
 
 class Hello(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
-    """First frame on every connection, sent by the connecting side."""
+    """First frame on every connection, sent by the connecting side.
+
+    `format_version` and `command_set` are the highest data format and command-set version the
+    sender understands (`raftkv.runtime.features`); appended fields, so a Hello of an older node
+    (which has neither) decodes with 1 and 1, and an older node ignores them."""
 
     protocol_version: int
     cluster_name: str
     node_id: NodeId
+    format_version: int = 1
+    command_set: int = 1
 
 
 class SnapshotChunk(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):

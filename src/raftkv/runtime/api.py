@@ -49,6 +49,10 @@ class LocalStatus:
     last_index: int  # last index in the local log
     raft_address: str  # advertised "host:port" for peers
     http_address: str  # advertised "host:port" for clients
+    # Highest data format and command set this node understands (runtime/features.py); an
+    # older node's /cluster/local has neither: 1 and 1.
+    format_version: int = 1
+    command_set: int = 1
 
 
 class NotLeaderError(Exception):
@@ -70,6 +74,21 @@ class OperationTimeout(Exception):
 
 class NodeStopping(Exception):
     """The node is shutting down."""
+
+
+class FeatureNotEnabled(Exception):
+    """The leader refused a command kind newer than the cluster's command set (some member
+    cannot apply it yet; runtime/features.py). Nothing was proposed."""
+
+    def __init__(self, kind: str, needs: int, cluster_command_set: int, waiting_for: list[str]):
+        super().__init__(
+            f"{kind!r} needs command set {needs}; the cluster is at {cluster_command_set} until "
+            f"every member runs a version that has it (waiting for: {', '.join(waiting_for)})"
+        )
+        self.kind = kind
+        self.needs = needs
+        self.cluster_command_set = cluster_command_set
+        self.waiting_for = waiting_for
 
 
 class KVNode(Protocol):

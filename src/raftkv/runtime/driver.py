@@ -61,8 +61,9 @@ from raftkv.raft.types import (
     Term,
 )
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
-from raftkv.runtime.member_table import MemberTable, initial_conf, seed_record
-from raftkv.runtime.members import ClusterRecord, decode_record, encode_record, record_after
+from raftkv.runtime.features import OWN_VERSIONS
+from raftkv.runtime.member_table import MemberTable, initial_conf, load_record
+from raftkv.runtime.members import ClusterRecord, encode_record, record_after
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
@@ -71,6 +72,7 @@ from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
 from raftkv.storage.format import open_data_dir
 from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
+from raftkv.storage.snapshot_file import SnapshotInfo
 from raftkv.storage.state_lmdb import LmdbState
 from raftkv.transport.tcp import PeerTransport, TransportTuning
 
@@ -155,10 +157,7 @@ class RaftDriver:
             # It must be in the state: snapshots carry the state's configuration, and a node
             # restarted from (or sent) a snapshot with no voters could never campaign again.
             await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
-        if not self.sm.cluster:
-            seed = seed_record(self.opts, self._bootstrap_conf, self.sm.conf)
-            await asyncio.to_thread(self.sm.set_conf, self.sm.conf, encode_record(seed))
-        self.table.load(decode_record(self.sm.cluster))
+        self.table.load(await load_record(self.sm, self.opts, self._bootstrap_conf))
         if self.id in self.table.removed:
             raise NodeRemoved(
                 f"node {self.id} was removed from the cluster; it cannot rejoin under this id "
@@ -199,6 +198,7 @@ class RaftDriver:
             tuning=self._transport_tuning(),
             is_member=self._is_member,
             tls=self.opts.peer_tls,
+            advertise=self.opts.advertise_versions or OWN_VERSIONS,  # runtime/features.py
         )
         await self.transport.start()
         self._tasks.append(asyncio.create_task(self._ready_loop(), name=f"ready-{self.id}"))
@@ -509,15 +509,14 @@ class RaftDriver:
         self._applied_waiters.applied(self.sm.applied_index)
         await self._io("rename", dest, self._sm_worker, shutil.move, src, dest)
         self._last_snapshot_index = snap.meta.index
-        if self.sm.cluster:
-            self._set_members(decode_record(self.sm.cluster))
+        self._set_members(await load_record(self.sm, self.opts, self._bootstrap_conf))
         log.info("installed snapshot", node=self.id, index=snap.meta.index, term=snap.meta.term)
         return Snapshot(snap.meta, str(dest).encode())
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
         todo = [e for e in entries if e.index > self.sm.applied_index]
         new_conf: ConfState | None = None
-        record = self.members
+        record = self.table.record
         for e in todo:
             if e.kind is EntryKind.CONF_CHANGE:
                 base = new_conf or (self.sm.conf if self.sm.conf.voters else self._bootstrap_conf)
@@ -552,10 +551,6 @@ class RaftDriver:
             self._tasks.append(asyncio.create_task(self._take_snapshot()))
 
     # -- membership (runtime/member_table.py holds the record; membership.py the operations) --
-    @property
-    def members(self) -> ClusterRecord:
-        return self.table.record
-
     def _set_members(self, record: ClusterRecord) -> None:
         if self.table.adopt(record, self.transport, self.sm.conf):
             self.learned_removed("its own log")
@@ -579,6 +574,10 @@ class RaftDriver:
 
     def _after_advance(self, rd: Ready) -> None:
         self._reads.drop_done()
+        if any(e.kind is EntryKind.CONF_CHANGE for e in rd.committed_entries):
+            # advance() applied it to the core's configuration: a removed member's connection
+            # to us closes now, not whenever it happens to drop.
+            self.transport.drop_non_members()
 
     def _on_soft_state(self, leader: NodeId | None) -> None:
         st = self.raw.status()
@@ -752,6 +751,15 @@ class RaftDriver:
                 await self._applied_waiters.wait(index)
         except TimeoutError:
             raise OperationTimeout(f"index {index} not applied in time") from None
+
+    async def snapshot_copy(self, dest: Path) -> SnapshotInfo:
+        """A snapshot of the state written to `dest` (a backup), reflecting every write
+        acknowledged before the call: a ReadIndex barrier (thesis §6.4) first, then the same
+        build as automatic snapshots, on the state-machine worker. A failure to write `dest`
+        raises OSError and leaves the node running: the node's own files are not involved."""
+        await self.read_barrier()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._sm_worker, self.sm.build_snapshot, dest)
 
     def metrics_sample(self) -> NodeSample:
         """The gauges of /metrics, read when scraped."""

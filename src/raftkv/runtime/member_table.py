@@ -14,13 +14,15 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final, Protocol
 
 import structlog
 
 from raftkv.raft.types import ConfState, NodeId
-from raftkv.runtime.members import ClusterRecord, bootstrap_record, decode_record
+from raftkv.runtime.members import ClusterRecord, bootstrap_record, decode_record, encode_record
 from raftkv.runtime.options import NodeOptions
+from raftkv.storage.state import StateMachine
 
 log = structlog.get_logger("raftkv.runtime")
 
@@ -43,12 +45,34 @@ def initial_conf(stored: bytes, opts: NodeOptions) -> ConfState:
     return ConfState(voters=tuple(sorted(voters)))
 
 
-def seed_record(opts: NodeOptions, initial: ConfState, live: ConfState) -> ClusterRecord:
-    """First start (or data from before the record existed): the configured nodes that the
-    configuration in force holds."""
+async def load_record(sm: StateMachine, opts: NodeOptions, initial: ConfState) -> ClusterRecord:
+    """The state's record, reconciled with its configuration (stored back when corrected)."""
+    stored = decode_record(sm.cluster) if sm.cluster else None
+    record = reconcile(stored, opts, initial, sm.conf)
+    if record != stored:
+        await asyncio.to_thread(sm.set_conf, sm.conf, encode_record(record))
+    return record
+
+
+def reconcile(
+    stored: ClusterRecord | None, opts: NodeOptions, initial: ConfState, live: ConfState
+) -> ClusterRecord:
+    """The record to run with, given the configuration in force (`live`, from the state).
+
+    Normally the stored record as is. It is built from the configured nodes on a first start
+    (or data from before the record existed), and corrected where the state's configuration was
+    rewritten offline (`raftkv snapshot restore --initial-cluster`, `--force-new-cluster`): the
+    configuration wins -- members it does not hold are dropped, an id it holds is not removed,
+    and a member without an address gets the configured one."""
     seed = bootstrap_record(opts.peers_raft, opts.peers_http, initial.voters)
-    members = {n: m for n, m in seed.members.items() if n in set(live.all_nodes())}
-    return ClusterRecord(members, seed.initial, seed.removed)
+    record = stored or seed
+    nodes = set(live.all_nodes())
+    members = {n: m for n, m in record.members.items() if n in nodes}
+    for n in sorted(nodes - set(members)):
+        if n in seed.members:
+            members[n] = seed.members[n]
+    removed = tuple(r for r in record.removed if r not in nodes)
+    return ClusterRecord(dict(sorted(members.items())), record.initial or seed.initial, removed)
 
 
 class MemberTable:

@@ -134,7 +134,7 @@ class MembershipManager:
     # -- views --------------------------------------------------------------------------------
     def record(self) -> ClusterRecord:
         """The replicated membership record as applied here."""
-        return self._driver.members
+        return self._driver.table.record
 
     @property
     def _tick_s(self) -> float:
@@ -148,7 +148,7 @@ class MembershipManager:
         leader = self._driver.raw.leader
         if leader is None:
             return None, None
-        return leader, self._driver.members.http_addresses().get(leader)
+        return leader, self._driver.table.record.http_addresses().get(leader)
 
     def healthy(self, node: NodeId) -> bool:
         if node == self._driver.id:
@@ -163,7 +163,7 @@ class MembershipManager:
         conf = d.raw.raft.conf
         leading = self.is_leader()
         progress = d.raw.raft.progress if leading else {}
-        record = d.members.members
+        record = d.table.record.members
         out = []
         for node in conf.all_nodes():
             info = record.get(node)
@@ -210,7 +210,7 @@ class MembershipManager:
         self, node_id: str, raft_address: str, http_address: str, *, auto_promote: bool | None
     ) -> MemberView:
         self._require_leader()
-        record = self._driver.members
+        record = self._driver.table.record
         if node_id in record.removed:
             raise MemberRemoved(
                 f"{node_id} was removed from this cluster; ids are never reused: pick a new id",
@@ -259,7 +259,7 @@ class MembershipManager:
                 healthy=self.healthy(node),
             )
         self._check_quorum_after((*conf.voters, node), "promoting")
-        info = self._driver.members.members.get(node_id)
+        info = self._driver.table.record.members.get(node_id)
         ctx = encode_context(
             MemberContext(info.raft_address, info.http_address, info.auto_promote)
             if info
@@ -274,7 +274,7 @@ class MembershipManager:
         d = self._driver
         conf = d.raw.raft.conf
         node = NodeId(node_id)
-        if node_id in d.members.removed:
+        if node_id in d.table.record.removed:
             return  # removed already: a repeated request is answered as done
         if node not in conf.all_nodes():
             raise UnknownMember(f"{node_id} is not a member", id=node_id)
@@ -334,7 +334,7 @@ class MembershipManager:
                 break
             except NotLeader as exc:
                 leader = exc.leader_hint
-                http = d.members.http_addresses().get(leader) if leader else None
+                http = d.table.record.http_addresses().get(leader) if leader else None
                 if leader is None:
                     raise NoLeaderError("no leader is known") from None
                 raise NotLeaderError(leader, http) from None
@@ -400,7 +400,7 @@ class MembershipManager:
             if not self.is_leader():
                 continue
             conf = self._driver.raw.raft.conf
-            record = self._driver.members.members
+            record = self._driver.table.record.members
             for node in conf.learners:
                 info = record.get(node)
                 if info is None or not info.auto_promote or not self.learner_ready(node):

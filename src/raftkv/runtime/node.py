@@ -7,6 +7,8 @@ Rules:
 - Readiness: a leader is known and this node has applied everything it knows committed.
 - Peer addresses are the live, replicated membership record (runtime/members.py), not the
   configured `nodes`: a member added later is listed, a removed one is not.
+- The leader proposes a command kind only once every member understands it
+  (`runtime/features.py`): otherwise `FeatureNotEnabled`, and nothing is proposed.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from raftkv.kv.commands import (
     SessionRequest,
 )
 from raftkv.kv.mvcc import MVCCStore
+from raftkv.kv.registry import BASE_COMMAND_SET, kind_of
 from raftkv.raft.types import Role
 from raftkv.runtime.api import LocalStatus
+from raftkv.runtime.backup import Backups
 from raftkv.runtime.driver import RaftDriver
+from raftkv.runtime.features import OWN_VERSIONS, ClusterVersions, check_enabled, cluster_versions
 from raftkv.runtime.inspect import NodeInspector
 from raftkv.runtime.membership import MembershipManager
 from raftkv.runtime.metrics import RuntimeMetrics
@@ -48,6 +53,7 @@ class RaftKVNode:
         self.opts = opts
         self.driver = RaftDriver(opts)
         self.membership = MembershipManager(self.driver, auto_promote=opts.auto_promote)
+        self._backups = Backups(self.driver)
 
     @property
     def node_id(self) -> str:
@@ -61,7 +67,22 @@ class RaftKVNode:
         await self.membership.stop()
         await self.driver.stop()
 
+    def cluster_versions(self) -> ClusterVersions:
+        """What every member understands, as this node knows it (runtime/features.py)."""
+        st = self.driver.status()
+        peers = {str(n): v for n, v in self.driver.transport.peer_versions().items()}
+        return cluster_versions(self.opts.node_id, st.conf.all_nodes(), peers)
+
+    def _check_feature(self, cmd: Command) -> None:
+        """The leader refuses a kind that some member cannot apply yet (FeatureNotEnabled)."""
+        if kind_of(cmd).since <= BASE_COMMAND_SET:
+            return  # understood by every version: no lookup on the hot path
+        if self.driver.status().role is not Role.LEADER:
+            return  # the leader decides; a follower's propose raises NotLeader (forwarded)
+        check_enabled(cmd, self.cluster_versions())
+
     async def write(self, cmd: Command) -> Result:
+        self._check_feature(cmd)
         if isinstance(cmd, OpenSession | SessionRequest):
             # The state machine's clock (thesis §6.3): the proposing leader's wall clock, in
             # the entry. Stamped here, on the node that proposes; a follower raises NotLeader
@@ -104,6 +125,8 @@ class RaftKVNode:
             last_index=st.last_index,
             raft_address=self.opts.raft_advertise,
             http_address=self.opts.http_advertise,
+            format_version=(self.opts.advertise_versions or OWN_VERSIONS)[0],
+            command_set=(self.opts.advertise_versions or OWN_VERSIONS)[1],
         )
 
     def is_ready(self) -> bool:
@@ -115,13 +138,13 @@ class RaftKVNode:
         return self.driver.sm.applied_index >= st.commit
 
     def peer_http_addresses(self) -> Mapping[str, str]:
-        record = self.driver.members.members
+        record = self.driver.table.record.members
         if not record:  # not started yet
             return {str(n): a for n, a in self.opts.peers_http.items()}
         return {n: m.http_address for n, m in record.items()}
 
     def peer_raft_addresses(self) -> Mapping[str, str]:
-        record = self.driver.members.members
+        record = self.driver.table.record.members
         if not record:
             return {n: _addr(a) for n, a in self.opts.peers_raft.items()}
         return {n: m.raft_address for n, m in record.items()}
@@ -129,6 +152,10 @@ class RaftKVNode:
     def inspector(self) -> NodeInspector:
         """Read-only views for the /debug endpoints (runtime/inspect.py)."""
         return NodeInspector(self.driver)
+
+    def backups(self) -> Backups:
+        """Consistent snapshot copies for `GET /cluster/snapshot` (runtime/backup.py)."""
+        return self._backups
 
     def metrics(self) -> RuntimeMetrics | None:
         """The node's Prometheus metrics for /metrics, or None when they are switched off."""

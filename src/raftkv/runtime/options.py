@@ -38,3 +38,6 @@ class NodeOptions:
     # A node joining later gets it from the cluster (it replays the log from index 1).
     initial_voters: tuple[NodeId, ...] | None = None
     auto_promote: bool = True  # leader: promote learners (that asked for it) once caught up
+    # (format, command set) claimed in the Hello and /cluster/local; None: what this code
+    # understands (runtime/features.OWN_VERSIONS). Tests set less to play an older node.
+    advertise_versions: tuple[int, int] | None = None

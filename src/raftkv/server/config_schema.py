@@ -97,6 +97,15 @@ class RaftSection(_Section, frozen=True, kw_only=True):
     snapshot_every: Annotated[
         int, Meta(ge=1, description="applied entries between automatic snapshots + compaction")
     ] = 10_000
+    max_snapshot_bytes: Annotated[
+        int,
+        Meta(
+            ge=1 << 20,
+            le=(1 << 63) - 1,
+            description="largest snapshot a node accepts from a peer (a bigger announced size "
+            "is refused before any byte is written; so is one that does not fit on the disk)",
+        ),
+    ] = 8 << 30
 
     def validate(self) -> None:
         heartbeat, election = self.heartbeat_timeout_ms, self.election_timeout_ms

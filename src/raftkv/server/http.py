@@ -6,6 +6,7 @@ Routes:
     DELETE /kv/{key}   -> {"key", "message"}
     GET    /cluster/status, /cluster/local, /health, /ready
     GET    /metrics    Prometheus text format (`metrics_routes.py`)
+    GET    /cluster/snapshot   a consistent snapshot of the state, for backups (`backup_routes.py`)
 
 Rules:
 - Replies match the seed README byte for byte where it shows them (field names, messages).
@@ -14,7 +15,8 @@ Rules:
   the runtime's ReadIndex, which works on any node.
 - Every node call runs under `server.request_timeout_ms`. Outcome mapping (`_call`):
   NoLeaderError -> 503 no_leader (nothing was proposed; Retry-After: 1); OperationTimeout or our
-  timeout -> 504 timeout (a write's outcome is unknown); NodeStopping -> 503 node_stopping.
+  timeout -> 504 timeout (a write's outcome is unknown); NodeStopping -> 503 node_stopping;
+  FeatureNotEnabled -> 503 feature_not_enabled (nothing proposed; Retry-After: 5).
 - Errors are JSON (`errors.py`); inputs and limits are checked in `inputs.py` before the node is
   touched. No input may produce a 500. Request bodies are read (bounded, timed, never
   decompressed) by `limits.BodyGate` before any handler runs.
@@ -29,6 +31,7 @@ from typing import Final, TypeVar
 from aiohttp import web
 
 from raftkv.runtime.api import (
+    FeatureNotEnabled,
     KVNode,
     NodeStopping,
     NoLeaderError,
@@ -36,6 +39,7 @@ from raftkv.runtime.api import (
     OperationTimeout,
 )
 from raftkv.runtime.membership import MembershipManager
+from raftkv.server.backup_routes import add_backup_routes
 from raftkv.server.config import Settings
 from raftkv.server.errors import ApiError, error_middleware, error_response, json_response
 from raftkv.server.forward import FORWARDED_HEADER, Forwarder, resolve_source_ip
@@ -101,6 +105,7 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
     membership = getattr(node, "membership", None)
     if isinstance(membership, MembershipManager):
         add_member_routes(app, membership, settings)
+    add_backup_routes(app, node)
     return app
 
 
@@ -188,6 +193,18 @@ class _Api:
             raise ApiError(504, "timeout", f"request timed out; {words}") from exc
         except NodeStopping as exc:
             raise _stopping() from exc
+        except FeatureNotEnabled as exc:
+            # Nothing was proposed: safe to retry once every member runs the newer version.
+            raise ApiError(
+                503,
+                "feature_not_enabled",
+                str(exc),
+                headers={"Retry-After": "5"},
+                kind=exc.kind,
+                needs_command_set=exc.needs,
+                cluster_command_set=exc.cluster_command_set,
+                waiting_for=exc.waiting_for,
+            ) from exc
 
     async def forward(
         self, request: web.Request, body: bytes, exc: NotLeaderError

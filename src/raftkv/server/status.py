@@ -8,6 +8,8 @@ Rules:
 - `is_leader` is true for exactly the leader: the node claimed as leader in the highest term
   seen (Election Safety: at most one leader per term). A deposed leader that has not yet noticed
   still shows `"state": "Leader"` but `"is_leader": false`.
+- Per node `format_version` and `command_set` (what it understands; null when it does not
+  answer) and `cluster_version`, their minimum (1 while any node does not answer).
 - Nodes are listed sorted by id (the project's convention: never set or arrival order).
 - Probes bind this node's address like forwarding does; they are GETs, so aiohttp's one retry on
   a dropped pooled connection is harmless here.
@@ -82,6 +84,8 @@ def local_status_json(status: LocalStatus) -> dict[str, object]:
         "last_index": status.last_index,
         "raft_address": status.raft_address,
         "http_address": status.http_address,
+        "format_version": status.format_version,
+        "command_set": status.command_set,
     }
 
 
@@ -113,6 +117,7 @@ async def cluster_status(node: KVNode, probe: StatusProbe) -> dict[str, object]:
         }
         if status is None:
             entry.update(state=UNKNOWN_STATE, term=0, commit_index=0, applied_index=0, last_index=0)
+            entry.update(format_version=None, command_set=None)
         else:
             entry.update(
                 state=status.role,
@@ -120,8 +125,12 @@ async def cluster_status(node: KVNode, probe: StatusProbe) -> dict[str, object]:
                 commit_index=status.commit_index,
                 applied_index=status.applied_index,
                 last_index=status.last_index,
+                format_version=status.format_version,
+                command_set=status.command_set,
             )
         nodes[node_id] = entry
+    known = [s for s in statuses.values() if s is not None]
+    all_known = len(known) == len(nodes)
     return {
         "cluster_size": len(raft_peers),
         "is_leader": leader == local.node_id,
@@ -129,6 +138,12 @@ async def cluster_status(node: KVNode, probe: StatusProbe) -> dict[str, object]:
         "leader": leader,
         "nodes": nodes,
         "timestamp": rfc3339_now(),
+        # What every node understands (a node not answering counts as 1, like the leader's
+        # feature gate counts a member it has not heard from): runtime/features.py.
+        "cluster_version": {
+            "format_version": min(s.format_version for s in known) if all_known else 1,
+            "command_set": min(s.command_set for s in known) if all_known else 1,
+        },
     }
 
 

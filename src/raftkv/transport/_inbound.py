@@ -20,6 +20,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from raftkv.transport._common import (
     TransportTuning,
     set_nodelay,
 )
-from raftkv.transport._handshake import check_hello, read_hello_frame
+from raftkv.transport._handshake import HELLO_MAX_BYTES, check_hello, read_hello_frame
 from raftkv.transport._snapshot import SnapshotReceiver
 from raftkv.transport.tls import PeerTls, describe_tls_error, node_ids_of
 
@@ -79,6 +80,7 @@ class InboundSide:
         self._log = logger
         self.running = False
         self.live: dict[NodeId, _Live] = {}
+        self.versions: dict[NodeId, tuple[int, int]] = {}  # (format, command set) per peer
         self.tasks: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
         self._handshaking = 0
         self._last_overload_log = -1e9
@@ -92,6 +94,11 @@ class InboundSide:
         if live is not None:
             self._log.info("inbound_closed_not_member", peer=peer_id)
             live.writer.transport.abort()
+
+    def drop_non_members(self) -> None:
+        for peer_id in list(self.live):
+            if not self._is_member(peer_id):
+                self.drop_peer(peer_id)
 
     def drop_idle(self, now: float) -> None:
         """Abort connections silent for longer than `idle_timeout` (half-open)."""
@@ -107,6 +114,50 @@ class InboundSide:
 
     # ---- one connection --------------------------------------------------------------------
 
+    async def handle_tls(self, conn: socket.socket) -> None:
+        """TLS mode: complete the TLS handshake on an accepted socket, then `handle` it."""
+        peer = conn.getpeername()
+        remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+        if not self.running or self._tls is None or not self._admit(remote):
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=HELLO_MAX_BYTES, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            async with asyncio.timeout(self._tuning.hello_timeout):
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, conn, ssl=self._tls.server
+                )
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            reason = (
+                "no TLS handshake within hello_timeout"
+                if isinstance(exc, TimeoutError)
+                else describe_tls_error(exc)
+            )
+            self._log.warning("inbound_refused", remote=remote, reason=reason)
+            conn.close()
+            return
+        finally:
+            self._handshaking -= 1
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        await self.handle(reader, writer)
+
+    def _admit(self, remote: str) -> bool:
+        """Count one more connection in its handshake, unless there are too many."""
+        if self._handshaking >= self._tuning.max_handshaking:
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._last_overload_log >= 1.0:
+                self._last_overload_log = loop.time()
+                self._log.warning(
+                    "inbound_refused",
+                    remote=remote,
+                    reason="too many connections in their handshake",
+                )
+            return False
+        self._handshaking += 1
+        return True
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if not self.running or task is None:
@@ -115,15 +166,10 @@ class InboundSide:
         peername = writer.get_extra_info("peername")
         remote = (str(peername[0]), int(peername[1])) if peername else ("?", 0)
         log = self._log.bind(remote=f"{remote[0]}:{remote[1]}")
-        if self._handshaking >= self._tuning.max_handshaking:
-            loop = asyncio.get_running_loop()
-            if loop.time() - self._last_overload_log >= 1.0:
-                self._last_overload_log = loop.time()
-                log.warning("inbound_refused", reason="too many connections in their handshake")
+        if not self._admit(f"{remote[0]}:{remote[1]}"):
             writer.transport.abort()
             return
         self.tasks[task] = writer
-        self._handshaking += 1
         handshaking = True
         peer_id: NodeId | None = None
         receiver: SnapshotReceiver | None = None
@@ -140,6 +186,8 @@ class InboundSide:
                 raise PeerRefused(f"node {peer_id!r} already has a live connection")
             live = _Live(writer, remote, asyncio.get_running_loop().time())
             self.live[peer_id] = live
+            # What the peer understands, for the leader's feature gate (runtime/features.py).
+            self.versions[peer_id] = (hello.format_version, hello.command_set)
             log.info("inbound_connected")
             self._on_peer_up(peer_id)
             if self._snapshot_dir is not None:
@@ -185,9 +233,7 @@ class InboundSide:
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Hello:
         cert_ids: list[str] | None = None
-        if self._tls is not None:
-            # The context current at accept time: a reload applies to the next connection.
-            await writer.start_tls(self._tls.server)
+        if self._tls is not None:  # verified against the CA by `handle_tls` already
             cert_ids = node_ids_of(writer.get_extra_info("peercert"))
         first = await read_hello_frame(reader)
         return check_hello(

@@ -62,12 +62,13 @@ class OutboundPeer:
         report_unreachable: Callable[[NodeId], bool],
         logger: FilteringBoundLogger,
         tls: PeerTls | None = None,
+        advertise: tuple[int, int] = (1, 1),
     ) -> None:
         self.peer_id = peer_id
         self._tls = tls
         self._last_write = 0.0  # loop time of the last write (keepalive)
         self.addr = addr  # where to connect next; update_peer changes it
-        self._hello = encode_frame(Hello(PROTOCOL_VERSION, cluster_name, node_id))
+        self._hello = encode_frame(Hello(PROTOCOL_VERSION, cluster_name, node_id, *advertise))
         self._source_host = source_host
         self._max_frame_bytes = max_frame_bytes
         self._tuning = tuning

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import socket
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,10 @@ class PeerTransport:
         tuning: TransportTuning | None = None,
         is_member: Callable[[NodeId], bool] | None = None,
         tls: PeerTls | None = None,
+        advertise: tuple[int, int] = (1, 1),
     ) -> None:
         self._node_id = node_id
+        self._advertise = advertise  # (format, command set) we understand, sent in our Hello
         self._cluster_name = cluster_name
         self._listen = listen
         # Our own entry is skipped, so callers may pass the whole cluster's address map.
@@ -100,6 +103,7 @@ class PeerTransport:
         self._running = False
         self._stopped = False
         self._server: asyncio.Server | None = None
+        self._listen_sock: socket.socket | None = None  # TLS mode's listener
         self._bound: tuple[str, int] | None = None
         self._peers: dict[NodeId, OutboundPeer] = {}
         self._dirty: dict[NodeId, OutboundPeer] = {}  # peers with pending messages this turn
@@ -124,6 +128,10 @@ class PeerTransport:
             logger=self._log,
         )
 
+    def peer_versions(self) -> Mapping[NodeId, tuple[int, int]]:
+        """(format, command set) each peer advertised in its latest accepted Hello."""
+        return self._in.versions
+
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -134,10 +142,18 @@ class PeerTransport:
             await asyncio.to_thread(self._snapshot_dir.mkdir, parents=True, exist_ok=True)
             await asyncio.to_thread(remove_stale_partials, self._snapshot_dir)
         host, port = self._listen
-        # TLS is started per connection (`InboundSide`), not here: each handshake then uses the
-        # contexts current at accept time, and a failed one is logged with its reason.
-        self._server = await asyncio.start_server(self._in.handle, host, port)
-        sockname = self._server.sockets[0].getsockname()
+        if self._tls is None:
+            self._server = await asyncio.start_server(self._in.handle, host, port)
+            sockname = self._server.sockets[0].getsockname()
+        else:
+            # TLS: our own accept loop, so each handshake uses the context current at accept
+            # time (reload without restart) and a failed one is logged with its reason.
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.create_server((host, port), family=family)
+            sock.setblocking(False)
+            self._listen_sock = sock
+            sockname = sock.getsockname()
+            self._spawn(self._accept_tls(sock), "raftkv-transport-accept")
         self._bound = (str(sockname[0]), int(sockname[1]))
         self._running = True
         self._in.running = True
@@ -158,6 +174,8 @@ class PeerTransport:
             self._flush_handle = None
         if self._server is not None:
             self._server.close()
+        if self._listen_sock is not None:
+            self._listen_sock.close()
         for task in self._tasks:
             task.cancel()
         self._in.abort_all()
@@ -218,6 +236,11 @@ class PeerTransport:
         if task is not None:
             task.cancel()
 
+    def drop_non_members(self) -> None:
+        """Close inbound connections whose peer `is_member` no longer accepts (call after a
+        configuration change)."""
+        self._in.drop_non_members()
+
     def _add_peer(self, peer_id: NodeId, addr: tuple[str, int]) -> None:
         peer = OutboundPeer(
             node_id=self._node_id,
@@ -231,6 +254,7 @@ class PeerTransport:
             report_unreachable=self._report_unreachable,
             logger=self._log,
             tls=self._tls,
+            advertise=self._advertise,
         )
         self._peers[peer_id] = peer
         peer.start()
@@ -335,6 +359,17 @@ class PeerTransport:
         outbound = self._peers.get(peer_id)
         if outbound is not None:
             outbound.peer_is_up()
+
+    async def _accept_tls(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _addr = await loop.sock_accept(sock)
+            except OSError as exc:  # e.g. EMFILE: log, breathe, go on
+                self._log.warning("accept_failed", error=str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            self._spawn(self._in.handle_tls(conn), "raftkv-transport-in-tls")
 
     async def _housekeeping(self) -> None:
         """Keepalives out, half-open connections in: see the module's rules."""

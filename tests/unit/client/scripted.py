@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from raftkv.client.engine import Engine, Flow, MaybeSent, NotSent, Outcome, Send, Sleep
 from raftkv.client.options import make_options
-from raftkv.client.protocol import Reply
+from raftkv.client.wire import Reply
 
 T = TypeVar("T")
 

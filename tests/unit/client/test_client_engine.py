@@ -7,6 +7,7 @@ import pytest
 from raftkv.client import protocol
 from raftkv.client.engine import DOWN_S, MaybeSent, NotSent, Send, single
 from raftkv.client.errors import (
+    Compacted,
     NotFound,
     OutcomeUnknown,
     PreconditionFailed,
@@ -14,8 +15,8 @@ from raftkv.client.errors import (
     TLSError,
     Unavailable,
 )
-from raftkv.client.protocol import Reply
 from raftkv.client.types import KeyValue, PutResult
+from raftkv.client.wire import Reply
 from tests.unit.client.scripted import (
     EP1,
     EP2,
@@ -184,7 +185,7 @@ def test_a_dead_leader_is_forgotten_and_skipped() -> None:
 
 # -- sessions: exactly-once retries ---------------------------------------------------------------
 
-SESSION = reply(201, {"session_id": "s-1", "ttl_s": 60})
+SESSION = reply(201, {"session_id": 17, "ttl_s": 60})  # the id is the opening entry's index
 
 
 def headers(send: Send) -> dict[str, str]:
@@ -197,7 +198,7 @@ def test_session_write_is_retried_with_the_same_sequence_number() -> None:
     assert h.drive(e.call(protocol.put("k", "v"))).revision == 7
     puts = h.of("PUT")
     assert len(puts) == 3
-    assert {headers(p)["Raftkv-Session"] for p in puts} == {"s-1"}
+    assert {headers(p)["Raftkv-Session"] for p in puts} == {"17"}
     assert {headers(p)["Raftkv-Seq"] for p in puts} == {"1"}
     assert not any(p.fresh for p in puts)  # pooled connections are fine under a session
 
@@ -284,3 +285,35 @@ def test_auth_header_is_sent_on_every_request() -> None:
     h = harness(Router(OK_PUT, status_reply=status("n2:2")))
     h.drive(engine(h, username="ann", password="pw").call(protocol.put("k", "v")))
     assert all(headers(s)["Authorization"].startswith("Basic ") for s in h.sends)
+
+
+def test_stale_request_on_a_first_copy_is_resent_under_a_new_seq() -> None:
+    h = harness(Router(error(409, "stale_request"), OK_PUT, session=SESSION))
+    h.drive(engine(h).call(protocol.put("k", "v")))
+    assert [headers(p)["Raftkv-Seq"] for p in h.of("PUT")] == ["1", "2"]
+
+
+def test_stale_request_after_a_lost_copy_is_outcome_unknown() -> None:
+    h = harness(Router(MaybeSent("reset"), error(409, "stale_request"), session=SESSION))
+    with pytest.raises(OutcomeUnknown):
+        h.drive(engine(h).call(protocol.put("k", "v")))
+
+
+def test_compact_retried_after_a_lost_reply_is_success() -> None:
+    from raftkv.client import programs
+
+    h = harness(Router(MaybeSent("reset"), error(410, "compacted", revision=5, compact_revision=5)))
+    assert h.drive(engine(h).run(programs.compact(5))) == 5
+    h2 = harness(Router(error(410, "compacted", revision=5, compact_revision=8)))
+    with pytest.raises(Compacted):
+        h2.drive(engine(h2).run(programs.compact(5)))
+
+
+def test_a_user_not_allowed_sessions_writes_without() -> None:
+    forbidden = error(403, "permission_denied", permission="root")
+    h = harness(Router(OK_PUT, MaybeSent("reset"), session=forbidden))
+    e = engine(h)
+    h.drive(e.call(protocol.put("k", "v")))
+    with pytest.raises(OutcomeUnknown):  # no session: a lost reply is not retried
+        h.drive(e.call(protocol.put("k", "v")))
+    assert len(h.of("POST", "/session")) == 1

@@ -12,7 +12,21 @@ import pytest
 from raftkv.client import AsyncClient, Client, errors, protocol
 from raftkv.client.options import make_options
 from raftkv.client.protocol import Kind, RangeQuery
-from raftkv.client.types import Compare, Delete, Get, KeyValue, Put, RangeResult, TxnRequest
+from raftkv.client.txn_codec import parse_txn
+from raftkv.client.types import (
+    Compare,
+    Delete,
+    DeleteOpResult,
+    Get,
+    GetOpResult,
+    KeyValue,
+    Put,
+    PutOpResult,
+    RangeResult,
+    TxnRequest,
+    TxnResult,
+)
+from raftkv.client.wire import Reply
 from tests.unit.client.scripted import error, reply
 
 
@@ -118,23 +132,79 @@ def test_delete_prefix_refuses_the_empty_prefix() -> None:
 
 def test_txn_encoding() -> None:
     request = TxnRequest(
-        compare=[Compare("k", "mod_revision", "==", 4)],
-        success=[Put("k", "v"), Get("k"), Delete("p/", prefix=True)],
+        compare=[Compare("k", "mod_revision", "==", 4), Compare("b", "value", "!=", b"\x00")],
+        success=[Put("k", "v"), Put("b", b"\xff"), Get("k"), Delete("p/", prefix=True)],
         failure=[Get("k")],
     )
     call = protocol.txn(request)
     assert (call.method, call.target, call.kind) == ("POST", "/txn", Kind.WRITE)
-    assert json.loads(call.body) == {
-        "compare": [{"key": "k", "target": "mod_revision", "op": "==", "value": 4}],
+    doc = json.loads(call.body)
+    assert doc == {
+        "compare": [
+            {"key": "k", "target": "mod_revision", "op": "==", "value": 4},
+            {
+                "key": "b",
+                "target": "value",
+                "op": "!=",
+                "value": "AA==",
+                "value_encoding": "base64",
+            },
+        ],
         "success": [
             {"op": "put", "key": "k", "value": "v"},
+            {"op": "put", "key": "b", "value": "/w==", "value_encoding": "base64"},
             {"op": "get", "key": "k"},
             {"op": "delete", "key": "p/", "prefix": True},
         ],
         "failure": [{"op": "get", "key": "k"}],
     }
-    result = call.decode(reply(200, {"succeeded": False, "revision": 9, "results": [{}]}))
-    assert not result.succeeded and result.revision == 9
+    assert parse_txn(call.body) == request  # what `raftkv txn` reads is the same JSON
+    with pytest.raises(TypeError):
+        protocol.txn(TxnRequest(compare=[Compare("k", "version", "==", "1")]))
+
+
+def test_txn_results_are_typed() -> None:
+    body = {
+        "succeeded": True,
+        "revision": 9,
+        "results": [
+            {
+                "op": "get",
+                "items": [
+                    {"key": "k", "value": "/w==", "value_encoding": "base64", "mod_revision": 3}
+                ],
+                "count": 1,
+            },
+            {"op": "put", "revision": 9},
+            {"op": "delete", "deleted": 2},
+        ],
+    }
+    result = protocol.txn(TxnRequest()).decode(reply(200, body))
+    assert result == TxnResult(
+        True,
+        9,
+        [
+            GetOpResult([KeyValue("k", b"\xff", mod_revision=3)], 1),
+            PutOpResult(9),
+            DeleteOpResult(2),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{",
+        b'{"compare": [{"key": "k", "target": "size", "op": "==", "value": 1}]}',
+        b'{"success": [{"op": "put", "key": "k"}]}',
+        b'{"success": [{"op": "get", "key": "k", "value": "x"}]}',
+        b'{"success": [{"op": "put", "key": "k", "value": "!", "value_encoding": "base64"}]}',
+        b'{"sucess": []}',
+    ],
+)
+def test_parse_txn_refuses_bad_input(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_txn(raw)
 
 
 def test_compact_and_session() -> None:
@@ -142,6 +212,7 @@ def test_compact_and_session() -> None:
     assert json.loads(call.body) == {"revision": 10}
     assert call.decode(reply(200, {"compact_revision": 10})) == 10
     assert protocol.open_session().kind is Kind.IDEMPOTENT
+    assert protocol.compact(10).kind is Kind.IDEMPOTENT  # a second compact changes nothing
 
 
 @pytest.mark.parametrize(
@@ -174,7 +245,7 @@ def test_error_codes_map_to_classes(status: int, code: str, cls: type[Exception]
 
 
 def test_non_json_error_is_a_server_error() -> None:
-    err = protocol.error_from_reply(protocol.Reply(502, {}, b"<html>bad gateway"))
+    err = protocol.error_from_reply(Reply(502, {}, b"<html>bad gateway"))
     assert isinstance(err, errors.ServerError) and err.status == 502
 
 

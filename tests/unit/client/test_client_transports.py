@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -16,68 +15,9 @@ import pytest
 from raftkv.client import AsyncClient, Client, OutcomeUnknown, Unavailable
 from raftkv.client.async_transport import AsyncTransport
 from raftkv.client.engine import MaybeSent, NotSent, Send
-from raftkv.client.protocol import Reply
 from raftkv.client.sync_transport import SyncTransport
-
-OK = b'{"key": "k", "value": "v", "message": "ok"}'
-
-
-class Server:
-    """A tiny HTTP/1.1 server in a thread: `/kv/drop` hangs up after reading the request,
-    `/session` is 404 (no sessions), anything else answers 200 with OK."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.requests: list[str] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            buf = b""
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                lines = head.decode().split("\r\n")
-                length = 0
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value)
-                while len(buf) < length:
-                    buf += conn.recv(65536)
-                buf = buf[length:]
-                method, target, _ = lines[0].split(" ", 2)
-                self.requests.append(f"{method} {target}")
-                if target == "/kv/drop":
-                    return  # read it all, answer nothing, hang up
-                if target == "/session":
-                    body, status = b'{"error": "no such endpoint", "code": "not_found"}', "404"
-                else:
-                    body, status = OK, "200"
-                conn.sendall(
-                    f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
-
-    def close(self) -> None:
-        self.sock.close()
+from raftkv.client.wire import Reply
+from tests.unit.client.fake_server import Server
 
 
 @pytest.fixture

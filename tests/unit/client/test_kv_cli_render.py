@@ -9,7 +9,7 @@ from rich.console import Console
 
 from raftkv.cli import kv_render
 from raftkv.client import KeyValue, PutResult
-from raftkv.client.types import TxnResult
+from raftkv.client.types import DeleteOpResult, GetOpResult, PutOpResult, TxnResult
 
 
 def console() -> tuple[Console, io.StringIO]:
@@ -56,8 +56,9 @@ def test_json_keeps_binary_values_as_the_api_does() -> None:
 def test_put_and_txn_lines() -> None:
     c, out = console()
     kv_render.print_put(c, PutResult("k", 12), as_json=False)
-    kv_render.print_txn(c, TxnResult(False, 13, [{"key": "k"}]), as_json=False)
+    results = [GetOpResult([KeyValue("k", "v")], 1), PutOpResult(13), DeleteOpResult(0)]
+    kv_render.print_txn(c, TxnResult(False, 13, results), as_json=False)
     lines = out.getvalue().splitlines()
     assert lines[0] == "OK k (revision 12)"
     assert lines[1].startswith("FAILED") and "(revision 13)" in lines[1]
-    assert lines[2] == '1. {"key":"k"}'
+    assert lines[2:] == ["1. get: k=v", "2. put (revision 13)", "3. delete: 0 deleted"]

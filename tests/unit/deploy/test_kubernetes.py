@@ -38,6 +38,7 @@ def test_manifests_match_the_kubernetes_schema(version: str) -> None:
         "Service",
         "ConfigMap",
         "PodDisruptionBudget",
+        "NetworkPolicy",
     }
     for doc in docs:
         # strict: unknown fields (a typo) are errors too.
@@ -176,7 +177,49 @@ def test_services_and_disruption_budget() -> None:
 def test_every_manifest_is_in_the_directory_listing() -> None:
     # `kubectl apply -f kubernetes/` applies every *.yaml there: nothing else may live there.
     files = sorted(p.name for p in KUBERNETES_DIR.iterdir())
-    assert files == ["configmap.yaml", "pdb.yaml", "services.yaml", "statefulset.yaml"]
+    assert files == [
+        "configmap.yaml",
+        "networkpolicy.yaml",
+        "pdb.yaml",
+        "services.yaml",
+        "statefulset.yaml",
+    ]
     for path in KUBERNETES_DIR.iterdir():
         for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"]
+
+
+def test_network_policy_admits_peer_traffic_only_from_the_statefulset() -> None:
+    sts, container = kubernetes_kind("StatefulSet"), _container()
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    policy = kubernetes_kind("NetworkPolicy")["spec"]
+    # it applies to the StatefulSet's pods, and restricts what comes in
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    ports = _ports(container)
+    raft_rules = [
+        r
+        for r in policy["ingress"]
+        if any(p["port"] in ("raft", ports["raft"]) for p in r["ports"])
+    ]
+    (raft_rule,) = raft_rules
+    (source,) = raft_rule["from"]
+    assert set(source) == {"podSelector"}  # no namespaceSelector / ipBlock: same pods only
+    assert source["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert [p["port"] for p in raft_rule["ports"]] == ["raft"]
+    # the HTTP API stays open to clients
+    http_rules = [r for r in policy["ingress"] if any(p["port"] == "http" for p in r["ports"])]
+    assert http_rules and "from" not in http_rules[0]
+
+
+def test_tls_secret_is_mounted_read_only_and_optional() -> None:
+    sts, container = kubernetes_kind("StatefulSet"), _container()
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    secret = volumes["tls"]["secret"]
+    assert secret["secretName"] == "kv-store-tls"
+    assert secret["optional"] is True  # the plain walkthrough needs no Secret
+    assert (
+        secret["defaultMode"] == 0o440
+    )  # owner root, group fsGroup: the node reads, no one writes
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+    assert mount["readOnly"] is True and mount["mountPath"] == "/etc/raftkv-tls"

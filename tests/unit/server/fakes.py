@@ -88,6 +88,7 @@ class FakeNode:
         self.state = DictState()
         self.index = 0  # the fake's "log index": every write takes the next one
         self.calls: list[tuple[object, ...]] = []
+        self.versions = (1, 1)  # (format, command set) it reports in its local status
         self.fail_with: BaseException | None = None  # raised by every operation while set
         self.hang = False  # operations never complete while set
         self.ready = True
@@ -144,6 +145,8 @@ class FakeNode:
             last_index=8,
             raft_address=self.raft_peers[self._id],
             http_address=self.http_peers[self._id],
+            format_version=self.versions[0],
+            command_set=self.versions[1],
         )
 
     def is_ready(self) -> bool:

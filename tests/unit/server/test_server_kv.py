@@ -382,6 +382,8 @@ async def test_health_ready_and_local(tmp_path: Path) -> None:
             "last_index": 8,
             "raft_address": "127.0.0.1:9001",
             "http_address": "127.0.0.1:1",
+            "format_version": 1,
+            "command_set": 1,
         }
 
 

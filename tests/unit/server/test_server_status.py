@@ -44,6 +44,8 @@ async def test_status_with_a_follower_and_an_unreachable_peer(tmp_path: Path) ->
                 "commit_index": 7,
                 "applied_index": 6,
                 "last_index": 8,
+                "format_version": 1,
+                "command_set": 1,
             },
             "node-2": {
                 "id": "node-2",
@@ -55,6 +57,8 @@ async def test_status_with_a_follower_and_an_unreachable_peer(tmp_path: Path) ->
                 "commit_index": 7,
                 "applied_index": 6,
                 "last_index": 8,
+                "format_version": 1,
+                "command_set": 1,
             },
             "node-3": {
                 "id": "node-3",
@@ -66,8 +70,11 @@ async def test_status_with_a_follower_and_an_unreachable_peer(tmp_path: Path) ->
                 "commit_index": 0,
                 "applied_index": 0,
                 "last_index": 0,
+                "format_version": None,
+                "command_set": None,
             },
         },
+        "cluster_version": {"format_version": 1, "command_set": 1},
     }
     assert list(body["nodes"]) == ["node-1", "node-2", "node-3"]
 
@@ -114,3 +121,21 @@ def test_current_leader_prefers_the_highest_term() -> None:
     assert current_leader({"node-1": stale, "node-3": None}, stale) == "node-1"
     nobody = status("node-2", "Candidate", 6, None)
     assert current_leader({"node-2": nobody}, nobody) is None
+
+
+@aio
+async def test_status_reports_versions_and_their_minimum(tmp_path: Path) -> None:
+    follower = FakeNode("node-2", leader_id="node-1")
+    follower.versions = (2, 2)
+    async with client_for(follower, make_settings(tmp_path, "node-2")) as follower_client:
+        peers = {"node-1": "127.0.0.1:1", "node-2": f"127.0.0.1:{follower_client.port}"}
+        follower.http_peers = dict(peers)
+        leader = FakeNode("node-1", http_peers=peers)
+        for versions, expect in (((2, 2), (2, 2)), ((2, 3), (2, 2)), ((1, 1), (1, 1))):
+            leader.versions = versions
+            async with client_for(leader, make_settings(tmp_path, "node-1")) as client:
+                body = await (await client.get("/cluster/status")).json()
+            assert body["nodes"]["node-1"]["command_set"] == versions[1]
+            assert body["nodes"]["node-2"]["command_set"] == 2
+            cv = body["cluster_version"]
+            assert (cv["format_version"], cv["command_set"]) == expect

@@ -8,6 +8,7 @@ every AppendEntries with an AppendEntriesResponse.
 - throughput: `--window` appends in flight (a new one sent per response), for `--seconds`.
 
     .venv/bin/python tests/unit/transport/perf_transport.py [--loop asyncio] [--entry-bytes N]
+        [--tls DIR]   # mutual TLS, certificates made by `raftkv certs init` in DIR
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 import uvloop
 
 from raftkv.raft.messages import AnyMessage, AppendEntries, AppendEntriesResponse
 from raftkv.raft.types import Entry, Index, NodeId, Term
+from raftkv.transport.certs import CertLayout, init_certs
 from raftkv.transport.tcp import PeerTransport
+from raftkv.transport.tls import PeerTls, TlsFiles
 
 LEADER, FOLLOWER = NodeId("leader"), NodeId("follower")
 
@@ -35,11 +39,18 @@ def quiet() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
+def peer_tls(certs: str | None, node: str) -> PeerTls | None:
+    if certs is None:
+        return None
+    layout = CertLayout(Path(certs))
+    return PeerTls(TlsFiles(layout.peer_cert(node), layout.peer_key(node), layout.ca_cert))
+
+
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop if name == "uvloop" else asyncio.new_event_loop
 
 
-async def follower(port: int, leader_port: int) -> None:
+async def follower(port: int, leader_port: int, certs: str | None) -> None:
     transport: PeerTransport
 
     def on_message(msg: AnyMessage) -> None:
@@ -54,6 +65,7 @@ async def follower(port: int, leader_port: int) -> None:
         {LEADER: ("127.0.0.1", leader_port)},
         on_message,
         source_host="127.0.0.1",
+        tls=peer_tls(certs, FOLLOWER),
     )
     await transport.start()
     await asyncio.Event().wait()  # until killed
@@ -61,15 +73,25 @@ async def follower(port: int, leader_port: int) -> None:
 
 async def leader(args: argparse.Namespace) -> None:
     responses: asyncio.Queue[AnyMessage] = asyncio.Queue()
+    if args.tls is not None:
+        init_certs(Path(args.tls), [LEADER, FOLLOWER], ["127.0.0.1"], force=True)
     transport = PeerTransport(
-        LEADER, "bench", ("127.0.0.1", 0), {}, responses.put_nowait, source_host="127.0.0.1"
+        LEADER,
+        "bench",
+        ("127.0.0.1", 0),
+        {},
+        responses.put_nowait,
+        source_host="127.0.0.1",
+        tls=peer_tls(args.tls, LEADER),
+        is_member=lambda peer: peer == FOLLOWER,
     )
     await transport.start()
     my_port = transport.listen_address[1]
     follower_port = args.port
     child = subprocess.Popen(
         [sys.executable, __file__, "--role", "follower", "--loop", args.loop,
-         "--port", str(follower_port), "--leader-port", str(my_port)]
+         "--port", str(follower_port), "--leader-port", str(my_port),
+         *(["--tls", args.tls] if args.tls else [])]
     )  # fmt: skip
     try:
         transport.update_peer(FOLLOWER, ("127.0.0.1", follower_port))
@@ -91,9 +113,10 @@ async def leader(args: argparse.Namespace) -> None:
             await responses.get()
             samples.append(time.perf_counter() - start)
         samples.sort()
+        tag = f"{args.loop} tls" if args.tls else args.loop
         us = [s * 1e6 for s in samples]
         print(
-            f"[{args.loop}] round trip, 64 entries x {args.entry_bytes} B, one in flight: "
+            f"[{tag}] round trip, 64 entries x {args.entry_bytes} B, one in flight: "
             f"mean {statistics.fmean(us):.0f} us, p50 {us[len(us) // 2]:.0f} us, "
             f"p99 {us[int(len(us) * 0.99)]:.0f} us ({1e6 / statistics.fmean(us):.0f} msg/s)"
         )
@@ -110,7 +133,7 @@ async def leader(args: argparse.Namespace) -> None:
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu_start
         print(
-            f"[{args.loop}] throughput, {args.window} in flight: {done / elapsed:.0f} appends/s "
+            f"[{tag}] throughput, {args.window} in flight: {done / elapsed:.0f} appends/s "
             f"({done / elapsed * 64:.0f} entries/s); leader CPU {cpu / done * 1e6:.0f} us/append"
         )
     finally:
@@ -129,11 +152,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--tls", default=None, help="certificate directory: mutual TLS")
     args = parser.parse_args()
     quiet()
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         if args.role == "follower":
-            runner.run(follower(args.port, args.leader_port))
+            runner.run(follower(args.port, args.leader_port, args.tls))
         else:
             runner.run(leader(args))
 

@@ -102,12 +102,27 @@ def test_live_configuration_decides_not_the_address_book(run: Run) -> None:
             live.add("c")  # conf change adds c
             writer.write(encode_frames([hello("c"), hb("c", "a", 2)]))
             assert await a.next() == hb("c", "a", 2)
-            live.discard("c")  # conf change removes c
-            a.transport.remove_peer(NodeId("c"))
+            live.discard("c")  # conf change removes c; the driver then calls:
+            a.transport.drop_non_members()
             assert await dropped(reader)
             writer.close()
             await writer.wait_closed()
             await eventually(lambda: "c" not in a.transport.inbound_peers())
+
+    run(scenario())
+
+
+def test_remove_peer_closes_its_inbound_connection(run: Run) -> None:
+    async def scenario() -> None:
+        async with cluster("a", "b", is_member=members("a", "b", "c")) as n:
+            a = n["a"]
+            reader, writer = await asyncio.open_connection(*a.addr)
+            writer.write(encode_frames([hello("c"), hb("c", "a", 1)]))
+            assert await a.next() == hb("c", "a", 1)
+            a.transport.remove_peer(NodeId("c"))
+            assert await dropped(reader)
+            writer.close()
+            await writer.wait_closed()
 
     run(scenario())
 

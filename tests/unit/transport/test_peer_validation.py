@@ -82,6 +82,8 @@ BAD: dict[str, WireMessage] = {
     "empty to id": Heartbeat(Term(1), A, NodeId(""), Index(0)),
     "hello bad node id": Hello(PROTOCOL_VERSION, "c", NodeId("../etc")),
     "hello version out of range": Hello(2**40, "c", A),
+    "hello format version out of range": Hello(PROTOCOL_VERSION, "c", A, 2**64 - 1),
+    "hello command set negative": Hello(PROTOCOL_VERSION, "c", A, 1, -1),
     "chunk beyond size": SnapshotChunk(Index(1), Term(1), 4, 5, b"xx"),
     "chunk negative offset": SnapshotChunk(Index(1), Term(1), -1, 5, b"x"),
     "chunk size beyond cap": SnapshotChunk(Index(1), Term(1), 0, 1001, b""),
