@@ -122,7 +122,9 @@ def _lost_on_key(key: str, writes: list[Op], final: Op) -> list[LostWrite]:
         if op.outcome is Outcome.OK and op.complete is not None and op.existed is not False
     ]  # a delete that found no key changed nothing, so it cannot be lost
     if final.value is not None:
-        makers = [op for op in writes if op.kind is OpKind.PUT and op.value == final.value]
+        makers = [
+            op for op in writes if op.kind in (OpKind.PUT, OpKind.CAS) and op.value == final.value
+        ]
         done = [op for op in makers if op.outcome is Outcome.OK and op.complete is not None]
         if not done or len(done) != len(makers):
             return []  # an unknown put may have landed last; no maker: the checker reports it

@@ -49,12 +49,23 @@ class Reply:
         return doc if isinstance(doc, dict) else None
 
 
-def encode_request(method: str, host: str, port: int, path: str, body: bytes) -> bytes:
+def encode_request(
+    method: str,
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    content_type = (
+        "" if "Content-Type" in (headers or {}) else ("Content-Type: text/plain; charset=utf-8\r\n")
+    )
     head = (
         f"{method} {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
         "Connection: close\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"{content_type}{extra}"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("ascii") + body
@@ -87,6 +98,7 @@ async def request(
     path: str,
     *,
     body: bytes = b"",
+    headers: dict[str, str] | None = None,
     source_ip: str | None = None,
     connect_timeout_s: float = 1.0,
     timeout_s: float = 5.0,
@@ -101,7 +113,7 @@ async def request(
         raise NotSent(_describe(exc, "connect")) from exc
     try:
         async with asyncio.timeout(timeout_s):
-            writer.write(encode_request(method, host, port, path, body))
+            writer.write(encode_request(method, host, port, path, body, headers))
             await writer.drain()
             status, length = parse_head(await reader.readuntil(b"\r\n\r\n"))
             if length is None:  # raftkv always sends one; without it, the end is guesswork

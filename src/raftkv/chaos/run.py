@@ -47,6 +47,7 @@ from raftkv.chaos.netfilter import Firewall
 from raftkv.chaos.report import ChaosReport
 from raftkv.chaos.workload import PROBE_KEY, Recorder, WorkloadSpec, run_client, run_prober
 from raftkv.check import Op, OpKind, Outcome, check_history, dumps_jsonl
+from raftkv.check.revisions import revision_problems
 
 ADMIN_IP: Final = "127.0.0.10"
 CLIENT_IPS: Final = tuple(f"127.0.0.{i}" for i in range(11, 27))
@@ -54,6 +55,7 @@ STARTUP_TIMEOUT_S: Final = 60.0  # a loaded 2-core box takes seconds to import a
 RECOVERY_TIMEOUT_S: Final = 30.0
 CONVERGE_TIMEOUT_S: Final = 20.0
 FINAL_CLIENT: Final = "final"
+_MAX_REVISION_PROBLEMS: Final = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,12 @@ SCENARIOS: Final[dict[str, Scenario]] = {
         WorkloadSpec(),
         summary="nftables partitions: isolate a follower or the leader, majority/minority, "
         "a single cut link, one-way loss",
+    ),
+    "cas-txn": Scenario(
+        KILLS + PAUSES,
+        WorkloadSpec(put_weight=0.2, get_weight=0.3, delete_weight=0.1, cas_weight=0.4),
+        summary="kill -9 + restart and pauses under compare-and-set (POST /txn and If-Match) "
+        "clients; revisions checked against real time",
     ),
     "load-test-with-failures": Scenario(
         KILLS + PAUSES + PARTITIONS,
@@ -112,6 +120,7 @@ class ChaosOptions:
             put_weight=base.put_weight,
             get_weight=base.get_weight,
             delete_weight=base.delete_weight,
+            cas_weight=base.cas_weight,
             timeout_s=base.timeout_s,
             connect_timeout_s=base.connect_timeout_s,
         )
@@ -371,5 +380,8 @@ class _Run:
             unexpected=recorder.unexpected,
             crashes=self.crashes,
             stale=locate(stale, recorder.events, self.windows),
-            problems=self.problems,
+            problems=[
+                *self.problems,
+                *(f"revisions: {p}" for p in revision_problems(ops)[:_MAX_REVISION_PROBLEMS]),
+            ],
         )

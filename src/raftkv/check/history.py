@@ -25,6 +25,7 @@ class OpKind(enum.Enum):
     PUT = "put"
     DELETE = "delete"
     GET = "get"
+    CAS = "cas"  # put `value` if the register holds `expect` (None: absent), else no effect
 
 
 class Outcome(enum.Enum):
@@ -36,8 +37,13 @@ class Outcome(enum.Enum):
 class Op(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One client operation on one key.
 
-    `value`: for PUT the value written; for an OK GET the value observed (None = absent).
+    `value`: for PUT/CAS the value written; for an OK GET the value observed (None = absent).
     `existed`: for an OK DELETE, whether the server said the key existed (None = not said).
+    `expect`: for CAS, the value the register must hold for the write to happen (None =
+    absent). An OK CAS is one that succeeded; a CAS that was refused is recorded as the GET
+    of what the server said the key held (or FAIL if it did not say).
+    `revision`: what the server said: a write's revision, a get's mod_revision (None = not
+    said or absent); checked by `raftkv.check.revisions`.
     """
 
     id: int
@@ -49,6 +55,8 @@ class Op(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     complete: float | None = None  # None unless OK or FAIL-with-time
     outcome: Outcome = Outcome.UNKNOWN
     existed: bool | None = None
+    expect: str | None = None
+    revision: int | None = None
 
     def __str__(self) -> str:
         match self.kind:
@@ -58,6 +66,8 @@ class Op(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
                 call = f"delete({self.key!r})"
                 if self.existed is not None:
                     call += f" -> existed={self.existed}"
+            case OpKind.CAS:
+                call = f"cas({self.key!r}, {self.expect!r} -> {self.value!r})"
             case OpKind.GET:
                 call = f"get({self.key!r})"
                 if self.outcome is Outcome.OK:
@@ -81,8 +91,8 @@ class History:
         self, client: ClientId, kind: OpKind, key: str, value: str | None = None, *, at: float
     ) -> int:
         """Record a call; returns the op id to complete later."""
-        if (kind is OpKind.PUT) != (value is not None):
-            raise ValueError("a put carries a value; get and delete do not")
+        if (kind in (OpKind.PUT, OpKind.CAS)) != (value is not None):
+            raise ValueError("a put carries a value (so does a cas); get and delete do not")
         op_id = self._next_id
         self._next_id += 1
         self._ops[op_id] = Op(id=op_id, client=client, kind=kind, key=key, value=value, invoke=at)
@@ -91,6 +101,11 @@ class History:
     def put(self, client: ClientId, key: str, value: str, *, at: float) -> int:
         return self.invoke(client, OpKind.PUT, key, value, at=at)
 
+    def cas(self, client: ClientId, key: str, expect: str | None, value: str, *, at: float) -> int:
+        op_id = self.invoke(client, OpKind.CAS, key, value, at=at)
+        self._ops[op_id] = msgspec.structs.replace(self._ops[op_id], expect=expect)
+        return op_id
+
     def get(self, client: ClientId, key: str, *, at: float) -> int:
         return self.invoke(client, OpKind.GET, key, at=at)
 
@@ -98,15 +113,24 @@ class History:
         return self.invoke(client, OpKind.DELETE, key, at=at)
 
     def ok(
-        self, op_id: int, *, at: float, value: str | None = None, existed: bool | None = None
+        self,
+        op_id: int,
+        *,
+        at: float,
+        value: str | None = None,
+        existed: bool | None = None,
+        revision: int | None = None,
     ) -> Op:
-        """Completed with a known result: `value` observed by a get, `existed` for a delete."""
+        """Completed with a known result: `value` observed by a get, `existed` for a delete,
+        `revision` as the server reported it."""
         op = self._pending(op_id)
         if value is not None and op.kind is not OpKind.GET:
             raise ValueError("only a get observes a value")
         if existed is not None and op.kind is not OpKind.DELETE:
             raise ValueError("only a delete reports existed")
-        changes = {"value": value} if op.kind is OpKind.GET else {}
+        changes: dict[str, object] = {"value": value} if op.kind is OpKind.GET else {}
+        if revision is not None:
+            changes["revision"] = revision
         return self._finish(op, at, Outcome.OK, existed=existed, **changes)
 
     def fail(self, op_id: int, *, at: float | None = None) -> Op:

@@ -1,4 +1,5 @@
-"""`raftkv serve`: run one node (Raft runtime + HTTP API) until SIGINT/SIGTERM.
+"""`raftkv serve`: run one node (Raft runtime + HTTP API) until SIGINT/SIGTERM; SIGHUP re-reads
+the `tls.peer` certificate files (rotation without restart).
 
 Rules: an invalid config exits 2 with a message naming the field; a corrupt log or snapshot
 exits 3 naming what is corrupt and where; a broken invariant at run time exits 70; a storage
@@ -18,6 +19,7 @@ import signal
 import sys
 from typing import Annotated, Any
 
+import structlog
 import typer
 
 from raftkv.ops.recovery import RecoveryError, force_new_cluster
@@ -30,8 +32,10 @@ from raftkv.server.http import create_app
 from raftkv.server.joining import check_not_removed, resolve, save_member_files
 from raftkv.server.logging import bind_node, configure_logging
 from raftkv.server.runner import run_http
+from raftkv.server.tls import node_client_context, server_context
 from raftkv.storage.errors import StorageError
 from raftkv.storage.failure import EXIT_IOERR, StorageFailure, describe, is_storage_error
+from raftkv.transport.tls import PeerTls, TlsConfigError
 
 _STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
@@ -57,6 +61,7 @@ def node_options(s: Settings, initial_voters: tuple[str, ...] | None = None) -> 
         metrics=s.metrics,
         initial_voters=tuple(NodeId(v) for v in initial_voters) if initial_voters else None,
         auto_promote=s.config.cluster.auto_promote,
+        peer_tls=PeerTls(s.tls_peer) if s.tls_peer is not None else None,
     )
 
 
@@ -68,6 +73,21 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 1000)
+
+
+def reload_peer_tls(tls: PeerTls | None) -> bool:
+    """SIGHUP: re-read the `tls.peer` files; on failure keep the current ones. Logged either way."""
+    log = structlog.get_logger("raftkv.serve")
+    if tls is None:
+        log.info("tls_reload_skipped", reason="tls.peer is not configured")
+        return False
+    try:
+        tls.reload()
+    except TlsConfigError as exc:
+        log.error("tls_reload_failed", part="peer", error=str(exc), keeping="previous files")
+        return False
+    log.info("tls_reloaded", part="peer", cert=str(tls.files.cert), ca=str(tls.files.ca))
+    return True
 
 
 async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None = None) -> int:
@@ -85,6 +105,8 @@ async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Certificate rotation without a restart: new peer connections use the re-read files.
+    loop.add_signal_handler(signal.SIGHUP, reload_peer_tls, node.opts.peer_tls)
     fatal = node.driver.fatal
     assert fatal is not None
     stop_wait = asyncio.ensure_future(stop.wait())
@@ -183,6 +205,11 @@ def register(app: typer.Typer) -> None:
                 overrides, join=join, raft_address=raft_address, http_address=http_address
             )
             settings = resolved.settings
+            # Load the TLS files now, so that a bad pair fails here, naming the field.
+            server_context(settings)
+            node_client_context(settings)
+            if settings.tls_peer is not None:
+                PeerTls(settings.tls_peer)
             has_data = (settings.data_dir / "raft.db").exists()
             if has_data and not resolved.joined and (peer := check_not_removed(settings)):
                 print(
@@ -193,7 +220,7 @@ def register(app: typer.Typer) -> None:
                 )
                 raise typer.Exit(2)
             save_member_files(settings, resolved.initial_voters)
-        except ConfigError as exc:
+        except (ConfigError, TlsConfigError) as exc:
             print(f"raftkv: invalid configuration: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
         configure_logging(settings.log_level, settings.log_format)

@@ -60,6 +60,7 @@ class AsyncClient:
         username: str | None = None,
         password: str | None = None,
         token: str | None = None,
+        token_auth: bool = False,
     ) -> None:
         options = make_options(
             endpoints,
@@ -74,6 +75,7 @@ class AsyncClient:
             username=username,
             password=password,
             token=token,
+            token_auth=token_auth,
         )
         self._engine = Engine(options, time.monotonic)
         self._transport = AsyncTransport(options.ssl_context)

@@ -58,11 +58,13 @@ DOWN_S: Final = 2.0  # skip a node that refused a connection for this long (othe
 BACKOFF_FIRST_S: Final = 0.02  # an election takes ~100-200 ms with the seed's timing
 BACKOFF_MAX_S: Final = 0.5
 DISCOVERY_INTERVAL_S: Final = 0.5  # ask /cluster/status at most this often
+SESSION_WAIT_S: Final = 0.005  # poll interval of writes waiting for another's session open
 SESSION_REFRESH: Final = 0.8  # reopen a session idle for this share of its TTL before using it
 _NOTHING_APPLIED: Final = frozenset(
     {"no_leader", "not_leader", "leader_unreachable", "node_stopping"}
 )
 _MAYBE_APPLIED: Final = frozenset({"timeout", "outcome_unknown"})
+_TOKEN_REFUSED: Final = frozenset({"token_expired", "invalid_token"})
 
 
 # -- actions and outcomes ----------------------------------------------------------------------
@@ -162,6 +164,8 @@ class Engine:
         self._last_discovery = -math.inf
         self._session: _Session | None = None
         self._sessions_supported: bool | None = None if options.sessions else False
+        self._opening_until = -math.inf  # a session is being opened by some flow until then
+        self._token_header: str | None = None  # token_auth: "Bearer <token>" once fetched
 
     # -- public flows --------------------------------------------------------------------------
 
@@ -185,6 +189,11 @@ class Engine:
         opts = self.options
         if deadline is None:
             deadline = self._now() + opts.timeout_s
+        token_fresh = False  # a token fetched during this call (renew at most once)
+        needs_token = opts.token_credentials is not None and call.name != "auth_token"
+        if needs_token and self._token_header is None:
+            yield from self._fetch_token(deadline)
+            token_fresh = True
         session: _Session | None = None
         seq = 0
         if call.kind is Kind.WRITE:
@@ -228,6 +237,14 @@ class Engine:
                         if error.code in _NOTHING_APPLIED:
                             self._on_refused(endpoint, error)
                             pause = _backoff(failures)
+                        elif (
+                            error.code in _TOKEN_REFUSED
+                            and opts.token_credentials
+                            and (not token_fresh)
+                        ):
+                            # Authentication runs before the handler: nothing was applied.
+                            yield from self._fetch_token(deadline)
+                            token_fresh = True
                         elif error.code in _MAYBE_APPLIED or outcome.status == 504:
                             if call.kind is Kind.WRITE and session is None:
                                 raise OutcomeUnknown(
@@ -390,12 +407,24 @@ class Engine:
     # -- sessions ------------------------------------------------------------------------------
 
     def _session_for_write(self, deadline: float) -> Flow[_Session | None]:
-        with self._lock:
-            if self._sessions_supported is False:
-                return None
-            session = self._session
-            if session is not None and not session.stale(self._now()):
-                return session
+        """The session to send a write under, opening one if needed (one opener at a time:
+        concurrent writes wait for it instead of each opening a session of their own)."""
+        while True:
+            now = self._now()
+            with self._lock:
+                if self._sessions_supported is False:
+                    return None
+                session = self._session
+                if session is not None and not session.stale(now):
+                    return session
+                opener = self._opening_until <= now
+                if opener:  # bounded: an opener that vanished (cancelled) cannot block others
+                    self._opening_until = now + self.options.request_timeout_s
+            if opener:
+                break
+            if now >= deadline:
+                raise Unavailable("no session could be opened before the deadline")
+            yield Sleep(min(SESSION_WAIT_S, deadline - now))
         try:
             info = yield from self.call(protocol.open_session(), deadline)
         except (BadRequest, Forbidden) as exc:
@@ -406,6 +435,9 @@ class Engine:
                     self._sessions_supported = False
                 return None
             raise
+        finally:
+            with self._lock:
+                self._opening_until = -math.inf
         fresh = _Session(info, self._now())
         with self._lock:
             self._sessions_supported = True
@@ -413,6 +445,14 @@ class Engine:
             if current is None or current.stale(self._now()) or current is session:
                 self._session = fresh
             return self._session
+
+    def _fetch_token(self, deadline: float) -> Flow[None]:
+        """Trade the username and password for a bearer token (token_auth)."""
+        assert self.options.token_credentials is not None
+        user, password = self.options.token_credentials
+        token = yield from self.call(protocol.auth_token(user, password), deadline)
+        with self._lock:
+            self._token_header = f"Bearer {token}"
 
     def _begin(self, session: _Session) -> int:
         with self._lock:
@@ -432,8 +472,9 @@ class Engine:
         self, call: Call[Any], session: _Session | None, seq: int
     ) -> tuple[tuple[str, str], ...]:
         headers = call.headers
-        if self.options.auth_header is not None:
-            headers += (("Authorization", self.options.auth_header),)
+        auth = self.options.auth_header or self._token_header
+        if auth is not None and call.name != "auth_token":
+            headers += (("Authorization", auth),)
         if session is not None and seq:
             with self._lock:
                 ack = session.ack()

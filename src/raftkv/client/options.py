@@ -8,7 +8,9 @@ Rules:
   certificate, for servers that require one), `verify=False` only for experiments. The
   `ssl.SSLContext` is built here once and shared by both transports.
 - Auth: `username`/`password` (HTTP Basic on every request) or a bearer `token`; never both.
-  Credentials are never part of `repr()` or error messages.
+  With `token_auth=True`, the username and password are traded for a bearer token from
+  `POST /auth/token` (renewed by the engine when the server says it expired), so the password
+  crosses the wire once. Credentials are never part of `repr()` or error messages.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class ClientOptions:
     sessions: bool = True  # exactly-once retries of writes via server sessions, when supported
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     auth_header: str | None = field(default=None, repr=False)
+    # token_auth: trade these for a bearer token (POST /auth/token), renewed when it expires
+    token_credentials: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def tls(self) -> bool:
@@ -82,6 +86,7 @@ def make_options(
     username: str | None = None,
     password: str | None = None,
     token: str | None = None,
+    token_auth: bool = False,
 ) -> ClientOptions:
     if endpoints is None:
         endpoints = DEFAULT_ENDPOINTS
@@ -108,8 +113,19 @@ def make_options(
         connect_timeout_s=min(connect_timeout, request_timeout, timeout),
         sessions=sessions,
         ssl_context=ssl_context,
-        auth_header=_auth_header(username, password, token),
+        auth_header=None if token_auth else _auth_header(username, password, token),
+        token_credentials=_token_credentials(token_auth, username, password),
     )
+
+
+def _token_credentials(
+    token_auth: bool, username: str | None, password: str | None
+) -> tuple[str, str] | None:
+    if not token_auth:
+        return None
+    if username is None or password is None:
+        raise ValueError("token_auth=True needs username= and password=")
+    return (username, password)
 
 
 def _auth_header(username: str | None, password: str | None, token: str | None) -> str | None:

@@ -59,6 +59,7 @@ class Client:
         username: str | None = None,
         password: str | None = None,
         token: str | None = None,
+        token_auth: bool = False,
     ) -> None:
         options = make_options(
             endpoints,
@@ -73,6 +74,7 @@ class Client:
             username=username,
             password=password,
             token=token,
+            token_auth=token_auth,
         )
         self._engine = Engine(options, time.monotonic)
         self._transport = SyncTransport(options.ssl_context)

@@ -26,6 +26,7 @@ META_PREFIX: Final = b"\xffM"
 EVENT_PREFIX: Final = b"\xffH"
 SESSION_PREFIX: Final = b"\xffS"
 REPLY_PREFIX: Final = b"\xffR"
+AUTH_PREFIX: Final = b"\xffA"  # + UTF-8 record name -> UTF-8 record (raftkv.kv.auth)
 META_NAMES: Final = (b"revision", b"compact", b"clock")
 
 _REV: Final = struct.Struct(">QI")  # revision, sub

@@ -45,6 +45,7 @@ else:
     Value = Any
 
 
+from raftkv.kv.auth import AuthCommand, AuthResult
 from raftkv.kv.registry import COMMAND_SET_VERSION, CommandBase, command_kind
 
 __all__ = [
@@ -178,7 +179,7 @@ class SessionRequest(CommandBase, frozen=True, tag=7):
 
 
 # The decodable union: every registered kind, nothing else (tests/unit/kv/test_command_registry).
-Command = Put | Delete | Txn | DeleteRange | Compact | OpenSession | SessionRequest
+Command = Put | Delete | Txn | DeleteRange | Compact | OpenSession | SessionRequest | AuthCommand
 
 
 class KeyValue(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -259,4 +260,5 @@ Result = (
     | CompactResult
     | SessionResult
     | SessionError
+    | AuthResult
 )

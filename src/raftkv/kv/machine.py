@@ -15,6 +15,16 @@ Rules:
 
 from __future__ import annotations
 
+from raftkv.kv.auth import (
+    RoleDelete,
+    RolePermission,
+    RolePut,
+    SigningKey,
+    UserDelete,
+    UserPut,
+    UserRole,
+    apply_auth,
+)
 from raftkv.kv.commands import (
     Command,
     Compact,
@@ -100,8 +110,32 @@ def apply_command(store: MVCCStore, cmd: Command, revision: int) -> Result:
             return CompactResult(True, rev, store.revision())
         case Put() | Delete() | Txn() | DeleteRange():
             return apply_write(store, cmd, revision)
+        case UserPut() | UserDelete() | UserRole() | RolePut() | RoleDelete() | RolePermission():
+            return apply_auth(_AuthRecords(store), cmd)
+        case SigningKey():
+            return apply_auth(_AuthRecords(store), cmd)
     # Unreachable while Command is a closed union; a new command must get a case above.
     raise TypeError(f"unknown command type {type(cmd).__name__}")
+
+
+class _AuthRecords:
+    """`kv.auth.AuthBatch` over the store's auth records (outside the key space)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: MVCCStore) -> None:
+        self._store = store
+
+    def get(self, key: str) -> str | None:
+        return self._store.auth_get(key)
+
+    def put(self, key: str, value: str) -> None:
+        self._store.auth_put(key, value)
+
+    def delete(self, key: str) -> bool:
+        existed = self._store.auth_get(key) is not None
+        self._store.auth_delete(key)
+        return existed
 
 
 def apply_write(store: MVCCStore, cmd: Put | Delete | Txn | DeleteRange, revision: int) -> Result:

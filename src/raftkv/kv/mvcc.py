@@ -92,6 +92,18 @@ class MVCCStore(Protocol):
 
     def drop_reply(self, sid: int, seq: int) -> None: ...
 
+    # Auth (raftkv.kv.auth): opaque text records by name, outside the key space (no revision,
+    # no history, never in a range): users, roles, the token-signing key.
+    def auth_get(self, name: str) -> str | None: ...
+
+    def auth_put(self, name: str, record: str) -> None: ...
+
+    def auth_delete(self, name: str) -> None: ...
+
+    def auth_items(self, prefix: str) -> list[tuple[str, str]]:
+        """(name, record) pairs whose name starts with `prefix`, in name order."""
+        ...
+
 
 def in_range(key: str, start: str, end: str | None, prefix: str, after: str | None) -> bool:
     return (
@@ -111,6 +123,7 @@ class DictState:
     order is code-point order (= UTF-8 byte order, LMDB's)."""
 
     __slots__ = (
+        "_auth",
         "_clock",
         "_compact",
         "_current",
@@ -130,6 +143,7 @@ class DictState:
         self._clock = 0  # largest leader time seen in a command (ms)
         self._sessions: dict[int, tuple[int, int, int]] = {}
         self._replies: dict[int, dict[int, Result]] = {}
+        self._auth: dict[str, str] = {}
 
     # -- meta ---------------------------------------------------------------------------------
     def revision(self) -> int:
@@ -244,6 +258,18 @@ class DictState:
     def drop_reply(self, sid: int, seq: int) -> None:
         self._replies.get(sid, {}).pop(seq, None)
 
+    def auth_get(self, name: str) -> str | None:
+        return self._auth.get(name)
+
+    def auth_put(self, name: str, record: str) -> None:
+        self._auth[name] = record
+
+    def auth_delete(self, name: str) -> None:
+        self._auth.pop(name, None)
+
+    def auth_items(self, prefix: str) -> list[tuple[str, str]]:
+        return [(k, self._auth[k]) for k in sorted(self._auth) if k.startswith(prefix)]
+
     # -- whole-state helpers (tests, simulator snapshots) ---------------------------------------
     def copy(self) -> DictState:
         out = DictState()
@@ -253,6 +279,7 @@ class DictState:
         out._rev, out._compact, out._clock = self._rev, self._compact, self._clock
         out._sessions = dict(self._sessions)
         out._replies = {s: dict(r) for s, r in self._replies.items()}
+        out._auth = dict(self._auth)
         return out
 
     def replies(self) -> Iterator[tuple[int, int, Result]]:

@@ -93,6 +93,18 @@ class RaftKVNode:
         return result  # type: ignore[return-value]  # propose returns the apply result
 
     # Shorthands for tests and tools (the server uses `write`/`read`).
+    async def propose_command(self, cmd: Command) -> object:
+        """Propose any registered command (auth management); returns its apply result."""
+        return await self.write(cmd)
+
+    def local_get(self, key: str) -> str | None:
+        """This node's applied auth record `key`, at once (no ReadIndex)."""
+        return self.driver.sm.read(lambda store: store.auth_get(key))
+
+    def local_items(self, prefix: str) -> list[tuple[str, str]]:
+        """This node's applied auth records under `prefix` (users, roles: small)."""
+        return self.driver.sm.read(lambda store: store.auth_items(prefix))
+
     async def put(self, key: str, value: str | bytes) -> Result:
         return await self.write(Put(key, value))
 

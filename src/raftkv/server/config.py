@@ -15,6 +15,11 @@ Rules:
 - `KV_HTTP_PORT` / `KV_RAFT_PORT` (or the flags) replace the port of this node's own entry, both
   where it listens and what it advertises. `KV_DATA_DIR` replaces `cluster.data_dir`; the node's
   directory is always `<data_dir>/<node id>`.
+- `tls.http` (cert, key, optional client_ca) and `tls.peer` (cert, key, ca) are file paths in
+  which `{node_id}` is replaced by this node's id, so one file serves the whole cluster
+  (`certs/{node_id}/http.crt`: the layout `raftkv certs init` writes); a missing file is an
+  error naming the field. RAFTKV_ROOT_PASSWORD (environment only, never logged) is the
+  bootstrap root password when `auth.enabled`.
 - One tick is the heartbeat interval; the election timeout must be a whole number (>= 2) of ticks.
 - `Settings.config` is the validated file with the overrides applied: a key added to the schema
   is read as `settings.config.<section>.<key>` with no change here.
@@ -25,7 +30,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -50,6 +55,8 @@ from raftkv.server.config_schema import (
     LogFormat,
 )
 from raftkv.server.limits import HttpLimits
+from raftkv.server.tls import HttpTlsFiles
+from raftkv.transport.tls import TlsFiles
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -66,6 +73,12 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH: Final = Path("config/multi-node-cluster.yaml")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+ROOT_PASSWORD_ENV: Final = "RAFTKV_ROOT_PASSWORD"
+# tls.<part> -> (required keys, optional keys). Paths may contain {node_id}.
+_TLS_PARTS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "http": (("cert", "key"), ("client_ca",)),
+    "peer": (("cert", "key", "ca"), ()),
+}
 
 # Flag key (as the CLI passes it) -> (environment variable, name used in error messages).
 FLAG_KEYS: Final[Mapping[str, tuple[str, str]]] = {o.key: (o.env, o.flag) for o in OVERRIDES}
@@ -130,6 +143,12 @@ class Settings:
     http_limits: HttpLimits  # HTTP hardening (limits.py)
     debug_endpoints: bool  # /debug/*; root-only when auth is on
     config: ConfigFile  # the validated file, defaults filled in, overrides applied
+    tls_http: HttpTlsFiles | None = None  # tls.http: HTTPS for the API (None: plain HTTP)
+    tls_peer: TlsFiles | None = None  # tls.peer: mutual TLS between members (None: plain TCP)
+    auth_enabled: bool = False  # auth.enabled: users, roles, tokens (server/auth*.py)
+    token_ttl_s: int = 600  # auth.token_ttl_s: lifetime of a bearer token
+    # RAFTKV_ROOT_PASSWORD: the leader creates user root with it if absent. Never printed.
+    root_password: str | None = field(default=None, repr=False)
 
     @property
     def tick_ms(self) -> int:
@@ -222,6 +241,11 @@ def load_settings(
         ),
         debug_endpoints=server.debug_endpoints,
         config=conf,
+        tls_http=_tls_http(conf.tls.http, node_id),
+        tls_peer=_tls_peer(conf.tls.peer, node_id),
+        auth_enabled=conf.auth.enabled,
+        token_ttl_s=conf.auth.token_ttl_s,
+        root_password=environ.get(ROOT_PASSWORD_ENV) or None,
     )
 
 
@@ -294,6 +318,50 @@ def _apply_overrides(conf: ConfigFile, layer: _Layers) -> ConfigFile:
             conf, **{section_name: msgspec.structs.replace(section, **{field: checked})}
         )
     return conf
+
+
+def _tls_part(raw: object, part: str, node_id: str) -> dict[str, Path] | None:
+    if raw is None:
+        return None
+    field = f"tls.{part}"
+    required, optional = _TLS_PARTS[part]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{field}: must be a mapping with {', '.join(required)}")
+    for key in raw:
+        if key not in required + optional:
+            allowed = ", ".join(required + optional)
+            raise ConfigError(f"{field}.{key}: unknown key (expected one of {allowed})")
+    paths: dict[str, Path] = {}
+    for key in required + optional:
+        value = raw.get(key)
+        if value is None:
+            if key in required:
+                raise ConfigError(f"{field}.{key}: required when {field} is set")
+            continue
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{field}.{key}: must be a file path (got {value!r})")
+        path = Path(value.replace("{node_id}", node_id))
+        if not path.is_file():
+            raise ConfigError(
+                f"{field}.{key}: {path} does not exist or is not a file"
+                " (make certificates with `raftkv certs init`)"
+            )
+        paths[key] = path
+    return paths
+
+
+def _tls_http(raw: object, node_id: str) -> HttpTlsFiles | None:
+    paths = _tls_part(raw, "http", node_id)
+    if paths is None:
+        return None
+    return HttpTlsFiles(paths["cert"], paths["key"], paths.get("client_ca"))
+
+
+def _tls_peer(raw: object, node_id: str) -> TlsFiles | None:
+    paths = _tls_part(raw, "peer", node_id)
+    if paths is None:
+        return None
+    return TlsFiles(paths["cert"], paths["key"], paths["ca"])
 
 
 def _nodes(raw: object) -> dict[str, Address]:

@@ -172,6 +172,17 @@ class ServerSection(_Section, frozen=True, kw_only=True):
             )
 
 
+class StorageSection(_Section, frozen=True, kw_only=True):
+    history_revisions: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="revisions of history kept for `?revision=` reads and watches; the "
+            "leader compacts older ones automatically (0: keep all until `POST /compact`)",
+        ),
+    ] = 100_000
+
+
 class LoggingSection(_Section, frozen=True, kw_only=True):
     level: Annotated[
         LogLevel,
@@ -183,13 +194,46 @@ class LoggingSection(_Section, frozen=True, kw_only=True):
     format: Annotated[LogFormat, Meta(description="log line format")] = "console"
 
 
+class TlsSection(_Section, frozen=True, kw_only=True):
+    # Checked in config.py (`_tls_part`): file paths, `{node_id}` replaced by the node's id.
+    http: Annotated[
+        dict[str, str] | None,
+        Meta(
+            description="HTTPS for the API: `cert`, `key`, optional `client_ca` (then client "
+            "certificates are required); paths may hold `{node_id}`",
+            extra={"custom": True, "default_doc": "plain HTTP"},
+        ),
+    ] = None
+    peer: Annotated[
+        dict[str, str] | None,
+        Meta(
+            description="mutual TLS between members: `cert`, `key`, `ca` (the cluster CA); "
+            "paths may hold `{node_id}`",
+            extra={"custom": True, "default_doc": "plain TCP"},
+        ),
+    ] = None
+
+
+class AuthSection(_Section, frozen=True, kw_only=True):
+    enabled: Annotated[
+        bool,
+        Meta(description="require users and roles (Basic or bearer token) on the HTTP API"),
+    ] = False
+    token_ttl_s: Annotated[
+        int, Meta(ge=1, description="lifetime of a token from `POST /auth/token`, in seconds")
+    ] = 600
+
+
 class ConfigFile(_Section, frozen=True, kw_only=True):
     """The whole file. Sections in this order; `cluster` is required."""
 
     cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
     raft: RaftSection = msgspec.field(default_factory=RaftSection)
     server: ServerSection = msgspec.field(default_factory=ServerSection)
+    storage: StorageSection = msgspec.field(default_factory=StorageSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
+    tls: TlsSection = msgspec.field(default_factory=TlsSection)
+    auth: AuthSection = msgspec.field(default_factory=AuthSection)
 
 
 REQUIRED_SECTIONS: Final = frozenset({"cluster"})

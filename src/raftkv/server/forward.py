@@ -19,8 +19,13 @@ Rules:
     connection was up -> 504 `outcome_unknown`. (On a pooled connection a "server closed the
     connection" could mean either.)
   * Redirects are not followed; no proxy is used (trust_env is off).
-- The request goes with every header in FORWARDED_REQUEST_HEADERS (preconditions, session);
-  the leader's reply (status, body, Content-Type, Retry-After, ETag) is passed back unchanged.
+- The request goes with every header in FORWARDED_REQUEST_HEADERS (the client's Authorization,
+  preconditions, session): the leader authenticates the client itself. The leader's reply
+  (status, body, Content-Type, Retry-After, ETag, WWW-Authenticate, Raftkv-* headers) is
+  passed back unchanged.
+- With HTTPS (`tls.http`) the forward is an HTTPS request that verifies the leader's certificate
+  and presents this node's peer certificate (server/tls.py); a failed handshake is a failed
+  connect (aiohttp's certificate errors are ClientConnectorErrors): nothing was sent.
 - A forwarded request carries FORWARDED_HEADER; a node receiving one never forwards it again
   (a leader that just lost leadership answers 503 `not_leader`): no forwarding loops.
 - Outgoing connections bind their source address to this node's host, so per-address network
@@ -32,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from typing import Final
 
 import aiohttp
@@ -44,18 +50,21 @@ from raftkv.server.errors import ApiError
 log = structlog.get_logger(__name__)
 
 FORWARDED_HEADER: Final = "X-Raftkv-Forwarded-By"
-_PASSED_BACK_HEADERS: Final = ("Content-Type", "Retry-After", "ETag")
-# Request headers that change what a write means: forwarding without them would turn a
-# conditional or exactly-once write into a blind one.
+# Request headers that change what a write means or who makes it: forwarding without them
+# would turn a conditional or exactly-once write into a blind one, or an authenticated one into
+# an anonymous one (the leader checks the credentials; FORWARDED_HEADER grants nothing).
 FORWARDED_REQUEST_HEADERS: Final = (
     "Content-Type",
     "Accept",
+    "Authorization",
     "If-Match",
     "If-None-Match",
     "Raftkv-Session",
     "Raftkv-Seq",
     "Raftkv-Ack",
 )
+_PASSED_BACK_HEADERS: Final = frozenset({"content-type", "retry-after", "etag", "www-authenticate"})
+_PASSED_BACK_PREFIX: Final = "raftkv-"  # the API's own reply headers (revisions, sessions)
 _MAX_CONNECTIONS: Final = 256  # concurrent forwards; waiting for a slot counts as connecting
 
 
@@ -94,11 +103,14 @@ async def resolve_source_ip(host: str) -> str | None:
     return None if ipaddress.ip_address(ip).is_unspecified else ip
 
 
-def make_connector(source_ip: str | None, *, force_close: bool) -> aiohttp.TCPConnector:
+def make_connector(
+    source_ip: str | None, *, force_close: bool, ssl_context: ssl.SSLContext | None = None
+) -> aiohttp.TCPConnector:
     return aiohttp.TCPConnector(
         local_addr=(source_ip, 0) if source_ip else None,
         force_close=force_close,
         limit=_MAX_CONNECTIONS,
+        ssl=ssl_context if ssl_context is not None else True,
     )
 
 
@@ -112,14 +124,16 @@ class Forwarder:
         source_ip: str | None,
         connect_timeout_s: float,
         total_timeout_s: float,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if connect_timeout_s >= total_timeout_s:
             # Keeps the attribution exact: an expiry of the total timeout is always after connect.
             raise ValueError("connect timeout must be shorter than the total timeout")
         self._node_id = node_id
         self._total_timeout_s = total_timeout_s
+        self._scheme = "https" if ssl_context is not None else "http"
         self._session = aiohttp.ClientSession(
-            connector=make_connector(source_ip, force_close=True),
+            connector=make_connector(source_ip, force_close=True, ssl_context=ssl_context),
             timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout_s),
             middlewares=(_classify_failures,),
             auto_decompress=False,
@@ -133,7 +147,7 @@ class Forwarder:
         self, request: web.Request, body: bytes, leader_id: str, leader_http: str
     ) -> web.Response:
         try:
-            url = URL(f"http://{leader_http}{request.rel_url.raw_path_qs}", encoded=True)
+            url = URL(f"{self._scheme}://{leader_http}{request.rel_url.raw_path_qs}", encoded=True)
         except ValueError as exc:
             raise _unreachable(leader_id, leader_http, f"bad leader address: {exc}") from exc
         headers = {FORWARDED_HEADER: self._node_id}
@@ -147,7 +161,12 @@ class Forwarder:
                 ) as resp:
                     payload = await resp.read()
                     status = resp.status
-                    passed = {h: resp.headers[h] for h in _PASSED_BACK_HEADERS if h in resp.headers}
+                    passed = {
+                        h: v
+                        for h, v in resp.headers.items()
+                        if h.lower() in _PASSED_BACK_HEADERS
+                        or h.lower().startswith(_PASSED_BACK_PREFIX)
+                    }
         except _NotSent as exc:
             raise _unreachable(leader_id, leader_http, str(exc)) from exc
         except (_MaybeSent, aiohttp.ClientError, OSError, TimeoutError) as exc:

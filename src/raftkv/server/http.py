@@ -11,7 +11,8 @@ Routes:
 Rules:
 - Replies match the seed README byte for byte where it shows them (field names, messages).
 - Writes on a follower are forwarded once to the leader (`forward.py`); a request that was
-  itself forwarded is never forwarded again. Reads are served locally: a linearizable read is
+  itself forwarded (by a member that proved it, `tls.forwarded_by`) is never forwarded again.
+  Reads are served locally: a linearizable read is
   the runtime's ReadIndex, which works on any node.
 - Every node call runs under `server.request_timeout_ms`. Outcome mapping (`_call`):
   NoLeaderError -> 503 no_leader (nothing was proposed; Retry-After: 1); OperationTimeout or our
@@ -25,11 +26,14 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable
 from typing import Final, TypeVar
 
 from aiohttp import web
 
+from raftkv.kv.commands import Command
 from raftkv.runtime.api import (
     FeatureNotEnabled,
     KVNode,
@@ -39,10 +43,12 @@ from raftkv.runtime.api import (
     OperationTimeout,
 )
 from raftkv.runtime.membership import MembershipManager
+from raftkv.server.auth import Authenticator, AuthNode
+from raftkv.server.auth_routes import Forwarded, add_auth_routes
 from raftkv.server.backup_routes import add_backup_routes
 from raftkv.server.config import Settings
 from raftkv.server.errors import ApiError, error_middleware, error_response, json_response
-from raftkv.server.forward import FORWARDED_HEADER, Forwarder, resolve_source_ip
+from raftkv.server.forward import Forwarder, resolve_source_ip
 from raftkv.server.inputs import (
     check_content_length,
     key_from_request,
@@ -53,8 +59,10 @@ from raftkv.server.kv_routes import KvRoutes
 from raftkv.server.limits import BodyGate
 from raftkv.server.members_routes import add_member_routes
 from raftkv.server.metrics_routes import HttpMetrics, add_metrics_routes
+from raftkv.server.retention import retention_task
 from raftkv.server.runner import server_kwargs
 from raftkv.server.status import StatusProbe, cluster_status, local_status_json
+from raftkv.server.tls import forwarded_by, node_client_context
 from raftkv.server.txn_routes import TxnRoutes
 
 T = TypeVar("T")
@@ -74,12 +82,24 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
     api = _Api(node, settings)
     max_body = max_body_bytes(settings.max_value_bytes)
     gate = BodyGate(settings.http_limits, max_body)
+    auth = (
+        Authenticator(
+            node, token_ttl_s=settings.token_ttl_s, max_value_bytes=settings.max_value_bytes
+        )
+        if isinstance(node, AuthNode)
+        else None
+    )
+    if settings.auth_enabled and auth is None:
+        raise ValueError("auth.enabled needs a node that stores users and roles")
+    # After the body gate (bounded, timed), so that a transaction's keys can be checked.
+    checks = [auth.middleware] if settings.auth_enabled and auth is not None else []
     app = web.Application(
-        middlewares=[error_middleware, gate.middleware],
+        middlewares=[error_middleware, gate.middleware, *checks],
         client_max_size=max_body,
         handler_args=server_kwargs(settings),
     )
     app.cleanup_ctx.append(api.client_sessions)
+    app.cleanup_ctx.append(retention_task(node, settings.config.storage.history_revisions))
     kv = KvRoutes(node, settings, api)
     txn = TxnRoutes(node, settings, api)
     routes = (
@@ -105,8 +125,30 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
     membership = getattr(node, "membership", None)
     if isinstance(membership, MembershipManager):
         add_member_routes(app, membership, settings)
+    if auth is not None:
+        add_auth_routes(app, node, auth, api.propose)
+        if settings.auth_enabled:
+            app.cleanup_ctx.append(functools.partial(_auth_upkeep, auth, node, settings))
     add_backup_routes(app, node)
     return app
+
+
+async def _auth_upkeep(
+    auth: Authenticator, node: KVNode, settings: Settings, _app: web.Application
+) -> AsyncIterator[None]:
+    """The leader makes the token-signing key and the bootstrap root user (auth.maintain)."""
+
+    def is_leader() -> bool:
+        status = node.local_status()
+        return status.leader_id == status.node_id
+
+    task = asyncio.create_task(auth.maintain(is_leader, settings.root_password))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class _Api:
@@ -120,13 +162,15 @@ class _Api:
 
     async def client_sessions(self, _app: web.Application) -> AsyncIterator[None]:
         source_ip = await resolve_source_ip(self._settings.http_address.host)
+        ssl_context = node_client_context(self._settings)
         self._forwarder = Forwarder(
             self._node.node_id,
             source_ip=source_ip,
             connect_timeout_s=min(FORWARD_CONNECT_TIMEOUT_S, self._timeout_s / 2),
             total_timeout_s=self._timeout_s + FORWARD_GRACE_S,
+            ssl_context=ssl_context,
         )
-        self._probe = StatusProbe(source_ip=source_ip)
+        self._probe = StatusProbe(source_ip=source_ip, ssl_context=ssl_context)
         try:
             yield
         finally:
@@ -206,10 +250,20 @@ class _Api:
                 waiting_for=exc.waiting_for,
             ) from exc
 
+    async def propose(self, request: web.Request, cmd: Command) -> object:
+        """Propose `cmd` (auth management); on a follower, forward the request to the leader
+        (raises `Forwarded` with the leader's reply)."""
+        if not isinstance(self._node, AuthNode):
+            raise ApiError(501, "not_supported", "this node does not support auth")
+        try:
+            return await self.call(self._node.propose_command(cmd), write=True)
+        except NotLeaderError as exc:
+            raise Forwarded(await self.forward(request, await request.read(), exc)) from None
+
     async def forward(
         self, request: web.Request, body: bytes, exc: NotLeaderError
     ) -> web.StreamResponse:
-        if FORWARDED_HEADER in request.headers:
+        if forwarded_by(request, self._settings) is not None:
             # We were the leader when the follower asked; we are not any more. Forwarding again
             # could loop between two nodes with stale views: let the client retry instead.
             raise _not_leader(exc)

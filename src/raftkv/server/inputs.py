@@ -58,9 +58,10 @@ def key_from_request(request: web.Request) -> str:
     if len(key_bytes) > MAX_KEY_BYTES:
         raise _key_too_large(len(key_bytes))
     try:
-        return key_bytes.decode("utf-8")
+        key = key_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_key", "key is not valid UTF-8 once percent-decoded") from exc
+    return key
 
 
 def _key_too_large(size: int | None) -> ApiError:

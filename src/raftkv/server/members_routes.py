@@ -32,6 +32,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
+from ssl import SSLContext
 from typing import Any, Final
 
 import aiohttp
@@ -58,6 +59,7 @@ from raftkv.server.forward import (
     resolve_source_ip,
 )
 from raftkv.server.joining import shared_config
+from raftkv.server.tls import node_client_context
 
 log = structlog.get_logger(__name__)
 
@@ -96,14 +98,18 @@ class _MemberRoutes:
     async def client_session(self, _app: web.Application) -> AsyncIterator[None]:
         timeout_s = self._settings.request_timeout_ms / 1000
         source_ip = await resolve_source_ip(self._settings.http_address.host)
+        ssl_context = node_client_context(self._settings)
         self._forwarder = Forwarder(
             str(self._settings.node_id),
             source_ip=source_ip,
+            ssl_context=ssl_context,
             connect_timeout_s=min(1.0, timeout_s / 2),
             # A removal of the leader may wait for a handover before its own proposal.
             total_timeout_s=2 * timeout_s + 2.0,
         )
-        watch = asyncio.create_task(self._watch_removal(source_ip), name="removal-watch")
+        watch = asyncio.create_task(
+            self._watch_removal(source_ip, ssl_context), name="removal-watch"
+        )
         try:
             yield
         finally:
@@ -113,9 +119,10 @@ class _MemberRoutes:
             await self._forwarder.close()
             self._forwarder = None
 
-    async def _watch_removal(self, source_ip: str | None) -> None:
+    async def _watch_removal(self, source_ip: str | None, ssl_context: SSLContext | None) -> None:
+        scheme = "https" if ssl_context is not None else "http"
         async with aiohttp.ClientSession(
-            connector=make_connector(source_ip, force_close=False),
+            connector=make_connector(source_ip, force_close=False, ssl_context=ssl_context),
             timeout=aiohttp.ClientTimeout(total=REMOVAL_CHECK_S),
             trust_env=False,
         ) as session:
@@ -128,7 +135,7 @@ class _MemberRoutes:
                     if peer == me or not http:
                         continue
                     try:
-                        async with session.get(f"http://{http}/cluster/config") as resp:
+                        async with session.get(f"{scheme}://{http}/cluster/config") as resp:
                             doc = await resp.json() if resp.status == 200 else {}
                     except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
                         continue

@@ -33,6 +33,7 @@ from aiohttp.web_request import BaseRequest
 from raftkv.server.config import Settings
 from raftkv.server.errors import error_response, http_error_code
 from raftkv.server.inputs import MAX_KEY_BYTES
+from raftkv.server.tls import scheme, server_context
 
 log = structlog.get_logger(__name__)
 
@@ -69,14 +70,21 @@ async def run_http(app: web.Application, settings: Settings) -> web.AppRunner:
     await runner.setup()
     try:
         site = web.TCPSite(
-            runner, settings.http_listen.host, settings.http_listen.port, reuse_address=True
+            runner,
+            settings.http_listen.host,
+            settings.http_listen.port,
+            reuse_address=True,
+            ssl_context=server_context(settings),
         )
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
     log.info(
-        "http listening", listen=str(settings.http_listen), advertised=str(settings.http_address)
+        "http listening",
+        listen=str(settings.http_listen),
+        advertised=str(settings.http_address),
+        scheme=scheme(settings),
     )
     return runner
 

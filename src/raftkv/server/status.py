@@ -11,6 +11,7 @@ Rules:
 - Per node `format_version` and `command_set` (what it understands; null when it does not
   answer) and `cluster_version`, their minimum (1 while any node does not answer).
 - Nodes are listed sorted by id (the project's convention: never set or arrival order).
+- Probes speak HTTPS when the API does, presenting this node's peer certificate (tls.py).
 - Probes bind this node's address like forwarding does; they are GETs, so aiohttp's one retry on
   a dropped pooled connection is harmless here.
 """
@@ -18,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final
@@ -39,9 +41,16 @@ _LOCAL_DECODER: Final = msgspec.json.Decoder(LocalStatus)
 class StatusProbe:
     """Asks peers for their `/cluster/local` over a pooled, source-bound client session."""
 
-    def __init__(self, *, source_ip: str | None, timeout_s: float = PEER_STATUS_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        *,
+        source_ip: str | None,
+        timeout_s: float = PEER_STATUS_TIMEOUT_S,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._scheme = "https" if ssl_context is not None else "http"
         self._session = aiohttp.ClientSession(
-            connector=make_connector(source_ip, force_close=False),
+            connector=make_connector(source_ip, force_close=False, ssl_context=ssl_context),
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             trust_env=False,
         )
@@ -52,7 +61,7 @@ class StatusProbe:
     async def fetch(self, node_id: str, http_address: str) -> LocalStatus | None:
         try:
             async with self._session.get(
-                f"http://{http_address}/cluster/local", allow_redirects=False
+                f"{self._scheme}://{http_address}/cluster/local", allow_redirects=False
             ) as resp:
                 if resp.status != 200:
                     return None

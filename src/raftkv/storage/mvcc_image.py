@@ -2,8 +2,8 @@
 
 Rules:
 - Records (see `raftkv.codec.mvcc`): `LAYOUT_RECORD` first, then the meta counters (revision,
-  compact, clock), every kept history event in (rev, sub) order, remembered replies, sessions
-  (replies before sessions: LMDB's byte order of its `sess` database).
+  compact, clock), every kept history event in (rev, sub) order, auth records, remembered
+  replies, sessions (LMDB's byte order of its `sess` database: b"a" < b"r" < b"s").
   The live keys are not written: they are the last event of every key, rebuilt on install.
 - A snapshot whose first record is not `LAYOUT_RECORD` was written before revisions existed:
   its records are (UTF-8 key, UTF-8 value), and install gives every key create_revision =
@@ -37,6 +37,8 @@ class ImageSink(Protocol):
 
     def put_reply(self, sid: int, seq: int, result: Result) -> None: ...
 
+    def auth_put(self, name: str, record: str) -> None: ...
+
 
 def meta_records(revision: int, compact: int, clock: int) -> list[tuple[bytes, bytes]]:
     return [
@@ -51,6 +53,8 @@ def dict_image(state: DictState) -> Iterator[tuple[bytes, bytes]]:
     yield from meta_records(state.revision(), state.compact_revision(), state.clock_ms())
     for rev, sub, (key, kv) in state.events():
         yield codec.EVENT_PREFIX + codec.rev_id(rev, sub), codec.encode_event(key, kv)
+    for name, record in state.auth_items(""):  # b"a" sorts first in LMDB's `sess` database
+        yield codec.AUTH_PREFIX + name.encode(), record.encode()
     for sid, seq, result in state.replies():
         yield codec.REPLY_PREFIX + codec.reply_id(sid, seq), codec.encode_result(result)
     for sid in state.session_ids():
@@ -114,6 +118,8 @@ def _load_record(kb: bytes, vb: bytes, sink: ImageSink) -> None:
         sid = codec.decode_u64(kb[len(codec.SESSION_PREFIX) :])
         rec = codec.decode_session(vb)
         sink.put_session(sid, rec.ttl_ms, rec.last_ms, rec.floor)
+    elif kb.startswith(codec.AUTH_PREFIX):
+        sink.auth_put(kb[len(codec.AUTH_PREFIX) :].decode(), vb.decode())
     elif kb.startswith(codec.REPLY_PREFIX):
         sid, seq = codec.parse_reply_id(kb[len(codec.REPLY_PREFIX) :])
         sink.put_reply(sid, seq, codec.decode_result(vb))

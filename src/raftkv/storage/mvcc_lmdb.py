@@ -5,7 +5,8 @@ Rules:
     kv    stored key -> current `KeyValue` (codec.mvcc.encode_kv): the live keys
     hist  rev id (rev u64 BE, sub u32 BE) -> `HistEvent`: history, in revision order
     idx   stored key -> rev ids of the key's kept events (DUPSORT, sorted): history by key
-    sess  b"s" + id -> session record; b"r" + id + seq -> remembered reply
+    sess  b"s" + id -> session record; b"r" + id + seq -> remembered reply;
+          b"a" + name -> auth record (raftkv.kv.auth: users, roles, signing key)
     meta  applied, conf (state_lmdb.py), revision, compact, clock, compacted_to, layout
   A watch resumes from revision R by scanning `hist` from rev_id(R, 0).
 - Stored keys: LMDB keys are at most 511 bytes, but a client key may be longer (the HTTP layer
@@ -245,6 +246,20 @@ class LmdbStore:
     def drop_reply(self, sid: int, seq: int) -> None:
         self._txn.delete(b"r" + codec.reply_id(sid, seq), db=self._dbs.sess)
 
+    # -- auth ---------------------------------------------------------------------------------
+    def auth_get(self, name: str) -> str | None:
+        raw = self._txn.get(b"a" + name.encode(), db=self._dbs.sess)
+        return None if raw is None else raw.decode()
+
+    def auth_put(self, name: str, record: str) -> None:
+        self._txn.put(b"a" + name.encode(), record.encode(), db=self._dbs.sess)
+
+    def auth_delete(self, name: str) -> None:
+        self._txn.delete(b"a" + name.encode(), db=self._dbs.sess)
+
+    def auth_items(self, prefix: str) -> list[tuple[str, str]]:
+        return [(k[1:].decode(), v.decode()) for k, v in self._scan(b"a" + prefix.encode())]
+
     def _scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
         with self._txn.cursor(self._dbs.sess) as cur:
@@ -314,7 +329,8 @@ def lmdb_image(txn: lmdb.Transaction[bytes], dbs: Dbs) -> Iterator[tuple[bytes, 
             yield codec.EVENT_PREFIX + rid, raw
     with txn.cursor(dbs.sess) as cur:
         for k, raw in cur:
-            yield (codec.SESSION_PREFIX if k[:1] == b"s" else codec.REPLY_PREFIX) + k[1:], raw
+            prefix = {b"s": codec.SESSION_PREFIX, b"r": codec.REPLY_PREFIX, b"a": codec.AUTH_PREFIX}
+            yield prefix[k[:1]] + k[1:], raw
 
 
 def clear(txn: lmdb.Transaction[bytes], dbs: Dbs) -> None:

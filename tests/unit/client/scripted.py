@@ -41,8 +41,19 @@ class Harness:
         return self.now
 
     def drive(self, flow: Flow[T]) -> T:
+        return self._loop(flow, next(flow))
+
+    def drive_from(self, flow: Flow[T], outcome: Outcome) -> T:
+        """Continue a started flow: `outcome` answers the action it last yielded."""
         try:
-            action = next(flow)
+            action = flow.send(outcome)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        return self._loop(flow, action)
+
+    def _loop(self, flow: Flow[T], action: Send | Sleep) -> T:
+        try:
             while True:
                 match action:
                     case Send():

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from raftkv.client import protocol
-from raftkv.client.engine import DOWN_S, MaybeSent, NotSent, Send, single
+from raftkv.client.engine import DOWN_S, MaybeSent, NotSent, Send, Sleep, single
 from raftkv.client.errors import (
     Compacted,
     NotFound,
@@ -13,6 +15,7 @@ from raftkv.client.errors import (
     PreconditionFailed,
     SessionExpired,
     TLSError,
+    Unauthorized,
     Unavailable,
 )
 from raftkv.client.types import KeyValue, PutResult
@@ -57,12 +60,16 @@ class Router:
         self.kv = list(kv)
         self.status_reply = status_reply
         self.session = session
+        self.tokens = 0
 
     def __call__(self, send: Send) -> object:
         if send.target == "/cluster/status":
             return self.status_reply
         if send.target == "/session":
             return self.session
+        if send.target == "/auth/token":
+            self.tokens += 1
+            return reply(200, {"token": f"tok{self.tokens}", "type": "Bearer"})
         assert self.kv, f"unexpected extra send {send.method} {send.endpoint}{send.target}"
         return self.kv.pop(0)
 
@@ -317,3 +324,40 @@ def test_a_user_not_allowed_sessions_writes_without() -> None:
     with pytest.raises(OutcomeUnknown):  # no session: a lost reply is not retried
         h.drive(e.call(protocol.put("k", "v")))
     assert len(h.of("POST", "/session")) == 1
+
+
+def test_concurrent_first_writes_open_one_session() -> None:
+    h = harness(Router(OK_PUT, OK_PUT, session=SESSION, status_reply=status("n2:2")))
+    e = engine(h)
+    a, b = e.call(protocol.put("a", "v")), e.call(protocol.put("b", "v"))
+    first_a = next(a)
+    assert isinstance(first_a, Send) and first_a.target == "/session"
+    first_b = next(b)
+    assert isinstance(first_b, Sleep)  # b waits for a's session instead of opening its own
+    h.sends.append(first_a)
+    h.drive_from(a, SESSION)
+    h.drive_from(b, None)
+    assert len(h.of("POST", "/session")) == 1
+    assert {headers(p)["Raftkv-Session"] for p in h.of("PUT")} == {"17"}
+
+
+def test_token_auth_fetches_and_renews_the_token() -> None:
+    expired = error(401, "token_expired")
+    h = harness(Router(OK_PUT, expired, OK_GET, status_reply=status("n2:2")))
+    e = engine(h, username="ann", password="pw", token_auth=True)
+    h.drive(e.call(protocol.put("k", "v")))
+    assert h.drive(e.call(protocol.get("k"))).value == "v"
+    token_calls = h.of("POST", "/auth/token")
+    assert len(token_calls) == 2
+    assert json.loads(token_calls[0].body) == {"name": "ann", "password": "pw"}
+    assert "Authorization" not in headers(token_calls[0])
+    auth = [headers(s).get("Authorization") for s in h.sends if s.target.startswith("/kv")]
+    assert auth == ["Bearer tok1", "Bearer tok1", "Bearer tok2"]
+
+
+def test_a_renewed_token_that_is_refused_again_is_raised() -> None:
+    h = harness(Router(error(401, "invalid_token"), error(401, "invalid_token")))
+    e = engine(h, username="ann", password="pw", token_auth=True)
+    with pytest.raises(Unauthorized):
+        h.drive(e.call(protocol.get("k")))
+    assert len(h.of("POST", "/auth/token")) == 1  # fetched for this call: not renewed again

@@ -234,7 +234,10 @@ BAD_FILES = [
         SEED.replace("  level:", "  levle:"),
         "logging.levle: unknown key (expected one of format, level)",
     ),
-    (SEED + "extra: 1\n", "extra: unknown key (expected one of cluster, raft, server, logging)"),
+    (
+        SEED + "extra: 1\n",
+        "extra: unknown key (expected one of cluster, raft, server, storage, logging, tls, auth)",
+    ),
     (
         SEED.replace('level: "info"', 'level: "loud"'),
         "logging.level: must be one of debug, info, warning, error, critical (got 'loud')",

@@ -1,0 +1,250 @@
+"""HTTPS for the API and node-to-node HTTP with peer certificates (server/tls.py).
+
+Certificates come from `raftkv certs init` (transport/certs.py), made once per module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from raftkv.server.config import Address, ConfigError, Settings, load_settings
+from raftkv.server.forward import FORWARDED_HEADER
+from raftkv.server.http import create_app
+from raftkv.server.runner import run_http
+from raftkv.server.tls import HttpTlsFiles, server_context, verified_node_ids
+from raftkv.transport.certs import CertLayout, init_certs
+from raftkv.transport.tls import TlsFiles
+from tests.unit.server.fakes import FakeNode, aio, closed_port, make_settings
+
+NODES = ("node-1", "node-2", "node-3")
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> CertLayout:
+    root = tmp_path_factory.mktemp("certs")
+    init_certs(root, list(NODES), ["localhost", "127.0.0.1"])
+    return CertLayout(root)
+
+
+def tls_settings(
+    tmp_path: Path, certs: CertLayout, node_id: str, *, client_ca: bool = False, **kw: Any
+) -> Settings:
+    return make_settings(
+        tmp_path,
+        node_id,
+        tls_http=HttpTlsFiles(
+            certs.http_cert(node_id),
+            certs.http_key(node_id),
+            certs.ca_cert if client_ca else None,
+        ),
+        tls_peer=TlsFiles(certs.peer_cert(node_id), certs.peer_key(node_id), certs.ca_cert),
+        **kw,
+    )
+
+
+def client_ctx(certs: CertLayout, *, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    if cert is not None:
+        ctx.load_cert_chain(*cert)
+    return ctx
+
+
+@asynccontextmanager
+async def serving(node: FakeNode, settings: Settings) -> AsyncIterator[int]:
+    settings = dataclasses.replace(settings, http_listen=Address("127.0.0.1", 0))
+    runner = await run_http(create_app(node, settings), settings)
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def fetch(
+    method: str, url: str, ctx: ssl.SSLContext | bool, **kw: Any
+) -> tuple[int, dict[str, Any]]:
+    connector = aiohttp.TCPConnector(ssl=ctx)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.request(method, url, **kw) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+@aio
+async def test_https_api_and_plain_http_refused(tmp_path: Path, certs: CertLayout) -> None:
+    node = FakeNode()
+    async with serving(node, tls_settings(tmp_path, certs, "node-1")) as port:
+        ctx = client_ctx(certs)
+        status, body = await fetch(
+            "PUT",
+            f"https://localhost:{port}/kv/a",
+            ctx,
+            data=b"v",
+            headers={"Content-Type": "text/plain"},
+        )
+        assert (status, body["value"]) == (200, "v")
+        status, body = await fetch("GET", f"https://127.0.0.1:{port}/kv/a", ctx)
+        assert (status, body["key"], body["value"]) == (200, "a", "v")
+        with pytest.raises(aiohttp.ClientError):  # plain HTTP to the HTTPS port
+            await fetch("GET", f"http://127.0.0.1:{port}/kv/a", False)
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):  # not our CA: refused
+            await fetch("GET", f"https://127.0.0.1:{port}/kv/a", ssl.create_default_context())
+
+
+@aio
+async def test_client_ca_requires_a_client_certificate(tmp_path: Path, certs: CertLayout) -> None:
+    settings = tls_settings(tmp_path, certs, "node-1", client_ca=True)
+    async with serving(FakeNode(), settings) as port:
+        url = f"https://localhost:{port}/health"
+        with pytest.raises(aiohttp.ClientError):
+            await fetch("GET", url, client_ctx(certs))
+        client = (certs.client_cert("root"), certs.client_key("root"))
+        assert (await fetch("GET", url, client_ctx(certs, cert=client)))[0] == 200
+
+
+class Recorder:
+    """An HTTPS 'leader' that records what reached it: headers and the caller's node ids."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[dict[str, str], list[str]]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append((dict(request.headers), verified_node_ids(request)))
+        return web.json_response(
+            {"ok": True}, headers={"ETag": '"7"', "Raftkv-Revision": "7", "X-Other": "no"}
+        )
+
+
+@asynccontextmanager
+async def recorder_leader(settings: Settings, recorder: Recorder) -> AsyncIterator[int]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", recorder.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context(settings))
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@aio
+async def test_forward_over_https_presents_peer_cert_and_passes_headers(
+    tmp_path: Path, certs: CertLayout
+) -> None:
+    recorder = Recorder()
+    async with recorder_leader(tls_settings(tmp_path, certs, "node-1"), recorder) as port:
+        peers = {"node-1": f"127.0.0.1:{port}", "node-2": "127.0.0.1:2", "node-3": "127.0.0.1:3"}
+        follower = FakeNode("node-2", leader_id="node-1", http_peers=peers)
+        async with serving(follower, tls_settings(tmp_path, certs, "node-2")) as fport:
+            headers = {
+                "Authorization": "Bearer abc",
+                "If-Match": '"3"',
+                "Raftkv-Session": "5",
+                "Raftkv-Seq": "4",
+                "Raftkv-Ack": "3",
+                "Content-Type": "text/plain",
+            }
+            async with (
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=client_ctx(certs))
+                ) as session,
+                session.put(f"https://localhost:{fport}/kv/k", data=b"v", headers=headers) as resp,
+            ):
+                assert resp.status == 200
+                assert resp.headers["ETag"] == '"7"'
+                assert resp.headers["Raftkv-Revision"] == "7"
+                assert "X-Other" not in resp.headers
+    [(got, callers)] = recorder.seen
+    assert callers == ["node-2"]  # the follower proved who it is with its peer certificate
+    assert got[FORWARDED_HEADER] == "node-2"
+    for name, value in headers.items():
+        assert got[name] == value
+
+
+@aio
+async def test_forwarded_by_claim_without_peer_cert_is_ignored(
+    tmp_path: Path, certs: CertLayout
+) -> None:
+    # node-1 believes node-3 (unreachable) leads. A forwarded request that node-1 believes is
+    # answered 503 not_leader (never forwarded again); an unproven claim is handled as a
+    # client's request: node-1 tries to forward it.
+    peers = {
+        "node-1": "127.0.0.1:1",
+        "node-2": "127.0.0.1:2",
+        "node-3": f"127.0.0.1:{closed_port()}",
+    }
+    node = FakeNode("node-1", leader_id="node-3", http_peers=peers)
+    async with serving(node, tls_settings(tmp_path, certs, "node-1")) as port:
+        url = f"https://localhost:{port}/kv/k"
+        claim = {FORWARDED_HEADER: "node-2"}
+        status, body = await fetch("PUT", url, client_ctx(certs), data=b"v", headers=claim)
+        assert (status, body["code"]) == (503, "leader_unreachable")
+        # The same claim made with node-2's peer certificate is believed.
+        ctx = client_ctx(certs, cert=(certs.peer_cert("node-2"), certs.peer_key("node-2")))
+        status, body = await fetch("PUT", url, ctx, data=b"v", headers=claim)
+        assert (status, body["code"]) == (503, "not_leader")
+        # A peer certificate naming another node does not prove the claim either.
+        ctx = client_ctx(certs, cert=(certs.peer_cert("node-3"), certs.peer_key("node-3")))
+        status, body = await fetch("PUT", url, ctx, data=b"v", headers=claim)
+        assert (status, body["code"]) == (503, "leader_unreachable")
+    assert node.data == {}
+
+
+@aio
+async def test_forward_to_a_leader_with_an_untrusted_cert_is_not_sent(
+    tmp_path: Path, certs: CertLayout, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    other = tmp_path_factory.mktemp("other-ca")
+    init_certs(other, ["node-1"], ["localhost", "127.0.0.1"])
+    recorder = Recorder()
+    rogue = tls_settings(tmp_path, CertLayout(other), "node-1")
+    async with recorder_leader(rogue, recorder) as port:
+        settings = tls_settings(tmp_path, certs, "node-2")
+        peers = {"node-1": f"127.0.0.1:{port}", "node-2": "127.0.0.1:2", "node-3": "127.0.0.1:3"}
+        follower = FakeNode("node-2", leader_id="node-1", http_peers=peers)
+        async with serving(follower, settings) as fport:
+            status, body = await fetch(
+                "PUT", f"https://localhost:{fport}/kv/k", client_ctx(certs), data=b"v"
+            )
+    assert (status, body["code"]) == (503, "leader_unreachable")  # refused at the handshake
+    assert recorder.seen == []
+
+
+def test_tls_config_paths_and_errors(tmp_path: Path, certs: CertLayout) -> None:
+    base = tmp_path / "cluster.yaml"
+    seed = (
+        "cluster:\n  nodes:\n    node-1: '127.0.0.1:9001'\n    node-2: '127.0.0.1:9002'\n"
+        f"  data_dir: '{tmp_path}/data'\n"
+    )
+    base.write_text(
+        seed
+        + "tls:\n  http:\n"
+        + f"    cert: '{certs.root}/{{node_id}}/http.crt'\n"
+        + f"    key: '{certs.root}/{{node_id}}/http.key'\n"
+        + "  peer:\n"
+        + f"    cert: '{certs.root}/{{node_id}}/peer.crt'\n"
+        + f"    key: '{certs.root}/{{node_id}}/peer.key'\n"
+        + f"    ca: '{certs.ca_cert}'\n"
+    )
+    s = load_settings({"config": base, "node_id": "node-2"}, env={})
+    assert s.tls_http == HttpTlsFiles(certs.http_cert("node-2"), certs.http_key("node-2"), None)
+    assert s.tls_peer == TlsFiles(
+        certs.peer_cert("node-2"), certs.peer_key("node-2"), certs.ca_cert
+    )
+    base.write_text(seed + f"tls:\n  http:\n    cert: '{certs.root}/nope.crt'\n    key: x\n")
+    with pytest.raises(ConfigError, match=r"^tls\.http\.cert: .*nope\.crt does not exist"):
+        load_settings({"config": base, "node_id": "node-2"}, env={})
+    base.write_text(seed + f"tls:\n  peer:\n    cert: '{certs.peer_cert('node-1')}'\n")
+    with pytest.raises(ConfigError, match=r"^tls\.peer\.key: required"):
+        load_settings({"config": base, "node_id": "node-2"}, env={})
