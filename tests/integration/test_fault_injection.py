@@ -16,15 +16,18 @@ RAFTKV_FAULT_MATRIX=1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from tests.integration.cluster import HttpError, MakeCluster, wait_for
+from tests.integration.cluster import Cluster, HttpError, MakeCluster, wait_for
 
 STRACE = shutil.which("strace")
 pytestmark = pytest.mark.skipif(STRACE is None, reason="strace is not installed")
@@ -62,7 +65,10 @@ def _matrix() -> list[Point]:
             ("pwrite64", "EIO"),
             ("write", "ENOSPC"),
         ):
-            for when in (5, 30, 120):
+            # N within what 400 writes reach: write (-P: snapshot files only) and fsync
+            # (snapshot file + directory) are called a few times per snapshot.
+            whens = (2, 8, 20) if syscall in ("write", "fsync") else (5, 30, 120)
+            for when in whens:
                 points.append(Point(role, syscall, error, when, snapshot_every=25))
     return points
 
@@ -72,6 +78,15 @@ def run_point(make_cluster: MakeCluster, p: Point) -> dict[str, float]:
     victim = "node-1" if p.role == "leader" else "node-3"
     others = [n for n in c.nodes if n != victim]
     trace = c.root / f"strace-{victim}.txt"
+    data = c.nodes[victim].data_dir
+    # write/pwrite64 also carry sockets and the log: inject only into the node's data files
+    # (strace -P counts and injects per matching path). fsync/fdatasync are all storage.
+    paths = (
+        [data / "raft.db", data / "raft.db-wal", data / "state" / "data.mdb"]
+        + [data / "snapshots" / n for n in ("building.tmp.tmp", "building.tmp")]
+        if "write" in p.syscall
+        else []
+    )
     prefix = [
         str(STRACE),
         "-f",
@@ -79,6 +94,7 @@ def run_point(make_cluster: MakeCluster, p: Point) -> dict[str, float]:
         "-ttt",
         "-o",
         str(trace),
+        *(arg for path in paths for arg in ("-P", str(path))),
         "-e",
         f"trace={p.syscall}",
         "-e",
@@ -91,6 +107,19 @@ def run_point(make_cluster: MakeCluster, p: Point) -> dict[str, float]:
     else:
         c.start(others)
         c.start_node(victim, prefix=prefix)
+    node = c.nodes[victim]
+    assert node.proc is not None
+    traced_group = node.proc.pid  # strace and the node share a session (start_new_session)
+    try:
+        return _run_traced(c, p, victim, trace)
+    finally:
+        # Killing strace alone would leave the traced node running: kill the whole group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(traced_group, signal.SIGKILL)
+
+
+def _run_traced(c: Cluster, p: Point, victim: str, trace: Path) -> dict[str, float]:
+    others = [n for n in c.nodes if n != victim]
     node = c.nodes[victim]
     acked: dict[str, str] = {}
 
@@ -116,6 +145,7 @@ def run_point(make_cluster: MakeCluster, p: Point) -> dict[str, float]:
         if reply is not None and reply.status == 200:
             acked[key] = value
         i += 1
+    assert i < MAX_WRITES or not node.running, f"the fault never fired in {MAX_WRITES} writes"
     wait_for(f"{victim} to exit after the fault", lambda: not node.running, 30.0, c.dump_logs)
     exited_at = time.time()
     assert node.proc is not None

@@ -24,7 +24,7 @@ import typer
 
 from raftkv.ops.recovery import RecoveryError, force_new_cluster
 from raftkv.raft.types import NodeId
-from raftkv.runtime.driver import NodeRemoved
+from raftkv.runtime.member_table import NodeRemoved
 from raftkv.runtime.node import RaftKVNode
 from raftkv.runtime.options import NodeOptions
 from raftkv.server.config import ConfigError, Settings
@@ -37,6 +37,13 @@ from raftkv.storage.errors import StorageError
 from raftkv.storage.failure import EXIT_IOERR, StorageFailure, describe, is_storage_error
 from raftkv.transport.tls import PeerTls, TlsConfigError
 
+DAMAGED_DATA_ADVICE = (
+    "What is safe: do NOT delete the data directory and restart this node under the same id "
+    "(it would forget its term and votes and could vote twice, and lose entries it "
+    "acknowledged). Keep the directory for analysis; remove this node from the cluster and "
+    "add a replacement with a new id and an empty data directory (docs/durability.md, "
+    "'Replacing a damaged node')"
+)
 _STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
@@ -236,7 +243,7 @@ def register(app: typer.Typer) -> None:
             print(f"raftkv: {exc}", file=sys.stderr)
             raise typer.Exit(EXIT_IOERR) from None
         except StorageError as exc:
-            print(f"raftkv: refusing to start: {exc}", file=sys.stderr)
+            print(f"raftkv: refusing to start: {exc}. {DAMAGED_DATA_ADVICE}", file=sys.stderr)
             raise typer.Exit(3) from None
         except OSError as exc:
             if exc.errno in _STORAGE_ERRNOS:

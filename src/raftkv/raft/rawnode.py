@@ -193,6 +193,11 @@ class RawNode:
         """The known leader of the current term (cheap; `status()` builds a full record)."""
         return self.raft.leader
 
+    @property
+    def conf(self) -> ConfState:
+        """The configuration in force, pending changes included (cheap, like `leader`)."""
+        return self.raft.conf
+
     def status(self) -> Status:
         r = self.raft
         progress = {

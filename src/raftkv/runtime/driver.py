@@ -21,16 +21,15 @@ Rules:
   the environment.
 - Metrics (`metrics.py`): the driver only bumps counters and hands over durations and messages;
   gauges are read at scrape time through `metrics_sample`.
-- Membership: the member addresses are the replicated `ClusterRecord` (runtime/members.py),
-  stored with the configuration in the same apply transaction; the transport dials what it
-  holds. A node that applies its own removal resolves `fatal` with `NodeRemoved` and stops.
+- Membership: member addresses are the replicated record (runtime/member_table.py), stored
+  with the configuration in one apply transaction; a removed node stops (`NodeRemoved`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,7 +42,7 @@ import structlog
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
-from raftkv.raft.messages import AnyMessage
+from raftkv.raft.messages import AnyMessage, InstallSnapshot
 from raftkv.raft.rawnode import RawNode, Status
 from raftkv.raft.ready import Apply, Persist, ReadStates, Ready, SendMessages
 from raftkv.raft.storage import MemoryStorage
@@ -60,33 +59,26 @@ from raftkv.raft.types import (
     SnapshotMeta,
     Term,
 )
+from raftkv.runtime import testhooks
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.features import OWN_VERSIONS
-from raftkv.runtime.member_table import MemberTable, initial_conf, load_record
+from raftkv.runtime.member_table import MemberTable, NodeRemoved, initial_conf, load_record
 from raftkv.runtime.members import ClusterRecord, encode_record, record_after
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
-from raftkv.storage.errors import UndecodableEntryError
+from raftkv.storage import recovery
+from raftkv.storage.errors import CorruptSnapshotError, UndecodableEntryError
 from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
 from raftkv.storage.format import open_data_dir
 from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
-from raftkv.storage.snapshot_file import SnapshotInfo
-from raftkv.storage.state_lmdb import LmdbState
+from raftkv.storage.recovery import snapshot_path as snapshot_path  # re-exported (ops)
+from raftkv.storage.snapshot_file import SnapshotInfo, verify_snapshot_file
 from raftkv.transport.tcp import PeerTransport, TransportTuning
 
 _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
-
-
-class NodeRemoved(Exception):
-    """This node was removed from the cluster (it applied its own removal, or finds itself in
-    the record's `removed` ids at start): it must stop and never rejoin under this id."""
-
-
-def snapshot_path(data_dir: Path, term: Term, index: Index) -> Path:
-    return data_dir / "snapshots" / f"snap-{term:016d}-{index:016d}.snap"
 
 
 class RaftDriver:
@@ -133,19 +125,18 @@ class RaftDriver:
         fmt = await asyncio.to_thread(open_data_dir, d)
         if fmt.migrated:
             log.info("data directory migrated", node=self.id, steps=fmt.migrated, to=fmt.version)
-        (d / "snapshots").mkdir(parents=True, exist_ok=True)
-        (d / "incoming").mkdir(parents=True, exist_ok=True)
+        # Startup recovery (storage/recovery.py): durable dirs, leftovers removed, the state
+        # rebuilt after an unclean OS restart, state and log reconciled or the start refused.
+        await asyncio.to_thread(recovery.prepare_dirs, d)
         self.durable = await asyncio.to_thread(DurableLog.open, d / "raft.db")
         loaded = await asyncio.to_thread(self.durable.load)
-        self.sm = await asyncio.to_thread(LmdbState.open, d / "state")
+        self.sm = await asyncio.to_thread(recovery.open_state, d)
+        loaded = await asyncio.to_thread(recovery.reconcile, d, self.durable, loaded, self.sm)
         self._bootstrap_conf = initial_conf(self.sm.cluster, self.opts)
         self.storage = MemoryStorage(self._bootstrap_conf)
         if loaded.snapshot is not None:
             meta = loaded.snapshot
             path = snapshot_path(d, meta.term, meta.index)
-            if self.sm.applied_index < meta.index:
-                # Only possible if the state was lost: rebuild it from the snapshot file.
-                await asyncio.to_thread(self.sm.install_snapshot, path)
             if not meta.conf.voters:
                 # Recorded before the configuration was kept in the state (see below): no
                 # cluster has zero voters, so it can only mean the configured one.
@@ -157,12 +148,7 @@ class RaftDriver:
             # It must be in the state: snapshots carry the state's configuration, and a node
             # restarted from (or sent) a snapshot with no voters could never campaign again.
             await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
-        self.table.load(await load_record(self.sm, self.opts, self._bootstrap_conf))
-        if self.id in self.table.removed:
-            raise NodeRemoved(
-                f"node {self.id} was removed from the cluster; it cannot rejoin under this id "
-                "(start a new node with a new id and an empty data directory)"
-            )
+        self.table.load(await load_record(self.sm, self.opts, self._bootstrap_conf), start=True)
         self.storage.append(loaded.entries)
         hs = loaded.hard_state
         if hs.commit < self.sm.applied_index <= self.storage.last_index():
@@ -196,7 +182,7 @@ class RaftDriver:
             on_snapshot_status=self._on_snapshot_status,
             snapshot_dir=d / "incoming",
             tuning=self._transport_tuning(),
-            is_member=self._is_member,
+            is_member=self.table.accepts,  # any id but a removed one (member_table.py)
             tls=self.opts.peer_tls,
             advertise=self.opts.advertise_versions or OWN_VERSIONS,  # runtime/features.py
         )
@@ -240,6 +226,7 @@ class RaftDriver:
         await asyncio.to_thread(self.durable.close)
         await asyncio.to_thread(self.sm.sync)
         self.sm.close()
+        await asyncio.to_thread(recovery.mark_clean, self.opts.data_dir)
         log.info("node stopped", node=self.id)
 
     @property
@@ -333,20 +320,6 @@ class RaftDriver:
             max_snapshot_bytes=self.opts.max_snapshot_bytes,
         )
 
-    def _is_member(self, node: NodeId) -> bool:
-        """May `node` open a peer connection to us? Members of the LIVE configuration (the
-        core's, which follows conf changes) may; removed ones may not, whatever the YAML says.
-        Until we are in the configuration ourselves (a joining node that has not caught up),
-        the peers we were configured with may too, so a leader can bring us up to date."""
-        conf = self.raw.raft.conf
-        if node in conf.voters or node in conf.learners:
-            return True
-        return (
-            self.id not in conf.voters
-            and self.id not in conf.learners
-            and node in self.opts.peers_raft
-        )
-
     # -- inputs -------------------------------------------------------------------------------
     def _on_message(self, msg: AnyMessage) -> None:
         if self._stopping or self.failed:
@@ -355,6 +328,41 @@ class RaftDriver:
             self.table.refuse(msg.from_, self._now)
             return
         self.table.heard[msg.from_] = self._now
+        if isinstance(msg, InstallSnapshot) and msg.snapshot.data:
+            # File mode: verify the received file before Raft sees it (off the loop thread).
+            self._tasks.append(asyncio.create_task(self._verify_then_step(msg)))
+            return
+        self._step(msg)
+
+    async def _verify_then_step(self, msg: InstallSnapshot) -> None:
+        """A corrupt received snapshot is discarded and the node keeps running: the leader
+        hears nothing back, its transfer times out or it probes again, and it resends. A
+        snapshot Raft does not take (stale, or we already hold its last entry) is removed from
+        incoming/ at once; a taken one is moved out by `_install_snapshot`."""
+        path = Path(msg.snapshot.data.decode())
+        testhooks.maybe_corrupt_received(path)
+        try:
+            await self._io("snapshot verify", path, self._sm_worker, verify_snapshot_file, path)
+        except CorruptSnapshotError as exc:
+            log.error(
+                "received snapshot is corrupt: discarded, waiting for the leader to resend",
+                node=self.id,
+                leader=msg.from_,
+                error=str(exc),
+            )
+            path.unlink(missing_ok=True)
+            return
+        except Exception as exc:
+            self._die(exc)
+            return
+        if self._stopping or self.failed:
+            return
+        self._step(msg)
+        pending = self.raw.raft.log.unstable_snapshot
+        if pending is None or pending.data != msg.snapshot.data:
+            path.unlink(missing_ok=True)
+
+    def _step(self, msg: AnyMessage) -> None:
         self.metrics.received(msg)
         try:
             self.raw.step(msg)
@@ -484,6 +492,8 @@ class RaftDriver:
                         finally:
                             self._persisting = False
                         self.metrics.persisted(took, len(entries))
+                        if snap is not None:
+                            testhooks.crash_point("snapshot-install:recorded")
                     if snap is not None:
                         self.storage.apply_snapshot(snap)
                     self.storage.append(entries)
@@ -501,13 +511,17 @@ class RaftDriver:
         """Install a received snapshot into the state machine; returns it with our local path."""
         src = Path(snap.data.decode())
         dest = snapshot_path(self.opts.data_dir, snap.meta.term, snap.meta.index)
+        w = self._sm_worker
+        # Order (recovery.py): the file is durably in snapshots/ before the state changes, so
+        # a crash after the install finds it and finishes by recording it in the log.
+        await self._io("rename", dest, w, os.replace, src, dest)
+        await self._io("fsync (directory)", dest.parent, w, fsync_dir, dest.parent)
+        testhooks.crash_point("snapshot-install:moved")
         started = time.perf_counter()
-        info = await self._io(
-            "snapshot install", src, self._sm_worker, self.sm.install_snapshot, src
-        )
+        info = await self._io("snapshot install", dest, w, self.sm.install_snapshot, dest)
         self.metrics.snapshot_done("install", time.perf_counter() - started, info.size)
         self._applied_waiters.applied(self.sm.applied_index)
-        await self._io("rename", dest, self._sm_worker, shutil.move, src, dest)
+        testhooks.crash_point("snapshot-install:installed")
         self._last_snapshot_index = snap.meta.index
         self._set_members(await load_record(self.sm, self.opts, self._bootstrap_conf))
         log.info("installed snapshot", node=self.id, index=snap.meta.index, term=snap.meta.term)
@@ -529,8 +543,8 @@ class RaftDriver:
                 new_conf = conf_after(base, cc)
                 record = record_after(record, cc, new_conf)
         if todo:
-            # The resulting configuration and member record are stored in the same LMDB
-            # transaction, so a snapshot never pairs an index with the wrong configuration.
+            # The configuration and member record go in the same LMDB transaction, so a
+            # snapshot never pairs an index with the wrong configuration.
             cluster = encode_record(record) if new_conf is not None else None
             try:
                 results = self.sm.apply(todo, conf=new_conf, cluster=cluster)
@@ -550,7 +564,6 @@ class RaftDriver:
             self._snapshotting = True
             self._tasks.append(asyncio.create_task(self._take_snapshot()))
 
-    # -- membership (runtime/member_table.py holds the record; membership.py the operations) --
     def _set_members(self, record: ClusterRecord) -> None:
         if self.table.adopt(record, self.transport, self.sm.conf):
             self.learned_removed("its own log")
@@ -562,13 +575,11 @@ class RaftDriver:
             self.fatal.set_result(NodeRemoved(f"node {self.id} was removed from the cluster"))
 
     def track(self, term: Term, index: Index) -> asyncio.Future[object]:
-        """A future resolved when the entry proposed at (term, index) is applied here."""
-        fut = self._proposals.add(term, index)
+        """Resolved when the entry proposed at (term, index) is applied here."""
         self.poke()
-        return fut
+        return self._proposals.add(term, index)
 
     def poke(self) -> None:
-        """Run the Ready loop soon (after a direct call into the core, e.g. a transfer)."""
         self._wake.set()
         self._schedule_pump()
 
@@ -616,13 +627,16 @@ class RaftDriver:
         try:
             # The state must be durable before the log entries behind it go.
             await self._io("fsync (LMDB sync)", self.sm.path, w, self.sm.sync)
+            testhooks.crash_point("snapshot-build:synced")
             tmp = self.opts.data_dir / "snapshots" / "building.tmp"
             started = time.perf_counter()
             info = await self._io("snapshot build", tmp, w, self.sm.build_snapshot, tmp)
             self.metrics.snapshot_done("build", time.perf_counter() - started, info.size)
+            testhooks.crash_point("snapshot-build:written")
             dest = snapshot_path(self.opts.data_dir, Term(info.term), Index(info.index))
             await self._io("rename", dest, w, tmp.rename, dest)
             await self._io("fsync (directory)", dest.parent, w, fsync_dir, dest.parent)
+            testhooks.crash_point("snapshot-build:renamed")
             if info.index <= self.storage.snapshot().meta.index:
                 return
             snap = self.storage.create_snapshot(Index(info.index), info.conf, str(dest).encode())
@@ -635,6 +649,7 @@ class RaftDriver:
                 (),
                 snap.meta,
             )
+            testhooks.crash_point("snapshot-build:recorded")
             keep_from = Index(info.index - self.opts.snapshot_keep_entries)
             if keep_from > self.storage.first_index():
                 self.storage.compact(keep_from)

@@ -7,6 +7,11 @@ Rules:
 - The initial configuration comes from the stored record once there is one (it never changes
   after bootstrap); before that from `NodeOptions.initial_voters` (a joining node) or the
   configured nodes.
+- Peer connections and messages: any id but a removed one is accepted. A node that lags
+  behind a conf change (restarted, partitioned, joining) does not know the members added since,
+  and one of them may be the leader it must catch up from: refusing unknown ids would strand
+  it for good. A removed id never comes back, so refusing those is exact; with mutual TLS the
+  certificate proves the id.
 - Messages from removed ids are refused (etcd answers such a member 410 Gone) and logged at
   most every `REFUSAL_LOG_S` per peer; `heard` keeps the loop time of each member's last
   message (the leader's health view, runtime/membership.py).
@@ -27,6 +32,12 @@ from raftkv.storage.state import StateMachine
 log = structlog.get_logger("raftkv.runtime")
 
 REFUSAL_LOG_S: Final = 10.0
+
+
+class NodeRemoved(Exception):
+    """This node was removed from the cluster (it applied its own removal, another member says
+    so, or it finds itself in the record's `removed` ids at start): it stops, and never rejoins
+    under this id."""
 
 
 class _Dialer(Protocol):
@@ -83,14 +94,18 @@ class MemberTable:
         self.heard: dict[NodeId, float] = {}  # member -> loop time of its last message
         self._refusals_logged: dict[str, float] = {}
 
-    def is_removed(self, node: str) -> bool:
-        """Whether `node` was removed from the cluster: it must never be let back in (the
-        transport may refuse its Hello with this)."""
-        return node in self.removed
+    def accepts(self, node: str) -> bool:
+        """May `node` connect to us (the transport's Hello check)? Any id but a removed one."""
+        return node not in self.removed
 
-    def load(self, record: ClusterRecord) -> None:
+    def load(self, record: ClusterRecord, *, start: bool = False) -> None:
         self.record = record
         self.removed = frozenset(record.removed)
+        if start and self.id in self.removed:
+            raise NodeRemoved(
+                f"node {self.id} was removed from the cluster; it cannot rejoin under this id "
+                "(start a new node with a new id and an empty data directory)"
+            )
 
     def dial_map(self, configured: dict[NodeId, tuple[str, int]]) -> dict[NodeId, tuple[str, int]]:
         """Whom the transport dials at start: the record's addresses; configured ones fill gaps."""

@@ -53,6 +53,8 @@ class RaftKVNode:
         self.opts = opts
         self.driver = RaftDriver(opts)
         self.membership = MembershipManager(self.driver, auto_promote=opts.auto_promote)
+        # (key, value) cache of cluster_versions(): the key is what the value depends on.
+        self._versions: tuple[tuple[object, ...], ClusterVersions] | None = None
         self._backups = Backups(self.driver)
 
     @property
@@ -68,16 +70,21 @@ class RaftKVNode:
         await self.driver.stop()
 
     def cluster_versions(self) -> ClusterVersions:
-        """What every member understands, as this node knows it (runtime/features.py)."""
-        st = self.driver.status()
-        peers = {str(n): v for n, v in self.driver.transport.peer_versions().items()}
-        return cluster_versions(self.opts.node_id, st.conf.all_nodes(), peers)
+        """What every member understands, as this node knows it (runtime/features.py).
+        Recomputed only when the configuration or a peer's advertised versions change."""
+        conf = self.driver.raw.conf
+        advertised = tuple(self.driver.transport.peer_versions().items())
+        if self._versions is None or self._versions[0] != (conf, advertised):
+            peers = {str(n): v for n, v in advertised}
+            computed = cluster_versions(self.opts.node_id, conf.all_nodes(), peers)
+            self._versions = ((conf, advertised), computed)
+        return self._versions[1]
 
     def _check_feature(self, cmd: Command) -> None:
         """The leader refuses a kind that some member cannot apply yet (FeatureNotEnabled)."""
         if kind_of(cmd).since <= BASE_COMMAND_SET:
             return  # understood by every version: no lookup on the hot path
-        if self.driver.status().role is not Role.LEADER:
+        if self.driver.raw.leader != self.opts.node_id:
             return  # the leader decides; a follower's propose raises NotLeader (forwarded)
         check_enabled(cmd, self.cluster_versions())
 

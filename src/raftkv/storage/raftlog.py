@@ -6,6 +6,10 @@ Rules:
   the whole batch: snapshot record, conflict truncation, new entries and hard state together.
   A torn last write is a WAL frame without a valid commit record: SQLite's recovery ignores it,
   so a crash loses at most the last, unacknowledged batch and never leaves half of one.
+- Before SQLite opens the file, `walcheck.check_wal` reads the `-wal` file: damage followed by
+  a later valid transaction refuses the start (CorruptLogError naming file and byte offset);
+  a torn tail (the last, never-acknowledged transaction) is truncated, as SQLite would ignore
+  it anyway.
 - Every entry row carries a CRC32 over (term, index, kind, data); the hard-state and snapshot
   rows carry one over (name, value). `open()` verifies them all, plus contiguity (the entries
   are exactly snapshot.index+1 .. last) and non-decreasing terms; on any failure it raises
@@ -39,7 +43,9 @@ import msgspec
 from raftkv.raft.errors import InvariantViolation
 from raftkv.raft.types import Entry, EntryKind, HardState, Index, SnapshotMeta, Term
 from raftkv.storage.errors import CorruptLogError, StorageError
+from raftkv.storage.failure import StorageFailure, classify
 from raftkv.storage.fsutil import fsync_dir
+from raftkv.storage.walcheck import WalDamage, check_wal
 
 SCHEMA_VERSION = 1
 
@@ -115,8 +121,18 @@ class DurableLog:
     def open(cls, path: Path) -> DurableLog:
         """Open or create the log at `path`, verifying every record (CorruptLogError if bad)."""
         path = Path(path)
+        created_dir = not path.parent.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
+        if created_dir:
+            fsync_dir(path.parent.parent)  # the new directory's own entry must survive a crash
         created = not path.exists()
+        wal = Path(f"{path}-wal")
+        if wal.exists():
+            # Before SQLite's recovery drops everything after a damaged frame (walcheck.py).
+            try:
+                check_wal(wal)
+            except WalDamage as exc:
+                raise CorruptLogError(f"raft log WAL {exc}") from exc
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             log = cls(path, conn)
@@ -124,6 +140,8 @@ class DurableLog:
             log._loaded = log._read_all()
         except sqlite3.DatabaseError as exc:  # e.g. "file is not a database", "malformed"
             conn.close()
+            if classify(exc, "open").errno_name:  # the disk failed (EIO, ENOSPC): not damage
+                raise StorageFailure("open", path, exc) from exc
             raise CorruptLogError(f"raft log {path} is unreadable: {exc}") from exc
         except BaseException:
             conn.close()

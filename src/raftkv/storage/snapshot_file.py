@@ -203,3 +203,12 @@ def write_snapshot_file(
         raise
     fsync_dir(dest.parent)
     return SnapshotInfo(header.index, header.term, header.conf, dest, size)
+
+
+def verify_snapshot_file(path: Path) -> SnapshotHeader:
+    """Read `path` to the end, checking every frame; CorruptSnapshotError if it is damaged."""
+    with open(path, "rb") as f:
+        reader = SnapshotReader(f, str(path))
+        for _ in reader.records():
+            pass
+        return reader.header

@@ -151,3 +151,47 @@ async def test_mixed_version_cluster_gates_new_kinds_until_the_old_member_upgrad
     finally:
         for node in nodes.values():
             await node.stop()
+
+
+def test_leader_gate_follows_configuration_and_hello_changes() -> None:
+    from types import SimpleNamespace
+
+    from raftkv.raft.types import ConfState
+
+    node = RaftKVNode.__new__(RaftKVNode)  # only what the gate reads
+    node._versions = None
+    node.opts = SimpleNamespace(node_id="n1")  # type: ignore[assignment]
+    advertised = {NodeId("n2"): OWN_VERSIONS}
+    raw = SimpleNamespace(conf=ConfState(voters=(NodeId("n1"), NodeId("n2"))), leader="n1")
+    transport = SimpleNamespace(peer_versions=lambda: advertised)
+    node.driver = SimpleNamespace(raw=raw, transport=transport)  # type: ignore[assignment]
+    node._check_feature(Compact(revision=1))  # everyone at the current command set
+
+    raw.conf = ConfState(voters=(NodeId("n1"), NodeId("n2")), learners=(NodeId("n3"),))
+    with pytest.raises(FeatureNotEnabled, match=r"n3 \(not heard from\)"):
+        node._check_feature(Compact(revision=1))  # a learner applies entries too
+    advertised[NodeId("n3")] = OLD
+    with pytest.raises(FeatureNotEnabled, match=r"n3 \(at 1\)"):
+        node._check_feature(Compact(revision=1))
+    advertised[NodeId("n3")] = OWN_VERSIONS
+    node._check_feature(Compact(revision=1))
+    raw.leader = "n2"  # a follower does not gate: the leader does
+    advertised[NodeId("n3")] = OLD
+    node._check_feature(Compact(revision=1))
+
+
+@aio
+async def test_http_reply_is_503_feature_not_enabled_with_context(tmp_path: Path) -> None:
+    from tests.unit.server.fakes import FakeNode, client_for, make_settings
+
+    node = FakeNode()
+    node.fail_with = FeatureNotEnabled("txn", 2, 1, ["node-3 (at 1)"])
+    async with client_for(node, make_settings(tmp_path)) as client:
+        resp = await client.put("/kv/k", json={"value": "v"})
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "5"
+        body = await resp.json()
+    assert body["code"] == "feature_not_enabled"
+    assert body["kind"] == "txn" and body["waiting_for"] == ["node-3 (at 1)"]
+    assert (body["needs_command_set"], body["cluster_command_set"]) == (2, 1)
+    assert "'txn' needs command set 2" in body["error"]

@@ -24,6 +24,7 @@ from raftkv.raft.types import (
 )
 from raftkv.storage.errors import CorruptLogError, StorageError
 from raftkv.storage.raftlog import DurableLog
+from raftkv.storage.walcheck import check_wal
 
 CONF = ConfState(voters=(NodeId("n1"), NodeId("n2"), NodeId("n3")))
 
@@ -371,3 +372,57 @@ def test_any_torn_wal_tail_opens_as_a_consistent_prefix(log: DurableLog, tmp_pat
             seen.add(last)
     assert len(seen) >= 3  # the cuts really landed in different batches
     assert max(seen) < 60  # and the final batch, whose commit frame is cut, never survives
+
+
+# -- mid-WAL damage (storage/walcheck.py) ------------------------------------------------------
+
+
+def flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+@pytest.mark.parametrize("where", ["page", "frame header checksum", "salt"])
+def test_damage_in_the_middle_of_the_wal_is_refused_with_file_and_offset(
+    log: DurableLog, tmp_path: Path, where: str
+) -> None:
+    write_batches(log, 30)
+    image = crash_image(log, tmp_path / "crash")
+    wal = Path(f"{image}-wal")
+    frame, frames = wal_geometry(wal)
+    assert frames >= 30
+    victim = frames // 3
+    start = 32 + victim * frame
+    offset = {"page": start + 24 + 100, "frame header checksum": start + 17, "salt": start + 9}
+    flip(wal, offset[where])
+    with pytest.raises(CorruptLogError) as info:
+        DurableLog.open(image)
+    text = str(info.value)
+    assert str(wal) in text and f"byte offset {start} " in text
+
+
+def test_wal_check_truncates_a_torn_tail_and_keeps_every_commit(
+    log: DurableLog, tmp_path: Path
+) -> None:
+    write_batches(log, 5)
+    image = crash_image(log, tmp_path / "crash")
+    wal = Path(f"{image}-wal")
+    frame, frames = wal_geometry(wal)
+    flip(wal, 32 + (frames - 1) * frame + 24 + 5)  # damage in the last frame: a torn write
+    report = check_wal(wal)
+    # The whole last transaction goes (its commit frame is damaged), nothing before it.
+    assert report.truncated_bytes % frame == 0 and report.truncated_bytes >= frame
+    assert wal.stat().st_size == report.kept_bytes == 32 + frames * frame - report.truncated_bytes
+    with DurableLog.open(image) as recovered:
+        assert recovered.load().entries == ents(1, 40)
+
+
+def test_wal_checksum_matches_what_sqlite_wrote(log: DurableLog, tmp_path: Path) -> None:
+    write_batches(log, 3)
+    image = crash_image(log, tmp_path / "crash")
+    report = check_wal(Path(f"{image}-wal"), repair=False)
+    assert report.frames == report.valid_frames > 0  # every frame SQLite wrote verifies
+    assert report.truncated_bytes == 0

@@ -1,0 +1,48 @@
+"""Test-only fault hooks, driven by environment variables read once at import.
+
+Rules: with the variables unset (always, outside tests) every hook is a dict lookup that does
+nothing. They exist so integration tests can stop a REAL node at an exact step (a SIGKILL at a
+barrier: nothing after it runs, like a crash) or damage a received file, which no outside
+signal can time precisely.
+
+- RAFTKV_TEST_CRASH_AT=<point>: `crash_point(<point>)` kills the process with SIGKILL.
+  Points: snapshot-build:synced|written|renamed|recorded, snapshot-install:moved|installed|
+  recorded.
+- RAFTKV_TEST_CORRUPT_RECEIVED=<n>: the first n snapshots received get one byte flipped in the
+  middle before they are verified.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("raftkv.runtime")
+
+CRASH_ENV = "RAFTKV_TEST_CRASH_AT"
+CORRUPT_ENV = "RAFTKV_TEST_CORRUPT_RECEIVED"
+_crash_at = os.environ.get(CRASH_ENV, "")
+_corrupt_left = int(os.environ.get(CORRUPT_ENV, "0") or 0)
+
+
+def crash_point(name: str) -> None:
+    if _crash_at and _crash_at == name:
+        log.warning("test hook: killing the process", point=name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_corrupt_received(path: Path) -> None:
+    global _corrupt_left
+    if _corrupt_left <= 0:
+        return
+    _corrupt_left -= 1
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        byte = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    log.warning("test hook: flipped a byte of a received snapshot", path=str(path))
