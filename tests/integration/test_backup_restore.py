@@ -51,6 +51,7 @@ def test_save_from_a_live_cluster_and_restore_into_a_new_one(
     assert facts["node"] == leader
     assert facts["records"] >= len(expected)  # a record per key, plus revision bookkeeping
     assert facts["index"] >= len(expected) + 2  # the writes, the delete and the leader's no-op
+    assert len(expected) < facts["revision"] <= facts["index"]  # revision: the last write's index
     assert (tmp_path / "backup.snap.sha256").read_text().split()[0] == facts["sha256"]
     again = cli("snapshot", "save", str(file), "--endpoints", old.nodes[leader].http)
     assert again.returncode == 2 and "exists" in again.stderr  # never overwrites a backup

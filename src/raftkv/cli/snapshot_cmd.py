@@ -38,7 +38,8 @@ def _print_facts(facts: SnapshotFacts, as_json: bool, verb: str) -> None:
         print(json.dumps(facts.to_json(), indent=2))
         return
     print(f"{verb} {facts.file}")
-    print(f"  index {facts.index}, term {facts.term}, {facts.records} records, {facts.size} bytes")
+    print(f"  revision {facts.revision}, index {facts.index}, term {facts.term}")
+    print(f"  {facts.records} records, {facts.size} bytes")
     print(f"  sha256 {facts.sha256}")
     made_by = f" (made by {facts.node})" if facts.node else ""
     print(f"  voters {', '.join(facts.voters) or '-'}{made_by}")

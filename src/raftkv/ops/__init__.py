@@ -1,7 +1,11 @@
-"""Operator tools: the inspector's reports (online and offline), the operator's HTTP helper.
+"""Operator tools: the inspector (online and offline), backups and disaster recovery.
 
-Rules: everything an operator runs against a cluster or a data directory lives here (inspector,
-and as they land: backup/restore, membership commands); load generation and the etcd comparison
-live in `raftkv.bench`. This package may use `raftkv.client` and `raftkv.server`'s config
-loading, never the other way round; `raftkv.bench` may use it (the HTTP helper).
+Modules: `inspector` / `render` / `offline` (`raftkv inspect`), `backup` (`raftkv snapshot
+save|status`), `recovery` (`raftkv snapshot restore`, `raftkv serve --force-new-cluster`),
+`httpc` (the tools' small JSON-over-HTTP helper).
+
+Rules: everything an operator runs against a cluster or a data directory lives here; load
+generation and the etcd comparison live in `raftkv.bench`. This package may use `raftkv.client`,
+`raftkv.server`, `raftkv.runtime` and `raftkv.storage`, never the other way round;
+`raftkv.bench` may use it (the HTTP helper).
 """

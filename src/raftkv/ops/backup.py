@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from raftkv.client.options import ClientOptions
+from raftkv.codec.mvcc import META_PREFIX, decode_u64
 from raftkv.runtime.backup import file_sha256
 from raftkv.storage.errors import CorruptSnapshotError
 from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.snapshot_file import SnapshotReader
 
 CHUNK: Final = 1 << 20
+_REVISION_RECORD: Final = META_PREFIX + b"revision"  # storage/mvcc_image.py's meta record
 SNAPSHOT_PATH: Final = "/cluster/snapshot"
 
 
@@ -44,6 +46,7 @@ class SnapshotFacts:
     file: str
     index: int  # the last log index the snapshot reflects
     term: int
+    revision: int | None  # the store's revision at that index (None: a pre-MVCC snapshot)
     voters: list[str]  # the configuration recorded in the snapshot
     learners: list[str]
     records: int  # records of the state image (keys and the state's own bookkeeping)
@@ -64,7 +67,11 @@ def read_facts(path: Path) -> SnapshotFacts:
     try:
         with open(path, "rb") as f:
             reader = SnapshotReader(f, str(path))
-            records = sum(1 for _ in reader.records())
+            records, revision = 0, None
+            for key, value in reader.records():
+                records += 1
+                if key == _REVISION_RECORD:
+                    revision = decode_u64(value)
             size = f.tell()
     except CorruptSnapshotError as exc:
         raise BackupError(str(exc)) from exc
@@ -75,6 +82,7 @@ def read_facts(path: Path) -> SnapshotFacts:
         file=str(path),
         index=h.index,
         term=h.term,
+        revision=revision,
         voters=list(h.conf.voters),
         learners=list(h.conf.learners),
         records=records,

@@ -83,6 +83,12 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
+    def merge(self, other: Histogram) -> None:
+        """Add `other`'s observations (same bounds) to this one's."""
+        for i, count in enumerate(other.counts):
+            self.counts[i] += count
+        self.total += other.total
+
     def add_to(self, family: HistogramMetricFamily, labels: Sequence[str]) -> None:
         cumulative, buckets = 0, []
         for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):

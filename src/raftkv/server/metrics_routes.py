@@ -29,10 +29,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import AbstractRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from raftkv.runtime.metrics import LATENCY_BOUNDS, Histogram, Labelled, RuntimeMetrics
+from raftkv.runtime.metrics import (
+    LATENCY_BOUNDS,
+    Histogram,
+    Labelled,
+    RuntimeMetrics,
+    histogram_family,
+)
 from raftkv.server.errors import ApiError
 
 UNMATCHED: Final = "unmatched"
@@ -89,18 +95,18 @@ class HttpMetrics(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
-        family = _histogram_family()
         # Several route objects can share a name ("*" routes): merge them by name and status.
-        merged: dict[tuple[str, str], Histogram] = {}
+        merged: Labelled[tuple[str, str], Histogram] = Labelled(lambda: Histogram(LATENCY_BOUNDS))
         for stats in self._routes.values():
             for status, hist in stats.by_status.items():
-                key = (stats.name, "cancelled" if status == CANCELLED else str(status))
-                if key not in merged:
-                    merged[key] = Histogram(LATENCY_BOUNDS)
-                _add(merged[key], hist)
-        for labels, hist in sorted(merged.items()):
-            hist.add_to(family, labels)
-        yield family
+                label = "cancelled" if status == CANCELLED else str(status)
+                merged[(stats.name, label)].merge(hist)
+        yield histogram_family(
+            "raftkv_http_request_duration_seconds",
+            "HTTP requests by route and status: latency (_count is the number of requests)",
+            ("route", "status"),
+            sorted(merged.items()),
+        )
         fwd = CounterMetricFamily(
             "raftkv_http_forwarded",
             "Writes this node forwarded to the leader, by the status the client got",
@@ -109,20 +115,6 @@ class HttpMetrics(Collector):
         for code, count in sorted(self._forwarded.items()):
             fwd.add_metric([str(code)], count)
         yield fwd
-
-
-def _histogram_family() -> HistogramMetricFamily:
-    return HistogramMetricFamily(
-        "raftkv_http_request_duration_seconds",
-        "HTTP requests by route and status: latency (_count is the number of requests)",
-        labels=["route", "status"],
-    )
-
-
-def _add(into: Histogram, other: Histogram) -> None:
-    for i, count in enumerate(other.counts):
-        into.counts[i] += count
-    into.total += other.total
 
 
 def _route_name(route: AbstractRoute) -> str:

@@ -100,9 +100,14 @@ class InboundSide:
             if not self._is_member(peer_id):
                 self.drop_peer(peer_id)
 
-    def drop_idle(self, now: float) -> None:
-        """Abort connections silent for longer than `idle_timeout` (half-open)."""
+    def drop_idle(self, now: float, *, restart_clocks: bool = False) -> None:
+        """Abort connections silent for longer than `idle_timeout` (half-open); with
+        `restart_clocks` (our own loop just stalled) count their silence from now instead."""
         limit = self._tuning.idle_timeout
+        if restart_clocks:
+            for live in self.live.values():
+                live.last_seen = max(live.last_seen, now)
+            return
         for peer_id, live in list(self.live.items()):
             if now - live.last_seen > limit:
                 self._log.warning("inbound_dropped_idle", peer=peer_id, idle_timeout=limit)
@@ -116,7 +121,11 @@ class InboundSide:
 
     async def handle_tls(self, conn: socket.socket) -> None:
         """TLS mode: complete the TLS handshake on an accepted socket, then `handle` it."""
-        peer = conn.getpeername()
+        try:
+            peer = conn.getpeername()
+        except OSError:  # gone before we looked
+            conn.close()
+            return
         remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
         if not self.running or self._tls is None or not self._admit(remote):
             conn.close()

@@ -17,6 +17,7 @@ from raftkv.ops.recovery import (
 )
 from raftkv.raft.types import ConfState, Entry, HardState, Index, NodeId, SnapshotMeta, Term
 from raftkv.runtime.driver import snapshot_path
+from raftkv.storage.format import FORMAT_VERSION, read_format
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.snapshot_file import SnapshotHeader, write_snapshot_file
 from raftkv.storage.state_lmdb import LmdbState
@@ -56,6 +57,7 @@ def test_restore_seeds_a_node_of_the_new_configuration(tmp_path: Path) -> None:
     done = restore_snapshot(file, root, "x", {"x": "h:1", "y": "h:2"})
     node = root / "x"
     assert (done.index, done.term, done.voters) == (7, 3, ("x", "y"))
+    assert read_format(node) == FORMAT_VERSION
     sm = LmdbState.open(node / "state")
     try:
         assert (sm.applied_index, sm.applied_term) == (7, 3)
@@ -74,6 +76,7 @@ def test_restore_seeds_a_node_of_the_new_configuration(tmp_path: Path) -> None:
     # The node's own snapshot file carries the NEW configuration (followers may be sent it).
     facts = read_facts(snapshot_path(node, Term(3), Index(7)))
     assert facts.voters == ["x", "y"] and facts.records >= 2
+    assert facts.revision == 1  # a pre-MVCC image: every key installed at revision 1
 
 
 def test_restore_refuses_a_used_directory_and_bad_files(tmp_path: Path) -> None:
