@@ -140,3 +140,16 @@ def test_cas_ls_txn_and_prefix_delete(shared_cluster: Cluster) -> None:
     done = raftkv(c, "del", "--prefix", "cli:ls:", "--json")
     assert json.loads(done.stdout)["deleted"] == 3
     assert raftkv(c, "ls", "cli:ls:", "--count-only").stdout.decode().startswith("0 keys")
+
+
+def test_binary_values(shared_cluster: Cluster) -> None:
+    blob = bytes(range(256))
+    done = raftkv(shared_cluster, "put", "cli:bin", "--binary", stdin=blob)
+    assert done.returncode == 0, done.stderr
+    assert raftkv(shared_cluster, "get", "cli:bin", "--raw").stdout == blob
+    human = raftkv(shared_cluster, "get", "cli:bin").stdout.decode()
+    assert "<binary, 256 bytes>" in human
+    doc = json.loads(raftkv(shared_cluster, "get", "cli:bin", "--json").stdout)
+    assert doc["value_encoding"] == "base64"
+    done = raftkv(shared_cluster, "put", "cli:bin2", stdin=b"\xff\xfe")
+    assert done.returncode == 2 and b"--binary" in done.stderr

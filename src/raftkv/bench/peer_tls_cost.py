@@ -14,17 +14,39 @@ heartbeat round.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 from pathlib import Path
 
+import aiohttp
+
 from raftkv.bench.clusters import LocalCluster, cpu_seconds
-from raftkv.bench.spec import LoadSpec
+from raftkv.bench.spec import LoadSpec, keyspace_keys
 from raftkv.bench.stats import median
 from raftkv.bench.wrk import run_wrk
 from raftkv.transport.certs import CertLayout, init_certs
 
 MODES = ("put", "get")
+KEYS = 1000
+PREFIX = "peertls"
+TEXT = {"Content-Type": "text/plain"}
+
+
+async def _fill(url: str) -> None:
+    """PUT every key the GET workload reads (set-up, not measured)."""
+    async with aiohttp.ClientSession() as session:
+        keys = keyspace_keys(PREFIX, KEYS)
+        for i in range(0, len(keys), 50):
+            puts = [
+                session.put(
+                    f"{url}/kv/{k}", data=b"x" * 100, headers={"Content-Type": "text/plain"}
+                )
+                for k in keys[i : i + 50]
+            ]
+            for resp in await asyncio.gather(*puts):
+                resp.raise_for_status()
+                resp.release()
 
 
 class PeerTlsCluster(LocalCluster):
@@ -53,8 +75,8 @@ def _run(cluster: LocalCluster, args: argparse.Namespace, mode: str) -> dict[str
         mode=mode,  # type: ignore[arg-type]
         duration_s=args.duration,
         concurrency=args.concurrency,
-        keys=1000,
-        prefix="peertls",
+        keys=KEYS,
+        prefix=PREFIX,
     )
     cpu0 = sum(cpu_seconds(p) for p in cluster.pids().values())
     result = run_wrk(spec)
@@ -90,9 +112,10 @@ def main() -> None:
     try:
         for c in clusters.values():
             c.start()
+            asyncio.run(_fill(c.client_url(c.wait_leader(10.0))))
         for i in range(args.rounds):
             order = ("plain", "tls") if i % 2 == 0 else ("tls", "plain")
-            for mode in MODES:  # put first: it writes the keys the get reads
+            for mode in MODES:
                 for tag in order:
                     r = _run(clusters[tag], args, mode)
                     runs[f"{mode} {tag}"].append(r)

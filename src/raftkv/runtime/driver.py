@@ -16,6 +16,8 @@ Rules:
   `StorageFailure` naming the operation and file and stops the node; nothing is acknowledged
   after it, and `stop()` then writes nothing more (no hard-state save, no sync, no close that
   could checkpoint).
+- Snapshot build, verification of a received snapshot and its install live in
+  `runtime/snapshots.py` (a mixin of the driver), with their crash-safe step order.
 - Work on the state machine off the loop thread (snapshot build, install, sync) runs on ONE
   executor (`_sm_worker`) that `stop()` drains before closing LMDB: no transaction outlives
   the environment.
@@ -27,8 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from random import Random
@@ -55,29 +55,28 @@ from raftkv.raft.types import (
     Role,
     Snapshot,
     SnapshotMeta,
-    Term,
 )
 from raftkv.runtime import testhooks
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.features import OWN_VERSIONS
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
+from raftkv.runtime.snapshots import SnapshotSteps
 from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
 from raftkv.storage import recovery
-from raftkv.storage.errors import CorruptSnapshotError, UndecodableEntryError
+from raftkv.storage.errors import UndecodableEntryError
 from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
 from raftkv.storage.format import open_data_dir
-from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.recovery import snapshot_path as snapshot_path  # re-exported (ops)
-from raftkv.storage.snapshot_file import SnapshotInfo, verify_snapshot_file
+from raftkv.storage.snapshot_file import SnapshotInfo
 from raftkv.transport.tcp import PeerTransport, TransportTuning
 
 _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
 
 
-class RaftDriver:
+class RaftDriver(SnapshotSteps):
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.id = opts.node_id
@@ -337,34 +336,6 @@ class RaftDriver:
             return
         self._step(msg)
 
-    async def _verify_then_step(self, msg: InstallSnapshot) -> None:
-        """A corrupt received snapshot is discarded and the node keeps running: the leader
-        hears nothing back, its transfer times out or it probes again, and it resends. A
-        snapshot Raft does not take (stale, or we already hold its last entry) is removed from
-        incoming/ at once; a taken one is moved out by `_install_snapshot`."""
-        path = Path(msg.snapshot.data.decode())
-        testhooks.maybe_corrupt_received(path)
-        try:
-            await self._io("snapshot verify", path, self._sm_worker, verify_snapshot_file, path)
-        except CorruptSnapshotError as exc:
-            log.error(
-                "received snapshot is corrupt: discarded, waiting for the leader to resend",
-                node=self.id,
-                leader=msg.from_,
-                error=str(exc),
-            )
-            path.unlink(missing_ok=True)
-            return
-        except Exception as exc:
-            self._die(exc)
-            return
-        if self._stopping or self.failed:
-            return
-        self._step(msg)
-        pending = self.raw.raft.log.unstable_snapshot
-        if pending is None or pending.data != msg.snapshot.data:
-            path.unlink(missing_ok=True)
-
     def _step(self, msg: AnyMessage) -> None:
         self.metrics.received(msg)
         try:
@@ -509,25 +480,6 @@ class RaftDriver:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader)
 
-    async def _install_snapshot(self, snap: Snapshot) -> Snapshot:
-        """Install a received snapshot into the state machine; returns it with our local path."""
-        src = Path(snap.data.decode())
-        dest = snapshot_path(self.opts.data_dir, snap.meta.term, snap.meta.index)
-        w = self._sm_worker
-        # Order (recovery.py): the file is durably in snapshots/ before the state changes, so
-        # a crash after the install finds it and finishes by recording it in the log.
-        await self._io("rename", dest, w, os.replace, src, dest)
-        await self._io("fsync (directory)", dest.parent, w, fsync_dir, dest.parent)
-        testhooks.crash_point("snapshot-install:moved")
-        started = time.perf_counter()
-        info = await self._io("snapshot install", dest, w, self.sm.install_snapshot, dest)
-        self.metrics.snapshot_done("install", time.perf_counter() - started, info.size)
-        self._applied_waiters.applied(self.sm.applied_index)
-        testhooks.crash_point("snapshot-install:installed")
-        self._last_snapshot_index = snap.meta.index
-        log.info("installed snapshot", node=self.id, index=snap.meta.index, term=snap.meta.term)
-        return Snapshot(snap.meta, str(dest).encode())
-
     def _apply(self, entries: tuple[Entry, ...]) -> None:
         todo = [e for e in entries if e.index > self.sm.applied_index]
         new_conf: ConfState | None = None
@@ -595,55 +547,6 @@ class RaftDriver:
                 self.metrics.read_index_rounds += 1
             except NotLeader:
                 self._reads_need_leader.append(ctx)
-
-    # -- snapshots ----------------------------------------------------------------------------
-    async def _take_snapshot(self) -> None:
-        """Build a snapshot file, then record it in the log (which compacts the log). Any
-        error stops the node: a half-done snapshot must never be followed by a compaction."""
-        w = self._sm_worker
-        try:
-            # The state must be durable before the log entries behind it go.
-            await self._io("fsync (LMDB sync)", self.sm.path, w, self.sm.sync)
-            testhooks.crash_point("snapshot-build:synced")
-            tmp = self.opts.data_dir / "snapshots" / "building.tmp"
-            started = time.perf_counter()
-            info = await self._io("snapshot build", tmp, w, self.sm.build_snapshot, tmp)
-            self.metrics.snapshot_done("build", time.perf_counter() - started, info.size)
-            testhooks.crash_point("snapshot-build:written")
-            dest = snapshot_path(self.opts.data_dir, Term(info.term), Index(info.index))
-            await self._io("rename", dest, w, tmp.rename, dest)
-            await self._io("fsync (directory)", dest.parent, w, fsync_dir, dest.parent)
-            testhooks.crash_point("snapshot-build:renamed")
-            if info.index <= self.storage.snapshot().meta.index:
-                return
-            snap = self.storage.create_snapshot(Index(info.index), info.conf, str(dest).encode())
-            await self._io(
-                "log commit",
-                self.durable.path,
-                self._writer,
-                self.durable.save,
-                None,
-                (),
-                snap.meta,
-            )
-            testhooks.crash_point("snapshot-build:recorded")
-            keep_from = Index(info.index - self.opts.snapshot_keep_entries)
-            if keep_from > self.storage.first_index():
-                self.storage.compact(keep_from)
-            self._last_snapshot_index = Index(info.index)
-            self._prune_snapshots(keep=2)
-            log.info("snapshot taken", node=self.id, index=info.index, bytes=info.size)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._die(exc)
-        finally:
-            self._snapshotting = False
-
-    def _prune_snapshots(self, keep: int) -> None:
-        files = sorted((self.opts.data_dir / "snapshots").glob("snap-*.snap"))
-        for old in files[:-keep]:
-            old.unlink(missing_ok=True)
 
     # -- requests -----------------------------------------------------------------------------
     def _soft_change(self) -> asyncio.Future[None]:

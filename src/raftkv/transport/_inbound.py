@@ -116,7 +116,11 @@ class InboundSide:
 
     async def handle_tls(self, conn: socket.socket) -> None:
         """TLS mode: complete the TLS handshake on an accepted socket, then `handle` it."""
-        peer = conn.getpeername()
+        try:
+            peer = conn.getpeername()
+        except OSError:  # gone before we looked
+            conn.close()
+            return
         remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
         if not self.running or self._tls is None or not self._admit(remote):
             conn.close()

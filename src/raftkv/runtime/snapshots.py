@@ -1,0 +1,164 @@
+"""Snapshot steps of the driver: verify a received file, install it, build and record one.
+
+Rules (crash safety; storage/recovery.py finishes or undoes whatever a crash interrupts):
+- Build: LMDB sync -> write `building.tmp` (tmp + fsync + rename + dir fsync) -> rename to
+  `snap-T-I.snap` -> dir fsync -> record in the log (which compacts it) -> prune old files.
+- Install of a received snapshot: verify the whole file BEFORE Raft sees the message (a corrupt
+  one is discarded and the node keeps running) -> move it into snapshots/ -> dir fsync ->
+  install into LMDB (synced) -> the caller records it in the log.
+- Any storage error in these steps stops the node (storage/failure.py): a half-done snapshot
+  is never followed by a compaction.
+- `testhooks.crash_point` marks each step for the crash-point tests.
+- A mixin of `RaftDriver` (driver.py), split out to keep that module small; it only uses the
+  driver members declared below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from raftkv.raft.messages import AnyMessage, InstallSnapshot
+from raftkv.raft.types import Index, NodeId, Snapshot, Term
+from raftkv.runtime import testhooks
+from raftkv.storage.errors import CorruptSnapshotError
+from raftkv.storage.fsutil import fsync_dir
+from raftkv.storage.recovery import snapshot_path
+from raftkv.storage.snapshot_file import verify_snapshot_file
+
+if TYPE_CHECKING:
+    from raftkv.raft.rawnode import RawNode
+    from raftkv.raft.storage import MemoryStorage
+    from raftkv.runtime.metrics import DisabledMetrics, RuntimeMetrics
+    from raftkv.runtime.options import NodeOptions
+    from raftkv.runtime.waiters import AppliedWaiters
+    from raftkv.storage.raftlog import DurableLog
+    from raftkv.storage.state_lmdb import LmdbState
+
+log = structlog.get_logger("raftkv.runtime")
+
+
+class SnapshotSteps:
+    if TYPE_CHECKING:
+        opts: NodeOptions
+        id: NodeId
+        sm: LmdbState
+        raw: RawNode
+        storage: MemoryStorage
+        durable: DurableLog
+        metrics: RuntimeMetrics | DisabledMetrics
+        _sm_worker: ThreadPoolExecutor
+        _writer: ThreadPoolExecutor
+        _stopping: bool
+        _snapshotting: bool
+        _last_snapshot_index: Index
+        _applied_waiters: AppliedWaiters
+
+        @property
+        def failed(self) -> bool: ...
+        async def _io(
+            self, op: str, path: Path, executor: ThreadPoolExecutor, fn: Any, *args: Any
+        ) -> Any: ...
+        def _die(self, exc: BaseException) -> None: ...
+        def _step(self, msg: AnyMessage) -> None: ...
+
+    async def _verify_then_step(self, msg: InstallSnapshot) -> None:
+        """A corrupt received snapshot is discarded and the node keeps running: the leader
+        hears nothing back, its transfer times out or it probes again, and it resends. A
+        snapshot Raft does not take (stale, or we already hold its last entry) is removed from
+        incoming/ at once; a taken one is moved out by `_install_snapshot`."""
+        path = Path(msg.snapshot.data.decode())
+        testhooks.maybe_corrupt_received(path)
+        try:
+            await self._io("snapshot verify", path, self._sm_worker, verify_snapshot_file, path)
+        except CorruptSnapshotError as exc:
+            log.error(
+                "received snapshot is corrupt: discarded, waiting for the leader to resend",
+                node=self.id,
+                leader=msg.from_,
+                error=str(exc),
+            )
+            path.unlink(missing_ok=True)
+            return
+        except Exception as exc:
+            self._die(exc)
+            return
+        if self._stopping or self.failed:
+            return
+        self._step(msg)
+        pending = self.raw.raft.log.unstable_snapshot
+        if pending is None or pending.data != msg.snapshot.data:
+            path.unlink(missing_ok=True)
+
+    async def _install_snapshot(self, snap: Snapshot) -> Snapshot:
+        """Install a received snapshot into the state machine; returns it with our local path."""
+        src = Path(snap.data.decode())
+        dest = snapshot_path(self.opts.data_dir, snap.meta.term, snap.meta.index)
+        w = self._sm_worker
+        # Order (recovery.py): the file is durably in snapshots/ before the state changes, so
+        # a crash after the install finds it and finishes by recording it in the log.
+        await self._io("rename", dest, w, os.replace, src, dest)
+        await self._io("fsync (directory)", dest.parent, w, fsync_dir, dest.parent)
+        testhooks.crash_point("snapshot-install:moved")
+        started = time.perf_counter()
+        info = await self._io("snapshot install", dest, w, self.sm.install_snapshot, dest)
+        self.metrics.snapshot_done("install", time.perf_counter() - started, info.size)
+        self._applied_waiters.applied(self.sm.applied_index)
+        testhooks.crash_point("snapshot-install:installed")
+        self._last_snapshot_index = snap.meta.index
+        log.info("installed snapshot", node=self.id, index=snap.meta.index, term=snap.meta.term)
+        return Snapshot(snap.meta, str(dest).encode())
+
+    async def _take_snapshot(self) -> None:
+        """Build a snapshot file, then record it in the log (which compacts the log). Any
+        error stops the node: a half-done snapshot must never be followed by a compaction."""
+        w = self._sm_worker
+        try:
+            # The state must be durable before the log entries behind it go.
+            await self._io("fsync (LMDB sync)", self.sm.path, w, self.sm.sync)
+            testhooks.crash_point("snapshot-build:synced")
+            tmp = self.opts.data_dir / "snapshots" / "building.tmp"
+            started = time.perf_counter()
+            info = await self._io("snapshot build", tmp, w, self.sm.build_snapshot, tmp)
+            self.metrics.snapshot_done("build", time.perf_counter() - started, info.size)
+            testhooks.crash_point("snapshot-build:written")
+            dest = snapshot_path(self.opts.data_dir, Term(info.term), Index(info.index))
+            await self._io("rename", dest, w, tmp.rename, dest)
+            await self._io("fsync (directory)", dest.parent, w, fsync_dir, dest.parent)
+            testhooks.crash_point("snapshot-build:renamed")
+            if info.index <= self.storage.snapshot().meta.index:
+                return
+            snap = self.storage.create_snapshot(Index(info.index), info.conf, str(dest).encode())
+            await self._io(
+                "log commit",
+                self.durable.path,
+                self._writer,
+                self.durable.save,
+                None,
+                (),
+                snap.meta,
+            )
+            testhooks.crash_point("snapshot-build:recorded")
+            keep_from = Index(info.index - self.opts.snapshot_keep_entries)
+            if keep_from > self.storage.first_index():
+                self.storage.compact(keep_from)
+            self._last_snapshot_index = Index(info.index)
+            self._prune_snapshots(keep=2)
+            log.info("snapshot taken", node=self.id, index=info.index, bytes=info.size)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._die(exc)
+        finally:
+            self._snapshotting = False
+
+    def _prune_snapshots(self, keep: int) -> None:
+        files = sorted((self.opts.data_dir / "snapshots").glob("snap-*.snap"))
+        for old in files[:-keep]:
+            old.unlink(missing_ok=True)
