@@ -111,7 +111,6 @@ def reload_tls(tls: PeerTls | None, runner: web.AppRunner, settings: Settings) -
 async def serve_node(settings: Settings) -> int:
     node = RaftKVNode(node_options(settings))
     await node.start()
-    _tune_gc()
     try:
         runner = await run_http(create_app(node, settings), settings)
     except BaseException:
@@ -119,6 +118,7 @@ async def serve_node(settings: Settings) -> int:
         # hard state saved, state synced, files closed) before reporting the failure.
         await node.stop()
         raise
+    _tune_gc()  # after the HTTP app is up: its routes, sessions and SSL contexts are frozen too
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
