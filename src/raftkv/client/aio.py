@@ -53,6 +53,7 @@ class AsyncClient:
         request_timeout: float = 7.0,
         connect_timeout: float = 1.0,
         sessions: bool = True,
+        session_ttl: int | None = None,
         ca: str | Path | None = None,
         cert: str | Path | None = None,
         key: str | Path | None = None,
@@ -68,6 +69,7 @@ class AsyncClient:
             request_timeout=request_timeout,
             connect_timeout=connect_timeout,
             sessions=sessions,
+            session_ttl=session_ttl,
             ca=ca,
             cert=cert,
             key=key,
@@ -199,6 +201,10 @@ class AsyncClient:
     async def status(self) -> ClusterStatus:
         """`/cluster/status` of a node (the leader when known)."""
         return await self._run(single(protocol.cluster_status()))
+
+    async def call(self, call: protocol.Call[T]) -> T:
+        """Run one protocol call built elsewhere (e.g. `raftkv.client.members`)."""
+        return await self._run(single(call))
 
     # -- lifecycle -----------------------------------------------------------------------------
 

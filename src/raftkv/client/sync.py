@@ -52,6 +52,7 @@ class Client:
         request_timeout: float = 7.0,
         connect_timeout: float = 1.0,
         sessions: bool = True,
+        session_ttl: int | None = None,
         ca: str | Path | None = None,
         cert: str | Path | None = None,
         key: str | Path | None = None,
@@ -67,6 +68,7 @@ class Client:
             request_timeout=request_timeout,
             connect_timeout=connect_timeout,
             sessions=sessions,
+            session_ttl=session_ttl,
             ca=ca,
             cert=cert,
             key=key,
@@ -195,6 +197,10 @@ class Client:
     def status(self) -> ClusterStatus:
         """`/cluster/status` of a node (the leader when known)."""
         return self._run(single(protocol.cluster_status()))
+
+    def call(self, call: protocol.Call[T]) -> T:
+        """Run one protocol call built elsewhere (e.g. `raftkv.client.members`)."""
+        return self._run(single(call))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
