@@ -40,6 +40,7 @@ def build_app() -> typer.Typer:
         chaos_cmd,
         inspect_cmd,
         kv_cmd,
+        member_cmd,
         serve,
         sim_cmd,
         snapshot_cmd,
@@ -53,6 +54,7 @@ def build_app() -> typer.Typer:
     chaos_cmd.register(app)
     certs.register(app)
     kv_cmd.register(app)
+    member_cmd.register(app)
     snapshot_cmd.register(app)
     return app
 
@@ -74,3 +76,7 @@ def __getattr__(name: str) -> object:
 def main() -> None:
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     (_kv_app() if command in KV_COMMANDS else build_app())()
+
+
+if __name__ == "__main__":  # python -m raftkv.cli.main (bench/clusters.py falls back to it)
+    main()
