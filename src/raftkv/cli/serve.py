@@ -117,7 +117,6 @@ def reload_tls(tls: PeerTls | None, runner: web.AppRunner, settings: Settings) -
 async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None = None) -> int:
     node = RaftKVNode(node_options(settings, initial_voters))
     await node.start()
-    _tune_gc()
     try:
         runner = await run_http(create_app(node, settings), settings)
     except BaseException:
@@ -125,6 +124,7 @@ async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None 
         # hard state saved, state synced, files closed) before reporting the failure.
         await node.stop()
         raise
+    _tune_gc()  # after the HTTP app is up: its routes, sessions and SSL contexts are frozen too
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
