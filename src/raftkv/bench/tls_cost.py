@@ -48,6 +48,7 @@ class TlsCluster(LocalCluster):
                 "tls:\n  http:\n"
                 f'    cert: "{root}/{{node_id}}/http.crt"\n'
                 f'    key: "{root}/{{node_id}}/http.key"\n'
+                f'    ca: "{root}/ca.crt"\n'
             )
 
     def client_url(self, name: str) -> str:
@@ -68,20 +69,23 @@ class TlsCluster(LocalCluster):
 
 
 async def _fill(url: str, ctx: ssl.SSLContext | None, prefix: str) -> None:
-    """PUT every key the GET workload reads (set-up, not measured)."""
+    """PUT every key the GET workload reads (set-up, not measured). Right after an election a
+    PUT may meet 503 for a moment; re-putting the same value is harmless, so retry briefly."""
     connector = aiohttp.TCPConnector(ssl=ctx if ctx is not None else False)
+    headers = {"Content-Type": "text/plain"}
     async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def put(key: str) -> None:
+            for _ in range(100):
+                async with session.put(f"{url}/kv/{key}", data=b"x" * 100, headers=headers) as r:
+                    if r.status == 200:
+                        return
+                await asyncio.sleep(0.05)
+            raise RuntimeError(f"cannot fill {key}: HTTP {r.status}")
+
         keys = keyspace_keys(prefix, GET_KEYS)
         for i in range(0, len(keys), 50):
-            puts = [
-                session.put(
-                    f"{url}/kv/{k}", data=b"x" * 100, headers={"Content-Type": "text/plain"}
-                )
-                for k in keys[i : i + 50]
-            ]
-            for resp in await asyncio.gather(*puts):
-                resp.raise_for_status()
-                resp.release()
+            await asyncio.gather(*(put(k) for k in keys[i : i + 50]))
 
 
 def _round(cluster: LocalCluster, args: argparse.Namespace, mode: str) -> dict[str, float]:
@@ -103,6 +107,7 @@ def _round(cluster: LocalCluster, args: argparse.Namespace, mode: str) -> dict[s
         "p50_ms": result.latency_ms["p50"],
         "p99_ms": result.latency_ms["p99"],
         "errors": float(result.error_count),
+        "error_kinds": result.errors,  # type: ignore[dict-item]
     }
 
 
@@ -135,13 +140,15 @@ def main() -> None:
         for c in clusters.values():
             c.stop()
     summary: dict[str, object] = {
-        name: {k: median([r[k] for r in rs]) for k in rs[0]} for name, rs in runs.items() if rs
+        name: {k: median([r[k] for r in rs]) for k in rs[0] if k != "error_kinds"}
+        for name, rs in runs.items()
+        if rs
     }
     for mode in MODES:
         plain, tls_ = runs[f"{mode} plain"], runs[f"{mode} tls"]
         if plain and tls_:
-            p = {k: median([r[k] for r in plain]) for k in plain[0]}
-            t = {k: median([r[k] for r in tls_]) for k in tls_[0]}
+            p = {k: median([r[k] for r in plain]) for k in plain[0] if k != "error_kinds"}
+            t = {k: median([r[k] for r in tls_]) for k in tls_[0] if k != "error_kinds"}
             summary[f"{mode} tls/plain"] = {
                 "throughput": t["throughput"] / p["throughput"],
                 "cpu_us_per_request": t["cpu_us_per_request"] / p["cpu_us_per_request"],

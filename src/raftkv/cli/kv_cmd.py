@@ -43,6 +43,9 @@ from raftkv.client.types import Value
 T = TypeVar("T")
 
 SEED_ENDPOINTS = ",".join(DEFAULT_ENDPOINTS)
+# A command's session only has to outlive its own retries: a short TTL keeps a shell loop of
+# writes from filling the cluster's session table (sessions beyond its cap evict the idlest).
+CLI_SESSION_TTL_S = 15
 EXIT_NO = 1
 EXIT_USAGE = 2
 EXIT_ERROR = 3
@@ -104,6 +107,7 @@ class Conn(msgspec.Struct, frozen=True):
             return Client(
                 self.endpoints,
                 timeout=self.timeout,
+                session_ttl=CLI_SESSION_TTL_S,
                 ca=self.cacert,
                 cert=self.cert,
                 key=self.key,

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import structlog
 import typer
+from aiohttp import web
 
 from raftkv.ops.recovery import RecoveryError, force_new_cluster
 from raftkv.raft.types import NodeId
@@ -27,8 +28,8 @@ from raftkv.runtime.options import NodeOptions
 from raftkv.server.config import ConfigError, Settings, load_settings
 from raftkv.server.http import create_app
 from raftkv.server.logging import bind_node, configure_logging
-from raftkv.server.runner import run_http
-from raftkv.server.tls import node_client_context, server_context
+from raftkv.server.runner import http_ssl_context, run_http
+from raftkv.server.tls import node_client_context, reload_server_context, server_context
 from raftkv.storage.errors import StorageError
 from raftkv.storage.failure import EXIT_IOERR, StorageFailure, describe, is_storage_error
 from raftkv.transport.tls import PeerTls, TlsConfigError
@@ -92,6 +93,22 @@ def reload_peer_tls(tls: PeerTls | None) -> bool:
     return True
 
 
+def reload_tls(tls: PeerTls | None, runner: web.AppRunner, settings: Settings) -> None:
+    """SIGHUP: re-read the peer and the HTTPS files (each keeps its old files on failure)."""
+    reload_peer_tls(tls)
+    ctx = http_ssl_context(runner)
+    if ctx is None:
+        return
+    log = structlog.get_logger("raftkv.serve")
+    try:
+        reload_server_context(ctx, settings)
+    except TlsConfigError as exc:
+        log.error("tls_reload_failed", part="http", error=str(exc), keeping="previous files")
+        return
+    assert settings.tls_http is not None
+    log.info("tls_reloaded", part="http", cert=str(settings.tls_http.cert))
+
+
 async def serve_node(settings: Settings) -> int:
     node = RaftKVNode(node_options(settings))
     await node.start()
@@ -107,8 +124,8 @@ async def serve_node(settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    # Certificate rotation without a restart: new peer connections use the re-read files.
-    loop.add_signal_handler(signal.SIGHUP, reload_peer_tls, node.opts.peer_tls)
+    # Certificate rotation without a restart: new connections use the re-read files.
+    loop.add_signal_handler(signal.SIGHUP, reload_tls, node.opts.peer_tls, runner, settings)
     fatal = node.driver.fatal
     assert fatal is not None
     stop_wait = asyncio.ensure_future(stop.wait())

@@ -426,7 +426,7 @@ class Engine:
                 raise Unavailable("no session could be opened before the deadline")
             yield Sleep(min(SESSION_WAIT_S, deadline - now))
         try:
-            info = yield from self.call(protocol.open_session(), deadline)
+            info = yield from self.call(protocol.open_session(self.options.session_ttl_s), deadline)
         except (BadRequest, Forbidden) as exc:
             # A server without sessions (no such route), or a user not allowed to open one:
             # writes go without, and a lost reply is then OutcomeUnknown instead of a retry.

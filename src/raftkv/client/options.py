@@ -33,6 +33,7 @@ class ClientOptions:
     request_timeout_s: float = 7.0  # one attempt on one node (the server's own limit is 5 s)
     connect_timeout_s: float = 1.0
     sessions: bool = True  # exactly-once retries of writes via server sessions, when supported
+    session_ttl_s: int | None = None  # None: the server's default (60 s)
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     auth_header: str | None = field(default=None, repr=False)
     # token_auth: trade these for a bearer token (POST /auth/token), renewed when it expires
@@ -78,6 +79,7 @@ def make_options(
     request_timeout: float = 7.0,
     connect_timeout: float = 1.0,
     sessions: bool = True,
+    session_ttl: int | None = None,
     ca: str | Path | None = None,
     cert: str | Path | None = None,
     key: str | Path | None = None,
@@ -112,10 +114,17 @@ def make_options(
         request_timeout_s=min(request_timeout, timeout),
         connect_timeout_s=min(connect_timeout, request_timeout, timeout),
         sessions=sessions,
+        session_ttl_s=_session_ttl(session_ttl),
         ssl_context=ssl_context,
         auth_header=None if token_auth else _auth_header(username, password, token),
         token_credentials=_token_credentials(token_auth, username, password),
     )
+
+
+def _session_ttl(ttl: int | None) -> int | None:
+    if ttl is not None and (isinstance(ttl, bool) or not 1 <= ttl <= 3600):
+        raise ValueError("session_ttl must be 1..3600 seconds")
+    return ttl
 
 
 def _token_credentials(

@@ -311,9 +311,19 @@ def cluster_status() -> Call[ClusterStatus]:
     return Call("GET", "/cluster/status", Kind.READ, _decode_status, name="status")
 
 
-def open_session() -> Call[SessionInfo]:
+def open_session(ttl_s: int | None = None) -> Call[SessionInfo]:
     # A duplicate open only leaves an unused session behind, which expires: safe to re-send.
-    return Call("POST", "/session", Kind.IDEMPOTENT, _decode_session, name="open_session")
+    if ttl_s is None:
+        return Call("POST", "/session", Kind.IDEMPOTENT, _decode_session, name="open_session")
+    return Call(
+        "POST",
+        "/session",
+        Kind.IDEMPOTENT,
+        _decode_session,
+        body=msgspec.json.encode({"ttl_s": ttl_s}),
+        headers=(("Content-Type", JSON),),
+        name="open_session",
+    )
 
 
 def auth_token(user: str, password: str) -> Call[str]:

@@ -15,7 +15,7 @@ Rules:
 - `KV_HTTP_PORT` / `KV_RAFT_PORT` (or the flags) replace the port of this node's own entry, both
   where it listens and what it advertises. `KV_DATA_DIR` replaces `cluster.data_dir`; the node's
   directory is always `<data_dir>/<node id>`.
-- `tls.http` (cert, key, optional client_ca) and `tls.peer` (cert, key, ca) are file paths in
+- `tls.http` (cert, key, optional client_ca and ca) and `tls.peer` (cert, key, ca) are file paths in
   which `{node_id}` is replaced by this node's id, so one file serves the whole cluster
   (`certs/{node_id}/http.crt`: the layout `raftkv certs init` writes); a missing file is an
   error naming the field. RAFTKV_ROOT_PASSWORD (environment only, never logged) is the
@@ -76,7 +76,7 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 ROOT_PASSWORD_ENV: Final = "RAFTKV_ROOT_PASSWORD"
 # tls.<part> -> (required keys, optional keys). Paths may contain {node_id}.
 _TLS_PARTS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
-    "http": (("cert", "key"), ("client_ca",)),
+    "http": (("cert", "key"), ("client_ca", "ca")),
     "peer": (("cert", "key", "ca"), ()),
 }
 
@@ -356,7 +356,7 @@ def _tls_http(raw: object, node_id: str) -> HttpTlsFiles | None:
     paths = _tls_part(raw, "http", node_id)
     if paths is None:
         return None
-    return HttpTlsFiles(paths["cert"], paths["key"], paths.get("client_ca"))
+    return HttpTlsFiles(paths["cert"], paths["key"], paths.get("client_ca"), paths.get("ca"))
 
 
 def _tls_peer(raw: object, node_id: str) -> TlsFiles | None:

@@ -201,7 +201,8 @@ class TlsSection(_Section, frozen=True, kw_only=True):
         dict[str, str] | None,
         Meta(
             description="HTTPS for the API: `cert`, `key`, optional `client_ca` (then client "
-            "certificates are required); paths may hold `{node_id}`",
+            "certificates are required) and `ca` (issuer of the nodes' HTTP certificates, for "
+            "node-to-node HTTPS; default `tls.peer.ca`); paths may hold `{node_id}`",
             extra={"custom": True, "default_doc": "plain HTTP"},
         ),
     ] = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from http import HTTPStatus
 from typing import Any, Final, cast
 
@@ -58,6 +59,11 @@ def server_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
+def http_ssl_context(runner: web.AppRunner) -> ssl.SSLContext | None:
+    """The live context of a runner made by `run_http` (None: plain HTTP)."""
+    return runner.ssl_context if isinstance(runner, _JsonErrorAppRunner) else None
+
+
 async def run_http(app: web.Application, settings: Settings) -> web.AppRunner:
     """Start serving `app` on settings.http_listen. Stop with `await runner.cleanup()`."""
     runner = _JsonErrorAppRunner(
@@ -69,12 +75,13 @@ async def run_http(app: web.Application, settings: Settings) -> web.AppRunner:
     )
     await runner.setup()
     try:
+        runner.ssl_context = server_context(settings)
         site = web.TCPSite(
             runner,
             settings.http_listen.host,
             settings.http_listen.port,
             reuse_address=True,
-            ssl_context=server_context(settings),
+            ssl_context=runner.ssl_context,
         )
         await site.start()
     except BaseException:
@@ -160,6 +167,7 @@ class _JsonErrorAppRunner(web.AppRunner):
     ) -> None:
         super().__init__(app, **kwargs)
         self._max_connections = max_connections
+        self.ssl_context: ssl.SSLContext | None = None  # the HTTPS listener's (tls.reload)
 
     async def _make_server(self) -> web.Server:
         # The app builds its Server (startup, freezing, handler_args); we swap the class only.

@@ -6,9 +6,12 @@ Rules:
   how members call each other). Without it, a client certificate is optional: clients
   authenticate with passwords or tokens (auth), members with their peer certificate.
 - Node-to-node HTTP (forwarding, status probes) dials `https://` when `tls.http` is set, verifies
-  the other node's HTTP certificate against the cluster CA (`tls.peer.ca`; the system's CAs when
-  there is no peer TLS) with host-name checking (`raftkv certs init --hosts` puts the hosts in
-  it), and presents this node's PEER certificate, whose URI SAN `raftkv://node/<id>` names it.
+  the other node's HTTP certificate against `tls.http.ca`, else the cluster CA (`tls.peer.ca`),
+  else the system's CAs, with host-name checking (`raftkv certs init --hosts` puts the hosts in
+  it), and presents this node's PEER certificate (with `tls.peer`), whose URI SAN
+  `raftkv://node/<id>` names it.
+- SIGHUP re-reads the HTTPS files into the live listener (`reload_server_context`), so a
+  certificate is rotated without a restart (the peer side reloads on the same signal).
 - `X-Raftkv-Forwarded-By: <id>` (FORWARDED_HEADER) is believed only when `forwarded_by` says so:
   with peer TLS, only on a connection whose verified client certificate names that same node id
   — from anyone else the header is ignored (the request is handled as any client's). Without
@@ -43,6 +46,7 @@ class HttpTlsFiles:
     cert: Path
     key: Path
     client_ca: Path | None = None
+    ca: Path | None = None  # issuer of the nodes' HTTP certificates (node-to-node calls)
 
 
 def scheme(settings: Settings) -> str:
@@ -77,6 +81,20 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+def reload_server_context(ctx: ssl.SSLContext, settings: Settings) -> None:
+    """Re-read `tls.http.cert/key` (and the CAs) into the listener's live context: handshakes
+    from now on use the new files, established connections keep theirs. Raises TlsConfigError
+    (the context then still holds the old pair: `load_cert_chain` replaces it only on success).
+    A CA can be added this way, not removed (that needs a restart)."""
+    fresh = server_context(settings)  # validates everything before touching the live context
+    files = settings.tls_http
+    assert fresh is not None and files is not None
+    ctx.load_cert_chain(files.cert, files.key)
+    for path in (files.client_ca, settings.tls_peer.ca if settings.tls_peer else None):
+        if path is not None:
+            ctx.load_verify_locations(cafile=path)
+
+
 def node_client_context(settings: Settings) -> ssl.SSLContext | None:
     """For this node's calls to other nodes' APIs; None when the API is plain HTTP."""
     if settings.tls_http is None:
@@ -84,15 +102,18 @@ def node_client_context(settings: Settings) -> ssl.SSLContext | None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, checks host names
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     peer: TlsFiles | None = settings.tls_peer
+    ca = settings.tls_http.ca or (peer.ca if peer is not None else None)
     try:
-        if peer is not None:
-            ctx.load_verify_locations(cafile=peer.ca)
-            ctx.load_cert_chain(peer.cert, peer.key)
+        if ca is not None:
+            ctx.load_verify_locations(cafile=ca)
         else:
             ctx.load_default_certs()
+        if peer is not None:
+            ctx.load_cert_chain(peer.cert, peer.key)
     except (OSError, ssl.SSLError) as exc:
         raise TlsConfigError(
-            f"tls.peer: cannot load {peer} for node-to-node HTTPS ({exc})"
+            f"tls.http.ca / tls.peer: cannot load {ca or 'the system CAs'} or the peer "
+            f"certificate for node-to-node HTTPS ({exc})"
         ) from exc
     return ctx
 

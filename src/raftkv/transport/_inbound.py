@@ -100,9 +100,14 @@ class InboundSide:
             if not self._is_member(peer_id):
                 self.drop_peer(peer_id)
 
-    def drop_idle(self, now: float) -> None:
-        """Abort connections silent for longer than `idle_timeout` (half-open)."""
+    def drop_idle(self, now: float, *, restart_clocks: bool = False) -> None:
+        """Abort connections silent for longer than `idle_timeout` (half-open); with
+        `restart_clocks` (our own loop just stalled) count their silence from now instead."""
         limit = self._tuning.idle_timeout
+        if restart_clocks:
+            for live in self.live.values():
+                live.last_seen = max(live.last_seen, now)
+            return
         for peer_id, live in list(self.live.items()):
             if now - live.last_seen > limit:
                 self._log.warning("inbound_dropped_idle", peer=peer_id, idle_timeout=limit)

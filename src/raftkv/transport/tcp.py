@@ -375,9 +375,15 @@ class PeerTransport:
         """Keepalives out, half-open connections in: see the module's rules."""
         loop = asyncio.get_running_loop()
         interval = self._tuning.keepalive_interval
+        last = loop.time()
         while self._running:
             await asyncio.sleep(interval)
             now = loop.time()
             for peer in list(self._peers.values()):
                 peer.keepalive(now, interval)
-            self._in.drop_idle(now)
+            # After a stall of our own loop (CPU starvation, SIGSTOP, a long GC) the bytes our
+            # peers sent meanwhile still wait unread in the sockets: silence we caused is not
+            # theirs, so it restarts the idle clocks instead of dropping live links.
+            stalled = now - last > self._tuning.idle_timeout / 2
+            self._in.drop_idle(now, restart_clocks=stalled)
+            last = now

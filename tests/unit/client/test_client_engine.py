@@ -361,3 +361,15 @@ def test_a_renewed_token_that_is_refused_again_is_raised() -> None:
     with pytest.raises(Unauthorized):
         h.drive(e.call(protocol.get("k")))
     assert len(h.of("POST", "/auth/token")) == 1  # fetched for this call: not renewed again
+
+
+def test_session_ttl_is_asked_for() -> None:
+    h = harness(Router(OK_PUT, session=SESSION))
+    h.drive(engine(h, session_ttl=15).call(protocol.put("k", "v")))
+    (opened,) = h.of("POST", "/session")
+    assert json.loads(opened.body) == {"ttl_s": 15}
+    h2 = harness(Router(OK_PUT, session=SESSION))
+    h2.drive(engine(h2).call(protocol.put("k", "v")))
+    assert h2.of("POST", "/session")[0].body == b""  # the server's default
+    with pytest.raises(ValueError):
+        engine(h2, session_ttl=0)

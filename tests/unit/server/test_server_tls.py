@@ -6,6 +6,7 @@ Certificates come from `raftkv certs init` (transport/certs.py), made once per m
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,10 +20,15 @@ from aiohttp import web
 from raftkv.server.config import Address, ConfigError, Settings, load_settings
 from raftkv.server.forward import FORWARDED_HEADER
 from raftkv.server.http import create_app
-from raftkv.server.runner import run_http
-from raftkv.server.tls import HttpTlsFiles, server_context, verified_node_ids
+from raftkv.server.runner import http_ssl_context, run_http
+from raftkv.server.tls import (
+    HttpTlsFiles,
+    reload_server_context,
+    server_context,
+    verified_node_ids,
+)
 from raftkv.transport.certs import CertLayout, init_certs
-from raftkv.transport.tls import TlsFiles
+from raftkv.transport.tls import TlsConfigError, TlsFiles
 from tests.unit.server.fakes import FakeNode, aio, closed_port, make_settings
 
 NODES = ("node-1", "node-2", "node-3")
@@ -248,3 +254,63 @@ def test_tls_config_paths_and_errors(tmp_path: Path, certs: CertLayout) -> None:
     base.write_text(seed + f"tls:\n  peer:\n    cert: '{certs.peer_cert('node-1')}'\n")
     with pytest.raises(ConfigError, match=r"^tls\.peer\.key: required"):
         load_settings({"config": base, "node_id": "node-2"}, env={})
+
+
+@aio
+async def test_https_without_peer_tls_forwards_with_tls_http_ca(
+    tmp_path: Path, certs: CertLayout
+) -> None:
+    recorder = Recorder()
+    leader_settings = dataclasses.replace(tls_settings(tmp_path, certs, "node-1"), tls_peer=None)
+    async with recorder_leader(leader_settings, recorder) as port:
+        peers = {"node-1": f"127.0.0.1:{port}", "node-2": "127.0.0.1:2", "node-3": "127.0.0.1:3"}
+        base = dataclasses.replace(tls_settings(tmp_path, certs, "node-2"), tls_peer=None)
+        text = {"Content-Type": "text/plain"}
+        outcomes = []
+        for http_ca in (None, certs.ca_cert):  # the system CAs do not know the cluster CA
+            assert base.tls_http is not None
+            files = dataclasses.replace(base.tls_http, ca=http_ca)
+            follower = FakeNode("node-2", leader_id="node-1", http_peers=peers)
+            async with serving(follower, dataclasses.replace(base, tls_http=files)) as fport:
+                url = f"https://localhost:{fport}/kv/k"
+                status, body = await fetch("PUT", url, client_ctx(certs), data=b"v", headers=text)
+                outcomes.append((status, body.get("code")))
+    assert outcomes == [(503, "leader_unreachable"), (200, None)]
+    [(_, callers)] = recorder.seen
+    assert callers == []  # no peer certificate to present
+
+
+@aio
+async def test_https_certificate_reload_without_restart(
+    tmp_path: Path, certs: CertLayout, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    other = CertLayout(tmp_path_factory.mktemp("rotated"))
+    init_certs(other.root, ["node-1"], ["localhost", "127.0.0.1"])
+    live = tmp_path / "live"
+    live.mkdir()
+    for name in ("http.crt", "http.key"):
+        shutil.copy(certs.root / "node-1" / name, live / name)
+    settings = dataclasses.replace(
+        make_settings(tmp_path),
+        tls_http=HttpTlsFiles(live / "http.crt", live / "http.key"),
+        http_listen=Address("127.0.0.1", 0),
+    )
+    runner = await run_http(create_app(FakeNode(), settings), settings)
+    try:
+        url = f"https://localhost:{runner.addresses[0][1]}/health"
+        assert (await fetch("GET", url, client_ctx(certs)))[0] == 200
+        ctx = http_ssl_context(runner)
+        assert ctx is not None
+        # A bad pair is refused and the old one keeps serving.
+        (live / "http.key").write_text("not a key")
+        with pytest.raises(TlsConfigError):
+            reload_server_context(ctx, settings)
+        assert (await fetch("GET", url, client_ctx(certs)))[0] == 200
+        for name in ("http.crt", "http.key"):
+            shutil.copy(other.root / "node-1" / name, live / name)
+        reload_server_context(ctx, settings)
+        assert (await fetch("GET", url, client_ctx(other)))[0] == 200  # the new certificate
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await fetch("GET", url, client_ctx(certs))
+    finally:
+        await runner.cleanup()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -279,5 +280,26 @@ def test_fast_tuning_still_admits_known_members(run: Run) -> None:
             assert isinstance(got, AppendEntries) and got.from_ == "c"
             w.close()
             await w.wait_closed()
+
+    run(scenario())
+
+
+def test_our_own_stall_does_not_drop_live_links(run: Run) -> None:
+    """A blocked event loop leaves peers' bytes unread: that silence is ours, not theirs."""
+
+    async def scenario() -> None:
+        tuning = TransportTuning(
+            backoff_initial=0.005, backoff_max=0.05, keepalive_interval=0.02, idle_timeout=0.2
+        )
+        with structlog.testing.capture_logs() as logs:
+            async with cluster("a", "b", tuning=tuning) as n:
+                await eventually(lambda: "b" in n["a"].transport.inbound_peers())
+                await asyncio.sleep(0.05)  # let the housekeeping tick at least once
+                time.sleep(0.5)  # block this loop (both nodes share it) past idle_timeout
+                n["b"].transport.send([hb("b", "a", 1)])
+                assert await n["a"].next() == hb("b", "a", 1)
+                await asyncio.sleep(0.1)  # a few housekeeping ticks after the stall
+                assert "b" in n["a"].transport.inbound_peers()
+        assert not any(e["event"] == "inbound_dropped_idle" for e in logs)
 
     run(scenario())
