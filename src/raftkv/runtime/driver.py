@@ -316,7 +316,14 @@ class RaftDriver(SnapshotSteps):
         """May `node` open a peer connection to us? Members of the LIVE configuration (the
         core's, which follows conf changes) may; removed ones may not, whatever the YAML says.
         Until we are in the configuration ourselves (a joining node that has not caught up),
-        the peers we were configured with may too, so a leader can bring us up to date."""
+        the peers we were configured with may too, so a leader can bring us up to date.
+
+        Known gap: a node that missed a conf change does not know the members added since, and
+        refuses them, so a leader added meanwhile cannot catch it up. Admitting unknown ids is
+        safe only under mutual TLS (the certificate proves the id) and together with a record
+        of removed ids; without TLS it would admit anyone (the `mallory` attack of issue 10,
+        tests/integration/test_peer_attacks.py). The policy to keep: member, or not removed
+        and peer TLS on, or joining."""
         conf = self.raw.raft.conf
         if node in conf.voters or node in conf.learners:
             return True
