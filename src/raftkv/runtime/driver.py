@@ -46,6 +46,7 @@ from raftkv.raft.ready import Apply, Persist, ReadStates, Ready, SendMessages
 from raftkv.raft.storage import MemoryStorage
 from raftkv.raft.types import (
     ConfChange,
+    ConfChangeKind,
     ConfState,
     Entry,
     EntryKind,
@@ -101,6 +102,7 @@ class RaftDriver(SnapshotSteps):
         self._bootstrap_until = 0.0  # fresh cluster: the bootstrap node campaigns until then
         self._hold_elections_until = 0.0  # fresh cluster: other nodes wait for it until then
         self._last_snapshot_index = Index(0)
+        self._removed: set[NodeId] = set()  # ids whose removal this process saw committed
         self.metrics = (
             RuntimeMetrics(
                 self.id, opts.election_ticks * opts.tick_ms / 1000.0, self.metrics_sample
@@ -318,14 +320,18 @@ class RaftDriver(SnapshotSteps):
         Until we are in the configuration ourselves (a joining node that has not caught up),
         the peers we were configured with may too, so a leader can bring us up to date.
 
-        Known gap: a node that missed a conf change does not know the members added since, and
-        refuses them, so a leader added meanwhile cannot catch it up. Admitting unknown ids is
-        safe only under mutual TLS (the certificate proves the id) and together with a record
-        of removed ids; without TLS it would admit anyone (the `mallory` attack of issue 10,
-        tests/integration/test_peer_attacks.py). The policy to keep: member, or not removed
-        and peer TLS on, or joining."""
+        A node that missed conf changes does not know the members added since, one of which
+        may be the leader it must catch up from. With mutual TLS such an unknown id is admitted
+        (the cluster CA's certificate proves the id; `check_hello` compared them) unless we saw
+        it removed; without TLS it is refused, since admitting unknown ids would admit anyone
+        (the `mallory` attack of issue 10, tests/integration/test_peer_attacks.py). Policy:
+        member, or (peer TLS and not seen removed), or joining."""
         conf = self.raw.raft.conf
         if node in conf.voters or node in conf.learners:
+            return True
+        if node in self._removed:
+            return False
+        if self.opts.peer_tls is not None:
             return True
         return (
             self.id not in conf.voters
@@ -521,7 +527,14 @@ class RaftDriver(SnapshotSteps):
 
     def _after_advance(self, rd: Ready) -> None:
         self._reads.drop_done()
-        if any(e.kind is EntryKind.CONF_CHANGE for e in rd.committed_entries):
+        changes = [e for e in rd.committed_entries if e.kind is EntryKind.CONF_CHANGE]
+        for e in changes:
+            cc = _conf_decoder.decode(e.data)  # decoded once already by _apply
+            if cc.kind is ConfChangeKind.REMOVE_NODE:
+                self._removed.add(cc.node_id)
+            else:
+                self._removed.discard(cc.node_id)
+        if changes:
             # advance() applied it to the core's configuration: a removed member's connection
             # to us closes now, not whenever it happens to drop.
             self.transport.drop_non_members()
