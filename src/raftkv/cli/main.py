@@ -74,3 +74,7 @@ def __getattr__(name: str) -> object:
 def main() -> None:
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     (_kv_app() if command in KV_COMMANDS else build_app())()
+
+
+if __name__ == "__main__":  # python -m raftkv.cli.main (bench/clusters.py falls back to it)
+    main()
