@@ -9,16 +9,31 @@
 # (config/multi-node-cluster-tls.yaml, data under ./data/cluster-tls). Certificates are made in
 # ./certs with `raftkv certs init` when certs/ca.crt is missing; user root gets the password in
 # RAFTKV_ROOT_PASSWORD, else one generated once and kept in certs/root-password (0600).
+#
+# --nodes N (1..9): N nodes instead of 3, node-1..node-N on HTTP 8081.. and Raft 9001.., from a
+# config file generated next to their data in ./data/cluster-N (a separate cluster: to grow a
+# running one, join nodes to it with `raftkv serve --join`, see docs/membership.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TLS=0
-for arg in "$@"; do
-  case "$arg" in
-    --tls) TLS=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-    *) echo "unknown option: $arg (expected --tls)" >&2; exit 2 ;;
+COUNT=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tls) TLS=1; shift ;;
+    --nodes) COUNT="${2:-}"; shift 2 ;;
+    --nodes=*) COUNT="${1#--nodes=}"; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) echo "unknown option: $1 (expected --tls or --nodes N)" >&2; exit 2 ;;
   esac
 done
+if ! [[ "$COUNT" =~ ^[1-9]$ ]]; then
+  echo "--nodes: must be a number from 1 to 9 (got '${COUNT}')" >&2
+  exit 2
+fi
+if [ "$TLS" -eq 1 ] && [ "$COUNT" -ne 3 ]; then
+  echo "--tls starts the 3-node cluster of config/multi-node-cluster-tls.yaml only" >&2
+  exit 2
+fi
 if [ "$TLS" -eq 1 ]; then
   CONFIG="${KV_CONFIG:-config/multi-node-cluster-tls.yaml}"
   SCHEME=https
@@ -28,9 +43,29 @@ else
   SCHEME=http
   CURL=(curl)
 fi
-NODES=(node-1 node-2 node-3)
-HTTP=(8081 8082 8083)
-RAFT=(9001 9002 9003)
+NODES=() HTTP=() RAFT=()
+for ((i = 1; i <= COUNT; i++)); do
+  NODES+=("node-$i") HTTP+=($((8080 + i))) RAFT+=($((9000 + i)))
+done
+if [ "$COUNT" -ne 3 ]; then
+  # A cluster of another size: its own config file and data root, generated from the seed's.
+  root="./data/cluster-$COUNT"
+  mkdir -p "$root"
+  CONFIG="$root/cluster.yaml"
+  {
+    echo "cluster:"
+    echo "  name: \"distributed-kv-cluster-$COUNT\""
+    echo "  bootstrap_id: \"node-1\""
+    echo "  data_dir: \"$root\""
+    echo "  nodes:"
+    for i in "${!NODES[@]}"; do echo "    ${NODES[$i]}: \"localhost:${RAFT[$i]}\""; done
+    echo "raft:"
+    echo "  election_timeout_ms: 100"
+    echo "  heartbeat_timeout_ms: 25"
+    echo "logging:"
+    echo "  level: \"info\""
+  } >"$CONFIG"
+fi
 
 echo "Starting distributed key-value store cluster..."
 echo "Building cluster binary..."
@@ -116,17 +151,17 @@ if [ "$TLS" -eq 1 ]; then  # the leader creates user root a moment after the ele
 fi
 
 if [ "$TLS" -eq 0 ]; then
+echo
+echo "Cluster started successfully!"
+for i in "${!NODES[@]}"; do
+  echo "Node $((i + 1)): http://localhost:${HTTP[$i]} (Raft: localhost:${RAFT[$i]})"
+done
 cat <<BANNER
-
-Cluster started successfully!
-Node 1: http://localhost:${HTTP[0]} (Raft: localhost:${RAFT[0]})
-Node 2: http://localhost:${HTTP[1]} (Raft: localhost:${RAFT[1]})
-Node 3: http://localhost:${HTTP[2]} (Raft: localhost:${RAFT[2]})
 
 Try these commands:
   curl http://localhost:${HTTP[0]}/cluster/status
   curl -X PUT http://localhost:${HTTP[0]}/kv/test -d 'hello world'
-  curl http://localhost:${HTTP[1]}/kv/test
+  curl http://localhost:${HTTP[$((COUNT > 1 ? 1 : 0))]}/kv/test
 
 BANNER
 else

@@ -184,6 +184,7 @@ class Node:
     data_dir: Path
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    join_url: str | None = None  # a node added later: its first start is `serve --join URL`
 
     @property
     def http(self) -> str:
@@ -259,6 +260,45 @@ class Cluster:
         for node_id in node_ids if node_ids is not None else self.nodes:
             self.start_node(node_id)
 
+    def new_node(self, node_id: str, join_via: str) -> Node:
+        """Register a node that is not in the config file; `start_node` then runs it with
+        `--join` the cluster through `join_via`'s HTTP address (later starts: only --node-id
+        and --data-dir, from its persisted member.json)."""
+        assert node_id not in self.nodes, f"{node_id} exists"
+        hosts = _loopback_hosts(len(self.nodes) + 1)
+        host = hosts[len(self.nodes)]
+        taken = {p for n in self.nodes.values() for p in (n.http_port, n.raft_port)}
+        node = Node(
+            id=node_id,
+            host=host,
+            http_port=free_port(host, taken),
+            raft_port=free_port(host, taken),
+            log_path=self.root / "logs" / f"{node_id}.log",
+            data_dir=self.root / "data" / node_id,
+            join_url=f"http://{self.nodes[join_via].http}",
+        )
+        self.nodes[node_id] = node
+        return node
+
+    def _command(self, node: Node) -> list[str]:
+        if node.join_url is None:
+            return ["serve", "--config", str(self.config_path), "--node-id", node.id]
+        data = ["--node-id", node.id, "--data-dir", str(self.root / "data")]
+        if node.starts > 1:
+            return ["serve", *data, "--log-level", self.log_level]
+        return [
+            "serve",
+            *data,
+            "--join",
+            node.join_url,
+            "--raft-address",
+            node.raft,
+            "--http-address",
+            node.http,
+            "--log-level",
+            self.log_level,
+        ]
+
     def start_node(
         self,
         node_id: str,
@@ -275,16 +315,7 @@ class Cluster:
             f.write(f"\n===== start #{node.starts} of {node_id} =====\n".encode())
             f.flush()
             node.proc = subprocess.Popen(
-                [
-                    *prefix,
-                    str(raftkv_executable()),
-                    "serve",
-                    "--config",
-                    str(self.config_path),
-                    "--node-id",
-                    node_id,
-                    *args,
-                ],
+                [*prefix, str(raftkv_executable()), *self._command(node), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=f,
                 stderr=subprocess.STDOUT,

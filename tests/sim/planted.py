@@ -16,7 +16,7 @@ from raftkv.raft.raft import Raft, _PendingRead
 from raftkv.raft.rawnode import RawNode
 from raftkv.raft.ready import Ready
 from raftkv.raft.storage import MemoryStorage
-from raftkv.raft.types import Entry, Index, Term
+from raftkv.raft.types import ConfChange, Entry, Index, Term
 from raftkv.sim.node import NodeFactory
 
 
@@ -78,6 +78,43 @@ class NoTruncateRaft(Raft):
         self.log.__class__ = NoTruncateLog
 
 
+class NoOneAtATimeRaft(Raft):
+    """(f) Accepts a membership change while another is still pending (drops thesis §4.1's
+    one-at-a-time rule): two changes in flight can leave disjoint majorities."""
+
+    def _check_conf_change(self, cc: ConfChange) -> None:
+        pending, self.pending_conf_index = self.pending_conf_index, Index(0)
+        try:
+            super()._check_conf_change(cc)
+        finally:
+            self.pending_conf_index = pending
+
+
+class NoCommitInTermRaft(Raft):
+    """(g) A new leader accepts a membership change before it has committed an entry of its
+    term (drops the raft-dev 2015 fix): a change left uncommitted in its log by an earlier
+    leader is then still in flight beside the new one. Both halves of the guard go: the
+    explicit check and the pending index a new leader starts from (etcd's form of it)."""
+
+    def become_leader(self) -> None:
+        super().become_leader()
+        self.pending_conf_index = Index(0)
+
+    def _committed_in_term(self) -> bool:
+        if self._in_conf_check:
+            return True
+        return super()._committed_in_term()
+
+    _in_conf_check = False
+
+    def _check_conf_change(self, cc: ConfChange) -> None:
+        self._in_conf_check = True
+        try:
+            super()._check_conf_change(cc)
+        finally:
+            self._in_conf_check = False
+
+
 class _PlantedNode(RawNode):
     raft_class: type[Raft] = Raft
 
@@ -113,6 +150,20 @@ class EarlyAckNode(RawNode):
         self._in_flight = early
         return early
 
+
+class NoOneAtATimeNode(_PlantedNode):
+    raft_class = NoOneAtATimeRaft
+
+
+class NoCommitInTermNode(_PlantedNode):
+    raft_class = NoCommitInTermRaft
+
+
+# Membership guards: caught under the membership-heavy faults (SimOptions(membership=True)).
+GUARD_BUGS: dict[str, NodeFactory] = {
+    "conf_change_not_one_at_a_time": NoOneAtATimeNode,
+    "conf_change_before_commit_in_term": NoCommitInTermNode,
+}
 
 BUGS: dict[str, NodeFactory] = {
     "figure8_commit": Figure8Node,

@@ -40,6 +40,7 @@ def build_app() -> typer.Typer:
         chaos_cmd,
         inspect_cmd,
         kv_cmd,
+        member_cmd,
         serve,
         sim_cmd,
         snapshot_cmd,
@@ -53,6 +54,7 @@ def build_app() -> typer.Typer:
     chaos_cmd.register(app)
     certs.register(app)
     kv_cmd.register(app)
+    member_cmd.register(app)
     snapshot_cmd.register(app)
     return app
 

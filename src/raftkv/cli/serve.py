@@ -4,7 +4,9 @@ the `tls.peer` certificate files (rotation without restart).
 Rules: an invalid config exits 2 with a message naming the field; a corrupt log or snapshot
 exits 3 naming what is corrupt and where; a broken invariant at run time exits 70; a storage
 failure (EIO, ENOSPC, ... at start or at run time) exits 74 (EX_IOERR) with one line naming the
-operation, file, errno and what to do (storage/failure.py).
+operation, file, errno and what to do (storage/failure.py). A node that was removed from the
+cluster exits 0 after saying so (and refuses to start again: exit 2).
+`--join` and restarts from the node's own `member.json`: see `raftkv.server.joining`.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from aiohttp import web
 
 from raftkv.ops.recovery import RecoveryError, force_new_cluster
 from raftkv.raft.types import NodeId
+from raftkv.runtime.member_table import NodeRemoved
 from raftkv.runtime.node import RaftKVNode
 from raftkv.runtime.options import NodeOptions
-from raftkv.server.config import ConfigError, Settings, load_settings
+from raftkv.server.config import ConfigError, Settings
 from raftkv.server.http import create_app
+from raftkv.server.joining import check_not_removed, resolve, save_member_files
 from raftkv.server.logging import bind_node, configure_logging
 from raftkv.server.runner import http_ssl_context, run_http
 from raftkv.server.tls import node_client_context, reload_server_context, server_context
@@ -44,7 +48,7 @@ DAMAGED_DATA_ADVICE = (
 _STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
-def node_options(s: Settings) -> NodeOptions:
+def node_options(s: Settings, initial_voters: tuple[str, ...] | None = None) -> NodeOptions:
     return NodeOptions(
         node_id=NodeId(s.node_id),
         cluster_name=s.cluster_name,
@@ -54,7 +58,7 @@ def node_options(s: Settings) -> NodeOptions:
         http_advertise=str(s.http_address),
         peers_raft={NodeId(n): (a.host, a.port) for n, a in s.raft_peers.items()},
         peers_http={NodeId(n): str(a) for n, a in s.http_peers.items()},
-        bootstrap_id=NodeId(s.bootstrap_id),
+        bootstrap_id=NodeId(s.bootstrap_id) if s.bootstrap_id in s.raft_peers else None,
         source_host=s.raft_listen.host if s.raft_listen.host not in ("0.0.0.0", "::") else None,
         tick_ms=float(s.tick_ms),
         election_ticks=s.election_ticks,
@@ -63,6 +67,8 @@ def node_options(s: Settings) -> NodeOptions:
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,
         metrics=s.metrics,
+        initial_voters=tuple(NodeId(v) for v in initial_voters) if initial_voters else None,
+        auto_promote=s.config.cluster.auto_promote,
         peer_tls=PeerTls(s.tls_peer) if s.tls_peer is not None else None,
     )
 
@@ -108,10 +114,9 @@ def reload_tls(tls: PeerTls | None, runner: web.AppRunner, settings: Settings) -
     log.info("tls_reloaded", part="http", cert=str(settings.tls_http.cert))
 
 
-async def serve_node(settings: Settings) -> int:
-    node = RaftKVNode(node_options(settings))
+async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None = None) -> int:
+    node = RaftKVNode(node_options(settings, initial_voters))
     await node.start()
-    _tune_gc()
     try:
         runner = await run_http(create_app(node, settings), settings)
     except BaseException:
@@ -119,6 +124,7 @@ async def serve_node(settings: Settings) -> int:
         # hard state saved, state synced, files closed) before reporting the failure.
         await node.stop()
         raise
+    _tune_gc()  # after the HTTP app is up: its routes, sessions and SSL contexts are frozen too
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -134,6 +140,8 @@ async def serve_node(settings: Settings) -> int:
     if fatal.done():
         failure = fatal.result()
         code = EXIT_IOERR if isinstance(failure, StorageFailure) else 70
+        if isinstance(failure, NodeRemoved):
+            code = 0  # removed from the cluster: a normal end (the driver logged why)
         if code == 70:
             # (A storage failure's one line is already in the log, on stderr.)
             print(f"raftkv: node {settings.node_id} stopping: {failure}", file=sys.stderr)
@@ -164,7 +172,7 @@ def _force_new_cluster(settings: Settings) -> None:
     )
 
 
-def _run(settings: Settings) -> int:
+def _run(settings: Settings, initial_voters: tuple[str, ...] | None = None) -> int:
     try:
         import uvloop
 
@@ -172,7 +180,7 @@ def _run(settings: Settings) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.Runner()
     with runner:
-        return runner.run(serve_node(settings))
+        return runner.run(serve_node(settings, initial_voters))
 
 
 def register(app: typer.Typer) -> None:
@@ -185,6 +193,18 @@ def register(app: typer.Typer) -> None:
         raft_port: Annotated[int | None, typer.Option("--raft-port")] = None,
         log_level: Annotated[str | None, typer.Option("--log-level")] = None,
         log_format: Annotated[str | None, typer.Option("--log-format")] = None,
+        join: Annotated[
+            str | None,
+            typer.Option("--join", help="join the cluster at this HTTP URL (reads no config file)"),
+        ] = None,
+        raft_address: Annotated[
+            str | None,
+            typer.Option("--raft-address", help="with --join: this node's Raft host:port"),
+        ] = None,
+        http_address: Annotated[
+            str | None,
+            typer.Option("--http-address", help="with --join: this node's HTTP host:port"),
+        ] = None,
         force_new_cluster: Annotated[
             bool,
             typer.Option(
@@ -205,12 +225,25 @@ def register(app: typer.Typer) -> None:
             "log_format": log_format,
         }
         try:
-            settings = load_settings(overrides)
+            resolved = resolve(
+                overrides, join=join, raft_address=raft_address, http_address=http_address
+            )
+            settings = resolved.settings
             # Load the TLS files now, so that a bad pair fails here, naming the field.
             server_context(settings)
             node_client_context(settings)
             if settings.tls_peer is not None:
                 PeerTls(settings.tls_peer)
+            has_data = (settings.data_dir / "raft.db").exists()
+            if has_data and not resolved.joined and (peer := check_not_removed(settings)):
+                print(
+                    f"raftkv: refusing to start: {settings.node_id} was removed from the cluster "
+                    f"(so says {peer}); it cannot rejoin under this id: start a new node with a "
+                    "new id and an empty data directory",
+                    file=sys.stderr,
+                )
+                raise typer.Exit(2)
+            save_member_files(settings, resolved.initial_voters)
         except (ConfigError, TlsConfigError) as exc:
             print(f"raftkv: invalid configuration: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
@@ -219,7 +252,10 @@ def register(app: typer.Typer) -> None:
         try:
             if force_new_cluster:
                 _force_new_cluster(settings)
-            code = _run(settings)
+            code = _run(settings, resolved.initial_voters)
+        except NodeRemoved as exc:
+            print(f"raftkv: refusing to start: {exc}", file=sys.stderr)
+            raise typer.Exit(2) from None
         except StorageFailure as exc:
             print(f"raftkv: {exc}", file=sys.stderr)
             raise typer.Exit(EXIT_IOERR) from None

@@ -144,23 +144,32 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float, typer.Option(help="Seconds per seed before a hang.")] = (
             DEFAULT_TIMEOUT
         ),
+        membership: Annotated[
+            bool,
+            typer.Option(help="Membership-heavy faults (bursts of changes, new-leader changes)."),
+        ] = False,
     ) -> None:
         """Deterministic cluster simulation: faults, clients, invariants after every event."""
         console = Console(highlight=False)
         if seed is not None:
-            raise typer.Exit(_replay(console, seed, events, trace))
+            raise typer.Exit(_replay(console, seed, events, trace, membership))
         if bench:
             raise typer.Exit(_bench(console, events))
         raise typer.Exit(
             _sweep(
-                console, range(start, start + seeds), events, jobs or os.cpu_count() or 1, timeout
+                console,
+                range(start, start + seeds),
+                events,
+                jobs or os.cpu_count() or 1,
+                timeout,
+                membership,
             )
         )
 
 
-def _replay(console: Console, seed: int, events: int, trace: bool) -> int:
+def _replay(console: Console, seed: int, events: int, trace: bool, membership: bool) -> int:
     started = time.perf_counter()
-    result = run_seed(seed, events, SimOptions(trace=trace))
+    result = run_seed(seed, events, SimOptions(trace=trace, membership=membership))
     elapsed = time.perf_counter() - started
     for line in result.trace:
         console.print(line, markup=False)
@@ -174,7 +183,9 @@ def _replay(console: Console, seed: int, events: int, trace: bool) -> int:
     return 1 if result.violations else 0
 
 
-def _sweep(console: Console, seeds: range, events: int, jobs: int, timeout: float) -> int:
+def _sweep(
+    console: Console, seeds: range, events: int, jobs: int, timeout: float, membership: bool
+) -> int:
     started = time.perf_counter()
     bad: list[SimResult] = []
     done = 0
@@ -195,7 +206,8 @@ def _sweep(console: Console, seeds: range, events: int, jobs: int, timeout: floa
     console.print(
         f"sweeping seeds {seeds.start}..{seeds.stop - 1}, {events} events each, {jobs} jobs"
     )
-    sweep(seeds, events, jobs=jobs, timeout=timeout, on_result=report)
+    options = SimOptions(membership=membership)
+    sweep(seeds, events, jobs=jobs, options=options, timeout=timeout, on_result=report)
     took = time.perf_counter() - started
     failing = ", ".join(str(r.seed) for r in bad) or "none"
     console.print(

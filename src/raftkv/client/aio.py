@@ -202,6 +202,10 @@ class AsyncClient:
         """`/cluster/status` of a node (the leader when known)."""
         return await self._run(single(protocol.cluster_status()))
 
+    async def call(self, call: protocol.Call[T]) -> T:
+        """Run one protocol call built elsewhere (e.g. `raftkv.client.members`)."""
+        return await self._run(single(call))
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def close(self) -> None:

@@ -198,6 +198,10 @@ class Client:
         """`/cluster/status` of a node (the leader when known)."""
         return self._run(single(protocol.cluster_status()))
 
+    def call(self, call: protocol.Call[T]) -> T:
+        """Run one protocol call built elsewhere (e.g. `raftkv.client.members`)."""
+        return self._run(single(call))
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:

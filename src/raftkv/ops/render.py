@@ -25,30 +25,49 @@ def _dash(value: object) -> str:
 
 
 def render_status(console: Console, report: dict[str, Any]) -> None:
-    table = Table(title="Cluster status", title_justify="left")
-    for col in ("node", "role", "term", "commit", "applied", "last", "lag", "reachable", "http"):
+    """One line per node that fits 80 columns (a pipe gets 80 too): ids and roles are never
+    cut; numbers are narrow; why a node is unreachable is written under the table."""
+    table = Table(
+        title="Cluster status", title_justify="left", box=None, pad_edge=False, padding=(0, 1)
+    )
+    rows = report["nodes"]
+    keep = {  # never shrunk below their longest cell: ids and roles must read whole
+        "node": max([5, *(len(r["id"]) + 1 for r in rows)]),
+        "role": max([4, *(len(_dash(r["role"])) for r in rows)]),
+    }
+    for col in ("node", "role", "term", "commit", "applied", "last", "lag", "up", "http"):
+        numeric = col in ("term", "commit", "applied", "last", "lag")
         table.add_column(
-            col, justify="right" if col in ("term", "commit", "applied", "last", "lag") else "left"
+            col,
+            justify="right" if numeric else "left",
+            no_wrap=True,
+            min_width=keep.get(col),
+            overflow="ellipsis",
         )
+    notes = []
     for row in report["nodes"]:
         style = "bold green" if row["is_leader"] else ("red" if not row["reachable"] else None)
+        if not row["reachable"]:
+            notes.append(f"{row['id']}: {row['error']}")
         table.add_row(
-            ("★ " if row["is_leader"] else "  ") + row["id"],
+            ("*" if row["is_leader"] else " ") + row["id"],
             _dash(row["role"]),
             _dash(row["term"]),
             _dash(row["commit_index"]),
             _dash(row["applied_index"]),
             _dash(row["last_index"]),
             _dash(row["lag"]),
-            "yes" if row["reachable"] else f"no ({row['error']})",
+            "yes" if row["reachable"] else "NO",
             row["http_address"],
             style=style,
         )
     console.print(table)
+    for note in notes:
+        console.print(f"  unreachable {note}", style="red", highlight=False)
     leader = report["leader"] or "none"
     health = "[green]healthy[/]" if report["healthy"] else "[red]NOT healthy[/]"
     console.print(
-        f"leader: [bold]{leader}[/]   reachable: {report['reachable']}/{report['cluster_size']}"
+        f"leader: [bold]{leader}[/] (*)   reachable: {report['reachable']}/{report['cluster_size']}"
         f"   {health}"
     )
 

@@ -22,7 +22,13 @@ import msgspec
 from raftkv.raft import quorum
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
-from raftkv.raft.errors import Compacted, InvariantViolation, NotLeader, ProposalDropped
+from raftkv.raft.errors import (
+    Compacted,
+    ConfChangeRefused,
+    InvariantViolation,
+    NotLeader,
+    ProposalDropped,
+)
 from raftkv.raft.log import RaftLog
 from raftkv.raft.messages import (
     AnyMessage,
@@ -579,18 +585,21 @@ class Raft:
 
     def _check_conf_change(self, cc: ConfChange) -> None:
         if self.pending_conf_index > self.log.applied:
-            raise ProposalDropped("a configuration change is already in progress")
+            # Thesis §4.1: one single-server change at a time.
+            raise ConfChangeRefused("pending", "a configuration change is already in progress")
         if not self._committed_in_term():
-            raise ProposalDropped("leader has not yet committed an entry in its term")
+            # The single-server bug (raft-dev 2015, thesis §4.1 errata): a new leader must commit
+            # an entry of its term before changing the configuration.
+            raise ConfChangeRefused("term", "leader has not yet committed an entry in its term")
         match cc.kind:
             case ConfChangeKind.ADD_VOTER if cc.node_id in self.conf.voters:
-                raise ProposalDropped(f"{cc.node_id} is already a voter")
+                raise ConfChangeRefused("invalid", f"{cc.node_id} is already a voter")
             case ConfChangeKind.ADD_LEARNER if cc.node_id in self.conf.all_nodes():
-                raise ProposalDropped(f"{cc.node_id} is already a member")
+                raise ConfChangeRefused("invalid", f"{cc.node_id} is already a member")
             case ConfChangeKind.REMOVE_NODE if cc.node_id not in self.conf.all_nodes():
-                raise ProposalDropped(f"{cc.node_id} is not a member")
+                raise ConfChangeRefused("invalid", f"{cc.node_id} is not a member")
             case ConfChangeKind.REMOVE_NODE if self.conf.voters == (cc.node_id,):
-                raise ProposalDropped("cannot remove the last voter")
+                raise ConfChangeRefused("invalid", "cannot remove the last voter")
             case _:
                 pass
 

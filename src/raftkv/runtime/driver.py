@@ -23,6 +23,8 @@ Rules:
   the environment.
 - Metrics (`metrics.py`): the driver only bumps counters and hands over durations and messages;
   gauges are read at scrape time through `metrics_sample`.
+- Membership: member addresses are the replicated record (runtime/member_table.py), stored
+  with the configuration in one apply transaction; a removed node stops (`NodeRemoved`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ from raftkv.raft.ready import Apply, Persist, ReadStates, Ready, SendMessages
 from raftkv.raft.storage import MemoryStorage
 from raftkv.raft.types import (
     ConfChange,
-    ConfChangeKind,
     ConfState,
     Entry,
     EntryKind,
@@ -56,10 +57,13 @@ from raftkv.raft.types import (
     Role,
     Snapshot,
     SnapshotMeta,
+    Term,
 )
 from raftkv.runtime import testhooks
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.features import OWN_VERSIONS
+from raftkv.runtime.member_table import MemberTable, NodeRemoved, initial_conf, load_record
+from raftkv.runtime.members import ClusterRecord, encode_record, record_after
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.snapshots import SnapshotSteps
@@ -102,7 +106,8 @@ class RaftDriver(SnapshotSteps):
         self._bootstrap_until = 0.0  # fresh cluster: the bootstrap node campaigns until then
         self._hold_elections_until = 0.0  # fresh cluster: other nodes wait for it until then
         self._last_snapshot_index = Index(0)
-        self._removed: set[NodeId] = set()  # ids whose removal this process saw committed
+        self.table = MemberTable(self.id)  # the replicated member record and its effects
+        self._now = 0.0  # loop time, refreshed every tick (cheap for `table.heard`)
         self.metrics = (
             RuntimeMetrics(
                 self.id, opts.election_ticks * opts.tick_ms / 1000.0, self.metrics_sample
@@ -127,7 +132,7 @@ class RaftDriver(SnapshotSteps):
         loaded = await asyncio.to_thread(self.durable.load)
         self.sm = await asyncio.to_thread(recovery.open_state, d)
         loaded = await asyncio.to_thread(recovery.reconcile, d, self.durable, loaded, self.sm)
-        self._bootstrap_conf = ConfState(voters=tuple(sorted(self.opts.peers_raft)))
+        self._bootstrap_conf = initial_conf(self.sm.cluster, self.opts)
         self.storage = MemoryStorage(self._bootstrap_conf)
         if loaded.snapshot is not None:
             meta = loaded.snapshot
@@ -143,6 +148,7 @@ class RaftDriver(SnapshotSteps):
             # It must be in the state: snapshots carry the state's configuration, and a node
             # restarted from (or sent) a snapshot with no voters could never campaign again.
             await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
+        self.table.load(await load_record(self.sm, self.opts, self._bootstrap_conf), start=True)
         self.storage.append(loaded.entries)
         hs = loaded.hard_state
         if hs.commit < self.sm.applied_index <= self.storage.last_index():
@@ -164,7 +170,7 @@ class RaftDriver(SnapshotSteps):
             # A fresh cluster: give the bootstrap node a head start so it leads first, as the
             # seed shows; if it is not there, we campaign normally after the grace period.
             self._hold_elections_until = loop.time() + 2.0
-        peers = {n: a for n, a in self.opts.peers_raft.items() if n != self.id}
+        peers = self.table.dial_map(self.opts.peers_raft)
         self.transport = PeerTransport(
             self.id,
             self.opts.cluster_name,
@@ -176,7 +182,7 @@ class RaftDriver(SnapshotSteps):
             on_snapshot_status=self._on_snapshot_status,
             snapshot_dir=d / "incoming",
             tuning=self._transport_tuning(),
-            is_member=self._is_member,
+            is_member=self._admits,  # the Hello check: see _admits
             tls=self.opts.peer_tls,
             advertise=self.opts.advertise_versions or OWN_VERSIONS,  # runtime/features.py
         )
@@ -305,6 +311,22 @@ class RaftDriver(SnapshotSteps):
         except Exception as exc:
             raise wrap(exc, op, path) from exc
 
+    def _admits(self, node: str) -> bool:
+        """May `node` open a peer connection to us (the transport's Hello check)?
+
+        Never a removed id (`table.accepts`: removed ids never come back). A member of the
+        replicated record, or a peer we were configured with (a joining node), may. An id we do
+        not know may too, but only under mutual TLS: a node that missed conf changes must let a
+        leader added meanwhile catch it up, and the cluster CA's certificate proves the id
+        (`check_hello` compares them). Without TLS an unknown id is refused, because nothing
+        tells it from a made-up one (the `mallory` attack of issue 10,
+        tests/integration/test_peer_attacks.py)."""
+        if not self.table.accepts(node):
+            return False
+        if node in self.table.record.members or node in self.opts.peers_raft:
+            return True
+        return self.opts.peer_tls is not None
+
     def _transport_tuning(self) -> TransportTuning:
         tick_s = self.opts.tick_ms / 1000.0
         return TransportTuning(
@@ -314,35 +336,14 @@ class RaftDriver(SnapshotSteps):
             max_snapshot_bytes=self.opts.max_snapshot_bytes,
         )
 
-    def _is_member(self, node: NodeId) -> bool:
-        """May `node` open a peer connection to us? Members of the LIVE configuration (the
-        core's, which follows conf changes) may; removed ones may not, whatever the YAML says.
-        Until we are in the configuration ourselves (a joining node that has not caught up),
-        the peers we were configured with may too, so a leader can bring us up to date.
-
-        A node that missed conf changes does not know the members added since, one of which
-        may be the leader it must catch up from. With mutual TLS such an unknown id is admitted
-        (the cluster CA's certificate proves the id; `check_hello` compared them) unless we saw
-        it removed; without TLS it is refused, since admitting unknown ids would admit anyone
-        (the `mallory` attack of issue 10, tests/integration/test_peer_attacks.py). Policy:
-        member, or (peer TLS and not seen removed), or joining."""
-        conf = self.raw.raft.conf
-        if node in conf.voters or node in conf.learners:
-            return True
-        if node in self._removed:
-            return False
-        if self.opts.peer_tls is not None:
-            return True
-        return (
-            self.id not in conf.voters
-            and self.id not in conf.learners
-            and node in self.opts.peers_raft
-        )
-
     # -- inputs -------------------------------------------------------------------------------
     def _on_message(self, msg: AnyMessage) -> None:
         if self._stopping or self.failed:
             return
+        if msg.from_ in self.table.removed:
+            self.table.refuse(msg.from_, self._now)
+            return
+        self.table.heard[msg.from_] = self._now
         if isinstance(msg, InstallSnapshot) and msg.snapshot.data:
             # File mode: verify the received file before Raft sees it (off the loop thread).
             self._tasks.append(asyncio.create_task(self._verify_then_step(msg)))
@@ -414,6 +415,7 @@ class RaftDriver(SnapshotSteps):
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         period = self.opts.tick_ms / 1000.0
+        self._now = loop.time()
         if self._hold_elections_until:
             if loop.time() < self._hold_elections_until and self.raw.status().leader is None:
                 return  # no ticks: no election timeout while the bootstrap node starts
@@ -496,6 +498,7 @@ class RaftDriver(SnapshotSteps):
     def _apply(self, entries: tuple[Entry, ...]) -> None:
         todo = [e for e in entries if e.index > self.sm.applied_index]
         new_conf: ConfState | None = None
+        record = self.table.record
         for e in todo:
             if e.kind is EntryKind.CONF_CHANGE:
                 base = new_conf or (self.sm.conf if self.sm.conf.voters else self._bootstrap_conf)
@@ -506,14 +509,18 @@ class RaftDriver(SnapshotSteps):
                     # crash somewhere inside the core (ARCHITECTURE §7).
                     raise UndecodableEntryError(e.index, None, f"bad conf change: {exc}") from exc
                 new_conf = conf_after(base, cc)
+                record = record_after(record, cc, new_conf)
         if todo:
-            # The resulting configuration is stored in the same LMDB transaction, so a
+            # The configuration and member record go in the same LMDB transaction, so a
             # snapshot never pairs an index with the wrong configuration.
+            cluster = encode_record(record) if new_conf is not None else None
             try:
-                results = self.sm.apply(todo, conf=new_conf)
+                results = self.sm.apply(todo, conf=new_conf, cluster=cluster)
             except Exception as exc:
                 raise wrap(exc, "apply (write)", self.sm.path) from exc
             self.metrics.applied(len(todo))
+            if new_conf is not None:
+                self._set_members(record)
             for e, result in zip(todo, results, strict=True):
                 self._proposals.applied(e.index, e.term, result)
         self._reads.applied(self.sm.applied_index)
@@ -525,16 +532,28 @@ class RaftDriver(SnapshotSteps):
             self._snapshotting = True
             self._tasks.append(asyncio.create_task(self._take_snapshot()))
 
+    def _set_members(self, record: ClusterRecord) -> None:
+        if self.table.adopt(record, self.transport, self.sm.conf):
+            self.learned_removed("its own log")
+
+    def learned_removed(self, source: str) -> None:
+        """This node was removed (seen in `source`): say so and stop (exit 0)."""
+        log.warning("this node was removed from the cluster; stopping", node=self.id, src=source)
+        if self.fatal is not None and not self.fatal.done():
+            self.fatal.set_result(NodeRemoved(f"node {self.id} was removed from the cluster"))
+
+    def track(self, term: Term, index: Index) -> asyncio.Future[object]:
+        """Resolved when the entry proposed at (term, index) is applied here."""
+        self.poke()
+        return self._proposals.add(term, index)
+
+    def poke(self) -> None:
+        self._wake.set()
+        self._schedule_pump()
+
     def _after_advance(self, rd: Ready) -> None:
         self._reads.drop_done()
-        changes = [e for e in rd.committed_entries if e.kind is EntryKind.CONF_CHANGE]
-        for e in changes:
-            cc = _conf_decoder.decode(e.data)  # decoded once already by _apply
-            if cc.kind is ConfChangeKind.REMOVE_NODE:
-                self._removed.add(cc.node_id)
-            else:
-                self._removed.discard(cc.node_id)
-        if changes:
+        if any(e.kind is EntryKind.CONF_CHANGE for e in rd.committed_entries):
             # advance() applied it to the core's configuration: a removed member's connection
             # to us closes now, not whenever it happens to drop.
             self.transport.drop_non_members()

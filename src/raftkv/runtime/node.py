@@ -5,6 +5,8 @@ Rules:
 - `get(linearizable=True)` runs a ReadIndex barrier (thesis §6.4) on any node, followers
   included, then reads local applied state; `linearizable=False` reads local state at once.
 - Readiness: a leader is known and this node has applied everything it knows committed.
+- Peer addresses are the live, replicated membership record (runtime/members.py), not the
+  configured `nodes`: a member added later is listed, a removed one is not.
 - The leader proposes a command kind only once every member understands it
   (`runtime/features.py`): otherwise `FeatureNotEnabled`, and nothing is proposed.
 """
@@ -35,6 +37,7 @@ from raftkv.runtime.backup import Backups
 from raftkv.runtime.driver import RaftDriver
 from raftkv.runtime.features import OWN_VERSIONS, ClusterVersions, check_enabled, cluster_versions
 from raftkv.runtime.inspect import NodeInspector
+from raftkv.runtime.membership import MembershipManager
 from raftkv.runtime.metrics import RuntimeMetrics
 from raftkv.runtime.options import NodeOptions
 
@@ -49,6 +52,7 @@ class RaftKVNode:
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.driver = RaftDriver(opts)
+        self.membership = MembershipManager(self.driver, auto_promote=opts.auto_promote)
         # (key, value) cache of cluster_versions(): the key is what the value depends on.
         self._versions: tuple[tuple[object, ...], ClusterVersions] | None = None
         self._backups = Backups(self.driver)
@@ -59,8 +63,10 @@ class RaftKVNode:
 
     async def start(self) -> None:
         await self.driver.start()
+        self.membership.start()
 
     async def stop(self) -> None:
+        await self.membership.stop()
         await self.driver.stop()
 
     def cluster_versions(self) -> ClusterVersions:
@@ -151,10 +157,16 @@ class RaftKVNode:
         return self.driver.sm.applied_index >= st.commit
 
     def peer_http_addresses(self) -> Mapping[str, str]:
-        return {str(n): a for n, a in self.opts.peers_http.items()}
+        record = self.driver.table.record.members
+        if not record:  # not started yet
+            return {str(n): a for n, a in self.opts.peers_http.items()}
+        return {n: m.http_address for n, m in record.items()}
 
     def peer_raft_addresses(self) -> Mapping[str, str]:
-        return {n: _addr(a) for n, a in self.opts.peers_raft.items()}
+        record = self.driver.table.record.members
+        if not record:
+            return {n: _addr(a) for n, a in self.opts.peers_raft.items()}
+        return {n: m.raft_address for n, m in record.items()}
 
     def inspector(self) -> NodeInspector:
         """Read-only views for the /debug endpoints (runtime/inspect.py)."""

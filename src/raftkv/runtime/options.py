@@ -34,6 +34,10 @@ class NodeOptions:
     max_snapshot_bytes: int = 8 << 30  # raft.max_snapshot_bytes: larger inbound snapshots refused
     peer_tls: PeerTls | None = None  # tls.peer: mutual TLS between peers (None: plain TCP)
     metrics: bool = True  # record Prometheus metrics (runtime/metrics.py)
+    # Voters of the configuration the cluster started from; None: every node of peers_raft.
+    # A node joining later gets it from the cluster (it replays the log from index 1).
+    initial_voters: tuple[NodeId, ...] | None = None
+    auto_promote: bool = True  # leader: promote learners (that asked for it) once caught up
     # (format, command set) claimed in the Hello and /cluster/local; None: what this code
     # understands (runtime/features.OWN_VERSIONS). Tests set less to play an older node.
     advertise_versions: tuple[int, int] | None = None

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from raftkv.raft.messages import AnyMessage, InstallSnapshot
-from raftkv.raft.types import Index, NodeId, Snapshot, Term
+from raftkv.raft.types import ConfState, Index, NodeId, Snapshot, Term
 from raftkv.runtime import testhooks
+from raftkv.runtime.member_table import load_record
 from raftkv.storage.errors import CorruptSnapshotError
 from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.recovery import snapshot_path
@@ -35,6 +36,7 @@ from raftkv.storage.snapshot_file import verify_snapshot_file
 if TYPE_CHECKING:
     from raftkv.raft.rawnode import RawNode
     from raftkv.raft.storage import MemoryStorage
+    from raftkv.runtime.members import ClusterRecord
     from raftkv.runtime.metrics import DisabledMetrics, RuntimeMetrics
     from raftkv.runtime.options import NodeOptions
     from raftkv.runtime.waiters import AppliedWaiters
@@ -59,6 +61,9 @@ class SnapshotSteps:
         _snapshotting: bool
         _last_snapshot_index: Index
         _applied_waiters: AppliedWaiters
+        _bootstrap_conf: ConfState
+
+        def _set_members(self, record: ClusterRecord) -> None: ...
 
         @property
         def failed(self) -> bool: ...
@@ -112,6 +117,8 @@ class SnapshotSteps:
         self._applied_waiters.applied(self.sm.applied_index)
         testhooks.crash_point("snapshot-install:installed")
         self._last_snapshot_index = snap.meta.index
+        # The snapshot carries the membership record of its index: adopt it (reconciled).
+        self._set_members(await load_record(self.sm, self.opts, self._bootstrap_conf))
         log.info("installed snapshot", node=self.id, index=snap.meta.index, term=snap.meta.term)
         return Snapshot(snap.meta, str(dest).encode())
 

@@ -80,6 +80,13 @@ class ClusterSection(_Section, frozen=True, kw_only=True):
             extra={"custom": True, "default_doc": "the advertised host"},
         ),
     ] = None
+    auto_promote: Annotated[
+        bool,
+        Meta(
+            description="the leader promotes a joining learner to voter once it has caught up "
+            "(docs/membership.md)"
+        ),
+    ] = True
 
 
 class RaftSection(_Section, frozen=True, kw_only=True):

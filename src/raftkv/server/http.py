@@ -42,6 +42,7 @@ from raftkv.runtime.api import (
     NotLeaderError,
     OperationTimeout,
 )
+from raftkv.runtime.membership import MembershipManager
 from raftkv.server.auth import Authenticator, AuthNode
 from raftkv.server.auth_routes import Forwarded, add_auth_routes
 from raftkv.server.backup_routes import add_backup_routes
@@ -56,6 +57,7 @@ from raftkv.server.inputs import (
 from raftkv.server.inspect_routes import add_inspect_routes
 from raftkv.server.kv_routes import KvRoutes
 from raftkv.server.limits import BodyGate
+from raftkv.server.members_routes import add_member_routes
 from raftkv.server.metrics_routes import HttpMetrics, add_metrics_routes
 from raftkv.server.retention import retention_task
 from raftkv.server.runner import server_kwargs
@@ -120,6 +122,9 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
         app.router.add_route(method, path, handler, expect_handler=api.expect_continue)
     add_inspect_routes(app, node, enabled=settings.debug_endpoints)
     api.http_metrics = add_metrics_routes(app, node)
+    membership = getattr(node, "membership", None)
+    if isinstance(membership, MembershipManager):
+        add_member_routes(app, membership, settings)
     if auth is not None:
         add_auth_routes(app, node, auth, api.propose)
         if settings.auth_enabled:
@@ -164,6 +169,9 @@ class _Api:
             connect_timeout_s=min(FORWARD_CONNECT_TIMEOUT_S, self._timeout_s / 2),
             total_timeout_s=self._timeout_s + FORWARD_GRACE_S,
             ssl_context=ssl_context,
+            # Well before the leader's own keep-alive timeout (same config): the pool closes an
+            # idle connection first, so the leader rarely closes one under a forward.
+            idle_timeout_s=min(15.0, self._settings.http_limits.keepalive_timeout_ms / 2000),
         )
         self._probe = StatusProbe(source_ip=source_ip, ssl_context=ssl_context)
         try:

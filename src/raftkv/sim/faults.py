@@ -8,6 +8,12 @@ a frozen leader (paused while cut off, waking up still cut off: the stale-read w
 Reactive: a new leader may be cut off or crashed within a few message delays of winning
 ("flap"); in churn mode every flap isolates the new leader and heals the previous one, so
 leaders with partial, uncommitted tails rotate — what Figure 8 needs.
+Membership-heavy runs (`conf_burst`, `conf_on_new_leader`): a membership fault proposes
+several changes back to back (the core must refuse all but the first: one at a time, thesis
+§4.1), and a new leader may be asked for a change within a few message delays of winning,
+before it has committed anything in its term (refused too: the raft-dev 2015 fix). A core
+without those guards lets two changes be in flight; then a partition can leave disjoint
+majorities, which the invariants catch (tests/sim/test_membership_guards.py).
 
 Rules:
 - Timed faults schedule their own end (Restart, Resume, Heal) so the cluster keeps moving.
@@ -23,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from raftkv.raft.errors import ProposalDropped
-from raftkv.raft.types import ConfChange, ConfChangeKind, NodeId
+from raftkv.raft.types import ConfChange, ConfChangeKind, NodeId, Role
 from raftkv.sim.cluster import Cluster
 from raftkv.sim.node import SimNode
 from raftkv.sim.scheduler import TICK, Heal, Nemesis, Restart
@@ -54,6 +60,9 @@ class FaultOptions:
     partition_for: tuple[int, int] = (2 * TICK, 15 * TICK)
     max_voters: int = 5
     min_voters: int = 3
+    conf_burst: int = 1  # membership changes proposed back to back by one membership fault
+    conf_on_new_leader: float = 0.0  # chance a new leader is asked for a change right away
+    conf_flap: float = 0.0  # chance a leader is cut off right after proposing a change
 
 
 class FaultInjector:
@@ -70,6 +79,15 @@ class FaultInjector:
     def new_leader(self, c: Cluster, lead: SimNode) -> str:
         """Leader flapping: a leader lost before its no-op replicates leaves an uncommitted
         tail in its term, the raw material of Figure 8 and of most log-repair bugs."""
+        said = ""
+        if self.opt.conf_on_new_leader and self.rng.random() < self.opt.conf_on_new_leader:
+            net = c.opt.net
+            delay = self.rng.randrange(0, 2 * (net.base_delay + net.mean_jitter))
+            c.sched.push(delay, Nemesis(lead.id, lead.epoch, "conf"))
+            said = f" ! conf change asked of {lead.id} in {delay}"
+        return said + self._flap(c, lead)
+
+    def _flap(self, c: Cluster, lead: SimNode) -> str:
         r = self.rng.random()
         if r >= self.opt.flap_prob:
             return ""
@@ -84,6 +102,9 @@ class FaultInjector:
         node = c.nodes.get(ev.target) if ev.target is not None else None
         if node is None or node.epoch != ev.epoch or not node.alive:
             return f"{ev.action} {ev.target}: gone"
+        if ev.action == "conf":
+            c.count("fault_conf_new_leader")
+            return "conf on new leader: " + self._membership(c, node)
         c.count("fault_flap")
         if ev.action == "isolate":
             healed = ""
@@ -186,24 +207,36 @@ class FaultInjector:
         return f"cut {'into' if inbound else 'out of'} {target} (partition {pid})"
 
     # -- membership ---------------------------------------------------------------------------
-    def _membership(self, c: Cluster) -> str:
-        lead = c.leader()
-        if lead is None:
+    def _membership(self, c: Cluster, lead: SimNode | None = None) -> str:
+        lead = lead or c.leader()
+        if lead is None or lead.the_core().status().role is not Role.LEADER:
             return "no leader"
         conf = lead.the_core().status().conf
-        members = set(conf.all_nodes())
-        options: list[tuple[str, NodeId]] = []
-        outsiders = [n for n in sorted({*c.nodes, *c.spares}) if n not in members]
-        for nid in outsiders:
-            options.append(("add_learner", nid))
-        if len(conf.voters) < self.opt.max_voters:
-            options += [("promote", nid) for nid in conf.learners]
-        if len(conf.voters) > self.opt.min_voters:
-            options += [("remove", nid) for nid in conf.voters]
-        options += [("remove", nid) for nid in conf.learners]
-        if not options:
-            return "nothing to change"
-        action, nid = self.rng.choice(options)
+        done: list[str] = []
+        chosen: set[NodeId] = set()
+        voters = len(conf.voters)
+        for _ in range(self.opt.conf_burst):
+            # Later changes of a burst are planned as if the earlier ones had taken effect,
+            # as an operator in a hurry would: a guarded core refuses them.
+            members = set(conf.all_nodes())
+            options: list[tuple[str, NodeId]] = []
+            outsiders = [n for n in sorted({*c.nodes, *c.spares}) if n not in members]
+            options += [("add_learner", nid) for nid in outsiders]
+            if voters < self.opt.max_voters:
+                options += [("promote", nid) for nid in conf.learners]
+            if voters > self.opt.min_voters:
+                options += [("remove", nid) for nid in conf.voters]
+            options += [("remove", nid) for nid in conf.learners]
+            options = [(a, n) for a, n in options if n not in chosen]
+            if not options:
+                break
+            action, nid = self.rng.choice(options)
+            chosen.add(nid)
+            done.append(self._propose_change(c, lead, action, nid))
+            voters += {"promote": 1, "remove": -1 if nid in conf.voters else 0}.get(action, 0)
+        return "; ".join(done) or "nothing to change"
+
+    def _propose_change(self, c: Cluster, lead: SimNode, action: str, nid: NodeId) -> str:
         kind = {
             "add_learner": ConfChangeKind.ADD_LEARNER,
             "promote": ConfChangeKind.ADD_VOTER,
@@ -212,9 +245,15 @@ class FaultInjector:
         try:
             term, index = lead.the_core().propose_conf_change(ConfChange(kind, nid))
         except ProposalDropped as e:
+            c.count("conf_refused")
             return f"{action} {nid} refused by {lead.id}: {e}"
         c.touch(lead)
         c.count("conf_changes")
+        if self.opt.conf_flap and self.rng.random() < self.opt.conf_flap:
+            # Its change may reach only some nodes: the next leader inherits it uncommitted.
+            net = c.opt.net
+            delay = self.rng.randrange(0, self.opt.flap_within * (net.base_delay + net.mean_jitter))
+            c.sched.push(delay, Nemesis(lead.id, lead.epoch, "isolate"))
         if action == "add_learner":
             node = c.nodes.get(nid)
             if node is None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from raftkv.sim.cluster import Cluster, ClusterOptions, DiskProfile
-from raftkv.sim.faults import FaultInjector, FaultOptions
+from raftkv.sim.faults import FAULTS, FaultInjector, FaultOptions
 from raftkv.sim.history import check_ops
 from raftkv.sim.invariants import Violation
 from raftkv.sim.network import NetProfile
@@ -43,6 +43,7 @@ class SimOptions:
     check_linearizability: bool = True
     trace: bool = False  # keep every trace line in the result
     factory: NodeFactory | None = None  # builds each RawNode (tests plant bugs here)
+    membership: bool = False  # faults drawn by `membership_faults` (when `faults` is None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,24 @@ def draw_faults(seed: int) -> FaultOptions:
     return FaultOptions(interval=rng.choice((2, 3, 6, 12)) * TICK)
 
 
+def membership_faults(seed: int) -> FaultOptions:
+    """Membership-heavy runs: changes are frequent, come in bursts of two, and are asked of new
+    leaders before they commit in their term; partitions and crashes keep leaders moving."""
+    rng = random.Random(f"{seed}/membership")
+    weights = dict(zip(FAULTS, FaultOptions().weights, strict=True))
+    weights.update(membership=8.0, split=3.0, isolate_leader=3.0, compact=0.5)
+    return FaultOptions(
+        interval=rng.choice((2, 3, 4)) * TICK,
+        weights=tuple(weights[f] for f in FAULTS),
+        flap_prob=rng.choice((0.25, 0.5)),
+        churn=rng.random() < 0.3,
+        conf_burst=2,
+        conf_on_new_leader=0.5,
+        conf_flap=rng.choice((0.2, 0.5)),
+        min_voters=rng.choice((2, 3)),
+    )
+
+
 def describe(opt: ClusterOptions) -> str:
     return (
         f"nodes={opt.nodes} election_ticks={opt.election_ticks} pre_vote={opt.pre_vote} "
@@ -110,7 +129,7 @@ def run_seed(
     if tail is None:
         tail = deque(maxlen=TAIL)
     cluster.trace_lines = [] if opt.trace else None
-    faults = opt.faults or draw_faults(seed)
+    faults = opt.faults or (membership_faults(seed) if opt.membership else draw_faults(seed))
     injector = FaultInjector(cluster.rng("nemesis"), faults)
     injector.start(cluster)
     cluster.workload.start()
@@ -145,6 +164,11 @@ def run_seed(
         problems, undecided = check_ops(cluster.workload.ops)
         for problem in problems:
             cluster.inv.fail("not_linearizable", problem)
+        for node_id in sorted(cluster.nodes):
+            # Exactly-once (thesis §6.3): every value is written by one op, so a value that
+            # appears twice in a node's history is a retried session write applied twice.
+            for dup in cluster.nodes[node_id].sm.duplicate_writes():
+                cluster.inv.fail("applied_twice", f"{node_id}: {dup}")
         cluster.count("check_undecided_keys", undecided)
     stats = dict(sorted(cluster.stats.items()))
     ops = cluster.workload.ops

@@ -52,6 +52,7 @@ class MemoryState:
         self._applied_index = Index(0)
         self._applied_term = Term(0)
         self._conf = conf or ConfState()
+        self._cluster = b""
 
     @property
     def applied_index(self) -> Index:
@@ -65,7 +66,16 @@ class MemoryState:
     def conf(self) -> ConfState:
         return self._conf
 
-    def apply(self, entries: Sequence[Entry], conf: ConfState | None = None) -> list[ApplyResult]:
+    @property
+    def cluster(self) -> bytes:
+        return self._cluster
+
+    def apply(
+        self,
+        entries: Sequence[Entry],
+        conf: ConfState | None = None,
+        cluster: bytes | None = None,
+    ) -> list[ApplyResult]:
         start = first_new(self._applied_index, entries, "memory state")
         results: list[ApplyResult] = [None] * len(entries)
         with self._lock:
@@ -78,10 +88,12 @@ class MemoryState:
                 self._applied_term = entries[-1].term
             if conf is not None:
                 self._conf = conf
+            if cluster is not None:
+                self._cluster = cluster
         return results
 
-    def set_conf(self, conf: ConfState) -> None:
-        self.apply((), conf)
+    def set_conf(self, conf: ConfState, cluster: bytes | None = None) -> None:
+        self.apply((), conf, cluster)
 
     def sync(self) -> None:
         """Nothing to flush: memory has no durability."""
@@ -111,7 +123,9 @@ class MemoryState:
 
     def _image(self) -> tuple[SnapshotHeader, list[tuple[bytes, bytes]]]:
         with self._lock:  # one instant: the data and its index/term/conf agree
-            header = SnapshotHeader(self._applied_index, self._applied_term, self._conf)
+            header = SnapshotHeader(
+                self._applied_index, self._applied_term, self._conf, self._cluster
+            )
             data = self._data  # never mutated once published (apply works on a copy)
         return header, list(dict_image(data))
 
@@ -136,6 +150,8 @@ class MemoryState:
         with self._lock:
             self._data = fresh
             self._applied_index, self._applied_term, self._conf = h.index, h.term, h.conf
+            if h.cluster:
+                self._cluster = h.cluster
         size = path.stat().st_size if path is not None else 0
         return SnapshotInfo(h.index, h.term, h.conf, path, size)
 

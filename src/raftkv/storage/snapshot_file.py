@@ -4,7 +4,7 @@ Layout:
     magic      b"RKVSNAP" + one format-version byte
     frames     each: u32 little-endian payload length, u32 crc32(payload), payload
                payload = msgspec msgpack of one `Frame`:
-                 first  SnapshotHeader(index, term, conf)
+                 first  SnapshotHeader(index, term, conf, cluster)
                  then   SnapshotChunk(items=[key0, value0, key1, value1, ...])  (any number)
                  last   SnapshotTrailer(records, chunks)                        then end of file
 
@@ -47,6 +47,9 @@ class SnapshotHeader(msgspec.Struct, frozen=True, array_like=True, gc=False, tag
     index: Index
     term: Term
     conf: ConfState
+    # The membership record (member addresses; `raftkv.runtime.members`), opaque here. Empty in
+    # files written before it existed: the reader then keeps its own record.
+    cluster: bytes = b""
 
 
 class SnapshotChunk(msgspec.Struct, frozen=True, array_like=True, gc=False, tag=2):

@@ -1,8 +1,9 @@
 """The state-machine contract every backend (LMDB, memory) fulfils, and their shared apply steps.
 
 Rules:
-- `apply(entries, conf=None)` applies a batch of committed entries atomically together with the
-  new applied index/term (and `conf`, when the batch changed the configuration). Entries at or
+- `apply(entries, conf=None, cluster=None)` applies a batch of committed entries atomically
+  together with the new applied index/term (and `conf` plus the runtime's opaque membership
+  record `cluster`, when the batch changed the configuration). Entries at or
   below the applied index are skipped (a restart replays from the durable log, and the state
   may be ahead of what the driver assumed); a gap raises `ApplyOrderError`.
 - Per entry: a NORMAL entry with data is decoded (`raftkv.codec.commands`) and applied by the
@@ -58,11 +59,19 @@ class StateMachine(Protocol):
     @property
     def conf(self) -> ConfState: ...
 
+    @property
+    def cluster(self) -> bytes:
+        """The membership record (opaque; stored with `conf`, carried in snapshots)."""
+        ...
+
     def apply(
-        self, entries: Sequence[Entry], conf: ConfState | None = None
+        self,
+        entries: Sequence[Entry],
+        conf: ConfState | None = None,
+        cluster: bytes | None = None,
     ) -> list[ApplyResult]: ...
 
-    def set_conf(self, conf: ConfState) -> None: ...
+    def set_conf(self, conf: ConfState, cluster: bytes | None = None) -> None: ...
 
     def sync(self) -> None: ...
 

@@ -2,7 +2,8 @@
 
 Rules:
 - One LMDB environment per node directory, two named databases: `kv` (the data) and `meta`
-  (`applied` = (index, term) of the last applied entry, `conf` = the ConfState in force).
+  (`applied` = (index, term) of the last applied entry, `conf` = the ConfState in force,
+  `cluster` = the membership record, opaque bytes owned by the runtime; it travels in snapshots).
   `apply()` writes the batch's effects and the new applied (index, term) in ONE write
   transaction, so the state never disagrees with its own applied index.
 - No fsync per apply (`sync=False`, `metasync=False`): the Raft log is the durable record, and a
@@ -54,6 +55,7 @@ DEFAULT_MAP_SIZE = 16 << 30  # address space, not disk: the file grows with the 
 _APPLIED = struct.Struct("<QQ")  # applied index, applied term
 _APPLIED_KEY = b"applied"
 _CONF_KEY = b"conf"
+_CLUSTER_KEY = b"cluster"
 
 _conf_encoder = msgspec.msgpack.Encoder()
 _conf_decoder = msgspec.msgpack.Decoder(ConfState)
@@ -71,6 +73,7 @@ class LmdbState:
         self._applied_index = Index(0)
         self._applied_term = Term(0)
         self._conf = ConfState()
+        self._cluster = b""
 
     @classmethod
     def open(cls, path: Path, map_size: int = DEFAULT_MAP_SIZE) -> LmdbState:
@@ -94,6 +97,7 @@ class LmdbState:
     def _read_meta(self, txn: lmdb.Transaction[bytes]) -> None:
         applied = txn.get(_APPLIED_KEY, db=self._meta)
         conf = txn.get(_CONF_KEY, db=self._meta)
+        self._cluster = bytes(txn.get(_CLUSTER_KEY, b"", db=self._meta))
         try:
             index, term = _APPLIED.unpack(applied) if applied is not None else (0, 0)
             self._conf = _conf_decoder.decode(conf) if conf is not None else ConfState()
@@ -115,14 +119,25 @@ class LmdbState:
     def conf(self) -> ConfState:
         return self._conf
 
-    def apply(self, entries: Sequence[Entry], conf: ConfState | None = None) -> list[ApplyResult]:
-        """Apply committed `entries` (and store `conf`, if given) in one write transaction.
+    @property
+    def cluster(self) -> bytes:
+        """The membership record stored with `conf` (empty if none was ever stored)."""
+        return self._cluster
+
+    def apply(
+        self,
+        entries: Sequence[Entry],
+        conf: ConfState | None = None,
+        cluster: bytes | None = None,
+    ) -> list[ApplyResult]:
+        """Apply committed `entries` (and store `conf` / `cluster`, if given) in one write
+        transaction.
 
         Returns one result per entry of `entries`, None for no-ops, conf changes and entries
         at or below the applied index (skipped)."""
         start = first_new(self._applied_index, entries, f"state {self._path}")
         results: list[ApplyResult] = [None] * len(entries)
-        if start == len(entries) and conf is None:
+        if start == len(entries) and conf is None and cluster is None:
             return results
         with self._env.begin(write=True) as txn:  # commits on success, aborts on an exception
             store = LmdbStore(txn, self._dbs)
@@ -134,20 +149,24 @@ class LmdbState:
                 txn.put(_APPLIED_KEY, _APPLIED.pack(last.index, last.term), db=self._meta)
             if conf is not None:
                 txn.put(_CONF_KEY, _conf_encoder.encode(conf), db=self._meta)
+            if cluster is not None:
+                txn.put(_CLUSTER_KEY, cluster, db=self._meta)
         if start < len(entries):
             self._applied_index = entries[-1].index
             self._applied_term = entries[-1].term
         if conf is not None:
             self._conf = conf
+        if cluster is not None:
+            self._cluster = cluster
         return results
 
-    def set_conf(self, conf: ConfState) -> None:
+    def set_conf(self, conf: ConfState, cluster: bytes | None = None) -> None:
         """Store the configuration in force (e.g. at bootstrap, or after a conf change).
 
         Prefer `apply(entries, conf=...)` for a batch holding a conf change: a snapshot taken
         between that apply and a separate `set_conf` would pair the new index with the old conf.
         """
-        self.apply((), conf)
+        self.apply((), conf, cluster)
 
     def sync(self) -> None:
         """Flush every committed apply to disk (call before compacting the Raft log)."""
@@ -184,11 +203,13 @@ class LmdbState:
         with self._env.begin() as txn:  # one read txn: data, index, term and conf agree
             applied = txn.get(_APPLIED_KEY, db=self._meta)
             conf = txn.get(_CONF_KEY, db=self._meta)
+            cluster = txn.get(_CLUSTER_KEY, b"", db=self._meta)
             index, term = _APPLIED.unpack(applied) if applied is not None else (0, 0)
             header = SnapshotHeader(
                 Index(index),
                 Term(term),
                 _conf_decoder.decode(conf) if conf is not None else ConfState(),
+                bytes(cluster),
             )
             return write_snapshot_file(dest, header, lmdb_image(txn, self._dbs))
 
@@ -208,11 +229,15 @@ class LmdbState:
                     raise CorruptSnapshotError(f"snapshot {src}: bad record: {exc}") from exc
                 txn.put(_APPLIED_KEY, _APPLIED.pack(h.index, h.term), db=self._meta)
                 txn.put(_CONF_KEY, _conf_encoder.encode(h.conf), db=self._meta)
+                if h.cluster:
+                    txn.put(_CLUSTER_KEY, h.cluster, db=self._meta)
             size = f.tell()
         # The caller records this snapshot in the Raft log and drops the entries it covers;
         # from then on nothing can rebuild this state but LMDB itself, so make it durable now.
         self._env.sync(True)
         self._applied_index, self._applied_term, self._conf = h.index, h.term, h.conf
+        if h.cluster:
+            self._cluster = h.cluster
         return SnapshotInfo(h.index, h.term, h.conf, src, size)
 
     @property

@@ -1,0 +1,313 @@
+"""The membership API: /cluster/members, /cluster/leader, /cluster/config.
+
+Routes:
+    GET    /cluster/members                 {"members": [...], "leader"}   (the leader's view)
+    POST   /cluster/members                 {"id", "raft_address", "http_address",
+                                             "learner": true, "auto_promote"?} -> 201
+    POST   /cluster/members/{id}/promote    -> 200 (409 learner_not_ready with its lag)
+    DELETE /cluster/members/{id}            -> 200 (409 would_lose_quorum)
+    POST   /cluster/leader                  {"to": id} -> 200 once `to` leads
+    GET    /cluster/config                  what a joining node copies: the shared sections of
+                                            the configuration, the initial voters, the members
+                                            and the removed ids
+
+Rules:
+- Changes run on the leader (runtime/membership.py); a follower forwards them once, like writes
+  (`forward.py`: at most once, never re-forwarded). GET /cluster/members is forwarded too, so
+  `match_index` and `healthy` are the leader's view; without a leader it answers its own view
+  with those fields null.
+- Removing the leader: the leader hands leadership over first, then forwards the request to the
+  new leader itself (one more hop, even for a forwarded request: the handover is what moved it).
+- A removed node may never hear of its own removal (the leader stops replicating to it once the
+  change applies, and the others drop its messages): while it knows no leader it asks the
+  others' `/cluster/config` every `REMOVAL_CHECK_S`; one listing it as removed makes it stop.
+- Every refusal is a JSON error with a stable code (runtime/membership.py lists them); 400 for a
+  malformed body, an id that does not fit node-id rules, or an address that is not host:port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator
+from ssl import SSLContext
+from typing import Any, Final
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
+from raftkv.runtime.membership import (
+    ChangeInProgress,
+    LearnerNotReady,
+    MembershipError,
+    MembershipManager,
+    NotAVoter,
+    TransferFailed,
+    UnknownMember,
+    WouldLoseQuorum,
+)
+from raftkv.server.config import Address, ConfigError, Settings
+from raftkv.server.errors import ApiError, json_response
+from raftkv.server.forward import (
+    FORWARDED_HEADER,
+    Forwarder,
+    make_connector,
+    resolve_source_ip,
+)
+from raftkv.server.joining import shared_config
+from raftkv.server.tls import node_client_context
+
+log = structlog.get_logger(__name__)
+
+NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+MAX_BODY_BYTES: Final = 16 << 10
+REMOVAL_CHECK_S: Final = 1.0
+_STATUS: Final[dict[type[MembershipError], int]] = {
+    ChangeInProgress: 409,
+    LearnerNotReady: 409,
+    WouldLoseQuorum: 409,
+    UnknownMember: 404,
+    NotAVoter: 400,
+    TransferFailed: 503,
+}
+
+
+def add_member_routes(
+    app: web.Application, membership: MembershipManager, settings: Settings
+) -> None:
+    routes = _MemberRoutes(membership, settings)
+    app.cleanup_ctx.append(routes.client_session)
+    app.router.add_get("/cluster/members", routes.list)
+    app.router.add_post("/cluster/members", routes.add)
+    app.router.add_post("/cluster/members/{id}/promote", routes.promote)
+    app.router.add_delete("/cluster/members/{id}", routes.remove)
+    app.router.add_post("/cluster/leader", routes.transfer)
+    app.router.add_get("/cluster/config", routes.config)
+
+
+class _MemberRoutes:
+    def __init__(self, membership: MembershipManager, settings: Settings) -> None:
+        self._m = membership
+        self._settings = settings
+        self._forwarder: Forwarder | None = None
+
+    async def client_session(self, _app: web.Application) -> AsyncIterator[None]:
+        timeout_s = self._settings.request_timeout_ms / 1000
+        source_ip = await resolve_source_ip(self._settings.http_address.host)
+        ssl_context = node_client_context(self._settings)
+        self._forwarder = Forwarder(
+            str(self._settings.node_id),
+            source_ip=source_ip,
+            ssl_context=ssl_context,
+            connect_timeout_s=min(1.0, timeout_s / 2),
+            # A removal of the leader may wait for a handover before its own proposal.
+            total_timeout_s=2 * timeout_s + 2.0,
+        )
+        watch = asyncio.create_task(
+            self._watch_removal(source_ip, ssl_context), name="removal-watch"
+        )
+        try:
+            yield
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            await self._forwarder.close()
+            self._forwarder = None
+
+    async def _watch_removal(self, source_ip: str | None, ssl_context: SSLContext | None) -> None:
+        scheme = "https" if ssl_context is not None else "http"
+        async with aiohttp.ClientSession(
+            connector=make_connector(source_ip, force_close=False, ssl_context=ssl_context),
+            timeout=aiohttp.ClientTimeout(total=REMOVAL_CHECK_S),
+            trust_env=False,
+        ) as session:
+            while True:
+                await asyncio.sleep(REMOVAL_CHECK_S)
+                if self._m.leader()[0] is not None:
+                    continue
+                me = str(self._settings.node_id)
+                for peer, http in sorted(self._m.record().http_addresses().items()):
+                    if peer == me or not http:
+                        continue
+                    try:
+                        async with session.get(f"{scheme}://{http}/cluster/config") as resp:
+                            doc = await resp.json() if resp.status == 200 else {}
+                    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                        continue
+                    if isinstance(doc, dict) and me in doc.get("removed", ()):
+                        self._m.learned_removed(f"{peer}'s membership record")
+                        return
+
+    # -- handlers ---------------------------------------------------------------------------
+    async def list(self, request: web.Request) -> web.StreamResponse:
+        leader, http = self._m.leader()
+        if (
+            not self._m.is_leader()
+            and leader is not None
+            and http
+            and FORWARDED_HEADER not in request.headers
+            and self._forwarder is not None
+        ):
+            try:
+                return await self._forwarder.forward(request, b"", leader, http)
+            except ApiError:
+                pass  # the leader is unreachable: answer our own view
+        return json_response(self._members_json())
+
+    async def add(self, request: web.Request) -> web.StreamResponse:
+        body, raw = await _json_body(request)
+        node_id = _node_id(body.get("id"), "id")
+        raft_address = _address(body.get("raft_address"), "raft_address")
+        http_address = _address(body.get("http_address"), "http_address")
+        learner = body.get("learner", True)
+        if learner is not True:
+            raise ApiError(
+                400,
+                "learner_required",
+                "new members always join as learners and are promoted once caught up "
+                '(set "learner": true, and "auto_promote": false to keep one a learner)',
+            )
+        auto = body.get("auto_promote")
+        if auto is not None and not isinstance(auto, bool):
+            raise ApiError(400, "invalid_body", "auto_promote must be true or false")
+        view = await self._run(
+            request,
+            raw,
+            self._m.add(node_id, raft_address, http_address, auto_promote=auto),
+        )
+        if isinstance(view, web.StreamResponse):
+            return view
+        return json_response({"member": view.to_json(), **self._members_json()}, status=201)
+
+    async def promote(self, request: web.Request) -> web.StreamResponse:
+        node_id = _node_id(request.match_info["id"], "id")
+        view = await self._run(request, b"", self._m.promote(node_id))
+        if isinstance(view, web.StreamResponse):
+            return view
+        return json_response({"member": view.to_json(), **self._members_json()})
+
+    async def remove(self, request: web.Request) -> web.StreamResponse:
+        node_id = _node_id(request.match_info["id"], "id")
+        done = await self._run(request, b"", self._m.remove(node_id), after_handover=True)
+        if isinstance(done, web.StreamResponse):
+            return done
+        return json_response({"removed": node_id, **self._members_json()})
+
+    async def transfer(self, request: web.Request) -> web.StreamResponse:
+        body, raw = await _json_body(request)
+        to = _node_id(body.get("to"), "to")
+        leader = await self._run(request, raw, self._m.transfer(to))
+        if isinstance(leader, web.StreamResponse):
+            return leader
+        return json_response({"leader": leader, "message": f"{leader} is the leader"})
+
+    async def config(self, request: web.Request) -> web.StreamResponse:
+        record = self._m.record()
+        return json_response(
+            {
+                "config": shared_config(self._settings),
+                "initial_voters": list(record.initial),
+                "removed": list(record.removed),
+                "members": {
+                    n: {"raft_address": m.raft_address, "http_address": m.http_address}
+                    for n, m in sorted(record.members.items())
+                },
+            }
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _members_json(self) -> dict[str, object]:
+        leader, _ = self._m.leader()
+        return {
+            "members": [v.to_json() for v in self._m.members()],
+            "leader": leader,
+            "view": "leader" if self._m.is_leader() else "local",
+        }
+
+    async def _run(
+        self,
+        request: web.Request,
+        raw: bytes,
+        operation: Any,
+        *,
+        after_handover: bool = False,
+    ) -> Any:
+        """Run a change here if we lead, else forward it; map refusals to JSON errors."""
+        try:
+            return await operation
+        except NotLeaderError as exc:
+            return await self._forward(request, raw, exc, handed_over=after_handover)
+        except MembershipError as exc:
+            err = ApiError(_STATUS.get(type(exc), 400), exc.code, str(exc))
+            err.context = dict(exc.context)
+            raise err from exc
+        except NoLeaderError as exc:
+            raise ApiError(
+                503, "no_leader", str(exc) or "no leader is known", headers={"Retry-After": "1"}
+            ) from exc
+        except (OperationTimeout, TimeoutError) as exc:
+            raise ApiError(
+                504, "timeout", f"the change did not complete in time: {exc}; check the members"
+            ) from exc
+        except NodeStopping as exc:
+            raise ApiError(503, "node_stopping", "the node is shutting down") from exc
+
+    async def _forward(
+        self,
+        request: web.Request,
+        raw: bytes,
+        exc: NotLeaderError,
+        *,
+        handed_over: bool,
+    ) -> web.StreamResponse:
+        forwarded = FORWARDED_HEADER in request.headers
+        was_leader_here = handed_over and exc.leader_id != self._settings.node_id
+        if (forwarded and not was_leader_here) or exc.leader_id is None or not exc.leader_http:
+            raise ApiError(
+                503,
+                "not_leader",
+                "this node is not the leader; retry",
+                headers={"Retry-After": "1"},
+                leader=exc.leader_id,
+                leader_http=exc.leader_http,
+            )
+        if self._forwarder is None:
+            raise ApiError(503, "node_stopping", "the node is shutting down")
+        return await self._forwarder.forward(request, raw, exc.leader_id, exc.leader_http)
+
+
+async def _json_body(request: web.Request) -> tuple[dict[str, Any], bytes]:
+    # The server's body gate has read (and cached) the body already; read() returns it.
+    raw = await request.read()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "request_too_large", "request body too large")
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "body must be a JSON object")
+    return body, raw
+
+
+def _node_id(value: object, field: str) -> str:
+    if not isinstance(value, str) or not NODE_ID_RE.fullmatch(value):
+        raise ApiError(
+            400,
+            "invalid_node_id",
+            f"{field} must be letters, digits, '.', '_' or '-' (at most 63)",
+            field=field,
+        )
+    return value
+
+
+def _address(value: object, field: str) -> str:
+    try:
+        return str(Address.parse(value, field))
+    except ConfigError as exc:
+        raise ApiError(400, "invalid_address", str(exc), field=field) from exc

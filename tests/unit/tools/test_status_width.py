@@ -1,0 +1,45 @@
+"""`raftkv inspect status` fits 80 columns without cutting node ids or roles (piped output
+gets 80 columns too)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from rich.console import Console
+
+from raftkv.ops.render import render_status
+
+
+def _report() -> dict[str, Any]:
+    roles = ["Leader", "Follower", "PreCandidate", "Candidate", "Unknown"]
+    nodes = []
+    for i, role in enumerate(roles, start=1):
+        reachable = role != "Unknown"
+        nodes.append(
+            {
+                "id": f"node-{i}",
+                "role": role if reachable else None,
+                "term": 123,
+                "commit_index": 1_234_567,
+                "applied_index": 1_234_560,
+                "last_index": 1_234_567,
+                "lag": 7,
+                "reachable": reachable,
+                "error": None if reachable else "connection refused",
+                "http_address": f"127.0.0.{i}:8081",
+                "is_leader": role == "Leader",
+            }
+        )
+    return {"nodes": nodes, "leader": "node-1", "healthy": True, "reachable": 4, "cluster_size": 5}
+
+
+def test_status_table_fits_80_columns_and_keeps_ids_and_roles() -> None:
+    out = io.StringIO()
+    render_status(Console(file=out, width=80, color_system=None), _report())
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    for word in ("node-1", "node-5", "Follower", "PreCandidate", "Candidate", "127.0.0.3:8081"):
+        assert word in text, text
+    assert "…" not in text, text
+    assert "connection refused" in text
