@@ -63,6 +63,7 @@ def node_options(s: Settings, initial_voters: tuple[str, ...] | None = None) -> 
         tick_ms=float(s.tick_ms),
         election_ticks=s.election_ticks,
         snapshot_every=s.snapshot_every,
+        snapshot_keep_entries=s.snapshot_keep_entries,
         max_snapshot_bytes=s.config.raft.max_snapshot_bytes,
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,
@@ -117,7 +118,6 @@ def reload_tls(tls: PeerTls | None, runner: web.AppRunner, settings: Settings) -
 async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None = None) -> int:
     node = RaftKVNode(node_options(settings, initial_voters))
     await node.start()
-    _tune_gc()
     try:
         runner = await run_http(create_app(node, settings), settings)
     except BaseException:
@@ -125,6 +125,7 @@ async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None 
         # hard state saved, state synced, files closed) before reporting the failure.
         await node.stop()
         raise
+    _tune_gc()  # after the HTTP app is up: its routes, sessions and SSL contexts are frozen too
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -24,6 +24,10 @@ Rules:
 - scrypt runs in a worker thread; a verified (user, password) is remembered by a SHA-256 of the
   password salted with the stored hash, so a repeated Basic request costs no scrypt, and a
   password change invalidates the memory. Secrets (passwords, tokens, hashes) are never logged.
+- Guessing: after LOCKOUT_FAILURES failed password checks of one user name within
+  LOCKOUT_WINDOW_S, this node answers 429 `too_many_attempts` (with Retry-After) for that name
+  until the window ends, without running scrypt. Per node and in memory: a guesser spreading
+  over the nodes gets one window's worth per node.
 - Bootstrap: with `RAFTKV_ROOT_PASSWORD` set, the leader creates user `root` with the root role
   if it does not exist; the leader also creates the token-signing key once (`maintain`).
 """
@@ -35,6 +39,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -78,6 +83,8 @@ OPEN_PATHS: Final = frozenset(
 PRINCIPAL: Final = "raftkv.principal"
 _CHALLENGE: Final = {"WWW-Authenticate": 'Basic realm="raftkv", Bearer realm="raftkv"'}
 _MEMO_MAX: Final = 4096
+LOCKOUT_FAILURES: Final = 10  # failed password checks of one user name ...
+LOCKOUT_WINDOW_S: Final = 60.0  # ... within this long: refused (429) until the window ends
 
 
 @runtime_checkable
@@ -203,6 +210,8 @@ class Authenticator:
         self._clock = clock
         # (user, stored hash) -> sha256(stored hash + password): Basic checks without scrypt.
         self._memo: dict[tuple[str, str], bytes] = {}
+        # user name -> (failed password checks, time of the first) in the current window.
+        self._failures: dict[str, tuple[int, float]] = {}
 
     # -- state ------------------------------------------------------------------------------
 
@@ -231,6 +240,36 @@ class Authenticator:
     # -- credentials ----------------------------------------------------------------------
 
     async def check_password(self, name: str, password: str) -> Principal:
+        self._check_lockout(name)
+        try:
+            principal = await self._check_password(name, password)
+        except ApiError:
+            self._record_failure(name)
+            raise
+        self._failures.pop(name, None)
+        return principal
+
+    def _check_lockout(self, name: str) -> None:
+        count, first = self._failures.get(name, (0, 0.0))
+        wait = first + LOCKOUT_WINDOW_S - self._clock()
+        if count >= LOCKOUT_FAILURES and wait > 0:
+            raise ApiError(
+                429,
+                "too_many_attempts",
+                f"too many failed logins for this user; retry in {math.ceil(wait)} s",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+
+    def _record_failure(self, name: str) -> None:
+        now = self._clock()
+        count, first = self._failures.get(name, (0, now))
+        if now - first >= LOCKOUT_WINDOW_S:
+            count, first = 0, now
+        if len(self._failures) >= _MEMO_MAX:
+            self._failures.clear()
+        self._failures[name] = (count + 1, first)
+
+    async def _check_password(self, name: str, password: str) -> Principal:
         user = self.user(name)
         if user is None:
             # Same work as for a real user, so timing does not tell which names exist.
