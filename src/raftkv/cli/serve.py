@@ -244,7 +244,14 @@ def register(app: typer.Typer) -> None:
                     file=sys.stderr,
                 )
                 raise typer.Exit(2)
-            save_member_files(settings, resolved.initial_voters)
+            try:
+                save_member_files(settings, resolved.initial_voters)
+            except OSError as exc:
+                if exc.errno not in _STORAGE_ERRNOS:
+                    raise
+                where = exc.filename or settings.data_dir
+                print(f"raftkv: {describe(exc, 'write member file', where)}", file=sys.stderr)
+                raise typer.Exit(EXIT_IOERR) from None
         except (ConfigError, TlsConfigError) as exc:
             print(f"raftkv: invalid configuration: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
