@@ -64,6 +64,7 @@ def node_options(s: Settings, initial_voters: tuple[str, ...] | None = None) -> 
         tick_ms=float(s.tick_ms),
         election_ticks=s.election_ticks,
         snapshot_every=s.snapshot_every,
+        snapshot_keep_entries=s.snapshot_keep_entries,
         max_snapshot_bytes=s.config.raft.max_snapshot_bytes,
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,
