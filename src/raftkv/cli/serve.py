@@ -267,7 +267,14 @@ def register(app: typer.Typer) -> None:
                     file=sys.stderr,
                 )
                 raise typer.Exit(2)
-            save_member_files(settings, resolved.initial_voters)
+            try:
+                save_member_files(settings, resolved.initial_voters)
+            except OSError as exc:
+                if exc.errno not in _STORAGE_ERRNOS:
+                    raise
+                where = exc.filename or settings.data_dir
+                print(f"raftkv: {describe(exc, 'write member file', where)}", file=sys.stderr)
+                raise typer.Exit(EXIT_IOERR) from None
         except (ConfigError, TlsConfigError) as exc:
             print(f"raftkv: invalid configuration: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
@@ -288,14 +295,16 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(3) from None
         except OSError as exc:
             if exc.errno in _STORAGE_ERRNOS:
-                print(f"raftkv: {describe(exc, 'open', exc.filename or '')}", file=sys.stderr)
+                # (An fsync of a directory carries no file name: name the node's directory.)
+                where = exc.filename or settings.data_dir
+                print(f"raftkv: {describe(exc, 'start-up I/O', where)}", file=sys.stderr)
                 raise typer.Exit(EXIT_IOERR) from None
             print(f"raftkv: cannot start: {exc}", file=sys.stderr)
             raise typer.Exit(1) from None
         except Exception as exc:
             if not is_storage_error(exc):
                 raise
-            print(f"raftkv: {describe(exc, 'open', settings.data_dir)}", file=sys.stderr)
+            print(f"raftkv: {describe(exc, 'start-up I/O', settings.data_dir)}", file=sys.stderr)
             raise typer.Exit(EXIT_IOERR) from None
         with contextlib.suppress(Exception):
             sys.stdout.flush()
