@@ -17,6 +17,7 @@ import errno
 import gc
 import signal
 import sys
+import time
 from typing import Annotated, Any
 
 import structlog
@@ -82,6 +83,28 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 1000)
+    gc.callbacks.append(_log_long_gc)
+
+
+_GC_PAUSE_WARN_S = 0.02  # a fifth of the 100 ms election timeout
+_gc_started = 0.0
+
+
+def _log_long_gc(phase: str, info: dict[str, int]) -> None:
+    """Names a collection that stalls the loop, so an `event loop stalled` line can be told
+    apart from CPU starvation or a long loop turn (issue 12: stalls that cost leadership)."""
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+        return
+    took = time.perf_counter() - _gc_started
+    if took > _GC_PAUSE_WARN_S:
+        structlog.get_logger("raftkv.serve").warning(
+            "long gc pause",
+            generation=info.get("generation"),
+            took_ms=round(took * 1000, 1),
+            collected=info.get("collected"),
+        )
 
 
 def reload_peer_tls(tls: PeerTls | None) -> bool:

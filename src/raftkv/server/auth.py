@@ -15,7 +15,9 @@ Rules:
   on the key; a range (GET or DELETE /kv?prefix= or ?start=&end=) needs it on the whole range,
   i.e. one permission whose prefix covers it; POST /txn needs read on every compared or read
   key and write on every written one; /session, /auth/whoami and PUT
-  /auth/users/<self>/password need any valid user; the rest (/compact included) —
+  /auth/users/<self>/password need any valid user; GET /cluster/members and /cluster/config
+  are open (metadata nodes read from each other); other /cluster/* operations need root or a
+  member's peer certificate; the rest (/compact included) —
   user and role management, /debug/*, and any route not listed here — needs the root role
   (fail closed: a new route is root-only until it is given a rule here).
 - 401 `unauthenticated` / `invalid_credentials` / `invalid_token` / `token_expired` carry
@@ -73,6 +75,7 @@ from raftkv.kv.auth import Need as NeedKind
 from raftkv.kv.commands import Command, DeleteOp, GetOp, PutOp
 from raftkv.server.errors import ApiError, Handler
 from raftkv.server.inputs import KV_PREFIX, key_from_request
+from raftkv.server.tls import verified_node_ids
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +83,10 @@ log = structlog.get_logger(__name__)
 OPEN_PATHS: Final = frozenset(
     {"/health", "/ready", "/cluster/local", "/cluster/status", "/metrics"}
 )
+# Read-only cluster metadata (ids, addresses, the shared config sections: no keys, no secrets)
+# that nodes fetch from each other without credentials: a joining node copies /cluster/config,
+# a removed node polls it to learn of its removal.
+OPEN_GETS: Final = frozenset({"/cluster/members", "/cluster/config"})
 PRINCIPAL: Final = "raftkv.principal"
 _CHALLENGE: Final = {"WWW-Authenticate": 'Basic realm="raftkv", Bearer realm="raftkv"'}
 _MEMO_MAX: Final = 4096
@@ -157,6 +164,8 @@ def required(request: web.Request) -> Rule:
     """The rule for `request` (see the module rules)."""
     path, method, raw = request.path, request.method, request.rel_url.raw_path
     if path in OPEN_PATHS or (path == "/auth/token" and method == "POST"):
+        return Rule("open")
+    if path in OPEN_GETS and method in ("GET", "HEAD"):
         return Rule("open")
     if raw.startswith(KV_PREFIX) and method in ("GET", "HEAD", "PUT", "DELETE"):
         need: NeedKind = "read" if method in ("GET", "HEAD") else "write"
@@ -345,6 +354,11 @@ class Authenticator:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         rule = required(request)
         if rule.kind == "open":
+            return await handler(request)
+        # A member (a peer certificate from the cluster CA) may run cluster operations, e.g. a
+        # node joining with a certificate from `certs add-node`.
+        member = rule.kind == "root" and request.path.startswith("/cluster/")
+        if member and verified_node_ids(request):
             return await handler(request)
         principal = await self.authenticate(request)
         if rule.kind == "txn" and not principal.root:
