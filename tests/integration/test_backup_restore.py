@@ -117,3 +117,19 @@ def test_force_new_cluster_on_the_last_survivor(make_cluster: Callable[..., Clus
     wait_for(f"{survivor} to lead alone again", leads)
     assert c.get(survivor, "after").json["value"] == "recovery"
     assert c.get(survivor, "k39").json["value"] == "v39"
+
+    # Members are added back as new nodes with empty disks, one command each (`serve --join`):
+    # each joins as a learner, catches up and is promoted to voter.
+    c.new_node("node-4", join_via=survivor)
+    c.start_node("node-4")
+
+    def node4_votes() -> bool:
+        members = c.req(survivor, "GET", "/cluster/members").json["members"]
+        return any(m["id"] == "node-4" and m["role"] == "voter" for m in members)
+
+    wait_for("node-4 to join and be promoted", node4_votes, deadline_s=90.0)
+    assert c.put(survivor, "two-voters", "yes").status == 200  # needs node-4's vote now
+    c.wait_caught_up("node-4", survivor)
+    for key in ("k0", "k39", "after", "two-voters"):
+        got = c.get("node-4", key)
+        assert got.status == 200, (key, got)

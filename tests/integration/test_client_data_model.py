@@ -18,7 +18,6 @@ from raftkv.client import (
     Delete,
     Get,
     NotFound,
-    OutcomeUnknown,
     PreconditionFailed,
     Put,
     RaftkvError,
@@ -186,45 +185,64 @@ def test_async_client_on_the_data_model(shared_cluster: Cluster) -> None:
 
 
 def test_session_writes_are_applied_once_across_a_leader_kill(make_cluster: MakeCluster) -> None:
-    """Increments under sessions while the leader dies: retries are automatic, none is applied
-    twice (each write is a blind put of a sequence number; a lost or doubled write would show
-    as a gap or a repeated version)."""
+    """Writes under sessions from both clients while the leader dies: retries are automatic,
+    none is applied twice (each key's `version` counts the puts applied to it, which must equal
+    the puts acknowledged)."""
     c = make_cluster()
     c.start()
     old_leader = c.wait_ready()
-    done: list[int] = []
+    done: dict[str, list[int]] = {"sess:sync": [], "sess:async": []}
     failures: list[BaseException] = []
     stop = threading.Event()
-    with Client(endpoints(c), timeout=20) as kv:
-        assert kv.put("sess:warm", "x").revision > 0
-        assert kv._engine._session is not None  # the server has sessions: writes use one
 
-        def writer() -> None:
+    def sync_writer(kv: Client) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                kv.put("sess:sync", str(i))  # OutcomeUnknown must not happen under sessions
+            except RaftkvError as exc:
+                failures.append(exc)
+                return
+            done["sess:sync"].append(i)
+
+    async def async_writer() -> None:
+        async with AsyncClient(endpoints(c), timeout=20) as kv:
             i = 0
             while not stop.is_set():
                 i += 1
                 try:
-                    kv.put("sess:seq", str(i))
-                    done.append(i)
-                except OutcomeUnknown as exc:  # must not happen under sessions
-                    failures.append(exc)
-                    return
+                    await kv.put("sess:async", str(i))
                 except RaftkvError as exc:
                     failures.append(exc)
                     return
+                done["sess:async"].append(i)
+            if kv._engine._session is None:
+                failures.append(AssertionError("the async client wrote without a session"))
 
-        thread = threading.Thread(target=writer)
-        thread.start()
+    def acked() -> int:
+        return min(len(v) for v in done.values())
+
+    with Client(endpoints(c), timeout=20) as kv:
+        assert kv.put("sess:warm", "x").revision > 0
+        assert kv._engine._session is not None  # the server has sessions: writes use one
+        threads = [
+            threading.Thread(target=sync_writer, args=(kv,)),
+            threading.Thread(target=lambda: asyncio.run(async_writer())),
+        ]
+        for t in threads:
+            t.start()
         try:
-            wait_for("10 writes", lambda: len(done) >= 10 or failures)
+            wait_for("10 writes by each client", lambda: acked() >= 10 or failures)
             c.kill(old_leader, signal.SIGKILL)
-            at_kill = len(done)
-            wait_for("30 more writes", lambda: len(done) >= at_kill + 30 or failures)
+            at_kill = acked()
+            wait_for("30 more writes by each", lambda: acked() >= at_kill + 30 or failures)
         finally:
             stop.set()
-            thread.join(timeout=60)
+            for t in threads:
+                t.join(timeout=60)
         assert not failures, failures
-        final = kv.get("sess:seq")
-        assert final.value == str(done[-1])
-        # one version per write: every put applied exactly once (version counts writes)
-        assert final.version == len(done)
+        for key, seqs in done.items():
+            final = kv.get(key)
+            assert final.value == str(seqs[-1]), key
+            assert final.version == len(seqs), key  # every put applied exactly once

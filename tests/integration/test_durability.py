@@ -121,7 +121,11 @@ matrix = pytest.mark.skipif(
 def crash_at(make_cluster: MakeCluster, point: str) -> None:
     """Crash node-3 at `point`, restart it, and check it converges with nothing lost."""
     build = point.startswith("snapshot-build")
-    c = make_cluster(raft_extra={"snapshot_every": 50 if build else 100})
+    # Install: snapshot_keep_entries 0, so a follower that missed anything before the leader's
+    # snapshot can only catch up by snapshot. Build: node-3 must replicate entries (not
+    # receive a snapshot) to reach its own snapshot point.
+    extra = {"snapshot_every": 50} if build else {"snapshot_every": 100, "snapshot_keep_entries": 0}
+    c = make_cluster(raft_extra=extra)
     env = {"RAFTKV_TEST_CRASH_AT": point}
     c.start(["node-1", "node-2"])
     leader = c.wait_leader(among=["node-1", "node-2"])
@@ -131,9 +135,9 @@ def crash_at(make_cluster: MakeCluster, point: str) -> None:
         c.start_node("node-3", env=env)  # it snapshots after 50 applied entries: and crashes
         acked |= write_keys(c, leader, [f"b{i}" for i in range(120)])
     else:
-        # node-3 misses more than the leader keeps behind its snapshot (1000 entries): it
-        # can only catch up by snapshot, and crashes installing it.
-        acked |= write_keys(c, leader, [f"i{i}" for i in range(1300)])
+        # node-3 misses what the leader compacted: it catches up by snapshot, and crashes
+        # installing it.
+        acked |= write_keys(c, leader, [f"i{i}" for i in range(250)])
         c.start_node("node-3", env=env)
     wait_for(f"node-3 to crash at {point}", lambda: not node.running, 60.0, c.dump_logs)
     assert node.proc is not None and node.proc.returncode == -signal.SIGKILL
@@ -160,10 +164,10 @@ def test_crash_matrix(make_cluster: MakeCluster, point: str) -> None:
 
 
 def test_corrupt_received_snapshot_is_discarded_and_resent(make_cluster: MakeCluster) -> None:
-    c = make_cluster(raft_extra={"snapshot_every": 100})
+    c = make_cluster(raft_extra={"snapshot_every": 100, "snapshot_keep_entries": 0})
     c.start(["node-1", "node-2"])
     leader = c.wait_leader(among=["node-1", "node-2"])
-    acked = write_keys(c, leader, [f"s{i}" for i in range(1300)])
+    acked = write_keys(c, leader, [f"s{i}" for i in range(250)])
     node = c.start_node("node-3", env={"RAFTKV_TEST_CORRUPT_RECEIVED": "1"})
     assert_holds(c, "node-3", acked)
     text = node.log_text()

@@ -25,8 +25,9 @@ always be left out. Refinements, each sound (they only cut configurations with n
 completion), keep it fast on real histories:
 - the op of the first return is tried first: it is the one that must be placed soonest;
 - an optional op is tried only while some unplaced op could observe the state it makes (a get of
-  its value; a delete whose `existed` matches): removing an unobserved write from a valid order
-  leaves it valid, and each optional op kept in play could double the space to search;
+  its value; a delete whose `existed` matches; a completed CAS expecting it): removing an
+  unobserved write from a valid order leaves it valid, and each optional op kept in play could
+  double the space to search;
 - a *forced* op (one that never changes the state it is legal in: a get, or a delete that saw no
   key) is placed alone when legal: if any order extends the prefix, one placing it right now does,
   since nothing pending must precede it; so when it fails, its prefix has failed too;
@@ -103,7 +104,16 @@ class _Search:
         # Unplaced forced ops needing each state; unplaced (non-forced) writes producing it;
         # the states needed but no longer producible (the configuration is dead unless that
         # is the current state, and only it).
-        self.need = Counter(w for w, f in zip(self.want, self.forced, strict=True) if f)
+        # A required CAS needs its expected state too (it can only be placed there), so it
+        # makes optional writes of that state worth trying and counts for starvation.
+        self.needs = [
+            f or (op.kind is OpKind.CAS and op.outcome is Outcome.OK)
+            for f, op in zip(self.forced, ops, strict=True)
+        ]
+        self.need_of = [
+            w if f else op.expect for w, f, op in zip(self.want, self.forced, ops, strict=True)
+        ]
+        self.need = Counter(u for u, n in zip(self.need_of, self.needs, strict=True) if n)
         self.supply = Counter(p for p, f in zip(self.produce, self.forced, strict=True) if not f)
         self.hopeless = {u for u, n in self.need.items() if n and not self.supply[u]}
         self.optional = [op.outcome is not Outcome.OK for op in ops]
@@ -192,14 +202,14 @@ class _Search:
     def _count(self, i: int, delta: int) -> None:
         """Op i leaves (-1) or rejoins (+1) the unplaced ops: update need, supply, hopeless."""
         self.deletes_seeing_a_value += delta * (self.ops[i].existed is True)
-        if self.forced[i]:
-            u = self.want[i]
+        if self.needs[i]:
+            u = self.need_of[i]
             self.need[u] += delta
             if not self.need[u]:
                 self.hopeless.discard(u)
             elif not self.supply[u]:
                 self.hopeless.add(u)
-        else:
+        if not self.forced[i]:
             u = self.produce[i]
             self.supply[u] += delta
             if not self.supply[u] and self.need[u]:

@@ -17,6 +17,7 @@ import errno
 import gc
 import signal
 import sys
+import time
 from typing import Annotated, Any
 
 import structlog
@@ -63,6 +64,7 @@ def node_options(s: Settings, initial_voters: tuple[str, ...] | None = None) -> 
         tick_ms=float(s.tick_ms),
         election_ticks=s.election_ticks,
         snapshot_every=s.snapshot_every,
+        snapshot_keep_entries=s.snapshot_keep_entries,
         max_snapshot_bytes=s.config.raft.max_snapshot_bytes,
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,
@@ -81,6 +83,28 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 1000)
+    gc.callbacks.append(_log_long_gc)
+
+
+_GC_PAUSE_WARN_S = 0.02  # a fifth of the 100 ms election timeout
+_gc_started = 0.0
+
+
+def _log_long_gc(phase: str, info: dict[str, int]) -> None:
+    """Names a collection that stalls the loop, so an `event loop stalled` line can be told
+    apart from CPU starvation or a long loop turn (issue 12: stalls that cost leadership)."""
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+        return
+    took = time.perf_counter() - _gc_started
+    if took > _GC_PAUSE_WARN_S:
+        structlog.get_logger("raftkv.serve").warning(
+            "long gc pause",
+            generation=info.get("generation"),
+            took_ms=round(took * 1000, 1),
+            collected=info.get("collected"),
+        )
 
 
 def reload_peer_tls(tls: PeerTls | None) -> bool:
@@ -117,7 +141,6 @@ def reload_tls(tls: PeerTls | None, runner: web.AppRunner, settings: Settings) -
 async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None = None) -> int:
     node = RaftKVNode(node_options(settings, initial_voters))
     await node.start()
-    _tune_gc()
     try:
         runner = await run_http(create_app(node, settings), settings)
     except BaseException:
@@ -125,6 +148,7 @@ async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None 
         # hard state saved, state synced, files closed) before reporting the failure.
         await node.stop()
         raise
+    _tune_gc()  # after the HTTP app is up: its routes, sessions and SSL contexts are frozen too
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -243,7 +267,14 @@ def register(app: typer.Typer) -> None:
                     file=sys.stderr,
                 )
                 raise typer.Exit(2)
-            save_member_files(settings, resolved.initial_voters)
+            try:
+                save_member_files(settings, resolved.initial_voters)
+            except OSError as exc:
+                if exc.errno not in _STORAGE_ERRNOS:
+                    raise
+                where = exc.filename or settings.data_dir
+                print(f"raftkv: {describe(exc, 'write member file', where)}", file=sys.stderr)
+                raise typer.Exit(EXIT_IOERR) from None
         except (ConfigError, TlsConfigError) as exc:
             print(f"raftkv: invalid configuration: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
@@ -264,14 +295,16 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(3) from None
         except OSError as exc:
             if exc.errno in _STORAGE_ERRNOS:
-                print(f"raftkv: {describe(exc, 'open', exc.filename or '')}", file=sys.stderr)
+                # (An fsync of a directory carries no file name: name the node's directory.)
+                where = exc.filename or settings.data_dir
+                print(f"raftkv: {describe(exc, 'start-up I/O', where)}", file=sys.stderr)
                 raise typer.Exit(EXIT_IOERR) from None
             print(f"raftkv: cannot start: {exc}", file=sys.stderr)
             raise typer.Exit(1) from None
         except Exception as exc:
             if not is_storage_error(exc):
                 raise
-            print(f"raftkv: {describe(exc, 'open', settings.data_dir)}", file=sys.stderr)
+            print(f"raftkv: {describe(exc, 'start-up I/O', settings.data_dir)}", file=sys.stderr)
             raise typer.Exit(EXIT_IOERR) from None
         with contextlib.suppress(Exception):
             sys.stdout.flush()

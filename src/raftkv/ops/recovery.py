@@ -33,6 +33,7 @@ import structlog
 from raftkv.ops.backup import BackupError, check_sidecar, read_facts
 from raftkv.raft.types import ConfState, HardState, Index, NodeId, SnapshotMeta, Term
 from raftkv.runtime.driver import snapshot_path
+from raftkv.storage import recovery as startup
 from raftkv.storage.format import open_data_dir
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.state_lmdb import LmdbState
@@ -97,14 +98,19 @@ def restore_snapshot(
     node_dir.mkdir(parents=True, exist_ok=True)
     try:
         open_data_dir(node_dir)  # an empty directory: records the current data format first
-        sm = LmdbState.open(node_dir / "state")
+        startup.prepare_dirs(node_dir)
+        sm = startup.open_state(node_dir)
         try:
             info = sm.install_snapshot(file)
-            sm.set_conf(conf)
+            # The old cluster's member record (its addresses) must not come along: with none
+            # stored, the first start seeds it from the cluster file, as a bootstrap does
+            # (runtime/member_table.py).
+            sm.set_conf(conf, b"")
             index, term = Index(info.index), Term(info.term)
             _seal(node_dir, sm, HardState(term, None, index), conf)
         finally:
             sm.close()
+        startup.mark_clean(node_dir)
     except BaseException:
         _remove_tree(node_dir)  # a half-seeded directory must not be mistaken for a node
         raise
@@ -116,14 +122,15 @@ def force_new_cluster(node_dir: Path, node_id: str) -> Rewritten:
         raise RecoveryError(f"{node_dir} holds no Raft log: nothing to recover", misuse=True)
     conf = ConfState(voters=(NodeId(node_id),))
     open_data_dir(node_dir)  # refuse a newer format, migrate an older one, before rewriting
+    # The node's own startup recovery first (storage/recovery.py): a state an OS crash may have
+    # damaged is rebuilt from the snapshot, an interrupted snapshot install is finished.
+    startup.prepare_dirs(node_dir)
     durable = DurableLog.open(node_dir / "raft.db")
     try:
         loaded = durable.load()
-        sm = LmdbState.open(node_dir / "state")
+        sm = startup.open_state(node_dir)
         try:
-            snap = loaded.snapshot
-            if snap is not None and sm.applied_index < snap.index:
-                sm.install_snapshot(snapshot_path(node_dir, snap.term, snap.index))
+            loaded = startup.reconcile(node_dir, durable, loaded, sm)
             todo = [e for e in loaded.entries if e.index > sm.applied_index]
             sm.apply(todo, conf=conf)  # the new configuration in the same transaction
             index, term = sm.applied_index, sm.applied_term
@@ -136,6 +143,7 @@ def force_new_cluster(node_dir: Path, node_id: str) -> Rewritten:
             sm.close()
     finally:
         durable.close()
+    startup.mark_clean(node_dir)
     log.warning(
         "forced a new single-voter cluster from this node's data",
         node=node_id,

@@ -182,7 +182,7 @@ class RaftDriver(SnapshotSteps):
             on_snapshot_status=self._on_snapshot_status,
             snapshot_dir=d / "incoming",
             tuning=self._transport_tuning(),
-            is_member=self.table.accepts,  # any id but a removed one (member_table.py)
+            is_member=self._admits,  # the Hello check: see _admits
             tls=self.opts.peer_tls,
             advertise=self.opts.advertise_versions or OWN_VERSIONS,  # runtime/features.py
         )
@@ -310,6 +310,22 @@ class RaftDriver(SnapshotSteps):
             return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
         except Exception as exc:
             raise wrap(exc, op, path) from exc
+
+    def _admits(self, node: str) -> bool:
+        """May `node` open a peer connection to us (the transport's Hello check)?
+
+        Never a removed id (`table.accepts`: removed ids never come back). A member of the
+        replicated record, or a peer we were configured with (a joining node), may. An id we do
+        not know may too, but only under mutual TLS: a node that missed conf changes must let a
+        leader added meanwhile catch it up, and the cluster CA's certificate proves the id
+        (`check_hello` compares them). Without TLS an unknown id is refused, because nothing
+        tells it from a made-up one (the `mallory` attack of issue 10,
+        tests/integration/test_peer_attacks.py)."""
+        if not self.table.accepts(node):
+            return False
+        if node in self.table.record.members or node in self.opts.peers_raft:
+            return True
+        return self.opts.peer_tls is not None
 
     def _transport_tuning(self) -> TransportTuning:
         tick_s = self.opts.tick_ms / 1000.0

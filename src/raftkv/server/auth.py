@@ -15,7 +15,9 @@ Rules:
   on the key; a range (GET or DELETE /kv?prefix= or ?start=&end=) needs it on the whole range,
   i.e. one permission whose prefix covers it; POST /txn needs read on every compared or read
   key and write on every written one; /session, /auth/whoami and PUT
-  /auth/users/<self>/password need any valid user; the rest (/compact included) —
+  /auth/users/<self>/password need any valid user; GET /cluster/members and /cluster/config
+  are open (metadata nodes read from each other); other /cluster/* operations need root or a
+  member's peer certificate; the rest (/compact included) —
   user and role management, /debug/*, and any route not listed here — needs the root role
   (fail closed: a new route is root-only until it is given a rule here).
 - 401 `unauthenticated` / `invalid_credentials` / `invalid_token` / `token_expired` carry
@@ -24,6 +26,10 @@ Rules:
 - scrypt runs in a worker thread; a verified (user, password) is remembered by a SHA-256 of the
   password salted with the stored hash, so a repeated Basic request costs no scrypt, and a
   password change invalidates the memory. Secrets (passwords, tokens, hashes) are never logged.
+- Guessing: after LOCKOUT_FAILURES failed password checks of one user name within
+  LOCKOUT_WINDOW_S, this node answers 429 `too_many_attempts` (with Retry-After) for that name
+  until the window ends, without running scrypt. Per node and in memory: a guesser spreading
+  over the nodes gets one window's worth per node.
 - Bootstrap: with `RAFTKV_ROOT_PASSWORD` set, the leader creates user `root` with the root role
   if it does not exist; the leader also creates the token-signing key once (`maintain`).
 """
@@ -35,6 +41,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -68,6 +75,7 @@ from raftkv.kv.auth import Need as NeedKind
 from raftkv.kv.commands import Command, DeleteOp, GetOp, PutOp
 from raftkv.server.errors import ApiError, Handler
 from raftkv.server.inputs import KV_PREFIX, key_from_request
+from raftkv.server.tls import verified_node_ids
 
 log = structlog.get_logger(__name__)
 
@@ -75,9 +83,15 @@ log = structlog.get_logger(__name__)
 OPEN_PATHS: Final = frozenset(
     {"/health", "/ready", "/cluster/local", "/cluster/status", "/metrics"}
 )
+# Read-only cluster metadata (ids, addresses, the shared config sections: no keys, no secrets)
+# that nodes fetch from each other without credentials: a joining node copies /cluster/config,
+# a removed node polls it to learn of its removal.
+OPEN_GETS: Final = frozenset({"/cluster/members", "/cluster/config"})
 PRINCIPAL: Final = "raftkv.principal"
 _CHALLENGE: Final = {"WWW-Authenticate": 'Basic realm="raftkv", Bearer realm="raftkv"'}
 _MEMO_MAX: Final = 4096
+LOCKOUT_FAILURES: Final = 10  # failed password checks of one user name ...
+LOCKOUT_WINDOW_S: Final = 60.0  # ... within this long: refused (429) until the window ends
 
 
 @runtime_checkable
@@ -151,6 +165,8 @@ def required(request: web.Request) -> Rule:
     path, method, raw = request.path, request.method, request.rel_url.raw_path
     if path in OPEN_PATHS or (path == "/auth/token" and method == "POST"):
         return Rule("open")
+    if path in OPEN_GETS and method in ("GET", "HEAD"):
+        return Rule("open")
     if raw.startswith(KV_PREFIX) and method in ("GET", "HEAD", "PUT", "DELETE"):
         need: NeedKind = "read" if method in ("GET", "HEAD") else "write"
         return Rule("keys", (_key_need(key_from_request(request), need),))
@@ -203,6 +219,8 @@ class Authenticator:
         self._clock = clock
         # (user, stored hash) -> sha256(stored hash + password): Basic checks without scrypt.
         self._memo: dict[tuple[str, str], bytes] = {}
+        # user name -> (failed password checks, time of the first) in the current window.
+        self._failures: dict[str, tuple[int, float]] = {}
 
     # -- state ------------------------------------------------------------------------------
 
@@ -231,6 +249,36 @@ class Authenticator:
     # -- credentials ----------------------------------------------------------------------
 
     async def check_password(self, name: str, password: str) -> Principal:
+        self._check_lockout(name)
+        try:
+            principal = await self._check_password(name, password)
+        except ApiError:
+            self._record_failure(name)
+            raise
+        self._failures.pop(name, None)
+        return principal
+
+    def _check_lockout(self, name: str) -> None:
+        count, first = self._failures.get(name, (0, 0.0))
+        wait = first + LOCKOUT_WINDOW_S - self._clock()
+        if count >= LOCKOUT_FAILURES and wait > 0:
+            raise ApiError(
+                429,
+                "too_many_attempts",
+                f"too many failed logins for this user; retry in {math.ceil(wait)} s",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+
+    def _record_failure(self, name: str) -> None:
+        now = self._clock()
+        count, first = self._failures.get(name, (0, now))
+        if now - first >= LOCKOUT_WINDOW_S:
+            count, first = 0, now
+        if len(self._failures) >= _MEMO_MAX:
+            self._failures.clear()
+        self._failures[name] = (count + 1, first)
+
+    async def _check_password(self, name: str, password: str) -> Principal:
         user = self.user(name)
         if user is None:
             # Same work as for a real user, so timing does not tell which names exist.
@@ -306,6 +354,11 @@ class Authenticator:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         rule = required(request)
         if rule.kind == "open":
+            return await handler(request)
+        # A member (a peer certificate from the cluster CA) may run cluster operations, e.g. a
+        # node joining with a certificate from `certs add-node`.
+        member = rule.kind == "root" and request.path.startswith("/cluster/")
+        if member and verified_node_ids(request):
             return await handler(request)
         principal = await self.authenticate(request)
         if rule.kind == "txn" and not principal.root:

@@ -134,6 +134,7 @@ class Settings:
     election_timeout_ms: int  # = election_ticks * heartbeat_ms
     election_ticks: int  # >= 2
     snapshot_every: int  # applied entries between automatic compactions, > 0
+    snapshot_keep_entries: int  # entries kept behind a snapshot (in memory), >= 0
     max_value_bytes: int  # UTF-8 bytes of one value, > 0
     leader_wait_ms: int  # how long a write waits for a leader before 503 no_leader
     request_timeout_ms: int  # > leader_wait_ms
@@ -227,6 +228,7 @@ def load_settings(
         election_timeout_ms=raft.election_timeout_ms,
         election_ticks=raft.election_timeout_ms // raft.heartbeat_timeout_ms,
         snapshot_every=raft.snapshot_every,
+        snapshot_keep_entries=raft.snapshot_keep_entries,
         max_value_bytes=server.max_value_bytes,
         leader_wait_ms=server.leader_wait_ms,
         request_timeout_ms=server.request_timeout_ms,

@@ -97,6 +97,14 @@ class RaftSection(_Section, frozen=True, kw_only=True):
     snapshot_every: Annotated[
         int, Meta(ge=1, description="applied entries between automatic snapshots + compaction")
     ] = 10_000
+    snapshot_keep_entries: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="entries kept behind a snapshot for slightly lagging followers (in "
+            "memory; the durable log keeps only what follows the snapshot)",
+        ),
+    ] = 1_000
     max_snapshot_bytes: Annotated[
         int,
         Meta(

@@ -169,6 +169,9 @@ class _Api:
             connect_timeout_s=min(FORWARD_CONNECT_TIMEOUT_S, self._timeout_s / 2),
             total_timeout_s=self._timeout_s + FORWARD_GRACE_S,
             ssl_context=ssl_context,
+            # Well before the leader's own keep-alive timeout (same config): the pool closes an
+            # idle connection first, so the leader rarely closes one under a forward.
+            idle_timeout_s=min(15.0, self._settings.http_limits.keepalive_timeout_ms / 2000),
         )
         self._probe = StatusProbe(source_ip=source_ip, ssl_context=ssl_context)
         try:

@@ -7,8 +7,9 @@
     raftkv sim --seed 7 --trace                 # replay one seed, one line per event
 
 Modules: `scheduler` (clock, event queue), `network` (delays, loss, duplication, partitions),
-`disk` (what survives a crash), `statemachine` (dict + digest chain), `node` (core + disk +
-state machine + the Ready loop), `workload` (clients, history), `faults` (the nemesis),
+`disk` (what survives a crash), `statemachine` (the real kv apply logic over `DictState` +
+digest chain), `node` (core + disk + state machine + the Ready loop), `workload` (clients with
+sessions, retries, CAS; history), `faults` (the nemesis),
 `invariants` (safety, after every event), `cluster` (wiring, one event at a time), `history`
 (hand-off to `raftkv.check`), `runner` (`run_seed`).
 

@@ -164,6 +164,11 @@ def run_seed(
         problems, undecided = check_ops(cluster.workload.ops)
         for problem in problems:
             cluster.inv.fail("not_linearizable", problem)
+        for node_id in sorted(cluster.nodes):
+            # Exactly-once (thesis §6.3): every value is written by one op, so a value that
+            # appears twice in a node's history is a retried session write applied twice.
+            for dup in cluster.nodes[node_id].sm.duplicate_writes():
+                cluster.inv.fail("applied_twice", f"{node_id}: {dup}")
         cluster.count("check_undecided_keys", undecided)
     stats = dict(sorted(cluster.stats.items()))
     ops = cluster.workload.ops

@@ -20,13 +20,30 @@ Rules:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from raftkv.kv.commands import (
+    Command,
+    Compare,
+    CompareOp,
+    Delete,
+    GetOp,
+    OpenSession,
+    Put,
+    PutOp,
+    RangeResult,
+    SessionError,
+    SessionRequest,
+    SessionResult,
+    Target,
+    Txn,
+    TxnResult,
+)
 from raftkv.raft.errors import NotLeader, ProposalDropped
 from raftkv.raft.rawnode import RawNode
 from raftkv.raft.types import Entry, NodeId, ReadState
 from raftkv.sim.scheduler import TICK, ClientArrive, ClientInvoke, ClientTimeout, Scheduler
-from raftkv.sim.statemachine import Delete, KvMachine, Put, encode_command
+from raftkv.sim.statemachine import KvMachine, encode_command
 
 PENDING, OK, FAIL, UNKNOWN = "pending", "ok", "fail", "unknown"
 
@@ -37,13 +54,18 @@ class OpRecord:
 
     op_id: int
     process: int  # the Jepsen process: a client becomes a new process after an unknown outcome
-    kind: str  # "put" | "get" | "delete"
+    kind: str  # "put" | "get" | "delete" | "cas" | "session" (opening one; not in the history)
     key: str
-    value: str | None  # put: the value written; get: the value read (None = absent)
+    value: str | None  # put/cas: the value written; get: the value read (None = absent)
     invoke: int  # time of invocation
-    node: NodeId  # the server it was sent to
+    node: NodeId  # the server it was (last) sent to
     status: str = PENDING
     complete: int = -1  # time of completion (-1 while pending)
+    expect: str | None = None  # cas: the value it expects (None = absent)
+    data: bytes = b""  # a write's entry data, re-sent unchanged by a session retry
+    seq: int = 0  # > 0: a session write (retried after an unknown outcome)
+    attempts: int = 0  # times proposed somewhere: > 0 means it may have been applied
+    retries: int = 0  # session re-sends so far (<= max_retries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +80,10 @@ class WorkloadOptions:
     follow_guess: float = 0.75  # chance to use the believed leader when one is known
     read_ratio: float = 0.45
     delete_ratio: float = 0.1
+    cas_ratio: float = 0.15  # one-key transactions: put if the value is what the client saw
+    sessions: bool = True  # writes go through client sessions and are retried (thesis §6.3)
+    max_retries: int = 4  # session retries of one write before its outcome is left unknown
+    session_ttl_ms: int = 1 << 40  # sessions never expire in a run (expiry is unit-tested)
 
 
 @dataclass(slots=True)
@@ -66,6 +92,9 @@ class _Client:
     process: int
     guess: NodeId | None = None
     current: int | None = None  # op id in flight
+    session: int | None = None  # its session id, once opened
+    seq: int = 0  # last session sequence number used
+    seen: dict[str, str | None] = field(default_factory=dict)  # key -> value last seen
 
 
 class Workload:
@@ -82,6 +111,7 @@ class Workload:
         self._read_ctx: dict[NodeId, dict[bytes, int]] = {}  # node -> ctx -> op awaiting index
         self._read_wait: dict[NodeId, list[tuple[int, int]]] = {}  # node -> (index, op) waiting
         self._read_floor: dict[int, int] = {}  # op -> commit index known when it began
+        self._servers: list[NodeId] = []
 
     def start(self) -> None:
         for c in self._clients:
@@ -95,31 +125,78 @@ class Workload:
         c = self._clients[cid]
         if not self.running or c.current is not None or not servers:
             return None
+        self._servers = servers
         rng, opt = self.rng, self.opt
         key = rng.choice(opt.keys)
         r = rng.random()
         value: str | None = None
-        if r < opt.read_ratio:
+        expect: str | None = None
+        cmd: Command | None = None
+        if opt.sessions and c.session is None:
+            kind, timeout = "session", opt.write_timeout
+            cmd = OpenSession(opt.session_ttl_ms, self.sched.now)
+        elif r < opt.read_ratio:
             kind, timeout = "get", opt.read_timeout
         elif r < opt.read_ratio + opt.delete_ratio:
             kind, timeout = "delete", opt.write_timeout
+            cmd = Delete(key)
         else:
             self._next_value += 1
-            kind, value, timeout = "put", f"v{self._next_value}", opt.write_timeout
+            value, timeout = f"v{self._next_value}", opt.write_timeout
+            if r < opt.read_ratio + opt.delete_ratio + opt.cas_ratio:
+                kind, expect = "cas", c.seen.get(key)
+                cond = (
+                    Compare(key, Target.VERSION, CompareOp.EQ, 0)
+                    if expect is None
+                    else Compare(key, Target.VALUE, CompareOp.EQ, expect)
+                )
+                cmd = Txn([cond], [PutOp(key, value)], [GetOp(key)])
+            else:
+                kind, cmd = "put", Put(key, value)
+        seq = 0
+        if c.session is not None and isinstance(cmd, Put | Delete | Txn):
+            c.seq += 1
+            seq = c.seq
+            cmd = SessionRequest(c.session, seq, 0, self.sched.now, cmd)
         if c.guess is not None and c.guess in servers and rng.random() < opt.follow_guess:
             node = c.guess
         else:
             node = rng.choice(servers)
         op = OpRecord(len(self.ops), c.process, kind, key, value, self.sched.now, node)
+        op.expect, op.seq = expect, seq
+        op.data = b"" if cmd is None else encode_command(cmd)
         self.ops.append(op)
         c.current = op.op_id
         self.sched.push(opt.request_delay, ClientArrive(cid, op.op_id, node))
         self.sched.push(timeout, ClientTimeout(cid, op.op_id))
         return f"{kind} {key}{'=' + value if value else ''} p{op.process} -> {node}"
 
+    def _retry(self, op: OpRecord) -> bool:
+        """A session write whose outcome is unknown goes again, unchanged, to some server: the
+        session makes a second apply impossible. False when out of retries (or not a session
+        write, or already decided)."""
+        if op.seq == 0 or op.status != PENDING or op.retries >= self.opt.max_retries:
+            return False
+        op.retries += 1
+        cid = next(c.cid for c in self._clients if c.current == op.op_id)
+        op.node = self.rng.choice(self._servers)
+        # Back off first, as a real client does: a leaderless cluster must not become a storm.
+        delay = self.opt.request_delay + int(self.rng.expovariate(1.0 / self.opt.backoff))
+        self.sched.push(delay, ClientArrive(cid, op.op_id, op.node))
+        self.sched.push(delay + self.opt.write_timeout, ClientTimeout(cid, op.op_id))
+        return True
+
+    def _refused(self, op: OpRecord, guess: NodeId | None) -> None:
+        """A definite refusal of this attempt: the op failed, unless an earlier attempt of a
+        session write may have been applied (then it is retried, or left unknown)."""
+        if op.attempts == 0:
+            self._complete(op.op_id, FAIL, guess=guess)
+        elif not self._retry(op):
+            self._complete(op.op_id, UNKNOWN, guess=None)
+
     def arrive_down(self, cid: int, op_id: int) -> None:
-        """The server is down: connection refused, a definite failure."""
-        self._complete(op_id, FAIL, guess=None)
+        """The server is down: connection refused, a definite failure (of this attempt)."""
+        self._refused(self.ops[op_id], None)
 
     def arrive(self, cid: int, op_id: int, core: RawNode, known_commit: int) -> str:
         """The request reached a running server: hand it to the core.
@@ -136,17 +213,17 @@ class Workload:
                 self._read_floor[op_id] = known_commit
                 core.read_index(ctx)
                 return "read_index"
-            cmd = Put(op.key, op.value or "") if op.kind == "put" else Delete(op.key)
-            term, index = core.propose(encode_command(cmd))
+            term, index = core.propose(op.data)
         except NotLeader as e:
             self._read_ctx.get(op.node, {}).pop(b"r%d" % op_id, None)
             hint = e.leader_hint if e.leader_hint != op.node else None
-            self._complete(op_id, FAIL, guess=hint)
+            self._refused(op, hint)
             return f"not leader (hint {hint})"
         except ProposalDropped:
             self._read_ctx.get(op.node, {}).pop(b"r%d" % op_id, None)
-            self._complete(op_id, FAIL, guess=op.node)
+            self._refused(op, op.node)
             return "dropped"
+        op.attempts += 1
         self._writes.setdefault(op.node, {})[int(index)] = (int(term), op_id)
         return f"proposed at {index} term {term}"
 
@@ -155,6 +232,8 @@ class Workload:
         if op.status != PENDING:
             return False
         keep = self.rng.random() < 0.5  # stubborn clients keep trying a silent leader
+        if op.kind != "get" and self._retry(op):
+            return True
         self._complete(
             op_id, FAIL if op.kind == "get" else UNKNOWN, guess=op.node if keep else None
         )
@@ -167,9 +246,34 @@ class Workload:
             w = writes.pop(int(entry.index), None)
             if w is not None:
                 term, op_id = w
-                ok = term == entry.term
-                self._complete(op_id, OK if ok else FAIL, guess=node if ok else None)
+                if term == entry.term:
+                    self._applied(self.ops[op_id], node, sm)
+                else:
+                    self._refused(self.ops[op_id], None)  # another entry won the index
         self._serve_reads(node, sm)
+
+    def _applied(self, op: OpRecord, node: NodeId, sm: KvMachine) -> None:
+        """Our entry was applied here: answer from its result, as the real server does."""
+        if op.status != PENDING:
+            return
+        result = sm.last_result
+        c = next(c for c in self._clients if c.current == op.op_id)
+        match result:
+            case SessionResult(session_id=sid):
+                c.session = sid
+            case SessionError():
+                # Not applied by this attempt; an earlier one may have been.
+                self._complete(op.op_id, UNKNOWN if op.attempts > 1 else FAIL, guess=node)
+                return
+            case TxnResult(succeeded=False, results=[RangeResult(kvs=kvs), *_]):
+                # A refused CAS: it had no effect and it read the key (recorded as that get).
+                got = kvs[0].value if kvs else None
+                op.kind, op.value = "get", got if isinstance(got, str) else None
+        if op.kind in ("put", "cas") or op.kind == "get":
+            c.seen[op.key] = op.value
+        elif op.kind == "delete":
+            c.seen[op.key] = None
+        self._complete(op.op_id, OK, guess=node)
 
     def on_snapshot(self, node: NodeId, sm: KvMachine) -> None:
         """Writes proposed here at indexes a snapshot skipped: outcome unknown to this server."""
@@ -177,7 +281,9 @@ class Workload:
         if writes:
             for index in sorted(writes):
                 if index <= sm.applied:
-                    self._complete(writes.pop(index)[1], UNKNOWN, guess=None)
+                    op = self.ops[writes.pop(index)[1]]
+                    if not self._retry(op):
+                        self._complete(op.op_id, UNKNOWN, guess=None)
         self._serve_reads(node, sm)
 
     def on_read_states(
@@ -212,14 +318,21 @@ class Workload:
                 continue
             op = self.ops[op_id]
             if op.status == PENDING:
-                op.value = sm.kv.get(op.key)
+                op.value = sm.value(op.key)
+                self._clients_seen(op)
                 self._complete(op_id, OK, guess=node)
         self._read_wait[node] = still
+
+    def _clients_seen(self, op: OpRecord) -> None:
+        for c in self._clients:
+            if c.current == op.op_id:
+                c.seen[op.key] = op.value
 
     def on_crash(self, node: NodeId) -> None:
         """Everything in flight at a crashed server: writes unknown, reads failed."""
         for _, (_, op_id) in sorted(self._writes.pop(node, {}).items()):
-            self._complete(op_id, UNKNOWN, guess=None)
+            if not self._retry(self.ops[op_id]):
+                self._complete(op_id, UNKNOWN, guess=None)
         for op_id in sorted(self._read_ctx.pop(node, {}).values()):
             self._complete(op_id, FAIL, guess=None)
         for _, op_id in self._read_wait.pop(node, []):

@@ -5,7 +5,8 @@ Rules:
   crash-safely: temp file, fsync, rename, fsync the directory. Anything that creates a data
   directory (a node's first start, a snapshot restore) calls `write_format(dir)` before its
   other files become usable, so that a directory without `FORMAT` always means format 1.
-- Versions: 1 = round 1 (raft.db, state/ LMDB, snapshots/; no FORMAT file); 2 = FORMAT file.
+- Versions: 1 = round 1 (raft.db, state/ LMDB, snapshots/; no FORMAT file); 2 = FORMAT file;
+  3 = revisions (the MVCC key layout of `storage/mvcc_lmdb.py`: history, sessions).
   `FORMAT_VERSION` is what this code writes and reads.
 - `open_data_dir(dir)` runs at every start, before any other file is opened:
   * empty or missing directory: a fresh node, recorded at `FORMAT_VERSION`;
@@ -31,7 +32,7 @@ from typing import Final
 from raftkv.storage.errors import StorageError
 from raftkv.storage.fsutil import fsync_dir
 
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 FORMAT_FILE: Final = "FORMAT"
 # Files that show a directory was used by a node (format 1 had these and no FORMAT file).
 _NODE_FILES: Final = ("raft.db", "state", "snapshots")
@@ -130,3 +131,15 @@ def open_data_dir(data_dir: Path) -> FormatOutcome:
 @migration(from_version=1)
 def _record_format(data_dir: Path) -> None:
     """1 -> 2: the layout is unchanged; the FORMAT file (written after this step) is new."""
+
+
+@migration(from_version=2)
+def _mvcc_layout(data_dir: Path) -> None:
+    """2 -> 3: the state gets revisions. Opening it migrates it in one LMDB transaction (every
+    key at create = mod revision 1, version 1: the same on every node), so a crash midway
+    leaves it as it was and the step runs again."""
+    from raftkv.storage.state_lmdb import LmdbState  # the LMDB layer; format.py stays light
+
+    state = data_dir / "state"
+    if state.exists():
+        LmdbState.open(state).close()

@@ -69,3 +69,18 @@ def test_revision_rules_catch_what_values_cannot() -> None:
     stale.ok(stale.put(1, "k", "b", at=2), at=3, revision=8)
     stale.ok(stale.get(2, "k", at=4), at=5, value="zz", revision=7)
     assert any("after" in p for p in revision_problems(stale))
+
+
+def test_an_unknown_delete_can_explain_a_cas_on_an_absent_key() -> None:
+    # Found by the simulator: the search must try the optional delete for the CAS's sake.
+    h = History()
+    h.ok(h.put(1, "k", "a", at=0), at=1)
+    h.unknown(h.delete(2, "k", at=2))
+    h.ok(h.cas(3, "k", None, "b", at=10), at=11)
+    h.ok(h.get(4, "k", at=12), at=13, value="b")
+    assert verdict(h) is Verdict.OK
+    # Without the delete, the same CAS is a violation.
+    bad = History()
+    bad.ok(bad.put(1, "k", "a", at=0), at=1)
+    bad.ok(bad.cas(3, "k", None, "b", at=10), at=11)
+    assert verdict(bad) is Verdict.VIOLATION

@@ -83,8 +83,15 @@ def _get(url: str) -> tuple[int, Any] | None:
 def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
     final = final_stage()
     services = load_compose()["services"]
+    # Every port a container listens on: the published HTTP ports and the Raft ports, which
+    # compose keeps on its private network (not published on the host).
     container_ports = sorted(
-        {int(str(m).split(":")[1]) for s in services.values() for m in s["ports"]}
+        {int(str(m).split(":")[1]) for s in services.values() for m in s.get("ports", [])}
+        | {
+            int(container_env(final, s)[var])
+            for s in services.values()
+            for var in ("KV_HTTP_PORT", "KV_RAFT_PORT")
+        }
     )
     ports = dict(zip(container_ports, free_ports(len(container_ports)), strict=True))
     base_env = {k: v for k, v in os.environ.items() if k not in NODE_ENV_VARS}

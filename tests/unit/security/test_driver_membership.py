@@ -1,20 +1,23 @@
 """The driver admits peers by the replicated membership record, not by the YAML file.
 
 A removed id is refused (it never comes back: runtime/members.py). An id this node does not
-know is admitted: a node that lags behind a conf change (restarted, partitioned, joining) does
-not know the members added since, and one of them may be the leader it must catch up from.
-Without TLS an impostor could claim a known id anyway; with mutual TLS its certificate must
-prove the id (`transport/tls.py`), so admitting unknown ids costs no protection.
+know (a node that lags behind a conf change does not know the members added since, and one of
+them may be the leader it must catch up from) is admitted only under mutual TLS, where its
+certificate must prove the id (`transport/tls.py`); without TLS it is refused, or anyone could
+claim a made-up id (`mallory`, issue 10).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from raftkv.raft.types import NodeId
 from raftkv.runtime.driver import RaftDriver
 from raftkv.runtime.members import ClusterRecord, MemberInfo
 from raftkv.runtime.options import NodeOptions
+from raftkv.transport.certs import CertLayout, init_certs
+from raftkv.transport.tls import PeerTls, TlsFiles
 
 N1, N2, N3, N4, N5 = (NodeId(f"node-{i}") for i in range(1, 6))
 
@@ -51,3 +54,19 @@ def test_a_joining_node_admits_its_configured_peers() -> None:
     info = MemberInfo("127.0.0.1:1", "127.0.0.1:2")
     d = driver(N4, ClusterRecord({N1: info, N2: info, N3: info}, (N1, N2, N3)), (N1, N2, N3, N4))
     assert d.table.accepts(N1)
+
+
+def test_unknown_ids_need_peer_tls(tmp_path: Path) -> None:
+    info = MemberInfo("127.0.0.1:1", "127.0.0.1:2")
+    record = ClusterRecord({N1: info, N2: info, N4: info}, (N1, N2, N3), (N3,))
+    d = driver(N1, record, (N1, N2, N3))
+    assert d._admits(N2) and d._admits(N4)
+    assert not d._admits(N3)  # removed
+    assert not d._admits(N5)  # unknown, and nothing proves who it is
+    assert not d._admits(NodeId("mallory"))
+    init_certs(tmp_path, ["node-1"], ["localhost"])
+    layout = CertLayout(tmp_path)
+    tls = PeerTls(TlsFiles(layout.peer_cert("node-1"), layout.peer_key("node-1"), layout.ca_cert))
+    d.opts = dataclasses.replace(d.opts, peer_tls=tls)
+    assert d._admits(N5)  # its certificate must name node-5: it may be a newer leader
+    assert not d._admits(N3)  # removed stays removed, certificate or not

@@ -219,3 +219,30 @@ async def test_auth_off_checks_nothing(tmp_path: Path) -> None:
         resp = await c.post("/auth/users", json={"name": "prep", "password": "pw"})
         assert resp.status == 201  # users may be prepared before the switch is turned on
         assert (await (await c.get("/auth/whoami")).json())["auth_enabled"] is False
+
+
+@aio
+async def test_password_guessing_is_locked_out_per_user() -> None:
+    from raftkv.kv.auth import UserPut, hash_password
+    from raftkv.server.auth import LOCKOUT_FAILURES, LOCKOUT_WINDOW_S, Authenticator
+    from raftkv.server.errors import ApiError
+
+    node = AuthFakeNode()
+    await node.propose_command(UserPut("dave", hash_password("right", b"s" * 16)))
+    now = [1000.0]
+    auth = Authenticator(node, token_ttl_s=60, max_value_bytes=1024, clock=lambda: now[0])
+
+    async def code(name: str, password: str) -> str | None:
+        try:
+            await auth.check_password(name, password)
+        except ApiError as exc:
+            return exc.code
+        return None
+
+    for _ in range(LOCKOUT_FAILURES):
+        assert await code("dave", "wrong") == "invalid_credentials"
+    assert await code("dave", "right") == "too_many_attempts"  # even the right one, for now
+    assert await code("erin", "x") == "invalid_credentials"  # other names are not affected
+    now[0] += LOCKOUT_WINDOW_S
+    assert await code("dave", "right") is None
+    assert await code("dave", "wrong") == "invalid_credentials"  # the count started over

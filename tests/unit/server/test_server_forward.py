@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -176,3 +177,89 @@ async def test_forward_binds_source_address(tmp_path: Path) -> None:
 def test_forwarder_requires_connect_timeout_below_total() -> None:
     with pytest.raises(ValueError, match="connect timeout"):
         Forwarder("node-2", source_ip=None, connect_timeout_s=2.0, total_timeout_s=1.0)
+
+
+class _KeepAliveThenDrop:
+    """A raw "leader": the first request on each connection gets a keep-alive 200; the next one
+    on that connection is read whole, counted, and the connection closed without a reply."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, str]] = []
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        assert self._server is not None
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        headers = {}
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name:
+                headers[name.strip().lower().decode()] = value.strip().decode()
+        await reader.readexactly(int(headers.get("content-length", "0")))
+        self.requests.append(headers)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self._read(reader)
+            body = b'{"ok":true}'
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: keep-alive\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+            await self._read(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    async def __aenter__(self) -> _KeepAliveThenDrop:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+
+@aio
+async def test_pooled_connection_closed_by_leader_is_504_and_not_resent(tmp_path: Path) -> None:
+    async with _KeepAliveThenDrop() as leader:
+        follower = follower_of(leader.address)
+        async with client_for(follower, make_settings(tmp_path, "node-2")) as client:
+            assert (await client.put("/kv/k", data=b"v")).status == 200
+            # Same pooled connection: the leader reads the request and closes. Without a
+            # session the write may have been applied, so it is not sent again.
+            resp = await client.put("/kv/k", data=b"v2")
+            assert resp.status == 504
+            assert (await resp.json())["code"] == "outcome_unknown"
+    assert len(leader.requests) == 2
+    assert leader.connections == 1  # the second forward really went over the pooled connection
+
+
+@aio
+async def test_pooled_connection_closed_by_leader_session_write_is_resent_once(
+    tmp_path: Path,
+) -> None:
+    session = {"Raftkv-Session": "7", "Raftkv-Seq": "3"}
+    async with _KeepAliveThenDrop() as leader:
+        follower = follower_of(leader.address)
+        async with client_for(follower, make_settings(tmp_path, "node-2")) as client:
+            assert (await client.put("/kv/k", data=b"v")).status == 200
+            # The session makes a second send safe (the leader answers a repeated seq from its
+            # session table): re-sent once, on a new connection, which answers.
+            resp = await client.put("/kv/k", data=b"v2", headers=session)
+            assert resp.status == 200
+            assert await resp.json() == {"ok": True}
+    assert len(leader.requests) == 3
+    assert leader.connections == 2
+    assert [r.get("raftkv-seq") for r in leader.requests] == [None, "3", "3"]
+    assert all(r.get("raftkv-session") == "7" for r in leader.requests[1:])

@@ -314,3 +314,27 @@ async def test_https_certificate_reload_without_restart(
             await fetch("GET", url, client_ctx(certs))
     finally:
         await runner.cleanup()
+
+
+@aio
+async def test_cluster_operations_open_to_members_with_auth_on(
+    tmp_path: Path, certs: CertLayout
+) -> None:
+    from tests.unit.server.test_server_auth import AuthFakeNode
+
+    settings = tls_settings(tmp_path, certs, "node-1", auth_enabled=True)
+    async with serving(AuthFakeNode(), settings) as port:
+        base = f"https://localhost:{port}"
+        anonymous = client_ctx(certs)
+        member = client_ctx(certs, cert=(certs.peer_cert("node-2"), certs.peer_key("node-2")))
+        operator = client_ctx(certs, cert=(certs.client_cert("root"), certs.client_key("root")))
+        # Not a route on this fake: past the auth check, the router answers 404.
+        status, body = await fetch("POST", f"{base}/cluster/leader", anonymous, json={})
+        assert (status, body["code"]) == (401, "unauthenticated")
+        status, body = await fetch("POST", f"{base}/cluster/leader", operator, json={})
+        assert (status, body["code"]) == (401, "unauthenticated")  # not a member's certificate
+        assert (await fetch("POST", f"{base}/cluster/leader", member, json={}))[0] == 404
+        assert (await fetch("GET", f"{base}/cluster/config", anonymous))[0] == 404  # open
+        # A member certificate is no key permission.
+        status, body = await fetch("GET", f"{base}/kv/x", member)
+        assert (status, body["code"]) == (401, "unauthenticated")

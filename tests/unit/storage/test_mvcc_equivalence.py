@@ -126,6 +126,33 @@ def test_lmdb_compaction_in_bounded_steps(tmp_path: Path, monkeypatch: pytest.Mo
         lm.close()
 
 
+def _write_layout_1(path: Path) -> None:
+    import lmdb
+
+    env = lmdb.open(str(path), max_dbs=2, subdir=True)
+    kv, meta = env.open_db(b"kv"), env.open_db(b"meta")
+    with env.begin(write=True) as txn:
+        txn.put(b"=a", b"1", db=kv)
+        txn.put(b"applied", (7).to_bytes(8, "little") + (2).to_bytes(8, "little"), db=meta)
+    env.close()
+
+
+def test_format_2_directory_migrates_to_revisions(tmp_path: Path) -> None:
+    from raftkv.storage.format import open_data_dir, read_format, write_format
+
+    _write_layout_1(tmp_path / "state")
+    (tmp_path / "snapshots").mkdir()
+    write_format(tmp_path, 2)
+    outcome = open_data_dir(tmp_path)
+    assert outcome.migrated == ("mvcc_layout",)
+    assert read_format(tmp_path) == 3
+    sm = LmdbState.open(tmp_path / "state")
+    try:
+        assert sm.get("a") == KeyValue("a", "1", 1, 1, 1)
+    finally:
+        sm.close()
+
+
 def test_layout_1_is_migrated_at_open(tmp_path: Path) -> None:
     """A state written before revisions (kv held raw values) opens with every key at rev 1."""
     import lmdb

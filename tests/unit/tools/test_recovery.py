@@ -17,6 +17,7 @@ from raftkv.ops.recovery import (
 )
 from raftkv.raft.types import ConfState, Entry, HardState, Index, NodeId, SnapshotMeta, Term
 from raftkv.runtime.driver import snapshot_path
+from raftkv.storage import recovery as startup
 from raftkv.storage.format import FORMAT_VERSION, read_format
 from raftkv.storage.raftlog import DurableLog
 from raftkv.storage.snapshot_file import SnapshotHeader, write_snapshot_file
@@ -28,7 +29,7 @@ OLD = ConfState(voters=(A, B, C))
 
 def backup_file(tmp_path: Path, index: int = 7, term: int = 3) -> Path:
     path = tmp_path / "backup.snap"
-    header = SnapshotHeader(Index(index), Term(term), OLD)
+    header = SnapshotHeader(Index(index), Term(term), OLD, cluster=b"the old cluster's record")
     write_snapshot_file(path, header, [(b"k1", b"v1"), (b"k2", b"v2")])
     return path
 
@@ -63,6 +64,7 @@ def test_restore_seeds_a_node_of_the_new_configuration(tmp_path: Path) -> None:
         assert (sm.applied_index, sm.applied_term) == (7, 3)
         assert sm.conf == ConfState(voters=(NodeId("x"), NodeId("y")))
         assert [_value(sm, k) for k in ("k1", "k2")] == ["v1", "v2"]
+        assert sm.cluster == b""  # no old addresses: the first start seeds the record
     finally:
         sm.close()
     log = DurableLog.open(node / "raft.db")
@@ -119,9 +121,11 @@ def test_force_new_cluster_applies_the_whole_log_and_keeps_one_voter(tmp_path: P
     # The persisted commit index lags (it is saved lazily): entries 4 and 5 are past it.
     log.save(HardState(Term(2), A, Index(3)), entries, None)
     log.close()
-    sm = LmdbState.open(node / "state")
+    sm = startup.open_state(node)
     sm.apply(entries[:2], conf=OLD)  # applied up to 2
+    sm.sync()
     sm.close()
+    startup.mark_clean(node)  # a clean stop: the state is kept as it is
 
     done = force_new_cluster(node, "a")
     assert (done.index, done.term, done.voters) == (5, 2, ("a",))
@@ -154,7 +158,7 @@ def test_force_new_cluster_needs_a_log(tmp_path: Path) -> None:
 def test_restored_and_recovered_directories_record_the_current_data_format(
     tmp_path: Path,
 ) -> None:
-    from raftkv.storage.format import FORMAT_VERSION, DataFormatError, read_format, write_format
+    from raftkv.storage.format import DataFormatError, write_format
 
     done = restore_snapshot(backup_file(tmp_path), tmp_path / "data", "x", {"x": "h:1"})
     assert read_format(done.node_dir) == FORMAT_VERSION
