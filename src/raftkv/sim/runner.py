@@ -14,7 +14,6 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import traceback
 from collections import deque
@@ -126,11 +125,6 @@ def run_seed(
     caller that has to abandon a stuck run still knows where it was."""
     opt = options or SimOptions()
     shape = opt.cluster or draw_cluster(seed)
-    if opt.membership and opt.cluster is None:
-        # Membership sweeps keep the plain put/get/delete clients (no sessions, no CAS): their
-        # pinned seeds were found with that workload, and conf changes are what they stress.
-        plain = dataclasses.replace(shape.workload, sessions=False, cas_ratio=0.0)
-        shape = dataclasses.replace(shape, workload=plain)
     cluster = Cluster(seed, shape, opt.factory)
     if tail is None:
         tail = deque(maxlen=TAIL)
