@@ -37,6 +37,7 @@ from raftkv.server.runner import http_ssl_context, run_http
 from raftkv.server.tls import node_client_context, reload_server_context, server_context
 from raftkv.storage.errors import StorageError
 from raftkv.storage.failure import EXIT_IOERR, StorageFailure, describe, is_storage_error
+from raftkv.storage.format import refuse_newer
 from raftkv.transport.tls import PeerTls, TlsConfigError
 
 DAMAGED_DATA_ADVICE = (
@@ -267,6 +268,11 @@ def register(app: typer.Typer) -> None:
                     file=sys.stderr,
                 )
                 raise typer.Exit(2)
+            try:
+                refuse_newer(settings.data_dir)  # before anything is written into it
+            except StorageError as exc:
+                print(f"raftkv: refusing to start: {exc}", file=sys.stderr)
+                raise typer.Exit(3) from None
             try:
                 save_member_files(settings, resolved.initial_voters)
             except OSError as exc:

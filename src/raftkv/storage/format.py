@@ -104,18 +104,26 @@ def write_format(data_dir: Path, version: int = FORMAT_VERSION) -> None:
     fsync_dir(data_dir)
 
 
-def open_data_dir(data_dir: Path) -> FormatOutcome:
-    """Check (and, if older, migrate) `data_dir` before a node opens it; see the module rules."""
+def refuse_newer(data_dir: Path) -> int | None:
+    """`read_format`, refusing a directory a newer raftkv wrote. Called before anything is
+    written into the directory (member files included), so a refused directory stays as the
+    newer version left it."""
     found = read_format(data_dir)
-    if found is None:
-        write_format(data_dir)
-        return FormatOutcome(None, FORMAT_VERSION, ())
-    if found > FORMAT_VERSION:
+    if found is not None and found > FORMAT_VERSION:
         raise DataFormatError(
             f"{data_dir}: data format {found} was written by a newer raftkv; this one reads "
             f"formats up to {FORMAT_VERSION}. Run the newer version (a downgrade needs a "
             "snapshot restore into an empty directory)"
         )
+    return found
+
+
+def open_data_dir(data_dir: Path) -> FormatOutcome:
+    """Check (and, if older, migrate) `data_dir` before a node opens it; see the module rules."""
+    found = refuse_newer(data_dir)
+    if found is None:
+        write_format(data_dir)
+        return FormatOutcome(None, FORMAT_VERSION, ())
     done: list[str] = []
     for version in range(found, FORMAT_VERSION):
         if version not in _STEPS:  # pragma: no cover - test_format checks the chain
