@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from raftkv.kv.commands import Put
 from raftkv.kv.registry import BASE_COMMAND_SET, COMMAND_SET_VERSION, CommandBase, kind_of
 from raftkv.runtime.api import FeatureNotEnabled
 from raftkv.storage.format import FORMAT_VERSION
@@ -67,10 +68,16 @@ def cluster_versions(
     return ClusterVersions(min(formats), min(sets), tuple(listed))
 
 
+# A `put` of a bytes value encodes as msgpack bin, which a command-set-1 node cannot decode
+# (its Put.value is str): binary values need command set 2 although the kind is older.
+BINARY_VALUES_SINCE: Final = 2
+
+
 def check_enabled(cmd: CommandBase, cluster: ClusterVersions) -> None:
-    """Raise `FeatureNotEnabled` if `cmd`'s kind is newer than the cluster's command set."""
+    """Raise `FeatureNotEnabled` if `cmd` needs a newer command set than the cluster's."""
     kind = kind_of(cmd)
-    if kind.since > cluster.command_set:
-        raise FeatureNotEnabled(
-            kind.name, kind.since, cluster.command_set, cluster.holding_back(kind.since)
-        )
+    name, needs = kind.name, kind.since
+    if isinstance(cmd, Put) and isinstance(cmd.value, bytes) and needs < BINARY_VALUES_SINCE:
+        name, needs = f"{kind.name} (binary value)", BINARY_VALUES_SINCE
+    if needs > cluster.command_set:
+        raise FeatureNotEnabled(name, needs, cluster.command_set, cluster.holding_back(needs))

@@ -53,6 +53,15 @@ def test_check_enabled_refuses_only_kinds_newer_than_the_cluster() -> None:
     check_enabled(Compact(revision=5), cluster_versions("n1", ["n1", "n2"], {"n2": OWN_VERSIONS}))
 
 
+def test_binary_put_waits_for_command_set_2() -> None:
+    # An old node's Put.value is str: a bytes value would be a committed entry it cannot decode.
+    old = cluster_versions("n1", ["n1", "n2"], {"n2": OLD})
+    with pytest.raises(FeatureNotEnabled) as info:
+        check_enabled(Put("k", b"\x00\xff"), old)
+    assert (info.value.kind, info.value.needs) == ("put (binary value)", 2)
+    check_enabled(Put("k", b"\x00\xff"), cluster_versions("n1", ["n1"], {}))
+
+
 def test_hello_versions_are_compatible_both_ways() -> None:
     # The Hello of round 1 had three fields: it decodes with versions 1 and 1.
     class OldHello(msgspec.Struct, frozen=True, array_like=True, tag="Hello"):
