@@ -19,7 +19,6 @@ import tarfile
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from raftkv.kv.registry import COMMAND_SET_VERSION
 from raftkv.storage.format import FORMAT_FILE, FORMAT_VERSION, read_format, write_format
@@ -156,7 +155,7 @@ def test_unknown_command_kind_halts_the_node_naming_index_and_tag(
         node = c.start_node(victim)
         halted = wait_for(
             f"{victim} halted",
-            lambda: (c.req(victim, "GET", "/health").json.get("halted")),
+            lambda: c.req(victim, "GET", "/health").json.get("halted"),
             60,
             c.dump_logs,
         )
@@ -175,7 +174,8 @@ def test_unknown_command_kind_halts_the_node_naming_index_and_tag(
         other = next(n for n in c.nodes if n != victim)
         seen = c.status(other)["nodes"][victim]
         assert seen["state"] == "Halted" and seen["halted"]["index"] == idx, seen
-        assert c.put(c.wait_leader([n for n in c.nodes if n != victim]), "after", "ok").status == 200
+        others = c.wait_leader([n for n in c.nodes if n != victim])
+        assert c.put(others, "after", "ok").status == 200
         assert node.running, node.log_text()[-3000:]
         out = node.log_text().split(f"start #{node.starts} of {victim}")[-1]
         assert out.count("node halted: a committed entry cannot be applied") == 1, out
