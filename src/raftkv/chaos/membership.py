@@ -73,6 +73,7 @@ def expected_refusal(status: int, code: object) -> bool:
 class Change:
     """One membership step, as the report shows it."""
 
+    kind: str  # "join", "replace" (kill and remove), "remove"
     what: str
     start: float  # run clock
     end: float | None = None
@@ -80,6 +81,7 @@ class Change:
 
     def to_json(self) -> dict[str, object]:
         return {
+            "kind": self.kind,
             "what": self.what,
             "start": self.start,
             "end": self.end,
@@ -149,7 +151,7 @@ class Conductor:
         node_id = f"node-{self._next}"
         self._next += 1
         spec = self.cluster.plan_node(node_id, self.rng)
-        change = self._begin(what or f"join {node_id} ({spec.host})")
+        change = self._begin("join", what or f"join {node_id} ({spec.host})")
         proc = self.cluster.add_node(spec, lambda: self._join_args(spec))
         proc.joining = True
         proc.start()
@@ -172,7 +174,7 @@ class Conductor:
 
     async def replace(self) -> None:
         victim = self.rng.choice(self._settled())
-        change = self._begin(f"replace {victim}: kill -9, remove")
+        change = self._begin("replace", f"replace {victim}: kill -9, remove")
         proc = self.cluster.nodes[victim]
         proc.leaving = True  # nobody restarts it
         proc.kill()
@@ -182,12 +184,12 @@ class Conductor:
 
     async def shrink(self, *, leader: bool) -> None:
         if leader:
-            change = self._begin("remove the leader")
+            change = self._begin("remove", "remove the leader")
             victim = await self._leader(change)
             change.what = f"remove {victim} (the leader)"
         else:
             victim = self.rng.choice(self._settled())
-            change = self._begin(f"remove {victim}")
+            change = self._begin("remove", f"remove {victim}")
         proc = self.cluster.nodes[victim]
         proc.leaving = True
         await self._remove(victim, change)
@@ -195,8 +197,8 @@ class Conductor:
         await self._wait_stopped(victim)
 
     # -- steps' parts -------------------------------------------------------------------------
-    def _begin(self, what: str) -> Change:
-        change = Change(what, self.now())
+    def _begin(self, kind: str, what: str) -> Change:
+        change = Change(kind, what, self.now())
         self.changes.append(change)
         self.say(f"membership: {what}")
         return change
@@ -218,9 +220,12 @@ class Conductor:
         return [n for n in self.cluster.ids if not nodes[n].joining and not nodes[n].leaving]
 
     def _via(self, avoid: str | None = None) -> str | None:
+        """A member to send a request to: running, not paused, not still joining."""
         nodes = self.cluster.nodes
         live = [
-            n for n in self.cluster.ids if n != avoid and nodes[n].running and not nodes[n].paused
+            n
+            for n in self.cluster.ids
+            if n != avoid and nodes[n].running and not (nodes[n].paused or nodes[n].joining)
         ]
         return self.rng.choice(live) if live else None
 
@@ -389,7 +394,7 @@ class MembershipSummary:
 
     def counts(self) -> Counter[str]:
         """How many steps of each kind were completed."""
-        done = Counter(c.what.split(" ", 1)[0] for c in self.changes if c.end is not None)
+        done = Counter(c.kind for c in self.changes if c.end is not None)
         return Counter({k: done[k] for k in ("join", "replace", "remove") if done[k]})
 
     def retries(self) -> Counter[str]:

@@ -122,7 +122,7 @@ def test_a_change_is_asked_again_after_each_expected_refusal(tmp_path: Path) -> 
     )
     try:
         c = conductor(cluster)
-        change = Change("remove node-2", time.monotonic())
+        change = Change("remove", "remove node-2", time.monotonic())
         doc = asyncio.run(c.call(change, "DELETE", "/cluster/members/node-2"))
         assert doc == {"removed": "node-2"}
         assert change.retries == Counter(
@@ -141,7 +141,7 @@ def test_an_unexpected_answer_is_an_anomaly_not_a_retry(tmp_path: Path) -> None:
     )
     try:
         c = conductor(cluster)
-        change = Change("remove node-9", time.monotonic())
+        change = Change("remove", "remove node-9", time.monotonic())
         with pytest.raises(MembershipAnomaly, match=r"unexpected 404.*member_not_found"):
             asyncio.run(c.call(change, "DELETE", "/cluster/members/node-9"))
         assert len(cluster.answers) == 1  # it stopped at the 404
@@ -153,7 +153,7 @@ def test_a_change_refused_past_its_deadline_is_stuck(tmp_path: Path) -> None:
     cluster = ScriptedCluster(tmp_path, [(409, {"code": "change_in_progress"})] * 1000)
     try:
         c = conductor(cluster, step_timeout_s=0.6)
-        change = Change("remove node-3", time.monotonic())
+        change = Change("remove", "remove node-3", time.monotonic())
         with pytest.raises(MembershipAnomaly, match=r"stuck: remove node-3.*change_in_progress"):
             asyncio.run(c.call(change, "DELETE", "/cluster/members/node-3"))
     finally:
@@ -231,26 +231,29 @@ def test_ledger_every_acknowledged_write_on_every_member() -> None:
 
 def test_the_report_section_says_what_was_done() -> None:
     changes = (
-        Change("join node-4 (127.0.0.4)", 1.0, 9.0, Counter(join_exit_2=1)),
-        Change("replace node-2: kill -9, remove", 10.0, 11.0, Counter(would_lose_quorum=2)),
-        Change("remove node-1 (the leader)", 12.0, 13.5),
-        Change("remove node-3", 14.0, None),
+        Change("join", "join node-4 (127.0.0.4)", 1.0, 9.0, Counter(join_exit_2=1)),
+        Change(
+            "replace", "replace node-2: kill -9, remove", 10.0, 11.0, Counter(would_lose_quorum=2)
+        ),
+        Change("join", "replace node-2: join node-6 on an empty disk", 11.0, 20.0),
+        Change("remove", "remove node-1 (the leader)", 12.0, 13.5),
+        Change("remove", "remove node-3", 14.0, None),
     )
     ledger = LedgerResult(10, 2, ("node-4", "node-5"), ("ledger-000001 ...",), (), ())
     summary = MembershipSummary(
         1, changes, ("node-1", "node-4", "node-1"), (), ("node-4", "node-5"), ledger
     )
     assert summary.leader_changes == 2
-    assert summary.counts() == Counter(join=1, replace=1, remove=1)  # node-3: not done
+    assert summary.counts() == Counter(join=2, replace=1, remove=1)  # node-3: not done
     assert summary.retries() == Counter(would_lose_quorum=2, join_exit_2=1)
     text = "\n".join(summary.render())
-    assert "steps done: join 1, replace 1, remove 1" in text
+    assert "steps done: join 2, replace 1, remove 1" in text
     assert "leader changes seen: 2 (node-1 -> node-4 -> node-1)" in text
     assert "not done  remove node-3" in text
     assert "NO, 1 missing" in text
     assert ledger.anomalies() == ["acknowledged ledger writes missing on a member: 1"]
     doc = json.loads(json.dumps(summary.to_json()))
-    assert doc["steps_done"] == {"join": 1, "replace": 1, "remove": 1}
+    assert doc["steps_done"] == {"join": 2, "replace": 1, "remove": 1}
     assert doc["changes"][1]["retries"] == {"would_lose_quorum": 2}
     assert doc["ledger"]["missing"] == ["ledger-000001 ..."]
     assert dataclasses.replace(summary, ledger=None).to_json()["ledger"] is None
