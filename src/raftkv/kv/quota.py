@@ -207,6 +207,11 @@ def apply_space(store: SpaceStore, cmd: SpaceCommand) -> SpaceResult:
     return SpaceResult(usage(store), rec.quota_bytes, rec.alarms())
 
 
+def alarm_flags(store: SpaceStore) -> list[tuple[str, bool]]:
+    """(alarm, raised) for the metrics: `no_space` whatever its cause."""
+    return [(NO_SPACE, bool(space(store).alarms()))]
+
+
 def refused(store: SpaceStore) -> NoSpace:
     rec = space(store)
     return NoSpace(usage(store), rec.quota_bytes, rec.alarms())

@@ -53,6 +53,9 @@ class LocalStatus:
     # older node's /cluster/local has neither: 1 and 1.
     format_version: int = 1
     command_set: int = 1
+    # Its data disk (server/alarms.py): free bytes (None: not reported) and its margin.
+    disk_free_bytes: int | None = None
+    min_free_bytes: int = 0
 
 
 class NotLeaderError(Exception):

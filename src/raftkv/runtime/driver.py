@@ -39,6 +39,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from raftkv.kv.quota import alarm_flags
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
@@ -713,5 +714,5 @@ class RaftDriver(SnapshotSteps):
                 ("state", d / "state" / "data.mdb"),
                 *(("snapshots", p) for p in (d / "snapshots").glob("snap-*.snap")),
             ],
-            alarms=(),
+            alarms=self.sm.read(alarm_flags),
         )
