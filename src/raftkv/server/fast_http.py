@@ -343,7 +343,6 @@ class FastProtocol(asyncio.Protocol):
 
     def _next(self) -> None:
         if self._queue and self.transport is not None:
-            self._cancel_keepalive()
             req = self._queue.popleft()
             self._task = self._loop.create_task(self._serve(req))
             if self._reading_paused and not self._handing_off:
@@ -398,12 +397,17 @@ class FastProtocol(asyncio.Protocol):
 
     def _check_idle(self) -> None:
         # As aiohttp: idle means no request in progress; half a request line or header block
-        # does not keep a connection open (only a body has its own timer).
+        # does not keep a connection open (only a body has its own timer). The timer stays
+        # armed while requests come and go (cheaper than one timer per request).
         self._keepalive = None
-        if self.transport is None or self._task is not None or self._current is not None:
-            return  # busy: re-armed when its reply is out
+        if self.transport is None:
+            return
+        now = self._loop.time()
+        if self._task is not None or self._current is not None or self._queue:
+            self._keepalive = self._loop.call_at(now + self._server.keepalive_s, self._check_idle)
+            return
         close_at = self._idle_since + self._server.keepalive_s
-        if self._loop.time() >= close_at:
+        if now >= close_at:
             self._close()
         else:
             self._keepalive = self._loop.call_at(close_at, self._check_idle)
