@@ -6,6 +6,7 @@ Rules:
 - Handlers raise `ApiError`; `error_middleware` turns it, aiohttp's own HTTP errors (unknown
   route 404, 405, 413 ...) and unexpected exceptions into that shape. An unexpected exception is a
   bug: it is logged with its traceback and still answered in JSON (500 `internal_error`).
+- `NodeHalted` from any route is 503 `node_halted` with the node's `halted` report.
 - Errors produced before any handler runs (a malformed or over-long request line) are rendered in
   the same shape by `raftkv.server.runner`.
 """
@@ -18,6 +19,8 @@ from typing import Final
 import msgspec
 import structlog
 from aiohttp import web
+
+from raftkv.runtime.api import HaltReport, NodeHalted
 
 log = structlog.get_logger(__name__)
 
@@ -93,6 +96,19 @@ def http_error_code(status: int, reason: str) -> tuple[str, str]:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def halted_error(report: HaltReport) -> ApiError:
+    """503 `node_halted`: this node stopped at a committed entry it cannot apply."""
+    return ApiError(
+        503,
+        "node_halted",
+        f"this node halted at committed entry {report.index}, which it cannot apply; it "
+        "serves no reads or writes: use another node (a write in flight here has an unknown "
+        "outcome)",
+        headers={"Retry-After": "5"},
+        halted=report.to_json(),
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -106,6 +122,8 @@ def error_reply(exc: Exception, request: web.Request) -> web.StreamResponse:
     Re-raises an HTTPException below 400 (a redirect is not an error)."""
     if isinstance(exc, ApiError):
         return exc.response()
+    if isinstance(exc, NodeHalted):  # from any route: runtime/halt.py
+        return halted_error(exc.report).response()
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
