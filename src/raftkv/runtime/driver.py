@@ -151,7 +151,7 @@ class RaftDriver(SnapshotSteps, HaltSteps):
             # restarted from (or sent) a snapshot with no voters could never campaign again.
             await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
         self.table.load(await load_record(self.sm, self.opts, self._bootstrap_conf), start=True)
-        self.storage.append(loaded.entries)
+        self.storage.restore_log(loaded.base, loaded.entries)  # kept entries included
         hs = loaded.hard_state
         if hs.commit < self.sm.applied_index <= self.storage.last_index():
             # The commit index is saved lazily (a commit-only change needs no fsync), but what

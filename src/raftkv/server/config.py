@@ -134,7 +134,7 @@ class Settings:
     election_timeout_ms: int  # = election_ticks * heartbeat_ms
     election_ticks: int  # >= 2
     snapshot_every: int  # applied entries between automatic compactions, > 0
-    snapshot_keep_entries: int  # entries kept behind a snapshot (in memory), >= 0
+    snapshot_keep_entries: int  # entries kept behind a snapshot (memory and disk), >= 0
     max_value_bytes: int  # UTF-8 bytes of one value, > 0
     leader_wait_ms: int  # how long a write waits for a leader before 503 no_leader
     request_timeout_ms: int  # > leader_wait_ms

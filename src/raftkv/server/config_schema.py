@@ -101,8 +101,8 @@ class RaftSection(_Section, frozen=True, kw_only=True):
         int,
         Meta(
             ge=0,
-            description="entries kept behind a snapshot for slightly lagging followers (in "
-            "memory; the durable log keeps only what follows the snapshot)",
+            description="entries kept behind a snapshot (in memory and in the durable log) "
+            "so a slightly lagging follower catches up by log, not by a full snapshot",
         ),
     ] = 1_000
     max_snapshot_bytes: Annotated[
