@@ -40,6 +40,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from raftkv.kv.quota import alarm_flags
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
@@ -151,7 +152,7 @@ class RaftDriver(SnapshotSteps, HaltSteps):
             # restarted from (or sent) a snapshot with no voters could never campaign again.
             await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
         self.table.load(await load_record(self.sm, self.opts, self._bootstrap_conf), start=True)
-        self.storage.append(loaded.entries)
+        self.storage.restore_log(loaded.base, loaded.entries)  # kept entries included
         hs = loaded.hard_state
         if hs.commit < self.sm.applied_index <= self.storage.last_index():
             # The commit index is saved lazily (a commit-only change needs no fsync), but what
@@ -721,5 +722,5 @@ class RaftDriver(SnapshotSteps, HaltSteps):
                 ("state", d / "state" / "data.mdb"),
                 *(("snapshots", p) for p in (d / "snapshots").glob("snap-*.snap")),
             ],
-            alarms=(),
+            alarms=self.sm.read(alarm_flags),
         )
