@@ -68,7 +68,7 @@ def draw_cluster(seed: int) -> ClusterOptions:
     """A cluster shape drawn from the seed, so a sweep covers many configurations."""
     rng = random.Random(f"{seed}/shape")
     fsync_mean = rng.choice((60, 250, 800))
-    shape = ClusterOptions(
+    return ClusterOptions(
         nodes=rng.choice((3, 3, 5)),
         net=NetProfile(
             mean_jitter=rng.choice((50, 150, 400)),
@@ -83,11 +83,6 @@ def draw_cluster(seed: int) -> ClusterOptions:
         max_append_bytes=rng.choice((1, 64, 512, 1 << 20)),
         max_inflight=rng.choice((1, 4, 256)),
     )
-    # Half the seeds run with leader leases and send half their gets through them (drawn from
-    # a stream of its own, so the rest of the shape is what it always was for this seed).
-    if random.Random(f"{seed}/lease").random() < 0.5:
-        return with_leases(shape)
-    return shape
 
 
 def with_leases(shape: ClusterOptions, lease_ratio: float = 0.5) -> ClusterOptions:
