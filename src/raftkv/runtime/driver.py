@@ -11,11 +11,12 @@ Rules:
   is saved in the Raft log, so a crash in between never leaves a log that starts after a state
   the state machine does not have.
 - A broken invariant stops the node (`fatal` resolves); a malformed peer message is logged and
-  dropped. A storage error on any durability path (log save, apply, state sync, snapshot build
-  or install, compaction) is never retried (storage/failure.py: fsyncgate): it is wrapped in a
-  `StorageFailure` naming the operation and file and stops the node; nothing is acknowledged
-  after it, and `stop()` then writes nothing more (no hard-state save, no sync, no close that
-  could checkpoint).
+  dropped. A committed entry that cannot be decoded halts the node instead (`halt.py`: it
+  stays up, reports the index, applies nothing more; never a crash loop). A storage error on
+  any durability path (log save, apply, state sync, snapshot build or install, compaction)
+  is never retried (storage/failure.py: fsyncgate): it is wrapped in a `StorageFailure`
+  naming the operation and file and stops the node; nothing is acknowledged after it, and
+  `stop()` then writes nothing more (no hard-state save, no sync, no close that checkpoints).
 - Snapshot build, verification of a received snapshot and its install live in
   `runtime/snapshots.py` (a mixin of the driver), with their crash-safe step order.
 - Work on the state machine off the loop thread (snapshot build, install, sync) runs on ONE
@@ -62,6 +63,7 @@ from raftkv.raft.types import (
 from raftkv.runtime import testhooks
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.features import OWN_VERSIONS
+from raftkv.runtime.halt import HaltSteps
 from raftkv.runtime.member_table import MemberTable, NodeRemoved, initial_conf, load_record
 from raftkv.runtime.members import ClusterRecord, encode_record, record_after
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
@@ -82,7 +84,7 @@ _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
 
 
-class RaftDriver(SnapshotSteps, TickLoop):
+class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.id = opts.node_id
@@ -149,7 +151,7 @@ class RaftDriver(SnapshotSteps, TickLoop):
             # restarted from (or sent) a snapshot with no voters could never campaign again.
             await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
         self.table.load(await load_record(self.sm, self.opts, self._bootstrap_conf), start=True)
-        self.storage.append(loaded.entries)
+        self.storage.restore_log(loaded.base, loaded.entries)  # kept entries included
         hs = loaded.hard_state
         if hs.commit < self.sm.applied_index <= self.storage.last_index():
             # The commit index is saved lazily (a commit-only change needs no fsync), but what
@@ -212,6 +214,8 @@ class RaftDriver(SnapshotSteps, TickLoop):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self.abort_pending()
+        if self._step_out is not None:
+            await asyncio.shield(self._step_out)  # halted: the transport is closing already
         await self.transport.stop()
         # Threads still inside LMDB or SQLite finish before anything is closed.
         await asyncio.to_thread(self._sm_worker.shutdown, True)
@@ -289,14 +293,10 @@ class RaftDriver(SnapshotSteps, TickLoop):
                 exc = StorageFailure("storage operation", self.opts.data_dir, exc)
             log.critical(str(exc), node=self.id)
         elif isinstance(exc, UndecodableEntryError):
-            # Every node holds this entry: skipping it would fork the state machines.
-            log.critical(
-                "node stopping: a committed entry cannot be applied",
-                node=self.id,
-                index=exc.index,
-                tag=exc.tag,
-                error=str(exc),
-            )
+            # Every node holds this entry: skipping it would fork the state machines, and
+            # exiting would only restart into it again. Halt: up, reporting, applying nothing.
+            self._halt(exc)
+            return
         else:
             log.critical("node stopping on a broken invariant", node=self.id, error=repr(exc))
         # Nothing may be acknowledged from now on: waiters fail before any other task runs.
@@ -339,7 +339,7 @@ class RaftDriver(SnapshotSteps, TickLoop):
 
     # -- inputs -------------------------------------------------------------------------------
     def _on_message(self, msg: AnyMessage) -> None:
-        if self._stopping or self.failed:
+        if self._stopping or self.failed or self.halted:
             return
         if msg.from_ in self.table.removed:
             self.table.refuse(msg.from_, self._now)
@@ -454,6 +454,17 @@ class RaftDriver(SnapshotSteps, TickLoop):
             self._on_soft_state(rd.soft_state.leader)
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
+        try:
+            if testhooks.undecodable_marker:
+                testhooks.check_undecodable(entries, self.sm.applied_index)
+            self._apply_batch(entries)
+        except UndecodableEntryError as exc:
+            # The batch was one transaction and rolled back: apply what precedes the entry,
+            # then let the Ready loop end in `_die` -> `_halt` (halt.py).
+            self._apply_batch(tuple(e for e in entries if e.index < exc.index))
+            raise
+
+    def _apply_batch(self, entries: tuple[Entry, ...]) -> None:
         todo = [e for e in entries if e.index > self.sm.applied_index]
         new_conf: ConfState | None = None
         record = self.table.record
@@ -567,8 +578,7 @@ class RaftDriver(SnapshotSteps, TickLoop):
         start = loop.time()
         leader_deadline = start + self.opts.leader_wait_s
         while True:
-            if self._stopping or self.draining:
-                raise NodeStopping("node is shutting down")
+            self.check_serving()
             try:
                 term, index = self.raw.propose(data)
             except NotLeader as exc:
@@ -612,8 +622,7 @@ class RaftDriver(SnapshotSteps, TickLoop):
     async def read_barrier(self, *, lease: bool = False) -> None:
         """Return once local state reflects every write acknowledged before the call (§6.4).
         `lease`: from the leader's lease if it holds one (§6.4.1; ticks.py), else ReadIndex."""
-        if self._stopping or self.draining:
-            raise NodeStopping("node is shutting down")
+        self.check_serving()
         if lease and (index := self._lease_read_index()) is not None:
             self.metrics.lease_reads += 1
             await self.wait_applied(index)
@@ -641,8 +650,7 @@ class RaftDriver(SnapshotSteps, TickLoop):
         """Return once this node has applied `index` (read-your-writes, `min_revision`)."""
         if self.sm.applied_index >= index:
             return
-        if self._stopping or self.draining:
-            raise NodeStopping("node is shutting down")
+        self.check_serving()
         try:
             async with asyncio.timeout(self.opts.request_timeout_s):
                 await self._applied_waiters.wait(index)

@@ -101,8 +101,8 @@ class RaftSection(_Section, frozen=True, kw_only=True):
         int,
         Meta(
             ge=0,
-            description="entries kept behind a snapshot for slightly lagging followers (in "
-            "memory; the durable log keeps only what follows the snapshot)",
+            description="entries kept behind a snapshot (in memory and in the durable log) "
+            "so a slightly lagging follower catches up by log, not by a full snapshot",
         ),
     ] = 1_000
     max_snapshot_bytes: Annotated[
@@ -178,6 +178,13 @@ class ServerSection(_Section, frozen=True, kw_only=True):
     metrics: Annotated[
         bool, Meta(description="record and serve Prometheus metrics at `/metrics`")
     ] = True
+    http_engine: Annotated[
+        Literal["aiohttp", "fast"],
+        Meta(
+            description="`fast`: PUT/GET/DELETE `/kv/{key}` on a lean httptools protocol, "
+            "everything else on aiohttp (same port, same replies); `aiohttp`: all on aiohttp"
+        ),
+    ] = "fast"
 
     def validate(self) -> None:
         if self.max_value_bytes > (largest := largest_value_bytes()):

@@ -47,7 +47,14 @@ from raftkv.server.auth import Authenticator, AuthNode
 from raftkv.server.auth_routes import Forwarded, add_auth_routes
 from raftkv.server.backup_routes import add_backup_routes
 from raftkv.server.config import Settings
-from raftkv.server.errors import ApiError, error_middleware, error_response, json_response
+from raftkv.server.errors import (
+    ApiError,
+    error_middleware,
+    error_response,
+    halted_error,
+    json_response,
+)
+from raftkv.server.fast_routes import FAST_ROUTES, FastRoutes
 from raftkv.server.forward import Forwarder, resolve_source_ip
 from raftkv.server.inputs import (
     check_content_length,
@@ -121,6 +128,13 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
         app.router.add_route(method, path, handler, expect_handler=api.expect_continue)
     add_inspect_routes(app, node, enabled=settings.debug_endpoints)
     api.http_metrics = add_metrics_routes(app, node)
+    # The same handlers for the fast engine (server.http_engine: fast, see runner.py).
+    app[FAST_ROUTES] = FastRoutes(
+        {"PUT": kv.put, "GET": kv.get, "DELETE": kv.delete},
+        gate,
+        api.http_metrics,
+        auth if settings.auth_enabled else None,
+    )
     membership = getattr(node, "membership", None)
     if isinstance(membership, MembershipManager):
         add_member_routes(app, membership, settings)
@@ -212,11 +226,22 @@ class _Api:
         return json_response(local_status_json(self._node.local_status()))
 
     async def health(self, request: web.Request) -> web.StreamResponse:
+        halted = self._node.local_status().halted
+        if halted is not None:
+            # 200: the process is alive and a restart would halt again at the same entry, so a
+            # liveness probe must not restart it (runtime/halt.py); /ready is 503.
+            return json_response({"status": "halted", "halted": halted.to_json()})
         return json_response({"status": "ok"})
 
     async def ready(self, request: web.Request) -> web.StreamResponse:
         status = self._node.local_status()
         context = {"node_id": status.node_id, "leader": status.leader_id}
+        if status.halted is not None:
+            exc = halted_error(status.halted)
+            return json_response(
+                {"status": "not_ready", "error": exc.message, "code": exc.code, **exc.context},
+                status=503,
+            )
         if self._node.is_ready():
             return json_response({"status": "ready", **context})
         return json_response(
