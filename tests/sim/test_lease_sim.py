@@ -22,12 +22,20 @@ from tests.sim.settings import EVENTS, JOBS, SEEDS, TIMEOUT
 
 LEASE_SEEDS = int(os.environ.get("LEASE_SIM_SEEDS", "30"))
 
-# Where a 300-seed search (2000 events, leases on) first caught each planted lease bug.
+# Where a search over seeds 0.. (2000 events, leases on) first caught each planted lease bug.
 FIRST_CAUGHT = {
-    "lease_without_promise": 289,
     "lease_without_drift_margin": 70,  # as planted: a lease of twice the election timeout
     "lease_clock_stops_when_paused": 70,
 }
+# Not caught in 400 seeds: the window it opens (a candidate the old leader cannot reach wins
+# with a vote the old leader's lease still counts on, commits, a client reads the old leader
+# within a tick or two) is rare under these faults. tests/unit/raft/test_lease.py checks the
+# promise directly.
+NOT_CAUGHT = {"lease_without_promise"}
+
+
+def test_every_planted_lease_bug_is_accounted_for() -> None:
+    assert set(FIRST_CAUGHT) | NOT_CAUGHT == set(LEASE_BUGS)
 
 
 def test_lease_reads_on_every_seed_stay_linearizable() -> None:
@@ -42,7 +50,7 @@ def test_lease_reads_on_every_seed_stay_linearizable() -> None:
     assert served > len(seeds) and fell_back > len(seeds), (served, fell_back, ok)
 
 
-@pytest.mark.parametrize("bug", sorted(LEASE_BUGS))
+@pytest.mark.parametrize("bug", sorted(FIRST_CAUGHT))
 def test_planted_lease_bug_is_caught(bug: str) -> None:
     seed = FIRST_CAUGHT[bug]
     results = sweep(
@@ -58,7 +66,7 @@ def test_planted_lease_bug_is_caught(bug: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("LEASE_SIM_SEARCH"), reason="set LEASE_SIM_SEARCH=1")
-@pytest.mark.parametrize("bug", sorted(LEASE_BUGS))
+@pytest.mark.parametrize("bug", sorted(FIRST_CAUGHT))
 def test_planted_lease_bug_found_by_search(bug: str) -> None:
     results = sweep(
         range(max(SEEDS, 300)),
