@@ -162,6 +162,13 @@ class ServerSection(_Section, frozen=True, kw_only=True):
     metrics: Annotated[
         bool, Meta(description="record and serve Prometheus metrics at `/metrics`")
     ] = True
+    http_engine: Annotated[
+        Literal["aiohttp", "fast"],
+        Meta(
+            description="`fast`: PUT/GET/DELETE `/kv/{key}` on a lean httptools protocol, "
+            "everything else on aiohttp (same port, same replies); `aiohttp`: all on aiohttp"
+        ),
+    ] = "fast"
 
     def validate(self) -> None:
         if self.max_value_bytes > (largest := largest_value_bytes()):

@@ -54,6 +54,7 @@ from raftkv.server.errors import (
     halted_error,
     json_response,
 )
+from raftkv.server.fast_routes import FAST_ROUTES, FastRoutes
 from raftkv.server.forward import Forwarder, resolve_source_ip
 from raftkv.server.inputs import (
     check_content_length,
@@ -128,6 +129,13 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
         app.router.add_route(method, path, handler, expect_handler=api.expect_continue)
     add_inspect_routes(app, node, enabled=settings.debug_endpoints)
     api.http_metrics = add_metrics_routes(app, node)
+    # The same handlers for the fast engine (server.http_engine: fast, see runner.py).
+    app[FAST_ROUTES] = FastRoutes(
+        {"PUT": kv.put, "GET": kv.get, "DELETE": kv.delete},
+        gate,
+        api.http_metrics,
+        auth if settings.auth_enabled else None,
+    )
     membership = getattr(node, "membership", None)
     if isinstance(membership, MembershipManager):
         add_member_routes(app, membership, settings)
