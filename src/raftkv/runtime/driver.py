@@ -40,6 +40,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from raftkv.kv.quota import alarm_flags
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
@@ -723,5 +724,5 @@ class RaftDriver(SnapshotSteps, HaltSteps):
                 ("state", d / "state" / "data.mdb"),
                 *(("snapshots", p) for p in (d / "snapshots").glob("snap-*.snap")),
             ],
-            alarms=(),
+            alarms=self.sm.read(alarm_flags),
         )
