@@ -22,7 +22,7 @@ Rules:
 - The clients' node list follows the membership: a new node joins it once it is a voter (and
   ready, or after `READY_WAIT_S`); a removed node leaves it once the removal is acknowledged.
   The removed node must then stop by itself (exit 0); one still running after `STOP_WAIT_S` is
-  stopped and reported (`did not stop`).
+  stopped and reported (`not_stopped`, with its role and leader if it answers).
 - The leader is sampled every `LEADER_SAMPLE_S` (highest term claimed), to count leader changes.
 """
 
@@ -254,8 +254,14 @@ class Conductor:
         while proc.running and not proc.paused and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         if proc.running and not proc.paused:
-            self.not_stopped.append(node_id)
-            self.say(f"{node_id} still runs {STOP_WAIT_S:g} s after its removal; stopping it")
+            status = await self.cluster.local_status(node_id)
+            seen = (
+                f"{node_id} (role {status.get('role')}, leader {status.get('leader_id')})"
+                if status is not None
+                else f"{node_id} (not answering: still starting?)"
+            )
+            self.not_stopped.append(seen)
+            self.say(f"{seen} still runs {STOP_WAIT_S:g} s after its removal; stopping it")
         proc.stop()
 
     async def _leader(self, change: Change) -> str:
