@@ -60,6 +60,7 @@ from raftkv.raft.types import (
     Term,
 )
 from raftkv.runtime import testhooks
+from raftkv.runtime.admission import TurnGate
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.features import OWN_VERSIONS
 from raftkv.runtime.member_table import MemberTable, NodeRemoved, initial_conf, load_record
@@ -94,6 +95,7 @@ class RaftDriver(SnapshotSteps):
         self._proposals = ProposalWaiters()
         self._reads = ReadWaiters(self.id.encode())
         self._applied_waiters = AppliedWaiters()
+        self.gate = TurnGate(opts.requests_per_turn)  # bounded work per loop turn (admission.py)
         self._reads_need_leader: list[bytes] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
@@ -279,6 +281,7 @@ class RaftDriver(SnapshotSteps):
         )
         self._reads.fail_all(NodeStopping("node is shutting down"))
         self._applied_waiters.fail_all(NodeStopping("node is shutting down"))
+        self.gate.fail_all(NodeStopping("node is shutting down"))
 
     def _die(self, exc: BaseException) -> None:
         if self.fatal is None or self.fatal.done():
@@ -608,6 +611,7 @@ class RaftDriver(SnapshotSteps):
         loop = asyncio.get_running_loop()
         start = loop.time()
         leader_deadline = start + self.opts.leader_wait_s
+        await self.gate.enter()
         while True:
             if self._stopping or self.draining:
                 raise NodeStopping("node is shutting down")
@@ -657,6 +661,7 @@ class RaftDriver(SnapshotSteps):
             raise NodeStopping("node is shutting down")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.opts.request_timeout_s
+        await self.gate.enter()
         if self.raw.leader is None:
             await self._wait_leader(loop.time() + self.opts.leader_wait_s)
         fut, _, _ = self._reads.join()
