@@ -1,10 +1,11 @@
 """Versions on real nodes: a data directory written by round 1 (commit e2e4924) is migrated and
-served; one from a newer format is refused; a committed entry of an unknown command kind stops a
+served; one from a newer format is refused; a committed entry of an unknown command kind halts a
 node, by name.
 
 A newer node could (without the cluster-version gate) have proposed a kind this node does not
-know. The entry is the same on every node, so skipping it would fork the state machines: the
-node must stop, promptly, with a message naming the entry's index and the kind's tag.
+know. The entry is the same on every node, so skipping it would fork the state machines, and
+exiting would restart into it again: the node halts (runtime/halt.py), stays up and reports the
+entry's index and the kind's tag.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import tarfile
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from raftkv.kv.registry import COMMAND_SET_VERSION
 from raftkv.storage.format import FORMAT_FILE, FORMAT_VERSION, read_format, write_format
@@ -133,9 +133,11 @@ def rewrite_last_command(db: Path, tag: int) -> int:
         conn.close()
 
 
-def test_unknown_command_kind_stops_the_node_naming_index_and_tag(
+def test_unknown_command_kind_halts_the_node_naming_index_and_tag(
     make_cluster: MakeCluster,
 ) -> None:
+    """Written into a stopped node's log with a valid CRC (as a newer node would have): at
+    start the node halts at that entry, stays up and says so; it never exits or loops."""
     c = make_cluster()
     c.start()
     leader = c.wait_ready()
@@ -149,13 +151,41 @@ def test_unknown_command_kind_stops_the_node_naming_index_and_tag(
     # Lose the applied state so that the node applies its log again from the start.
     shutil.rmtree(data_dir / "state")
 
-    node = c.start_node(victim)
-    assert node.proc is not None
-    try:
-        code = node.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{victim} applied past an unknown command:\n{node.log_text()[-3000:]}")
-    out = node.log_text().split(f"start #{node.starts} of {victim}")[-1]
-    assert code == 70, out
-    assert f"committed entry {idx} cannot be applied: unknown command kind tag 99" in out, out
-    assert "Traceback" not in out, out
+    for start in (1, 2):  # a restart halts again at the same entry: no crash loop either way
+        node = c.start_node(victim)
+        halted = wait_for(
+            f"{victim} halted",
+            lambda: c.req(victim, "GET", "/health").json.get("halted"),
+            60,
+            c.dump_logs,
+        )
+        assert halted["index"] == idx and halted["tag"] == 99, halted
+        assert "unknown command kind tag 99" in halted["error"], halted
+        assert "Upgrade this node's binary" in halted["action"], halted
+        assert f"raftkv member remove {victim}" in halted["action"], halted
+        local = c.local(victim)
+        assert local["role"] == "Halted" and local["applied_index"] == idx - 1, local
+        ready = c.req(victim, "GET", "/ready")
+        assert ready.status == 503 and ready.json["code"] == "node_halted", ready
+        for reply in (c.get(victim, "k0"), c.get(victim, "k0", "stale"), c.put(victim, "x", "y")):
+            assert reply.status == 503 and reply.json["code"] == "node_halted", reply
+            assert reply.json["halted"]["index"] == idx, reply
+        # The others see it, and carry on without it.
+        other = next(n for n in c.nodes if n != victim)
+        seen = c.status(other)["nodes"][victim]
+        assert seen["state"] == "Halted" and seen["halted"]["index"] == idx, seen
+        others = c.wait_leader([n for n in c.nodes if n != victim])
+        assert c.put(others, "after", "ok").status == 200
+        assert node.running, node.log_text()[-3000:]
+        out = node.log_text().split(f"start #{node.starts} of {victim}")[-1]
+        assert out.count("node halted: a committed entry cannot be applied") == 1, out
+        assert "Traceback" not in out, out
+        if start == 1:  # the operator stops it
+            assert c.kill(victim, signal.SIGTERM) == 0
+            out = node.log_text().split(f"start #{node.starts} of {victim}")[-1]
+            assert f"it was halted at committed entry {idx}" in out, out
+    # ... or replaces it: once removed, the halted process learns so and exits 0 by itself.
+    survivor = c.wait_leader([n for n in c.nodes if n != victim])
+    assert c.req(survivor, "DELETE", f"/cluster/members/{victim}").status == 200
+    assert node.proc is not None and node.proc.wait(timeout=30) == 0
+    assert "this node was removed from the cluster; stopping" in node.log_text()

@@ -183,6 +183,13 @@ async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None 
             # (A storage failure's one line is already in the log, on stderr.)
             print(f"raftkv: node {settings.node_id} stopping: {failure}", file=sys.stderr)
     stop_wait.cancel()
+    if (halted := node.driver.halted) is not None and not fatal.done():
+        # Asked to stop while halted (runtime/halt.py): say once more why it was halted.
+        print(
+            f"raftkv: node {settings.node_id} stopping as asked; it was halted at committed "
+            f"entry {halted.index}: {halted.error}. What to do: {halted.action}",
+            file=sys.stderr,
+        )
     if code == 0:
         # Graceful stop: hand leadership over, refuse new requests (503 node_stopping), let
         # in-flight writes finish, then close HTTP and flush. Bounded well under 10 s.

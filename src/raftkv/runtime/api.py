@@ -9,6 +9,9 @@ Rules:
     NoLeaderError      no leader became known within the configured wait; nothing was proposed
     OperationTimeout   proposed/read but not completed in time: the outcome is UNKNOWN
     NodeStopping       the node is shutting down; the outcome of an in-flight write is unknown
+    NodeHalted         the node stopped applying at a committed entry it cannot apply
+                       (`HaltReport`, runtime/halt.py); it serves no reads or writes until
+                       an operator acts; the outcome of an in-flight write is unknown
 - `write` returns only once the command is committed AND applied locally, so a following
   local read sees it. `read(linearizable=True)` works on any node (ReadIndex via the leader);
   `min_revision=N` first waits until this node has applied index N (revisions are indexes).
@@ -33,7 +36,32 @@ ROLE_LEADER: Final = "Leader"
 ROLE_FOLLOWER: Final = "Follower"
 ROLE_CANDIDATE: Final = "Candidate"
 ROLE_PRE_CANDIDATE: Final = "PreCandidate"
-ROLES: Final = frozenset({ROLE_LEADER, ROLE_FOLLOWER, ROLE_CANDIDATE, ROLE_PRE_CANDIDATE})
+ROLE_HALTED: Final = "Halted"  # stepped out of Raft at an entry it cannot apply (halt.py)
+ROLES: Final = frozenset(
+    {ROLE_LEADER, ROLE_FOLLOWER, ROLE_CANDIDATE, ROLE_PRE_CANDIDATE, ROLE_HALTED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HaltReport:
+    """Why a node halted: the committed entry it cannot apply, and what an operator can do."""
+
+    index: int  # the entry; everything below it is applied, nothing at or above it
+    term: int
+    tag: int | None  # an unknown command kind's tag (a newer version's entry), else None
+    error: str
+    action: str  # what to do, in words
+    since: str  # RFC 3339 time of the halt
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "term": self.term,
+            "tag": self.tag,
+            "error": self.error,
+            "action": self.action,
+            "since": self.since,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +81,10 @@ class LocalStatus:
     # older node's /cluster/local has neither: 1 and 1.
     format_version: int = 1
     command_set: int = 1
+    halted: HaltReport | None = None  # set once the node halted (role "Halted")
+    # Its data disk (server/alarms.py): free bytes (None: not reported) and its margin.
+    disk_free_bytes: int | None = None
+    min_free_bytes: int = 0
 
 
 class NotLeaderError(Exception):
@@ -74,6 +106,17 @@ class OperationTimeout(Exception):
 
 class NodeStopping(Exception):
     """The node is shutting down."""
+
+
+class NodeHalted(Exception):
+    """The node halted at a committed entry it cannot apply (see `HaltReport`)."""
+
+    def __init__(self, report: HaltReport) -> None:
+        super().__init__(
+            f"this node halted at committed entry {report.index}, which it cannot apply; "
+            "it serves no reads or writes (use another node)"
+        )
+        self.report = report
 
 
 class FeatureNotEnabled(Exception):

@@ -11,11 +11,12 @@ Rules:
   is saved in the Raft log, so a crash in between never leaves a log that starts after a state
   the state machine does not have.
 - A broken invariant stops the node (`fatal` resolves); a malformed peer message is logged and
-  dropped. A storage error on any durability path (log save, apply, state sync, snapshot build
-  or install, compaction) is never retried (storage/failure.py: fsyncgate): it is wrapped in a
-  `StorageFailure` naming the operation and file and stops the node; nothing is acknowledged
-  after it, and `stop()` then writes nothing more (no hard-state save, no sync, no close that
-  could checkpoint).
+  dropped. A committed entry that cannot be decoded halts the node instead (`halt.py`: it
+  stays up, reports the index, applies nothing more; never a crash loop). A storage error on
+  any durability path (log save, apply, state sync, snapshot build or install, compaction)
+  is never retried (storage/failure.py: fsyncgate): it is wrapped in a `StorageFailure`
+  naming the operation and file and stops the node; nothing is acknowledged after it, and
+  `stop()` then writes nothing more (no hard-state save, no sync, no close that checkpoints).
 - Snapshot build, verification of a received snapshot and its install live in
   `runtime/snapshots.py` (a mixin of the driver), with their crash-safe step order.
 - Work on the state machine off the loop thread (snapshot build, install, sync) runs on ONE
@@ -39,6 +40,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from raftkv.kv.quota import alarm_flags
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
@@ -63,6 +65,7 @@ from raftkv.runtime import testhooks
 from raftkv.runtime.admission import TurnGate
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.features import OWN_VERSIONS
+from raftkv.runtime.halt import HaltSteps
 from raftkv.runtime.member_table import MemberTable, NodeRemoved, initial_conf, load_record
 from raftkv.runtime.members import ClusterRecord, encode_record, record_after
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
@@ -82,7 +85,7 @@ _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
 
 
-class RaftDriver(SnapshotSteps):
+class RaftDriver(SnapshotSteps, HaltSteps):
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.id = opts.node_id
@@ -151,7 +154,7 @@ class RaftDriver(SnapshotSteps):
             # restarted from (or sent) a snapshot with no voters could never campaign again.
             await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
         self.table.load(await load_record(self.sm, self.opts, self._bootstrap_conf), start=True)
-        self.storage.append(loaded.entries)
+        self.storage.restore_log(loaded.base, loaded.entries)  # kept entries included
         hs = loaded.hard_state
         if hs.commit < self.sm.applied_index <= self.storage.last_index():
             # The commit index is saved lazily (a commit-only change needs no fsync), but what
@@ -213,6 +216,8 @@ class RaftDriver(SnapshotSteps):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self.abort_pending()
+        if self._step_out is not None:
+            await asyncio.shield(self._step_out)  # halted: the transport is closing already
         await self.transport.stop()
         # Threads still inside LMDB or SQLite finish before anything is closed.
         await asyncio.to_thread(self._sm_worker.shutdown, True)
@@ -291,14 +296,10 @@ class RaftDriver(SnapshotSteps):
                 exc = StorageFailure("storage operation", self.opts.data_dir, exc)
             log.critical(str(exc), node=self.id)
         elif isinstance(exc, UndecodableEntryError):
-            # Every node holds this entry: skipping it would fork the state machines.
-            log.critical(
-                "node stopping: a committed entry cannot be applied",
-                node=self.id,
-                index=exc.index,
-                tag=exc.tag,
-                error=str(exc),
-            )
+            # Every node holds this entry: skipping it would fork the state machines, and
+            # exiting would only restart into it again. Halt: up, reporting, applying nothing.
+            self._halt(exc)
+            return
         else:
             log.critical("node stopping on a broken invariant", node=self.id, error=repr(exc))
         # Nothing may be acknowledged from now on: waiters fail before any other task runs.
@@ -341,7 +342,7 @@ class RaftDriver(SnapshotSteps):
 
     # -- inputs -------------------------------------------------------------------------------
     def _on_message(self, msg: AnyMessage) -> None:
-        if self._stopping or self.failed:
+        if self._stopping or self.failed or self.halted:
             return
         if msg.from_ in self.table.removed:
             self.table.refuse(msg.from_, self._now)
@@ -499,6 +500,17 @@ class RaftDriver(SnapshotSteps):
             self._on_soft_state(rd.soft_state.leader)
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
+        try:
+            if testhooks.undecodable_marker:
+                testhooks.check_undecodable(entries, self.sm.applied_index)
+            self._apply_batch(entries)
+        except UndecodableEntryError as exc:
+            # The batch was one transaction and rolled back: apply what precedes the entry,
+            # then let the Ready loop end in `_die` -> `_halt` (halt.py).
+            self._apply_batch(tuple(e for e in entries if e.index < exc.index))
+            raise
+
+    def _apply_batch(self, entries: tuple[Entry, ...]) -> None:
         todo = [e for e in entries if e.index > self.sm.applied_index]
         new_conf: ConfState | None = None
         record = self.table.record
@@ -613,8 +625,7 @@ class RaftDriver(SnapshotSteps):
         leader_deadline = start + self.opts.leader_wait_s
         await self.gate.enter()
         while True:
-            if self._stopping or self.draining:
-                raise NodeStopping("node is shutting down")
+            self.check_serving()
             try:
                 term, index = self.raw.propose(data)
             except NotLeader as exc:
@@ -657,8 +668,7 @@ class RaftDriver(SnapshotSteps):
 
     async def read_barrier(self) -> None:
         """Return once local state reflects every write acknowledged before the call (§6.4)."""
-        if self._stopping or self.draining:
-            raise NodeStopping("node is shutting down")
+        self.check_serving()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.opts.request_timeout_s
         await self.gate.enter()
@@ -683,8 +693,7 @@ class RaftDriver(SnapshotSteps):
         """Return once this node has applied `index` (read-your-writes, `min_revision`)."""
         if self.sm.applied_index >= index:
             return
-        if self._stopping or self.draining:
-            raise NodeStopping("node is shutting down")
+        self.check_serving()
         try:
             async with asyncio.timeout(self.opts.request_timeout_s):
                 await self._applied_waiters.wait(index)
@@ -718,5 +727,5 @@ class RaftDriver(SnapshotSteps):
                 ("state", d / "state" / "data.mdb"),
                 *(("snapshots", p) for p in (d / "snapshots").glob("snap-*.snap")),
             ],
-            alarms=(),
+            alarms=self.sm.read(alarm_flags),
         )

@@ -5,6 +5,8 @@ Rules:
 - `get(linearizable=True)` runs a ReadIndex barrier (thesis §6.4) on any node, followers
   included, then reads local applied state; `linearizable=False` reads local state at once.
 - Readiness: a leader is known and this node has applied everything it knows committed.
+- A halted node (runtime/halt.py) refuses every read, stale ones included (`NodeHalted`), is
+  never ready, and reports role "Halted" with its `HaltReport`.
 - Peer addresses are the live, replicated membership record (runtime/members.py), not the
   configured `nodes`: a member added later is listed, a removed one is not.
 - The leader proposes a command kind only once every member understands it
@@ -30,9 +32,10 @@ from raftkv.kv.commands import (
     SessionRequest,
 )
 from raftkv.kv.mvcc import MVCCStore
+from raftkv.kv.quota import SpaceRecord, space, usage
 from raftkv.kv.registry import BASE_COMMAND_SET, kind_of
 from raftkv.raft.types import Role
-from raftkv.runtime.api import LocalStatus
+from raftkv.runtime.api import ROLE_HALTED, LocalStatus, NodeHalted
 from raftkv.runtime.backup import Backups
 from raftkv.runtime.driver import RaftDriver
 from raftkv.runtime.features import OWN_VERSIONS, ClusterVersions, check_enabled, cluster_versions
@@ -126,6 +129,8 @@ class RaftKVNode:
     async def read(
         self, fn: Callable[[MVCCStore], T], *, linearizable: bool, min_revision: int = 0
     ) -> T:
+        if self.driver.halted is not None:  # its state never moves again: no reads at all
+            raise NodeHalted(self.driver.halted)
         if min_revision > 0:
             await self.driver.wait_applied(min_revision)
         if linearizable:
@@ -134,11 +139,12 @@ class RaftKVNode:
 
     def local_status(self) -> LocalStatus:
         st = self.driver.status()
+        halted = self.driver.halted
         return LocalStatus(
             node_id=self.opts.node_id,
-            role=st.role.value,
+            role=st.role.value if halted is None else ROLE_HALTED,
             term=st.term,
-            leader_id=st.leader,
+            leader_id=st.leader if halted is None else None,
             commit_index=st.commit,
             applied_index=self.driver.sm.applied_index,
             last_index=st.last_index,
@@ -146,11 +152,16 @@ class RaftKVNode:
             http_address=self.opts.http_advertise,
             format_version=(self.opts.advertise_versions or OWN_VERSIONS)[0],
             command_set=(self.opts.advertise_versions or OWN_VERSIONS)[1],
+            halted=halted,
         )
+
+    def space(self) -> tuple[int, SpaceRecord]:
+        """Usage and the quota/alarm record of the applied state (kv/quota.py), at once."""
+        return self.driver.sm.read(lambda store: (usage(store), space(store)))
 
     def is_ready(self) -> bool:
         st = self.driver.status()
-        if st.leader is None:
+        if st.leader is None or self.driver.halted is not None:
             return False
         if st.role is Role.LEADER:
             return True

@@ -2,7 +2,9 @@
 
 Rules (crash safety; storage/recovery.py finishes or undoes whatever a crash interrupts):
 - Build: LMDB sync -> write `building.tmp` (tmp + fsync + rename + dir fsync) -> rename to
-  `snap-T-I.snap` -> dir fsync -> record in the log (which compacts it) -> prune old files.
+  `snap-T-I.snap` -> dir fsync -> record in the log (which compacts it, keeping
+  `snapshot_keep_entries` entries behind the snapshot, durably and in memory alike) -> prune
+  old files.
 - Install of a received snapshot: verify the whole file BEFORE Raft sees the message (a corrupt
   one is discarded and the node keeps running) -> move it into snapshots/ -> dir fsync ->
   install into LMDB (synced) -> the caller records it in the log.
@@ -150,6 +152,7 @@ class SnapshotSteps:
                 None,
                 (),
                 snap.meta,
+                self.opts.snapshot_keep_entries,  # the same entries stay as in memory below
             )
             testhooks.crash_point("snapshot-build:recorded")
             keep_from = Index(info.index - self.opts.snapshot_keep_entries)

@@ -10,15 +10,23 @@ signal can time precisely.
   recorded.
 - RAFTKV_TEST_CORRUPT_RECEIVED=<n>: the first n snapshots received get one byte flipped in the
   middle before they are verified.
+- RAFTKV_TEST_UNDECODABLE=<text>: a committed entry whose data contains <text> (e.g. a key)
+  cannot be applied on this node, as if it held a command kind this version does not know
+  (tag 99): the node halts there (runtime/halt.py). Restarted without the variable, it applies
+  the entry: an "upgraded" binary.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
+
+from raftkv.raft.types import Entry
+from raftkv.storage.errors import UndecodableEntryError
 
 log = structlog.get_logger("raftkv.runtime")
 
@@ -26,6 +34,8 @@ CRASH_ENV = "RAFTKV_TEST_CRASH_AT"
 CORRUPT_ENV = "RAFTKV_TEST_CORRUPT_RECEIVED"
 _crash_at = os.environ.get(CRASH_ENV, "")
 _corrupt_left = int(os.environ.get(CORRUPT_ENV, "0") or 0)
+UNDECODABLE_ENV = "RAFTKV_TEST_UNDECODABLE"
+undecodable_marker = os.environ.get(UNDECODABLE_ENV, "").encode()
 
 
 def crash_point(name: str) -> None:
@@ -46,3 +56,11 @@ def maybe_corrupt_received(path: Path) -> None:
         f.seek(size // 2)
         f.write(bytes([byte[0] ^ 0xFF]))
     log.warning("test hook: flipped a byte of a received snapshot", path=str(path))
+
+
+def check_undecodable(entries: Sequence[Entry], applied: int) -> None:
+    """Raise for the first entry above `applied` holding the marker (callers test
+    `undecodable_marker` first, so this costs nothing outside tests)."""
+    for e in entries:
+        if e.index > applied and undecodable_marker in e.data:
+            raise UndecodableEntryError(e.index, 99, "unknown command kind tag 99 (test hook)")

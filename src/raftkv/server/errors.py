@@ -6,19 +6,21 @@ Rules:
 - Handlers raise `ApiError`; `error_middleware` turns it, aiohttp's own HTTP errors (unknown
   route 404, 405, 413 ...) and unexpected exceptions into that shape. An unexpected exception is a
   bug: it is logged with its traceback and still answered in JSON (500 `internal_error`).
+- `NodeHalted` from any route is 503 `node_halted` with the node's `halted` report.
 - Errors produced before any handler runs (a malformed or over-long request line) are rendered in
   the same shape by `raftkv.server.runner`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import msgspec
 import structlog
 from aiohttp import web
+
+from raftkv.runtime.api import HaltReport, NodeHalted
 
 log = structlog.get_logger(__name__)
 
@@ -94,21 +96,40 @@ def http_error_code(status: int, reason: str) -> tuple[str, str]:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def halted_error(report: HaltReport) -> ApiError:
+    """503 `node_halted`: this node stopped at a committed entry it cannot apply."""
+    return ApiError(
+        503,
+        "node_halted",
+        f"this node halted at committed entry {report.index}, which it cannot apply; it "
+        "serves no reads or writes: use another node (a write in flight here has an unknown "
+        "outcome)",
+        headers={"Retry-After": "5"},
+        halted=report.to_json(),
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
+    except Exception as exc:  # CancelledError is a BaseException: it passes
+        return error_reply(exc, request)
+
+
+def error_reply(exc: Exception, request: web.Request) -> web.StreamResponse:
+    """The reply to a handler's exception (both engines); call it from the `except` block.
+    Re-raises an HTTPException below 400 (a redirect is not an error)."""
+    if isinstance(exc, ApiError):
         return exc.response()
-    except web.HTTPException as exc:
-        if exc.status < 400:  # redirects and the like are not errors
-            raise
+    if isinstance(exc, NodeHalted):  # from any route: runtime/halt.py
+        return halted_error(exc.report).response()
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
         code, words = http_error_code(exc.status, exc.reason)
         # Keep headers that matter to the client (Allow on 405); drop aiohttp's text body's.
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, code, words, headers=keep)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unexpected error", method=request.method, path=request.path)
-        return error_response(500, "internal_error", "internal server error")
+    log.exception("unexpected error", method=request.method, path=request.path)
+    return error_response(500, "internal_error", "internal server error")

@@ -10,6 +10,7 @@ Rules:
   still shows `"state": "Leader"` but `"is_leader": false`.
 - Per node `format_version` and `command_set` (what it understands; null when it does not
   answer) and `cluster_version`, their minimum (1 while any node does not answer).
+- A halted node (runtime/halt.py) shows `"state": "Halted"` and its `halted` report.
 - Nodes are listed sorted by id (the project's convention: never set or arrival order).
 - Probes speak HTTPS when the API does, presenting this node's peer certificate (tls.py).
 - Probes bind this node's address like forwarding does; they are GETs, so aiohttp's one retry on
@@ -95,6 +96,7 @@ def local_status_json(status: LocalStatus) -> dict[str, object]:
         "http_address": status.http_address,
         "format_version": status.format_version,
         "command_set": status.command_set,
+        **({"halted": status.halted.to_json()} if status.halted is not None else {}),
     }
 
 
@@ -137,6 +139,8 @@ async def cluster_status(node: KVNode, probe: StatusProbe) -> dict[str, object]:
                 format_version=status.format_version,
                 command_set=status.command_set,
             )
+            if status.halted is not None:  # runtime/halt.py: the entry, the error, what to do
+                entry["halted"] = status.halted.to_json()
         nodes[node_id] = entry
     known = [s for s in statuses.values() if s is not None]
     all_known = len(known) == len(nodes)

@@ -1,0 +1,67 @@
+"""A LEADER that meets a committed entry it cannot apply halts; the cluster carries on.
+
+The test hook `RAFTKV_TEST_UNDECODABLE=<text>` (runtime/testhooks.py) makes one node unable to
+decode entries holding <text>, as a node of an older version would be; the others apply them.
+The halted leader must: never acknowledge the write (503 node_halted), stay up and report the
+entry, step out so that the others elect a leader and keep serving, and, restarted without the
+hook (an "upgraded" binary), apply the entry and rejoin.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from tests.integration.cluster import MakeCluster, wait_for
+
+
+def test_a_halting_leader_steps_out_and_an_upgrade_resumes(make_cluster: MakeCluster) -> None:
+    c = make_cluster()
+    c.start_node("node-1", env={"RAFTKV_TEST_UNDECODABLE": "poison-key"})
+    c.start(["node-2", "node-3"])
+    leader = c.wait_ready()
+    if leader != "node-1":
+        reply = c.req(
+            leader,
+            "POST",
+            "/cluster/leader",
+            body=json.dumps({"to": "node-1"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert reply.status == 200, reply
+        c.wait_leader()
+    assert c.leader() == "node-1"
+    assert c.put("node-1", "before", "1").status == 200
+
+    reply = c.put("node-1", "poison-key", "v")
+    assert reply.status == 503 and reply.json["code"] == "node_halted", reply
+    idx = reply.json["halted"]["index"]
+    assert reply.json["halted"]["tag"] == 99, reply
+
+    # The two others elect a leader among themselves and keep serving; the entry was committed,
+    # so they applied it (the client's outcome was "unknown", not "lost").
+    new_leader = c.wait_leader(["node-2", "node-3"])
+    assert c.put(new_leader, "after", "2").status == 200
+    assert c.get(new_leader, "poison-key").json["value"] == "v"
+
+    local = c.local("node-1")
+    assert local["role"] == "Halted" and local["applied_index"] == idx - 1, local
+    assert local["leader_id"] is None, local
+    health = c.req("node-1", "GET", "/health")
+    assert health.status == 200 and health.json["status"] == "halted", health
+    seen = c.status(new_leader)["nodes"]["node-1"]
+    assert seen["state"] == "Halted" and seen["halted"]["index"] == idx, seen
+    assert not seen["is_leader"], seen
+    assert c.get("node-1", "before").json["code"] == "node_halted"
+    out = c.nodes["node-1"].log_text()
+    assert out.count("node halted: a committed entry cannot be applied") == 1, out[-3000:]
+
+    # "Upgrade": restarted without the hook it applies from the entry on and catches up.
+    assert c.kill("node-1", signal.SIGTERM) == 0
+    c.start_node("node-1")
+    c.wait_ready()
+    c.wait_caught_up("node-1", new_leader)
+    for key, value in (("before", "1"), ("poison-key", "v"), ("after", "2")):
+        got = c.get("node-1", key, "stale")
+        assert got.status == 200 and got.json["value"] == value, got
+    wait_for("node-1 applied everything", lambda: "halted" not in c.local("node-1"))
