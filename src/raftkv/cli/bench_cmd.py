@@ -46,6 +46,7 @@ class Gen(enum.StrEnum):
 
 class Consistency(enum.StrEnum):
     linearizable = "linearizable"
+    lease = "lease"
     stale = "stale"
 
 

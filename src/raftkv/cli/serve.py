@@ -64,6 +64,7 @@ def node_options(s: Settings, initial_voters: tuple[str, ...] | None = None) -> 
         source_host=s.raft_listen.host if s.raft_listen.host not in ("0.0.0.0", "::") else None,
         tick_ms=float(s.tick_ms),
         election_ticks=s.election_ticks,
+        lease_ticks=s.lease_ticks,
         snapshot_every=s.snapshot_every,
         snapshot_keep_entries=s.snapshot_keep_entries,
         max_snapshot_bytes=s.config.raft.max_snapshot_bytes,
