@@ -64,6 +64,7 @@ def node_options(s: Settings, initial_voters: tuple[str, ...] | None = None) -> 
         source_host=s.raft_listen.host if s.raft_listen.host not in ("0.0.0.0", "::") else None,
         tick_ms=float(s.tick_ms),
         election_ticks=s.election_ticks,
+        lease_ticks=s.lease_ticks,
         snapshot_every=s.snapshot_every,
         snapshot_keep_entries=s.snapshot_keep_entries,
         max_snapshot_bytes=s.max_snapshot_bytes,
@@ -80,11 +81,22 @@ def _tune_gc() -> None:
     """Fewer, cheaper cyclic-GC passes: the long-lived objects of startup are frozen out of
     every collection, and the young generation is collected less often. A full collection
     over a busy node's heap stalled the event loop for tens of milliseconds, long enough to
-    delay heartbeats past the 100 ms election timeout."""
+    delay heartbeats past the 100 ms election timeout.
+
+    Called BEFORE the node starts: the one full collection (60-180 ms over the imported
+    modules on this box) then cannot stall a node that already leads — run after start-up,
+    it cost the bootstrap leader its term in most benchmark starts (issue 12).
+    `_freeze_app` later freezes what the node and the HTTP app added, without a collection."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 1000)
     gc.callbacks.append(_log_long_gc)
+
+
+def _freeze_app() -> None:
+    """Move the node's and the HTTP app's long-lived objects (routes, sessions, SSL contexts)
+    out of the collected generations too: O(1), no collection, no stall."""
+    gc.freeze()
 
 
 _GC_PAUSE_WARN_S = 0.02  # a fifth of the 100 ms election timeout
@@ -141,6 +153,7 @@ def reload_tls(tls: PeerTls | None, runner: web.AppRunner, settings: Settings) -
 
 async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None = None) -> int:
     node = RaftKVNode(node_options(settings, initial_voters))
+    _tune_gc()  # before the node can lead: the full collection stalls the loop
     await node.start()
     try:
         runner = await run_http(create_app(node, settings), settings)
@@ -149,7 +162,7 @@ async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None 
         # hard state saved, state synced, files closed) before reporting the failure.
         await node.stop()
         raise
-    _tune_gc()  # after the HTTP app is up: its routes, sessions and SSL contexts are frozen too
+    _freeze_app()  # after the HTTP app is up: its routes, sessions and SSL contexts too
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

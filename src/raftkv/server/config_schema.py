@@ -116,6 +116,22 @@ class RaftSection(_Section, frozen=True, kw_only=True):
             },
         ),
     ] = None
+    lease_reads: Annotated[
+        bool,
+        Meta(
+            description="leader leases for `consistency=lease` reads (docs/api.md); false: "
+            "those reads take a ReadIndex round, and followers make no lease promise"
+        ),
+    ] = True
+    lease_drift_ratio: Annotated[
+        float,
+        Meta(
+            ge=0.0,
+            le=0.5,
+            description="clock-drift bound r of a lease: it lasts (election timeout - 2 ticks) "
+            "* (1 - r)/(1 + r), in whole ticks (1 tick with the defaults); 0 ticks: no lease",
+        ),
+    ] = 0.1
 
     def validate(self) -> None:
         heartbeat, election = self.heartbeat_timeout_ms, self.election_timeout_ms

@@ -2,7 +2,7 @@
 
 Routes:
     PUT    /kv/{key}   JSON {"value": s} or a raw UTF-8 body -> {"key", "value", "message"}
-    GET    /kv/{key}   ?consistency=linearizable (default) | stale -> {"key", "value"}
+    GET    /kv/{key}   ?consistency=linearizable (default) | lease | stale -> {"key", "value"}
     DELETE /kv/{key}   -> {"key", "message"}
     GET    /cluster/status, /cluster/local, /health, /ready (+ space alarms: `alarms.py`)
     GET    /metrics    Prometheus text format (`metrics_routes.py`)
@@ -77,7 +77,6 @@ T = TypeVar("T")
 
 STORED_MESSAGE: Final = "Key-value pair stored successfully"
 DELETED_MESSAGE: Final = "Key deleted successfully"
-CONSISTENCY_LEVELS: Final = ("linearizable", "stale")
 FORWARD_CONNECT_TIMEOUT_S: Final = 1.0
 # The leader answers within its own request timeout (504 timeout at worst); wait a little longer
 # so that its answer, not our guess, reaches the client.

@@ -207,9 +207,10 @@ def join_cluster(
 
 
 def _call(method: str, url: str, body: Mapping[str, object] | None) -> dict[str, Any]:
-    """One JSON request; retried while the cluster has no leader (503), timed out (504) or
-    cannot be reached -- safe: an add repeated with the same id and addresses is answered as
-    already done."""
+    """One JSON request; retried while the cluster has no leader (503), timed out (504), is busy
+    with another membership change (409 `change_in_progress`: e.g. the leader promoting the
+    node that joined just before) or cannot be reached -- safe: an add repeated with the same id
+    and addresses is answered as already done."""
     deadline = time.monotonic() + JOIN_DEADLINE_S
     data = json.dumps(body).encode() if body is not None else None
     while True:
@@ -225,7 +226,8 @@ def _call(method: str, url: str, body: Mapping[str, object] | None) -> dict[str,
                 err = json.loads(exc.read())
             except ValueError:
                 err = {"error": exc.reason, "code": f"http_{exc.code}"}
-            if exc.code in (503, 504) and time.monotonic() < deadline:
+            busy = exc.code == 409 and err.get("code") == "change_in_progress"
+            if (exc.code in (503, 504) or busy) and time.monotonic() < deadline:
                 time.sleep(0.5)
                 continue
             raise ConfigError(
