@@ -43,9 +43,10 @@ from raftkv.transport.tls import PeerTls, TlsConfigError
 DAMAGED_DATA_ADVICE = (
     "What is safe: do NOT delete the data directory and restart this node under the same id "
     "(it would forget its term and votes and could vote twice, and lose entries it "
-    "acknowledged). Keep the directory for analysis; remove this node from the cluster and "
-    "add a replacement with a new id and an empty data directory (docs/durability.md, "
-    "'Replacing a damaged node')"
+    "acknowledged). Keep the directory for analysis; remove this node from the cluster "
+    "(`raftkv member remove THIS_ID -e LIVE_NODE`) and add a replacement with a new id and an "
+    "empty data directory (`raftkv serve --node-id NEW_ID --join http://LIVE_NODE "
+    "--raft-address ... --http-address ...`; docs/durability.md, 'Replacing a damaged node')"
 )
 _STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
@@ -67,7 +68,7 @@ def node_options(s: Settings, initial_voters: tuple[str, ...] | None = None) -> 
         lease_ticks=s.lease_ticks,
         snapshot_every=s.snapshot_every,
         snapshot_keep_entries=s.snapshot_keep_entries,
-        max_snapshot_bytes=s.config.raft.max_snapshot_bytes,
+        max_snapshot_bytes=s.max_snapshot_bytes,
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,
         metrics=s.metrics,
