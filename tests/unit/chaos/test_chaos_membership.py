@@ -248,8 +248,9 @@ def test_the_report_section_says_what_was_done() -> None:
         Change("remove", "remove node-3", 14.0, None),
     )
     ledger = LedgerResult(10, 2, ("node-4", "node-5"), ("ledger-000001 ...",), (), ())
+    exits = ("node-4 exited 2 while joining: raftkv: invalid configuration: ...",)
     summary = MembershipSummary(
-        1, changes, ("node-1", "node-4", "node-1"), (), ("node-4", "node-5"), ledger
+        1, changes, ("node-1", "node-4", "node-1"), (), exits, ("node-4", "node-5"), ledger
     )
     assert summary.leader_changes == 2
     assert summary.counts() == Counter(join=2, replace=1, remove=1)  # node-3: not done
@@ -259,6 +260,7 @@ def test_the_report_section_says_what_was_done() -> None:
     assert "leader changes seen: 2 (node-1 -> node-4 -> node-1)" in text
     assert "not done  remove node-3" in text
     assert "NO, 1 missing" in text
+    assert "node-4 exited 2 while joining: raftkv: invalid configuration" in text
     assert ledger.anomalies() == ["acknowledged ledger writes missing on a member: 1"]
     doc = json.loads(json.dumps(summary.to_json()))
     assert doc["steps_done"] == {"join": 2, "replace": 1, "remove": 1}
