@@ -117,6 +117,11 @@ CASES: list[tuple[str, bytes]] = [
     ),
     ("pipelined handed off first", req("GET /health HTTP/1.1") + put("p", b"2")),
     ("leading empty lines", b"\r\n\r\n" + req("GET /kv/p HTTP/1.1")),
+    (
+        "a long pipeline, handed off at its end",
+        b"".join(put(f"q{i % 7}", b"v") + req(f"GET /kv/q{i % 5} HTTP/1.1") for i in range(60))
+        + req("GET /health HTTP/1.1"),
+    ),
 ]
 
 
