@@ -196,6 +196,24 @@ class StorageSection(_Section, frozen=True, kw_only=True):
             "leader compacts older ones automatically (0: keep all until `POST /compact`)",
         ),
     ] = 100_000
+    quota_bytes: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=(1 << 62),
+            description="space quota: the logical size of the data (live keys and values plus "
+            "retained history, the same on every node); past it the `no_space` alarm refuses "
+            "writes that grow the data (507) until usage falls below 90 % (0: no quota)",
+        ),
+    ] = 2 << 30
+    min_free_bytes: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="a node whose data disk has less free space raises the `no_space` alarm "
+            "(cleared once it has this + 10 %), before the log or state hits a full disk (0: off)",
+        ),
+    ] = 64 << 20
 
 
 class LoggingSection(_Section, frozen=True, kw_only=True):
