@@ -85,7 +85,7 @@ class FastRequest(HeadersMixin):
         self._proxy = headers
         self._protocol = protocol
         self._url: URL | None = None
-        self._state: dict[str, object] = {}
+        self._state: dict[object, object] = {}  # aiohttp's request storage (auth's principal)
         self.body = b""
         self.reserved = 0  # body bytes reserved in the gate until the reply
         self.keep_alive = True
@@ -130,13 +130,13 @@ class FastRequest(HeadersMixin):
     async def read(self) -> bytes:
         return self.body
 
-    def get(self, key: str, default: object = None) -> object:
+    def get(self, key: object, default: object = None) -> object:
         return self._state.get(key, default)
 
-    def __getitem__(self, key: str) -> object:
+    def __getitem__(self, key: object) -> object:
         return self._state[key]
 
-    def __setitem__(self, key: str, value: object) -> None:
+    def __setitem__(self, key: object, value: object) -> None:
         self._state[key] = value
 
 
