@@ -74,6 +74,7 @@ CASES: list[tuple[str, bytes]] = [
     ("get", req("GET /kv/a HTTP/1.1")),
     ("get missing", req("GET /kv/nope HTTP/1.1")),
     ("get stale", req("GET /kv/a?consistency=stale HTTP/1.1")),
+    ("get lease", req("GET /kv/a?consistency=lease HTTP/1.1")),
     ("get bad consistency", req("GET /kv/a?consistency=maybe HTTP/1.1")),
     ("get revision", req("GET /kv/a?revision=1 HTTP/1.1")),
     ("get future revision", req("GET /kv/a?revision=99999 HTTP/1.1")),
