@@ -62,6 +62,7 @@ from raftkv.raft.types import (
     Term,
 )
 from raftkv.runtime import testhooks
+from raftkv.runtime.admission import TurnGate
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.features import OWN_VERSIONS
 from raftkv.runtime.halt import HaltSteps
@@ -98,6 +99,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
         self._proposals = ProposalWaiters()
         self._reads = ReadWaiters(self.id.encode())
         self._applied_waiters = AppliedWaiters()
+        self.gate = TurnGate(opts.requests_per_turn)  # bounded work per loop turn (admission.py)
         self._reads_need_leader: list[bytes] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
@@ -287,6 +289,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
         )
         self._reads.fail_all(NodeStopping("node is shutting down"))
         self._applied_waiters.fail_all(NodeStopping("node is shutting down"))
+        self.gate.fail_all(NodeStopping("node is shutting down"))
 
     def _die(self, exc: BaseException) -> None:
         if self.fatal is None or self.fatal.done():
@@ -582,6 +585,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
         loop = asyncio.get_running_loop()
         start = loop.time()
         leader_deadline = start + self.opts.leader_wait_s
+        await self.gate.enter()
         while True:
             self.check_serving()
             try:
@@ -634,6 +638,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.opts.request_timeout_s
+        await self.gate.enter()
         if self.raw.leader is None:
             await self._wait_leader(loop.time() + self.opts.leader_wait_s)
         fut, _, _ = self._reads.join()

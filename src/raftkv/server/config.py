@@ -55,6 +55,7 @@ from raftkv.server.config_schema import (
     ConfigFile,
     LogFormat,
     RaftSection,
+    snapshot_cap,
 )
 from raftkv.server.limits import HttpLimits
 from raftkv.server.tls import HttpTlsFiles
@@ -156,6 +157,11 @@ class Settings:
     root_password: str | None = field(default=None, repr=False)
 
     @property
+    def max_snapshot_bytes(self) -> int:
+        """`raft.max_snapshot_bytes` in force (derived from the quota when not set)."""
+        return snapshot_cap(self.config)
+
+    @property
     def tick_ms(self) -> int:
         return self.heartbeat_ms
 
@@ -224,6 +230,7 @@ def load_settings(
     parsed = {name: parse_struct(cls, raw, name) for name, (cls, raw) in sections.items()}
     conf = _apply_overrides(ConfigFile(cluster=cluster, **parsed), layer)
     cluster, raft, server = conf.cluster, conf.raft, conf.server
+    snapshot_cap(conf)  # raft.max_snapshot_bytes against storage.quota_bytes (refused early)
 
     return Settings(
         config_path=config_path,

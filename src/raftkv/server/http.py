@@ -43,7 +43,7 @@ from raftkv.runtime.api import (
     OperationTimeout,
 )
 from raftkv.runtime.membership import MembershipManager
-from raftkv.server.alarms import alarm_task, disk_status, space_json
+from raftkv.server.alarms import SpaceNode, alarm_task, disk_status, space_json
 from raftkv.server.auth import Authenticator, AuthNode
 from raftkv.server.auth_routes import Forwarded, add_auth_routes
 from raftkv.server.backup_routes import add_backup_routes
@@ -242,13 +242,11 @@ class _Api:
         return json_response(body)
 
     async def cluster_local(self, request: web.Request) -> web.StreamResponse:
-        margin = self._settings.config.storage.min_free_bytes
-        return json_response(
-            {
-                **local_status_json(self._node.local_status()),
-                **disk_status(self._settings.data_dir, margin),
-            }
-        )
+        body = local_status_json(self._node.local_status())
+        if isinstance(self._node, SpaceNode):  # its disk, for the leader's alarms (alarms.py)
+            margin = self._settings.config.storage.min_free_bytes
+            body.update(disk_status(self._settings.data_dir, margin))
+        return json_response(body)
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         halted = self._node.local_status().halted
