@@ -130,35 +130,25 @@ class Connection:
         """A `raftkv.client.Client` for these flags (`extra`: its other arguments)."""
         from raftkv.client import Client  # not at import: `serve` and `inspect` never need it
 
-        name, password = self.credentials()
-        return Client(
-            self.endpoints,
-            timeout=self.timeout,
-            ca=self.cacert,
-            cert=self.cert,
-            key=self.key,
-            verify=not self.insecure,
-            username=name,
-            password=password,
-            token=self.token,
-            **extra,
-        )
+        return Client(self.endpoints, **self._client_kwargs(), **extra)
 
     def options(self, **extra: Any) -> ClientOptions:
         """`ClientOptions` for these flags (`extra`: make_options' other arguments)."""
+        return make_options(self.endpoints, **self._client_kwargs(), **extra)
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        """What `Client(...)` and `make_options(...)` both take, by the same names."""
         name, password = self.credentials()
-        return make_options(
-            self.endpoints,
-            timeout=self.timeout,
-            ca=self.cacert,
-            cert=self.cert,
-            key=self.key,
-            verify=not self.insecure,
-            username=name,
-            password=password,
-            token=self.token,
-            **extra,
-        )
+        return {
+            "timeout": self.timeout,
+            "ca": self.cacert,
+            "cert": self.cert,
+            "key": self.key,
+            "verify": not self.insecure,
+            "username": name,
+            "password": password,
+            "token": self.token,
+        }
 
 
 # (parameter name, annotation, default, which group) in the order --help lists them
