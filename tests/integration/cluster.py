@@ -212,6 +212,7 @@ class Cluster:
     root: Path
     raft_extra: Mapping[str, object] = field(default_factory=dict)
     server_extra: Mapping[str, object] = field(default_factory=dict)
+    storage_extra: Mapping[str, object] = field(default_factory=dict)
     log_level: str = "info"
     nodes: dict[str, Node] = field(init=False)
     config_path: Path = field(init=False)
@@ -246,6 +247,7 @@ class Cluster:
             },
             "raft": {"election_timeout_ms": 100, "heartbeat_timeout_ms": 25, **self.raft_extra},
             **({"server": dict(self.server_extra)} if self.server_extra else {}),
+            **({"storage": dict(self.storage_extra)} if self.storage_extra else {}),
             "logging": {"level": self.log_level},
         }
 

@@ -1,4 +1,6 @@
-"""A follower that was down while the leader compacted its log catches up by snapshot.
+"""A follower that was down while the leader compacted its log catches up by snapshot; one
+that missed fewer than `raft.snapshot_keep_entries` entries catches up by log, also after the
+leader restarted (the durable log keeps those entries too).
 
 With `raft.snapshot_every: 100` the leader snapshots every 100 applied entries; it keeps
 `snapshot_keep_entries` (1000) entries behind its snapshot for slow followers, so the follower
@@ -13,6 +15,7 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from raftkv.ops.offline import read_offline
 from tests.integration.cluster import NODE_IDS, Cluster, MakeCluster, wait_for
 
 WRITES = 1500
@@ -89,8 +92,9 @@ def test_lagging_follower_catches_up_by_snapshot(make_cluster: MakeCluster) -> N
 
 def test_whole_cluster_restarts_from_its_snapshots(make_cluster: MakeCluster) -> None:
     """After compaction every node restarts from a snapshot; they must still elect a leader
-    (the configuration in force travels in the snapshot) and serve every key."""
-    c = make_cluster(raft_extra={"snapshot_every": 100})
+    (the configuration in force travels in the snapshot) and serve every key. 50 entries are
+    kept behind each snapshot, so each restarts from a snapshot plus entries before it."""
+    c = make_cluster(raft_extra={"snapshot_every": 100, "snapshot_keep_entries": 50})
     c.start()
     leader = c.wait_ready()
     keys = [f"k:{i}" for i in range(350)]
@@ -119,3 +123,50 @@ def test_whole_cluster_restarts_from_its_snapshots(make_cluster: MakeCluster) ->
         c.start_node(leader)
         c.wait_ready()
         leader = c.wait_leader()
+
+
+KEEP = 50
+
+
+def test_follower_lagging_within_kept_entries_catches_up_by_log_after_a_restart(
+    make_cluster: MakeCluster,
+) -> None:
+    """Issue 9, hole 8: `raft.snapshot_keep_entries` is honoured by the DURABLE log, so after
+    a snapshot, its compaction and a restart of the other nodes, a follower that missed fewer
+    than KEEP entries is served by AppendEntries, never sent a snapshot."""
+    c = make_cluster(raft_extra={"snapshot_every": 20, "snapshot_keep_entries": KEEP})
+    c.start()
+    leader = c.wait_ready()
+    lagger = "node-3" if leader != "node-3" else "node-2"
+    others = [n for n in NODE_IDS if n != lagger]
+    write_keys(c, leader, [f"early:{i}" for i in range(100)])
+    c.wait_caught_up(lagger, leader)
+    lagger_last = c.local(lagger)["last_index"]
+    c.kill(lagger, signal.SIGKILL)
+    late = [f"late:{i}" for i in range(30)]
+    write_keys(c, leader, late)  # the lagger misses ~30 entries, fewer than KEEP
+
+    def snapshotted_past_lagger() -> bool:
+        return all(
+            read_offline(c.nodes[n].data_dir)["snapshot_index"] > lagger_last for n in others
+        )
+
+    wait_for("a snapshot past the lagger on both nodes", snapshotted_past_lagger, 30.0, c.dump_logs)
+    for node_id in others:  # restart: the in-memory log is rebuilt from the durable one
+        c.kill(node_id, signal.SIGKILL)
+    c.start(others)
+    leader = c.wait_ready(others)
+    for node_id in others:
+        view = read_offline(c.nodes[node_id].data_dir, limit=0)
+        snap, first = view["snapshot_index"], view["first_index"]
+        # Compacted (the head is gone), but (snap - KEEP, snap] is still on disk.
+        assert 1 < first <= snap - KEEP + 1 <= lagger_last + 1, (node_id, view)
+
+    c.start_node(lagger)
+    c.wait_caught_up(lagger, leader, deadline_s=60.0)
+    for key in ["early:0", "early:99", *late]:
+        reply = c.get(lagger, key, consistency="stale")
+        assert reply.status == 200 and reply.json["value"] == f"value-of-{key}", (key, reply)
+    text = c.nodes[lagger].log_text()
+    assert "installed snapshot" not in text, text[-4000:]
+    assert "snapshot_sent" not in c.nodes[leader].log_text().rsplit("===== start #", 1)[-1]

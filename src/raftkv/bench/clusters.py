@@ -179,7 +179,7 @@ class LocalCluster(_ProcessCluster):
         size: int = 3,
         *,
         log_level: str = "warning",
-        server: Mapping[str, bool | int] | None = None,
+        server: Mapping[str, bool | int | str] | None = None,
     ) -> None:
         self.base = Path(base)
         self.server = dict(server or {})  # extra `server:` keys of the config file

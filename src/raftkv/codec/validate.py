@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from raftkv.codec.wire import FrameError, Hello, Ping, SnapshotChunk, WireMessage
+from raftkv.codec.wire import FrameError, Hello, Ping, SnapshotChunk, SnapshotRejected, WireMessage
 from raftkv.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -42,6 +42,7 @@ MAX_CONTEXT_BYTES: Final = 4096
 
 NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 MAX_CLUSTER_NAME_CHARS: Final = 256
+MAX_REASON_CHARS: Final = 512  # SnapshotRejected.reason: a log line's worth
 
 
 class InvalidMessage(FrameError):
@@ -133,6 +134,12 @@ def check_message(msg: WireMessage, *, max_snapshot_bytes: int = LIMIT - 1) -> N
             _node("Hello node id", node_id)
             return
         case Ping():
+            return
+        case SnapshotRejected(index=index, term=term, reason=reason):
+            _in_range("snapshot index", index)
+            _in_range("snapshot term", term)
+            if len(reason) > MAX_REASON_CHARS:
+                raise InvalidMessage(f"snapshot rejection reason of {len(reason)} characters")
             return
         case SnapshotChunk(index=index, term=term, offset=offset, total_size=total, data=data):
             _in_range("snapshot index", index)

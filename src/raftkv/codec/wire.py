@@ -4,8 +4,8 @@ Rules:
 - A frame is a 4-byte big-endian payload length followed by the payload; the payload is one
   wire-format version byte (`WIRE_VERSION`) then the msgpack encoding of one `WireMessage`.
 - `WireMessage` is a msgspec tagged union (tag = class name) of the Raft messages
-  (`raftkv.raft.messages.AnyMessage`) and the transport frames `Hello`, `SnapshotChunk` and
-  `Ping`; the core's classes are the wire classes, there is no conversion layer.
+  (`raftkv.raft.messages.AnyMessage`) and the transport frames `Hello`, `SnapshotChunk`, `Ping`
+  and `SnapshotRejected`; the core's classes are the wire classes, there is no conversion layer.
 - Types are checked here; values (ranges, combinations) in `raftkv.codec.validate`.
 - One module-level Encoder and Decoder are reused (msgspec is faster that way); both are used
   from the event-loop thread only.
@@ -78,7 +78,22 @@ class Ping(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
     died), and a peer restarted meanwhile can then connect again."""
 
 
-WireMessage = AnyMessage | Hello | SnapshotChunk | Ping
+class SnapshotRejected(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
+    """A follower tells the sender that the snapshot at (`index`, `term`) it received failed
+    verification (`reason`) and was discarded: the sender re-verifies its own file and rebuilds
+    it if that is bad (runtime/snapshots.py). Sent only to peers that advertised data format
+    `SNAPSHOT_REJECTED_SINCE_FORMAT` or newer: an older node would drop the connection on an
+    unknown frame."""
+
+    index: Index
+    term: Term
+    reason: str
+
+
+SNAPSHOT_REJECTED_SINCE_FORMAT = 4
+"""The first data format whose code knows `SnapshotRejected` (storage/format.py)."""
+
+WireMessage = AnyMessage | Hello | SnapshotChunk | Ping | SnapshotRejected
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[WireMessage] = msgspec.msgpack.Decoder(WireMessage)

@@ -19,6 +19,7 @@ Rules:
   names the entry's index (`raftkv.storage.state.apply_entry`).
 - Data-model kinds (since=2): 3 txn, 4 delete_range, 5 compact, 6 open_session,
   7 session_request (8-15 stay free for leases and watches).
+- Durability kinds (since=2, `raftkv.kv.quota`): 24 alarm, 25 space_quota.
 - A write's revision is the Raft index of the entry that carries it (see `raftkv.kv.mvcc`), so a
   command never carries its own revision.
 - Time reaches the state machine only inside commands (`time_ms`, stamped by the leader that
@@ -46,6 +47,7 @@ else:
 
 
 from raftkv.kv.auth import AuthCommand, AuthResult
+from raftkv.kv.quota import NoSpace, SpaceCommand, SpaceResult
 from raftkv.kv.registry import COMMAND_SET_VERSION, CommandBase, command_kind
 
 __all__ = [
@@ -179,7 +181,17 @@ class SessionRequest(CommandBase, frozen=True, tag=7):
 
 
 # The decodable union: every registered kind, nothing else (tests/unit/kv/test_command_registry).
-Command = Put | Delete | Txn | DeleteRange | Compact | OpenSession | SessionRequest | AuthCommand
+Command = (
+    Put
+    | Delete
+    | Txn
+    | DeleteRange
+    | Compact
+    | OpenSession
+    | SessionRequest
+    | AuthCommand
+    | SpaceCommand
+)
 
 
 class KeyValue(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -261,4 +273,6 @@ Result = (
     | SessionResult
     | SessionError
     | AuthResult
+    | NoSpace
+    | SpaceResult
 )

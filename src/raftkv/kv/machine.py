@@ -11,6 +11,9 @@ Rules:
   and a `get` sees the branch's earlier writes. A value compare on an absent key is false; a
   value compare between text and bytes is false for ==, <, > and true for !=.
 - Sessions (`raftkv.kv.sessions`) wrap a write: the wrapped write runs through `apply_write`.
+- Space (`raftkv.kv.quota`): every write is accounted in the same step; while a `no_space`
+  alarm is raised, a write that would grow the live data is refused (`NoSpace`) before it
+  changes anything.
 """
 
 from __future__ import annotations
@@ -53,34 +56,53 @@ from raftkv.kv.commands import (
     Value,
 )
 from raftkv.kv.mvcc import MVCCStore
+from raftkv.kv.quota import (
+    Alarm,
+    SetQuota,
+    account,
+    apply_space,
+    evaluate,
+    record_bytes,
+    refused,
+    space,
+)
 from raftkv.kv.sessions import apply_session_request, open_session
 
 
 class _Writes:
     """The writes of one command: one revision, numbered by `sub`."""
 
-    __slots__ = ("revision", "store", "sub")
+    __slots__ = ("live", "revision", "store", "sub", "written")
 
     def __init__(self, store: MVCCStore, revision: int) -> None:
         self.store = store
         self.revision = revision
         self.sub = 0  # writes so far; > 0 means the command wrote
+        self.live = 0  # change of the live data's accounted size (kv/quota.py)
+        self.written = 0  # accounted size of the history events added
 
     def put(self, key: str, value: Value) -> None:
         prev = self.store.get(key)
         rev = self.revision
+        size = record_bytes(key, value)
         if prev is None:
             kv = KeyValue(key, value, rev, rev, 1)
+            self.live += size
         else:
             kv = KeyValue(key, value, prev.create_revision, rev, prev.version + 1)
+            self.live += size - record_bytes(key, prev.value)
         self.store.put(kv, self.sub)
         self.sub += 1
+        self.written += size
 
     def delete(self, key: str) -> bool:
-        if self.store.get(key) is None:
+        prev = self.store.get(key)
+        if prev is None:
             return False
         self.store.delete(key, self.revision, self.sub)
         self.sub += 1
+        self.live -= record_bytes(key, prev.value)
+        self.written += record_bytes(key, None)
         return True
 
     def delete_prefix(self, prefix: str) -> int:
@@ -93,6 +115,7 @@ class _Writes:
         """The store's revision after the command."""
         if self.sub:
             self.store.set_revision(self.revision)
+            account(self.store, self.live, self.written, self.revision)
         return self.store.revision()
 
 
@@ -107,6 +130,7 @@ def apply_command(store: MVCCStore, cmd: Command, revision: int) -> Result:
             if rev <= store.compact_revision() or rev > store.revision():
                 return CompactResult(False, store.compact_revision(), store.revision())
             store.compact(rev)
+            evaluate(store)  # compaction frees history: the quota alarm may clear
             return CompactResult(True, rev, store.revision())
         case Put() | Delete() | Txn() | DeleteRange():
             return apply_write(store, cmd, revision)
@@ -114,6 +138,8 @@ def apply_command(store: MVCCStore, cmd: Command, revision: int) -> Result:
             return apply_auth(_AuthRecords(store), cmd)
         case SigningKey():
             return apply_auth(_AuthRecords(store), cmd)
+        case Alarm() | SetQuota():
+            return apply_space(store, cmd)
     # Unreachable while Command is a closed union; a new command must get a case above.
     raise TypeError(f"unknown command type {type(cmd).__name__}")
 
@@ -140,6 +166,8 @@ class _AuthRecords:
 
 def apply_write(store: MVCCStore, cmd: Put | Delete | Txn | DeleteRange, revision: int) -> Result:
     """Apply a data command (bare or inside a session request)."""
+    if space(store).alarms() and _grows(store, cmd):
+        return refused(store)
     w = _Writes(store, revision)
     match cmd:
         case Put(key=key, value=value):
@@ -156,6 +184,47 @@ def apply_write(store: MVCCStore, cmd: Put | Delete | Txn | DeleteRange, revisio
             results = [_run_op(w, op) for op in (success if ok else failure)]
             return TxnResult(ok, w.finish(), results)
     raise TypeError(f"unknown write type {type(cmd).__name__}")
+
+
+def _grows(store: MVCCStore, cmd: Put | Delete | Txn | DeleteRange) -> bool:
+    """Would `cmd` make the live data larger? (Only asked while an alarm is raised.)"""
+    match cmd:
+        case Put(key=key, value=value):
+            prev = store.get(key)
+            old = 0 if prev is None else record_bytes(key, prev.value)
+            return record_bytes(key, value) > old
+        case Txn(compare=compare, success=success, failure=failure):
+            ops = success if all(_holds(store, c) for c in compare) else failure
+            return _ops_delta(store, ops) > 0
+    return False  # deletes only shrink it
+
+
+def _ops_delta(store: MVCCStore, ops: list[TxnOp]) -> int:
+    """The live-size change of a transaction branch, its ops seeing the earlier ones."""
+    sizes: dict[str, int] = {}  # key -> accounted size after the ops so far (0: absent)
+
+    def size(key: str) -> int:
+        if key not in sizes:
+            kv = store.get(key)
+            sizes[key] = 0 if kv is None else record_bytes(key, kv.value)
+        return sizes[key]
+
+    delta = 0
+    for op in ops:
+        match op:
+            case PutOp(key=key, value=value):
+                new = record_bytes(key, value)
+                delta += new - size(key)
+                sizes[key] = new
+            case DeleteOp(key=key, prefix=True):
+                keys = {kv.key for kv in store.range(key, None, key, None, None)}
+                for k in sorted(keys | {k for k in sizes if k.startswith(key)}):
+                    delta -= size(k)
+                    sizes[k] = 0
+            case DeleteOp(key=key):
+                delta -= size(key)
+                sizes[key] = 0
+    return delta
 
 
 def _run_op(w: _Writes, op: TxnOp) -> OpResult:

@@ -16,6 +16,9 @@ Rules:
   events that no read at or above `rev` can see (an event superseded by a later event at or
   below `rev`, or a tombstone that is the key's last event below `rev`). Backends may drop
   them lazily; what a read answers never depends on how far that got.
+- Space accounting (`raftkv.kv.quota`): the store keeps two counters and, per write revision,
+  the cumulative `written` figure; they change only through `set_space_counters`, in the same
+  atomic batch as the writes they account for.
 - `MVCCStore` is the port: `raftkv.kv.machine` (pure) states what commands do through it; the
   LMDB backend and `DictState` (here: plain dicts, for the simulator and tests) implement it.
 """
@@ -27,6 +30,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from raftkv.kv.commands import KeyValue, Result
+from raftkv.kv.quota import recount
 
 
 class MVCCStore(Protocol):
@@ -92,8 +96,23 @@ class MVCCStore(Protocol):
 
     def drop_reply(self, sid: int, seq: int) -> None: ...
 
+    # Space accounting (raftkv.kv.quota).
+    def space_counters(self) -> tuple[int, int]:
+        """(live, written) accounted bytes."""
+        ...
+
+    def set_space_counters(self, live: int, written: int, rev: int) -> None:
+        """Store both; `written` is also the cumulative figure as of revision `rev` (>= every
+        revision recorded before)."""
+        ...
+
+    def written_through(self, rev: int) -> int:
+        """The cumulative `written` as of the last recorded revision <= `rev` (else 0)."""
+        ...
+
     # Auth (raftkv.kv.auth): opaque text records by name, outside the key space (no revision,
-    # no history, never in a range): users, roles, the token-signing key.
+    # no history, never in a range): users, roles, the token-signing key; also the space quota
+    # and alarms record (raftkv.kv.quota.SPACE_RECORD).
     def auth_get(self, name: str) -> str | None: ...
 
     def auth_put(self, name: str, record: str) -> None: ...
@@ -129,9 +148,12 @@ class DictState:
         "_current",
         "_events",
         "_keys",
+        "_live",
+        "_marks",
         "_replies",
         "_rev",
         "_sessions",
+        "_written",
     )
 
     def __init__(self) -> None:
@@ -144,6 +166,9 @@ class DictState:
         self._sessions: dict[int, tuple[int, int, int]] = {}
         self._replies: dict[int, dict[int, Result]] = {}
         self._auth: dict[str, str] = {}
+        self._live = 0  # accounted bytes of the live keys (kv/quota.py)
+        self._written = 0  # accounted bytes of every history event added
+        self._marks: list[tuple[int, int]] = []  # (rev, cumulative written), ascending
 
     # -- meta ---------------------------------------------------------------------------------
     def revision(self) -> int:
@@ -232,6 +257,30 @@ class DictState:
             if not ids:
                 del self._keys[key]
 
+    # -- space accounting -------------------------------------------------------------------
+    def space_counters(self) -> tuple[int, int]:
+        return self._live, self._written
+
+    def set_space_counters(self, live: int, written: int, rev: int) -> None:
+        self._live, self._written = live, written
+        if self._marks and self._marks[-1][0] == rev:
+            self._marks[-1] = (rev, written)
+        else:
+            self._marks.append((rev, written))
+
+    def written_through(self, rev: int) -> int:
+        pos = bisect.bisect_right(self._marks, (rev, 1 << 62))
+        return self._marks[pos - 1][1] if pos else 0
+
+    def recount_space(self) -> None:
+        """Rebuild the accounting from the state (after a snapshot install)."""
+        self._live, self._written, self._marks = 0, 0, []
+        recount(
+            self,
+            ((k, kv.value) for k, kv in self.items()),
+            ((rev, key, None if kv is None else kv.value) for rev, _, (key, kv) in self.events()),
+        )
+
     # -- sessions -----------------------------------------------------------------------------
     def session(self, sid: int) -> tuple[int, int, int] | None:
         return self._sessions.get(sid)
@@ -280,6 +329,7 @@ class DictState:
         out._sessions = dict(self._sessions)
         out._replies = {s: dict(r) for s, r in self._replies.items()}
         out._auth = dict(self._auth)
+        out._live, out._written, out._marks = self._live, self._written, list(self._marks)
         return out
 
     def replies(self) -> Iterator[tuple[int, int, Result]]:

@@ -12,7 +12,8 @@ Rules:
   2. a remembered `seq` -> the remembered reply, unchanged (the retry is not applied again);
   3. `ack`: replies below it have reached the client; they are forgotten and `floor` rises;
   4. `seq` below `floor` (forgotten, so it may have been applied) -> `stale_request`;
-  5. otherwise `cmd` is applied and its reply remembered under `seq`. At most
+  5. otherwise `cmd` is applied and its reply remembered under `seq` (except a `NoSpace`
+     refusal, which changed nothing: the same seq may be retried once the alarm clears). At most
      `MAX_REPLIES_PER_SESSION` replies are kept: beyond that the lowest is forgotten and
      `floor` rises past it. Sequence numbers may have gaps and arrive out of order.
   Every use (also a duplicate or a stale request) renews the session.
@@ -34,6 +35,7 @@ from raftkv.kv.commands import (
     SessionWrite,
 )
 from raftkv.kv.mvcc import MVCCStore
+from raftkv.kv.quota import NoSpace
 
 MAX_REPLIES_PER_SESSION: Final = 256
 MAX_SESSIONS: Final = 10_000
@@ -92,6 +94,9 @@ def apply_session_request(
         store.put_session(sid, ttl_ms, now, floor)
         return SessionError(STALE_REQUEST, sid, seq)
     result = apply_write(store, req.cmd, revision)
+    if isinstance(result, NoSpace):
+        store.put_session(sid, ttl_ms, now, floor)
+        return result
     store.put_reply(sid, seq, result)
     seqs = store.reply_seqs(sid)
     for old in seqs[: max(0, len(seqs) - MAX_REPLIES_PER_SESSION)]:

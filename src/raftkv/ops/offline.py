@@ -7,7 +7,9 @@ Rules:
 - Entries are checked against their stored CRC (`storage.raftlog.entry_crc`) and described by
   the same `describe_entry` the online endpoint uses. A bad CRC is reported on the entry, not
   raised: the point of an offline look is often a damaged log.
-- The report has the shape of `GET /debug/log` plus `hard_state` and the source path.
+- The report has the shape of `GET /debug/log` plus `hard_state` and the source path; the first
+  index is computed as the node does (`raftlog.log_base`: with entries kept behind the
+  snapshot, the first stored row is the compaction point, not a servable entry).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import msgspec
 
 from raftkv.raft.types import Entry, EntryKind, HardState, Index, SnapshotMeta, Term
 from raftkv.runtime.inspect import describe_entry, list_snapshots
-from raftkv.storage.raftlog import entry_crc
+from raftkv.storage.raftlog import entry_crc, log_base
 
 
 class OfflineError(Exception):
@@ -64,10 +66,15 @@ def _read(conn: sqlite3.Connection, path: Path, start: int | None, limit: int) -
                 hard_state = msgspec.msgpack.decode(value, type=HardState)
             elif name == "snapshot":
                 snapshot = msgspec.msgpack.decode(value, type=SnapshotMeta)
-    lo_row = conn.execute("SELECT MIN(idx), MAX(idx), COUNT(*) FROM entries").fetchone()
     snap_index = int(snapshot.index) if snapshot else 0
-    first = int(lo_row[0]) if lo_row[0] is not None else snap_index + 1
-    last = int(lo_row[1]) if lo_row[1] is not None else snap_index
+    head = conn.execute("SELECT idx, term FROM entries ORDER BY idx LIMIT 1").fetchone()
+    # Entries kept behind the snapshot: the first row is the compaction point, as online.
+    # (A damaged log missing its head shows where its rows really start.)
+    base = log_base((int(head[0]), int(head[1])) if head else None, snapshot)[0]
+    first = max(base + 1, int(head[0])) if head else base + 1
+    tail = conn.execute("SELECT MAX(idx), COUNT(*) FROM entries WHERE idx >= ?", (first,))
+    top, count = tail.fetchone()
+    last = int(top) if top is not None else snap_index
     lo = start if start is not None else max(first, last - limit + 1)
     entries: list[dict[str, Any]] = []
     rows = conn.execute(
@@ -85,7 +92,7 @@ def _read(conn: sqlite3.Connection, path: Path, start: int | None, limit: int) -
         "source": str(path),
         "first_index": first,
         "last_index": last,
-        "entry_count": int(lo_row[2]),
+        "entry_count": int(count),
         "snapshot_index": snap_index,
         "snapshot_term": int(snapshot.term) if snapshot else 0,
         "bytes_on_disk": size,

@@ -22,9 +22,11 @@ class RaftLog:
         self.unstable_offset: Index = Index(storage.last_index() + 1)  # first unstable index
         self.unstable_entries: list[Entry] = []  # contiguous from unstable_offset
         self.unstable_snapshot: Snapshot | None = None  # received, not yet persisted
-        first = storage.first_index()
-        self.committed: Index = Index(first - 1)  # committed <= last_index
-        self.applied: Index = Index(first - 1)  # applied <= committed
+        # Entries kept behind the snapshot (for slow followers) were applied before it was
+        # taken: never hand them out again (a conf change among them would be re-applied).
+        start = max(storage.first_index() - 1, storage.snapshot().meta.index)
+        self.committed: Index = Index(start)  # committed <= last_index
+        self.applied: Index = Index(start)  # applied <= committed
 
     # -- bounds -------------------------------------------------------------------------------
     def first_index(self) -> Index:

@@ -3,10 +3,13 @@
 Rules:
 - The core never writes storage: the driver appends what a Ready asked it to persist (after
   making it durable, or in the simulator after recording it), then calls `advance`.
-- `MemoryStorage` holds the entries since the last snapshot, as etcd's MemoryStorage does; both
-  the simulator and the real runtime use it (the runtime mirrors its durable log into it).
-- The dummy entry at position 0 of `_entries` carries the snapshot's (index, term), so
-  `term(first_index - 1)` is always answerable.
+- `MemoryStorage` holds the entries since its compaction point (the last snapshot, or earlier
+  when entries are kept behind it for slow followers), as etcd's MemoryStorage does; both the
+  simulator and the real runtime use it (the runtime mirrors its durable log into it, and
+  `restore_log` rebuilds it from that log at restart).
+- The dummy entry at position 0 of `_entries` carries the compaction point's (index, term) (the
+  snapshot's, unless entries are kept behind it), so `term(first_index - 1)` is always
+  answerable.
 """
 
 from __future__ import annotations
@@ -109,6 +112,25 @@ class MemoryStorage:
             return
         self._snapshot = snap
         self._entries = [Entry(snap.meta.term, snap.meta.index)]
+
+    def restore_log(self, base: tuple[Index, Term], entries: list[Entry]) -> None:
+        """Replace the log by a durable log's: the compaction point `base` (at or before the
+        snapshot: entries kept behind it stay servable after a restart, as they were before)
+        and the entries after it. Call after `apply_snapshot` of the durable snapshot."""
+        snap = self._snapshot.meta
+        if base[0] > snap.index:
+            raise InvariantViolation(f"log base {base[0]} beyond the snapshot at {snap.index}")
+        if entries and entries[0].index != base[0] + 1:
+            raise InvariantViolation(f"log restore: entry {entries[0].index} after base {base[0]}")
+        restored = [Entry(base[1], base[0]), *entries]
+        if base[0] < snap.index:
+            if len(restored) <= snap.index - base[0]:
+                raise InvariantViolation(f"log restore: entries stop before snapshot {snap.index}")
+            if restored[snap.index - base[0]].term != snap.term:
+                raise InvariantViolation(f"log restore: term at snapshot {snap.index} differs")
+        elif base[1] != snap.term:
+            raise InvariantViolation(f"log restore: base term {base[1]} is not the snapshot's")
+        self._entries = restored
 
     def create_snapshot(self, index: Index, conf: ConfState, data: bytes) -> Snapshot:
         """Record a snapshot the application took at applied `index` (does not compact)."""

@@ -82,6 +82,9 @@ class LocalStatus:
     format_version: int = 1
     command_set: int = 1
     halted: HaltReport | None = None  # set once the node halted (role "Halted")
+    # Its data disk (server/alarms.py): free bytes (None: not reported) and its margin.
+    disk_free_bytes: int | None = None
+    min_free_bytes: int = 0
 
 
 class NotLeaderError(Exception):

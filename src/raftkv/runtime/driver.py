@@ -40,6 +40,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from raftkv.kv.quota import alarm_flags
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
@@ -102,6 +103,7 @@ class RaftDriver(SnapshotSteps, HaltSteps):
         self._last_stall_log = 0.0
         self.draining = False  # graceful stop under way: refuse new requests
         self._snapshotting = False
+        self._rechecked: tuple[Path, float] | None = None  # snapshots.py: re-verified file
         self._persisting = False  # a Ready's persist step is in the writer thread
         self._pump_scheduled = False
         self._pending_hard_state: HardState | None = None  # commit-only change, saved lazily
@@ -151,7 +153,7 @@ class RaftDriver(SnapshotSteps, HaltSteps):
             # restarted from (or sent) a snapshot with no voters could never campaign again.
             await asyncio.to_thread(self.sm.set_conf, self._bootstrap_conf)
         self.table.load(await load_record(self.sm, self.opts, self._bootstrap_conf), start=True)
-        self.storage.append(loaded.entries)
+        self.storage.restore_log(loaded.base, loaded.entries)  # kept entries included
         hs = loaded.hard_state
         if hs.commit < self.sm.applied_index <= self.storage.last_index():
             # The commit index is saved lazily (a commit-only change needs no fsync), but what
@@ -182,6 +184,7 @@ class RaftDriver(SnapshotSteps, HaltSteps):
             source_host=self.opts.source_host,
             on_unreachable=self._on_unreachable,
             on_snapshot_status=self._on_snapshot_status,
+            on_snapshot_rejected=self._on_snapshot_rejected,  # runtime/snapshots.py
             snapshot_dir=d / "incoming",
             tuning=self._transport_tuning(),
             is_member=self._admits,  # the Hello check: see _admits
@@ -721,5 +724,5 @@ class RaftDriver(SnapshotSteps, HaltSteps):
                 ("state", d / "state" / "data.mdb"),
                 *(("snapshots", p) for p in (d / "snapshots").glob("snap-*.snap")),
             ],
-            alarms=(),
+            alarms=self.sm.read(alarm_flags),
         )

@@ -32,6 +32,7 @@ from raftkv.kv.commands import (
     SessionRequest,
 )
 from raftkv.kv.mvcc import MVCCStore
+from raftkv.kv.quota import SpaceRecord, space, usage
 from raftkv.kv.registry import BASE_COMMAND_SET, kind_of
 from raftkv.raft.types import Role
 from raftkv.runtime.api import ROLE_HALTED, LocalStatus, NodeHalted
@@ -153,6 +154,10 @@ class RaftKVNode:
             command_set=(self.opts.advertise_versions or OWN_VERSIONS)[1],
             halted=halted,
         )
+
+    def space(self) -> tuple[int, SpaceRecord]:
+        """Usage and the quota/alarm record of the applied state (kv/quota.py), at once."""
+        return self.driver.sm.read(lambda store: (usage(store), space(store)))
 
     def is_ready(self) -> bool:
         st = self.driver.status()

@@ -2,10 +2,19 @@
 
 Rules (crash safety; storage/recovery.py finishes or undoes whatever a crash interrupts):
 - Build: LMDB sync -> write `building.tmp` (tmp + fsync + rename + dir fsync) -> rename to
-  `snap-T-I.snap` -> dir fsync -> record in the log (which compacts it) -> prune old files.
+  `snap-T-I.snap` -> dir fsync -> record in the log (which compacts it, keeping
+  `snapshot_keep_entries` entries behind the snapshot, durably and in memory alike) -> prune
+  old files.
 - Install of a received snapshot: verify the whole file BEFORE Raft sees the message (a corrupt
-  one is discarded and the node keeps running) -> move it into snapshots/ -> dir fsync ->
-  install into LMDB (synced) -> the caller records it in the log.
+  one is discarded, the sender is told with a `SnapshotRejected` frame, and the node keeps
+  running) -> move it into snapshots/ -> dir fsync -> install into LMDB (synced) -> the caller
+  records it in the log.
+- A sender told that its snapshot arrived corrupt re-verifies its own file (one check at a
+  time, at most once per `RECHECK_INTERVAL_S` per file, since the report comes from a peer):
+  intact means the copy was damaged in transit, and Raft's next probe resends it; corrupt means
+  the file rotted on our disk, so a fresh snapshot is built from the state machine (same index:
+  it replaces the file; a later index: it becomes the snapshot sent, and the bad file is
+  deleted) instead of resending the same bad file forever.
 - Any storage error in these steps stops the node (storage/failure.py): a half-done snapshot
   is never followed by a compaction.
 - `testhooks.crash_point` marks each step for the crash-point tests.
@@ -24,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from raftkv.codec.validate import MAX_REASON_CHARS
+from raftkv.codec.wire import SnapshotRejected
 from raftkv.raft.messages import AnyMessage, InstallSnapshot
 from raftkv.raft.types import ConfState, Index, NodeId, Snapshot, Term
 from raftkv.runtime import testhooks
@@ -42,8 +53,11 @@ if TYPE_CHECKING:
     from raftkv.runtime.waiters import AppliedWaiters
     from raftkv.storage.raftlog import DurableLog
     from raftkv.storage.state_lmdb import LmdbState
+    from raftkv.transport.tcp import PeerTransport
 
 log = structlog.get_logger("raftkv.runtime")
+
+RECHECK_INTERVAL_S = 10.0  # a peer's reports cannot make us re-read one file more often
 
 
 class SnapshotSteps:
@@ -59,9 +73,12 @@ class SnapshotSteps:
         _writer: ThreadPoolExecutor
         _stopping: bool
         _snapshotting: bool
+        _rechecked: tuple[Path, float] | None  # the last file re-verified, and when
         _last_snapshot_index: Index
         _applied_waiters: AppliedWaiters
         _bootstrap_conf: ConfState
+        _tasks: list[asyncio.Task[Any]]
+        transport: PeerTransport
 
         def _set_members(self, record: ClusterRecord) -> None: ...
 
@@ -83,10 +100,15 @@ class SnapshotSteps:
         try:
             await self._io("snapshot verify", path, self._sm_worker, verify_snapshot_file, path)
         except CorruptSnapshotError as exc:
+            meta = msg.snapshot.meta
+            told = self.transport.report_snapshot_rejected(
+                msg.from_, SnapshotRejected(meta.index, meta.term, str(exc)[:MAX_REASON_CHARS])
+            )
             log.error(
                 "received snapshot is corrupt: discarded, waiting for the leader to resend",
                 node=self.id,
                 leader=msg.from_,
+                leader_told=told,
                 error=str(exc),
             )
             path.unlink(missing_ok=True)
@@ -150,6 +172,7 @@ class SnapshotSteps:
                 None,
                 (),
                 snap.meta,
+                self.opts.snapshot_keep_entries,  # the same entries stay as in memory below
             )
             testhooks.crash_point("snapshot-build:recorded")
             keep_from = Index(info.index - self.opts.snapshot_keep_entries)
@@ -164,6 +187,69 @@ class SnapshotSteps:
             self._die(exc)
         finally:
             self._snapshotting = False
+
+    def _on_snapshot_rejected(self, peer: NodeId, msg: SnapshotRejected) -> None:
+        """`peer` discarded the snapshot we sent as corrupt: re-verify our file (module rules)."""
+        log.warning(
+            "a follower discarded the snapshot we sent as corrupt",
+            node=self.id,
+            peer=peer,
+            index=msg.index,
+            term=msg.term,
+            reason=msg.reason,
+        )
+        path = snapshot_path(self.opts.data_dir, msg.term, msg.index)
+        now = asyncio.get_running_loop().time()
+        last = self._rechecked
+        if (
+            self._stopping
+            or self.failed
+            or (last is not None and last[0] == path and now < last[1])
+        ):
+            return  # stopping, a check under way, or this file was checked moments ago
+        self._rechecked = (path, now + RECHECK_INTERVAL_S)
+        self._tasks.append(asyncio.create_task(self._recheck_snapshot(path)))
+
+    async def _recheck_snapshot(self, path: Path) -> None:
+        try:
+            if not path.exists():
+                return  # pruned since: a newer snapshot is what we send now
+            try:
+                await self._io("snapshot verify", path, self._sm_worker, verify_snapshot_file, path)
+            except CorruptSnapshotError as exc:
+                log.error(
+                    "our own snapshot file is corrupt: rebuilding it from the state machine",
+                    node=self.id,
+                    path=str(path),
+                    error=str(exc),
+                )
+                await self._rebuild_snapshot(path)
+                return
+            log.info(
+                "our snapshot file is intact: the follower's copy was damaged in transit",
+                node=self.id,
+                path=str(path),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._die(exc)
+
+    async def _rebuild_snapshot(self, bad: Path) -> None:
+        if self._snapshotting:
+            # The build under way replaces it: same index -> same file name; a later index ->
+            # that becomes the snapshot sent, and the bad file is no longer referenced.
+            log.info("a snapshot build is under way: it replaces the corrupt file", node=self.id)
+            return
+        self._snapshotting = True
+        await self._take_snapshot()  # resets _snapshotting; stops the node on any error
+        if self.failed or self._stopping:
+            return
+        current = Path(self.storage.snapshot().data.decode())
+        if bad != current and bad.exists():
+            await self._io("unlink", bad, self._sm_worker, bad.unlink)
+            await self._io("fsync (directory)", bad.parent, self._sm_worker, fsync_dir, bad.parent)
+        log.warning("snapshot rebuilt after a corrupt file", node=self.id, path=str(current))
 
     def _prune_snapshots(self, keep: int) -> None:
         files = sorted((self.opts.data_dir / "snapshots").glob("snap-*.snap"))

@@ -134,7 +134,7 @@ class Settings:
     election_timeout_ms: int  # = election_ticks * heartbeat_ms
     election_ticks: int  # >= 2
     snapshot_every: int  # applied entries between automatic compactions, > 0
-    snapshot_keep_entries: int  # entries kept behind a snapshot (in memory), >= 0
+    snapshot_keep_entries: int  # entries kept behind a snapshot (memory and disk), >= 0
     max_value_bytes: int  # UTF-8 bytes of one value, > 0
     leader_wait_ms: int  # how long a write waits for a leader before 503 no_leader
     request_timeout_ms: int  # > leader_wait_ms
@@ -148,6 +148,7 @@ class Settings:
     tls_peer: TlsFiles | None = None  # tls.peer: mutual TLS between members (None: plain TCP)
     auth_enabled: bool = False  # auth.enabled: users, roles, tokens (server/auth*.py)
     token_ttl_s: int = 600  # auth.token_ttl_s: lifetime of a bearer token
+    http_engine: str = "fast"  # server.http_engine: "fast" or "aiohttp" (server/runner.py)
     # RAFTKV_ROOT_PASSWORD: the leader creates user root with it if absent. Never printed.
     root_password: str | None = field(default=None, repr=False)
 
@@ -247,6 +248,7 @@ def load_settings(
         tls_peer=_tls_peer(conf.tls.peer, node_id),
         auth_enabled=conf.auth.enabled,
         token_ttl_s=conf.auth.token_ttl_s,
+        http_engine=server.http_engine,
         root_password=environ.get(ROOT_PASSWORD_ENV) or None,
     )
 

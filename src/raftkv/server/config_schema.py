@@ -101,8 +101,8 @@ class RaftSection(_Section, frozen=True, kw_only=True):
         int,
         Meta(
             ge=0,
-            description="entries kept behind a snapshot for slightly lagging followers (in "
-            "memory; the durable log keeps only what follows the snapshot)",
+            description="entries kept behind a snapshot (in memory and in the durable log) "
+            "so a slightly lagging follower catches up by log, not by a full snapshot",
         ),
     ] = 1_000
     max_snapshot_bytes: Annotated[
@@ -162,6 +162,13 @@ class ServerSection(_Section, frozen=True, kw_only=True):
     metrics: Annotated[
         bool, Meta(description="record and serve Prometheus metrics at `/metrics`")
     ] = True
+    http_engine: Annotated[
+        Literal["aiohttp", "fast"],
+        Meta(
+            description="`fast`: PUT/GET/DELETE `/kv/{key}` on a lean httptools protocol, "
+            "everything else on aiohttp (same port, same replies); `aiohttp`: all on aiohttp"
+        ),
+    ] = "fast"
 
     def validate(self) -> None:
         if self.max_value_bytes > (largest := largest_value_bytes()):
@@ -189,6 +196,24 @@ class StorageSection(_Section, frozen=True, kw_only=True):
             "leader compacts older ones automatically (0: keep all until `POST /compact`)",
         ),
     ] = 100_000
+    quota_bytes: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=(1 << 62),
+            description="space quota: the logical size of the data (live keys and values plus "
+            "retained history, the same on every node); past it the `no_space` alarm refuses "
+            "writes that grow the data (507) until usage falls below 90 % (0: no quota)",
+        ),
+    ] = 2 << 30
+    min_free_bytes: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="a node whose data disk has less free space raises the `no_space` alarm "
+            "(cleared once it has this + 10 %), before the log or state hits a full disk (0: off)",
+        ),
+    ] = 64 << 20
 
 
 class LoggingSection(_Section, frozen=True, kw_only=True):

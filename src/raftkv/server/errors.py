@@ -13,7 +13,6 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
@@ -114,19 +113,23 @@ def halted_error(report: HaltReport) -> ApiError:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
+    except Exception as exc:  # CancelledError is a BaseException: it passes
+        return error_reply(exc, request)
+
+
+def error_reply(exc: Exception, request: web.Request) -> web.StreamResponse:
+    """The reply to a handler's exception (both engines); call it from the `except` block.
+    Re-raises an HTTPException below 400 (a redirect is not an error)."""
+    if isinstance(exc, ApiError):
         return exc.response()
-    except NodeHalted as exc:  # from any route: runtime/halt.py
+    if isinstance(exc, NodeHalted):  # from any route: runtime/halt.py
         return halted_error(exc.report).response()
-    except web.HTTPException as exc:
-        if exc.status < 400:  # redirects and the like are not errors
-            raise
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
         code, words = http_error_code(exc.status, exc.reason)
         # Keep headers that matter to the client (Allow on 405); drop aiohttp's text body's.
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, code, words, headers=keep)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unexpected error", method=request.method, path=request.path)
-        return error_response(500, "internal_error", "internal server error")
+    log.exception("unexpected error", method=request.method, path=request.path)
+    return error_response(500, "internal_error", "internal server error")

@@ -4,7 +4,7 @@ Routes:
     PUT    /kv/{key}   JSON {"value": s} or a raw UTF-8 body -> {"key", "value", "message"}
     GET    /kv/{key}   ?consistency=linearizable (default) | stale -> {"key", "value"}
     DELETE /kv/{key}   -> {"key", "message"}
-    GET    /cluster/status, /cluster/local, /health, /ready
+    GET    /cluster/status, /cluster/local, /health, /ready (+ space alarms: `alarms.py`)
     GET    /metrics    Prometheus text format (`metrics_routes.py`)
     GET    /cluster/snapshot   a consistent snapshot of the state, for backups (`backup_routes.py`)
 
@@ -43,6 +43,7 @@ from raftkv.runtime.api import (
     OperationTimeout,
 )
 from raftkv.runtime.membership import MembershipManager
+from raftkv.server.alarms import alarm_task, disk_status, space_json
 from raftkv.server.auth import Authenticator, AuthNode
 from raftkv.server.auth_routes import Forwarded, add_auth_routes
 from raftkv.server.backup_routes import add_backup_routes
@@ -54,6 +55,7 @@ from raftkv.server.errors import (
     halted_error,
     json_response,
 )
+from raftkv.server.fast_routes import FAST_ROUTES, FastRoutes
 from raftkv.server.forward import Forwarder, resolve_source_ip
 from raftkv.server.inputs import (
     check_content_length,
@@ -106,6 +108,17 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(api.client_sessions)
     app.cleanup_ctx.append(retention_task(node, settings.config.storage.history_revisions))
+    storage = settings.config.storage
+    app.cleanup_ctx.append(
+        alarm_task(
+            node,
+            quota_bytes=storage.quota_bytes,
+            min_free_bytes=storage.min_free_bytes,
+            data_dir=settings.data_dir,
+            host=settings.http_address.host,
+            ssl_context=node_client_context(settings),
+        )
+    )
     kv = KvRoutes(node, settings, api)
     txn = TxnRoutes(node, settings, api)
     routes = (
@@ -128,6 +141,13 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
         app.router.add_route(method, path, handler, expect_handler=api.expect_continue)
     add_inspect_routes(app, node, enabled=settings.debug_endpoints)
     api.http_metrics = add_metrics_routes(app, node)
+    # The same handlers for the fast engine (server.http_engine: fast, see runner.py).
+    app[FAST_ROUTES] = FastRoutes(
+        {"PUT": kv.put, "GET": kv.get, "DELETE": kv.delete},
+        gate,
+        api.http_metrics,
+        auth if settings.auth_enabled else None,
+    )
     membership = getattr(node, "membership", None)
     if isinstance(membership, MembershipManager):
         add_member_routes(app, membership, settings)
@@ -213,10 +233,23 @@ class _Api:
     async def cluster_status(self, request: web.Request) -> web.StreamResponse:
         if self._probe is None:
             raise _stopping()
-        return json_response(await cluster_status(self._node, self._probe))
+        body = await cluster_status(self._node, self._probe)
+        space = space_json(self._node)
+        if space is not None:  # the local applied state's view (kv/quota.py)
+            body["alarms"] = space.pop("alarms")
+            # In force: recorded in the log by the leader once usage reaches half of it.
+            space["configured_quota_bytes"] = self._settings.config.storage.quota_bytes
+            body["space"] = space
+        return json_response(body)
 
     async def cluster_local(self, request: web.Request) -> web.StreamResponse:
-        return json_response(local_status_json(self._node.local_status()))
+        margin = self._settings.config.storage.min_free_bytes
+        return json_response(
+            {
+                **local_status_json(self._node.local_status()),
+                **disk_status(self._settings.data_dir, margin),
+            }
+        )
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         halted = self._node.local_status().halted
@@ -228,13 +261,17 @@ class _Api:
 
     async def ready(self, request: web.Request) -> web.StreamResponse:
         status = self._node.local_status()
-        context = {"node_id": status.node_id, "leader": status.leader_id}
+        context: dict[str, object] = {"node_id": status.node_id, "leader": status.leader_id}
         if status.halted is not None:
             exc = halted_error(status.halted)
             return json_response(
                 {"status": "not_ready", "error": exc.message, "code": exc.code, **exc.context},
                 status=503,
             )
+        space = space_json(self._node)
+        if space is not None and space["alarms"]:
+            # Still 200: load balancers must keep sending the reads and deletes that fix it.
+            context["alarms"] = space["alarms"]
         if self._node.is_ready():
             return json_response({"status": "ready", **context})
         return json_response(

@@ -15,7 +15,8 @@ Rules:
 - A conditional write is a one-compare transaction whose failure branch reads the key, so a
   412 can name the key's current mod_revision (0 if absent) from the same atomic step.
 - Writes carry the session headers (`kv_params.session_headers`) into a `SessionRequest`; a
-  session error is a 409 with its code. Writes on a follower are forwarded by the caller's
+  session error is a 409 with its code; a write refused by a `no_space` alarm is a 507
+  (`alarms.no_space_error`). Writes on a follower are forwarded by the caller's
   `forward` (headers that change a write's meaning go along: see `forward.py`).
 - A range page and its `count` come from one read transaction: paging with a fixed `revision`
   is a consistent snapshot. `count` is the number of keys in the whole range at that
@@ -50,7 +51,9 @@ from raftkv.kv.commands import (
     Value,
 )
 from raftkv.kv.mvcc import MVCCStore
+from raftkv.kv.quota import NoSpace
 from raftkv.runtime.api import KVNode, NotLeaderError
+from raftkv.server.alarms import no_space_error
 from raftkv.server.config import Settings
 from raftkv.server.errors import ApiError, json_response
 from raftkv.server.inputs import MAX_KEY_BYTES, key_from_request, read_body, value_from_body
@@ -101,6 +104,8 @@ async def submit(
         result = await calls.call(node.write(cmd), write=True)
     except NotLeaderError as exc:
         return await calls.forward(request, body, exc)
+    if isinstance(result, NoSpace):
+        raise no_space_error(result)  # nothing was changed (kv/quota.py)
     if isinstance(result, SessionError):
         words = {
             "session_expired": "the session expired or does not exist; open a new one",

@@ -30,6 +30,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Final
 
+import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -144,3 +145,20 @@ async def _closing(request: web.Request, status: int, code: str, message: str) -
     await resp.write_eof()
     request.protocol.force_close()  # the transport flushes the reply before it closes
     return resp
+
+
+def too_many_connections(limit: int) -> bytes:
+    """The canned 503 for connection number `limit` + 1 (sent before closing it)."""
+    body = msgspec.json.encode(
+        {
+            "error": "too many connections to this node; retry later",
+            "code": "too_many_connections",
+            "max_connections": limit,
+        }
+    )
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Retry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body

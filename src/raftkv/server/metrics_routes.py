@@ -65,6 +65,7 @@ class HttpMetrics(Collector):
     def __init__(self, runtime: RuntimeMetrics) -> None:
         self._registry = runtime.registry
         self._routes: dict[AbstractRoute, _RouteStats] = {}
+        self._named: dict[str, _RouteStats] = {}  # the fast engine's routes (fast_routes.py)
         self._forwarded: dict[int, int] = {}
         self._registry.register(self)
 
@@ -86,6 +87,13 @@ class HttpMetrics(Collector):
             stats = self._routes[route] = _RouteStats(_route_name(route))
         return stats
 
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """One request of the fast engine; `route` as aiohttp names it ("PUT /kv/{key}")."""
+        stats = self._named.get(route)
+        if stats is None:
+            stats = self._named[route] = _RouteStats(route)
+        stats.by_status[status].observe(seconds)
+
     def forwarded(self, status: int) -> None:
         self._forwarded[status] = self._forwarded.get(status, 0) + 1
 
@@ -97,7 +105,7 @@ class HttpMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         # Several route objects can share a name ("*" routes): merge them by name and status.
         merged: Labelled[tuple[str, str], Histogram] = Labelled(lambda: Histogram(LATENCY_BOUNDS))
-        for stats in self._routes.values():
+        for stats in (*self._routes.values(), *self._named.values()):
             for status, hist in stats.by_status.items():
                 label = "cancelled" if status == CANCELLED else str(status)
                 merged[(stats.name, label)].merge(hist)

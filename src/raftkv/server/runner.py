@@ -12,6 +12,10 @@ Rules:
   connections past `max_connections` get a canned 503 `too_many_connections` and are closed
   before aiohttp registers them; request bodies are never decompressed.
 - The access log is on only at debug level (a line per request costs more than the request).
+- `server.http_engine: fast` serves the hot /kv routes with the fast engine (`fast_http.py`,
+  `fast_routes.py`) on the same listener, handing every other request's connection to this
+  aiohttp server; with the access log on (debug level) aiohttp serves everything, since only
+  it writes access lines.
 - A request whose client disconnects is cancelled (`handler_cancellation`): the node's
   operations must tolerate cancellation (runtime/api.py says so).
 """
@@ -19,12 +23,12 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 from http import HTTPStatus
 from typing import Any, Final, cast
 
-import msgspec
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadStatusLine, LineTooLong
@@ -33,7 +37,9 @@ from aiohttp.web_request import BaseRequest
 
 from raftkv.server.config import Settings
 from raftkv.server.errors import error_response, http_error_code
+from raftkv.server.fast_routes import FAST_ROUTES, FastRoutes, FastServer
 from raftkv.server.inputs import MAX_KEY_BYTES
+from raftkv.server.limits import too_many_connections
 from raftkv.server.tls import scheme, server_context
 
 log = structlog.get_logger(__name__)
@@ -66,17 +72,22 @@ def http_ssl_context(runner: web.AppRunner) -> ssl.SSLContext | None:
 
 async def run_http(app: web.Application, settings: Settings) -> web.AppRunner:
     """Start serving `app` on settings.http_listen. Stop with `await runner.cleanup()`."""
+    access_log = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
     runner = _JsonErrorAppRunner(
         app,
         max_connections=settings.http_limits.max_connections,
-        access_log=logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None,
+        access_log=access_log,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         **server_kwargs(settings),
     )
     await runner.setup()
     try:
         runner.ssl_context = server_context(settings)
-        site = web.TCPSite(
+        fast = app.get(FAST_ROUTES)
+        site_class: type[web.TCPSite] = web.TCPSite
+        if settings.http_engine == "fast" and fast is not None and access_log is None:
+            site_class = functools.partial(_FastSite, fast=fast, settings=settings)  # type: ignore[assignment]
+        site = site_class(
             runner,
             settings.http_listen.host,
             settings.http_listen.port,
@@ -92,6 +103,7 @@ async def run_http(app: web.Application, settings: Settings) -> web.AppRunner:
         listen=str(settings.http_listen),
         advertised=str(settings.http_address),
         scheme=scheme(settings),
+        engine="fast" if isinstance(site, _FastSite) else "aiohttp",
     )
     return runner
 
@@ -103,7 +115,7 @@ class _JsonErrorRequestHandler(RequestHandler):
             # Refused before aiohttp sees it: not registered, no task, no keep-alive timer.
             # connection_lost returns at once for a handler without a manager.
             log.warning("connection refused: too many connections", limit=cap)
-            cast(asyncio.Transport, transport).write(_too_many_connections(cap))
+            cast(asyncio.Transport, transport).write(too_many_connections(cap))
             transport.close()
             self._manager = None
             return
@@ -152,10 +164,16 @@ class _JsonErrorServer(web.Server):
         adopted.max_connections = max_connections
         return adopted
 
+    fast: FastServer | None = None  # the fast engine's listener, when it serves
+
     def at_capacity(self) -> int | None:
-        """The cap when it is reached, else None."""
+        """The cap when it is reached (the fast engine's connections count too), else None."""
         cap = self.max_connections
-        return cap if cap is not None and len(self._connections) >= cap else None
+        count = len(self._connections) + (len(self.fast.connections) if self.fast else 0)
+        return cap if cap is not None and count >= cap else None
+
+    def connection_count(self) -> int:
+        return len(self._connections)
 
     def __call__(self) -> RequestHandler:
         return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
@@ -175,20 +193,48 @@ class _JsonErrorAppRunner(web.AppRunner):
         return _JsonErrorServer.adopt(server, self._max_connections)
 
 
-def _too_many_connections(limit: int) -> bytes:
-    body = msgspec.json.encode(
-        {
-            "error": "too many connections to this node; retry later",
-            "code": "too_many_connections",
-            "max_connections": limit,
-        }
-    )
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        "Retry-After: 1\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
+class _FastSite(web.TCPSite):
+    """A TCP site whose connections start on the fast engine (runner rules)."""
+
+    def __init__(
+        self, runner: web.BaseRunner, *args: Any, fast: FastRoutes, settings: Settings, **kw: Any
+    ) -> None:
+        super().__init__(runner, *args, **kw)
+        self._fast_routes = fast
+        self._settings = settings
+        self._fast: FastServer | None = None
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site; TCPSite.start would listen
+        server = self._runner.server
+        assert isinstance(server, _JsonErrorServer)
+        limits = self._settings.http_limits
+        fast = FastServer(
+            self._fast_routes,
+            server,
+            keepalive_s=limits.keepalive_timeout_ms / 1000,
+            body_timeout_s=limits.body_timeout_ms / 1000,
+            max_line_bytes=MAX_LINE_SIZE,
+            max_field_bytes=MAX_FIELD_SIZE,
+        )
+        fast.max_connections = server.max_connections
+        fast.other_connections = server.connection_count
+        server.fast = self._fast = fast
+        self._server = await asyncio.get_running_loop().create_server(
+            fast,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        await super().stop()  # the listener closes
+        if self._fast is not None:
+            await self._fast.shutdown(SHUTDOWN_TIMEOUT_S)
 
 
 def _short(text: str, limit: int = 200) -> str:

@@ -235,11 +235,13 @@ class Cluster:
 
     def on_apply_snapshot(self, node: SimNode, snap: Snapshot, prev_applied: Index) -> None:
         self.inv.on_apply_snapshot(node.id, snap, prev_applied, node.sm.digest)
+        self.inv.on_space(node.id, int(snap.meta.index), node.sm.space_figures())
         self.workload.on_snapshot(node.id, node.sm)
         self.count("snapshots_applied")
 
     def on_apply_entry(self, node: SimNode, entry: Entry, prev_applied: Index) -> None:
         self.inv.on_apply_entry(node.id, entry, prev_applied, node.sm.digest)
+        self.inv.on_space(node.id, int(entry.index), node.sm.space_figures())
         self.workload.on_apply(node.id, entry, node.sm)
 
     def on_read_states(self, node: SimNode, states: tuple[ReadState, ...]) -> None:

@@ -7,7 +7,8 @@ Checked (Raft paper §5.2-5.4, Figure 3), each as cheaply as the event allows:
   whole prefix.
 - State Machine Safety: every applied entry must equal the one any other node applied at that
   index (`committed`), entries apply strictly in order, and the digest chain at an index (which
-  covers restores from snapshots) is the same on every node (`digests`).
+  covers restores from snapshots) is the same on every node (`digests`), and so are the
+  space figures derived from the state (`spaces`: usage, quota, alarms; kv/quota.py).
 - Leader Completeness: a term-T leader's log (storage + its first Ready's entries) holds every
   entry committed in a term before T (known from any node's commit index while in such a
   term), unless compacted into its snapshot.
@@ -59,6 +60,9 @@ class Invariants:
         self.committed: dict[int, Entry] = {}  # index -> the entry applied there (by anyone)
         self.max_committed = 0  # highest index in `committed`
         self.digests: dict[int, bytes] = {}  # index -> digest chain value after applying it
+        # index -> the state's space figures after applying it (kv/quota.py): usage, quota and
+        # alarms are derived state, so a snapshot restore that recounts them wrongly shows here
+        self.spaces: dict[int, tuple[int, object]] = {}
         self.votes: dict[tuple[NodeId, int], NodeId] = {}  # (node, term) -> durable vote
         self._watch: dict[NodeId, _NodeWatch] = {}
         self.commit_by_term: dict[int, int] = {}  # term -> highest commit any node had in it
@@ -249,6 +253,14 @@ class Invariants:
             return
         self.max_committed = max(self.max_committed, e.index)
         self._check_digest(node, e.index, digest)
+
+    def on_space(self, node: NodeId, index: int, figures: tuple[int, object]) -> None:
+        seen = self.spaces.setdefault(index, figures)
+        if seen != figures:
+            self.fail(
+                "space_diverged",
+                f"{node}: usage/alarms at {index} are {figures}, another node had {seen}",
+            )
 
     def _check_digest(self, node: NodeId, index: int, digest: bytes) -> None:
         seen = self.digests.setdefault(index, digest)

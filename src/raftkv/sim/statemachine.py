@@ -26,6 +26,7 @@ from raftkv.codec.commands import decode_command, encode_command
 from raftkv.kv.commands import Delete, Put, Result
 from raftkv.kv.machine import apply_command
 from raftkv.kv.mvcc import DictState
+from raftkv.kv.quota import SpaceRecord, space, usage
 from raftkv.raft.types import Entry, EntryKind, Index, Snapshot
 from raftkv.storage.mvcc_image import dict_image, load_image
 
@@ -65,6 +66,10 @@ class KvMachine:
             self.last_result = apply_command(self.state, cmd, int(entry.index))
         self.applied = entry.index
         self.digest = chain(self.digest, entry)
+
+    def space_figures(self) -> tuple[int, SpaceRecord]:
+        """Usage and the quota/alarm record (kv/quota.py): equal on every node at an index."""
+        return usage(self.state), space(self.state)
 
     def value(self, key: str) -> str | None:
         kv = self.state.get(key)

@@ -12,6 +12,10 @@ Rules:
   simply failed: it had no effect.
 - Completion is recorded when the server answers (a sub-interval of what the client would see,
   which can only make the check stricter, never looser).
+- Space (kv/quota.py), only when `space_ops` > 0: that share of operations are admin commands
+  (kind "admin", not in the history): set the quota, raise or clear a member's disk alarm,
+  compact to the highest revision a client has seen. A write refused with `NoSpace` changed
+  nothing: it fails (or is unknown if an earlier attempt of a session write may have applied).
 - Target choice: the client's believed leader (from NotLeader hints and successes) most of the
   time, else a random server. Clients stay with a silent leader for a while, which is what
   sends reads to an isolated old leader.
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 
 from raftkv.kv.commands import (
     Command,
+    Compact,
     Compare,
     CompareOp,
     Delete,
@@ -39,6 +44,7 @@ from raftkv.kv.commands import (
     Txn,
     TxnResult,
 )
+from raftkv.kv.quota import Alarm, NoSpace, SetQuota
 from raftkv.raft.errors import NotLeader, ProposalDropped
 from raftkv.raft.rawnode import RawNode
 from raftkv.raft.types import Entry, NodeId, ReadState
@@ -84,6 +90,8 @@ class WorkloadOptions:
     sessions: bool = True  # writes go through client sessions and are retried (thesis §6.3)
     max_retries: int = 4  # session retries of one write before its outcome is left unknown
     session_ttl_ms: int = 1 << 40  # sessions never expire in a run (expiry is unit-tested)
+    space_ops: float = 0.0  # share of admin ops: quota, disk alarms, MVCC compaction
+    quota_bytes: int = 600  # the quota the admin ops set (kv/quota.py)
 
 
 @dataclass(slots=True)
@@ -112,6 +120,7 @@ class Workload:
         self._read_wait: dict[NodeId, list[tuple[int, int]]] = {}  # node -> (index, op) waiting
         self._read_floor: dict[int, int] = {}  # op -> commit index known when it began
         self._servers: list[NodeId] = []
+        self._max_revision = 0  # highest revision a client saw in a reply (admin compaction)
 
     def start(self) -> None:
         for c in self._clients:
@@ -135,6 +144,9 @@ class Workload:
         if opt.sessions and c.session is None:
             kind, timeout = "session", opt.write_timeout
             cmd = OpenSession(opt.session_ttl_ms, self.sched.now)
+        elif opt.space_ops and r < opt.space_ops:
+            kind, timeout = "admin", opt.write_timeout
+            cmd = self._admin(servers)
         elif r < opt.read_ratio:
             kind, timeout = "get", opt.read_timeout
         elif r < opt.read_ratio + opt.delete_ratio:
@@ -170,6 +182,15 @@ class Workload:
         self.sched.push(opt.request_delay, ClientArrive(cid, op.op_id, node))
         self.sched.push(timeout, ClientTimeout(cid, op.op_id))
         return f"{kind} {key}{'=' + value if value else ''} p{op.process} -> {node}"
+
+    def _admin(self, servers: list[NodeId]) -> Command:
+        pick = self.rng.randrange(6)
+        if pick == 0:
+            return SetQuota(self.opt.quota_bytes)
+        if pick == 1:
+            return Compact(self._max_revision)
+        # Raised half as often as cleared, on one of two members, so writes get through too.
+        return Alarm(self.rng.choice(sorted(servers)[:2]), pick == 2)
 
     def _retry(self, op: OpRecord) -> bool:
         """A session write whose outcome is unknown goes again, unchanged, to some server: the
@@ -261,7 +282,7 @@ class Workload:
         match result:
             case SessionResult(session_id=sid):
                 c.session = sid
-            case SessionError():
+            case SessionError() | NoSpace():
                 # Not applied by this attempt; an earlier one may have been.
                 self._complete(op.op_id, UNKNOWN if op.attempts > 1 else FAIL, guess=node)
                 return
@@ -269,6 +290,9 @@ class Workload:
                 # A refused CAS: it had no effect and it read the key (recorded as that get).
                 got = kvs[0].value if kvs else None
                 op.kind, op.value = "get", got if isinstance(got, str) else None
+        revision = getattr(result, "revision", 0)
+        if isinstance(revision, int):
+            self._max_revision = max(self._max_revision, revision)
         if op.kind in ("put", "cas") or op.kind == "get":
             c.seen[op.key] = op.value
         elif op.kind == "delete":

@@ -6,7 +6,9 @@ Rules:
   directory (a node's first start, a snapshot restore) calls `write_format(dir)` before its
   other files become usable, so that a directory without `FORMAT` always means format 1.
 - Versions: 1 = round 1 (raft.db, state/ LMDB, snapshots/; no FORMAT file); 2 = FORMAT file;
-  3 = revisions (the MVCC key layout of `storage/mvcc_lmdb.py`: history, sessions).
+  3 = revisions (the MVCC key layout of `storage/mvcc_lmdb.py`: history, sessions);
+  4 = the Raft log may keep entries behind its snapshot (`storage/raftlog.py`), which an older
+  reader would refuse as corrupt.
   `FORMAT_VERSION` is what this code writes and reads.
 - `open_data_dir(dir)` runs at every start, before any other file is opened:
   * empty or missing directory: a fresh node, recorded at `FORMAT_VERSION`;
@@ -32,7 +34,7 @@ from typing import Final
 from raftkv.storage.errors import StorageError
 from raftkv.storage.fsutil import fsync_dir
 
-FORMAT_VERSION: Final = 3
+FORMAT_VERSION: Final = 4
 FORMAT_FILE: Final = "FORMAT"
 # Files that show a directory was used by a node (format 1 had these and no FORMAT file).
 _NODE_FILES: Final = ("raft.db", "state", "snapshots")
@@ -151,3 +153,10 @@ def _mvcc_layout(data_dir: Path) -> None:
     state = data_dir / "state"
     if state.exists():
         LmdbState.open(state).close()
+
+
+@migration(from_version=3)
+def _log_keeps_entries(data_dir: Path) -> None:
+    """3 -> 4: nothing to rewrite (a format-3 log, which starts right after its snapshot, is a
+    valid format-4 log); from now on snapshots keep `raft.snapshot_keep_entries` entries
+    behind them on disk, which format-3 code cannot read, hence the new number."""

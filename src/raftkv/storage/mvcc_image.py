@@ -8,6 +8,9 @@ Rules:
 - A snapshot whose first record is not `LAYOUT_RECORD` was written before revisions existed:
   its records are (UTF-8 key, UTF-8 value), and install gives every key create_revision =
   mod_revision = 1, version 1 (as the LMDB layout migration does), so replicas agree.
+- The space accounting (`raftkv.kv.quota`) is not in the image: `load_image` ends with the
+  sink's `recount_space()`, which rebuilds it exactly from the live keys and the events above
+  the compact revision (the quota and alarms record travels with the other records).
 - Anything malformed raises `CorruptSnapshotError`; the caller's transaction is then aborted.
 """
 
@@ -38,6 +41,8 @@ class ImageSink(Protocol):
     def put_reply(self, sid: int, seq: int, result: Result) -> None: ...
 
     def auth_put(self, name: str, record: str) -> None: ...
+
+    def recount_space(self) -> None: ...
 
 
 def meta_records(revision: int, compact: int, clock: int) -> list[tuple[bytes, bytes]]:
@@ -73,9 +78,10 @@ def load_image(records: Iterable[tuple[bytes, bytes]], sink: ImageSink, name: st
             return
         if first != codec.LAYOUT_RECORD:
             _load_legacy(first, it, sink)
-            return
-        for kb, vb in it:
-            _load_record(kb, vb, sink)
+        else:
+            for kb, vb in it:
+                _load_record(kb, vb, sink)
+        sink.recount_space()
     except (ValueError, UnicodeDecodeError) as exc:  # MvccDecodeError is a ValueError
         raise CorruptSnapshotError(f"snapshot {name} is corrupt: {exc}") from exc
 

@@ -7,7 +7,9 @@ Rules:
     idx   stored key -> rev ids of the key's kept events (DUPSORT, sorted): history by key
     sess  b"s" + id -> session record; b"r" + id + seq -> remembered reply;
           b"a" + name -> auth record (raftkv.kv.auth: users, roles, signing key)
-    meta  applied, conf (state_lmdb.py), revision, compact, clock, compacted_to, layout
+    meta  applied, conf (state_lmdb.py), revision, compact, clock, compacted_to, layout;
+          space = (live, written, rev) and space:w + rev u64 BE -> cumulative written
+          (the space accounting of `raftkv.kv.quota`: additive records, no layout change)
   A watch resumes from revision R by scanning `hist` from rev_id(R, 0).
 - Stored keys: LMDB keys are at most 511 bytes, but a client key may be longer (the HTTP layer
   admits 4 KiB). The stored key is b"=" + the UTF-8 key when that is <= 447 bytes (the "="
@@ -18,6 +20,10 @@ Rules:
 - Compaction: `compact()` only raises the compact revision (what reads obey); `compact_step`
   then drops superseded events in bounded steps, one per apply transaction, from where the last
   step stopped (`compacted_to`), so compacting a long history never stalls the loop.
+- Space accounting: a store without it (written before it existed) or whose figures are not
+  as of its revision (an older raftkv wrote to it since) is recounted at open
+  (`ensure_space`); a snapshot install recounts too. Per-revision figures at or below the
+  compact revision, except the last, are pruned with the physical compaction steps.
 - Layout 1 (before revisions: kv held the raw UTF-8 value) is migrated in place at open: every
   key becomes create_revision = mod_revision = 1, version 1 — the same on every node whatever
   its applied index, so replicas stay identical. Snapshots of layout 1 install the same way.
@@ -36,6 +42,7 @@ import lmdb
 from raftkv.codec import mvcc as codec
 from raftkv.kv.commands import KeyValue, Result
 from raftkv.kv.mvcc import in_range
+from raftkv.kv.quota import recount
 from raftkv.storage.mvcc_image import meta_records
 
 if TYPE_CHECKING:
@@ -52,6 +59,9 @@ _COMPACT: Final = b"compact"
 _CLOCK: Final = b"clock"
 _COMPACTED_TO: Final = b"compacted_to"  # rev id where the next compaction step starts
 _LAYOUT: Final = b"layout"
+_SPACE: Final = b"space"
+_SPACE_MARK: Final = b"space:w"  # + rev u64 BE -> cumulative written bytes (u64 BE)
+_SPACE_REC: Final = struct.Struct("<QQQ")  # live, written, as of revision
 COMPACT_STEP_EVENTS: Final = 512  # history events examined per apply transaction
 
 
@@ -209,6 +219,82 @@ class LmdbStore:
             self._txn.put(skey, codec.encode_kv(kv), db=self._dbs.kv)
         self._event(skey, rev, sub, key, kv)
 
+    # -- space accounting (kv/quota.py) --------------------------------------------------------
+    def _space(self) -> tuple[int, int, int] | None:
+        raw = self._txn.get(_SPACE, db=self._dbs.meta)
+        if raw is None or len(raw) != _SPACE_REC.size:
+            return None
+        live, written, rev = _SPACE_REC.unpack(raw)
+        return int(live), int(written), int(rev)
+
+    def space_counters(self) -> tuple[int, int]:
+        rec = self._space()
+        return (0, 0) if rec is None else (rec[0], rec[1])
+
+    def set_space_counters(self, live: int, written: int, rev: int) -> None:
+        self._txn.put(_SPACE, _SPACE_REC.pack(live, written, rev), db=self._dbs.meta)
+        self._txn.put(
+            _SPACE_MARK + codec.encode_u64(rev), codec.encode_u64(written), db=self._dbs.meta
+        )
+
+    def _mark_at(self, cur: lmdb.Cursor[bytes], rev: int) -> bool:
+        """Position `cur` (on meta) at the last mark <= `rev`; False if there is none."""
+        found = cur.set_range(_SPACE_MARK + codec.encode_u64(rev + 1))
+        if not (cur.prev() if found else cur.last()):
+            return False
+        key = cur.key()
+        return key.startswith(_SPACE_MARK) and len(key) == len(_SPACE_MARK) + 8
+
+    def written_through(self, rev: int) -> int:
+        with self._txn.cursor(self._dbs.meta) as cur:
+            return codec.decode_u64(cur.value()) if self._mark_at(cur, rev) else 0
+
+    def _drop_marks(self, below: bytes, budget: int) -> None:
+        """Delete marks whose key sorts below `below`, at most `budget`."""
+        with self._txn.cursor(self._dbs.meta) as cur:
+            found = cur.set_range(_SPACE_MARK)
+            while found and budget > 0 and cur.key() < below and cur.key().startswith(_SPACE_MARK):
+                found = cur.delete()
+                budget -= 1
+
+    def _prune_marks(self, budget: int) -> None:
+        """Drop figures no compact revision can ask for again (all but the last <= it)."""
+        with self._txn.cursor(self._dbs.meta) as cur:
+            if not self._mark_at(cur, self.compact_revision()):
+                return
+            keep = cur.key()
+        self._drop_marks(keep, budget)
+
+    def recount_space(self) -> None:
+        """Rebuild the accounting from the state (kv/quota.py `recount`)."""
+        self._drop_marks(_SPACE_MARK + b"\xff" * 9, 1 << 62)
+        start = codec.rev_id(self.compact_revision() + 1, 0)
+
+        def live() -> Iterator[tuple[str, bytes | str]]:
+            with self._txn.cursor(self._dbs.kv) as cur:
+                for _, raw in cur:
+                    kv = codec.decode_kv(raw)
+                    yield kv.key, kv.value
+
+        def events() -> Iterator[tuple[int, str, bytes | str | None]]:
+            with self._txn.cursor(self._dbs.hist) as cur:
+                found = cur.set_range(start)
+                while found:
+                    rev, _ = codec.parse_rev_id(cur.key())
+                    ev = codec.decode_event(cur.value())
+                    yield rev, ev.key, None if ev.kv is None else ev.kv.value
+                    found = cur.next()
+
+        recount(self, live(), events())
+
+    def ensure_space(self) -> bool:
+        """Recount if the accounting is missing or stale (module rules); True if it did."""
+        rec = self._space()
+        if rec is not None and rec[2] == self.revision():
+            return False
+        self.recount_space()
+        return True
+
     # -- sessions -----------------------------------------------------------------------------
     def session(self, sid: int) -> tuple[int, int, int] | None:
         raw = self._txn.get(b"s" + codec.session_id_bytes(sid), db=self._dbs.sess)
@@ -304,6 +390,7 @@ class LmdbStore:
                 rev, sub = codec.parse_rev_id(rid)
                 pos = codec.rev_id(rev, sub + 1) if sub < _MAX_SUB else codec.rev_id(rev + 1, 0)
         self._txn.put(_COMPACTED_TO, min(pos, stop), db=self._dbs.meta)
+        self._prune_marks(COMPACT_STEP_EVENTS)
 
     # -- layout -------------------------------------------------------------------------------
     def ensure_layout(self) -> None:
@@ -337,6 +424,7 @@ def clear(txn: lmdb.Transaction[bytes], dbs: Dbs) -> None:
     """Empty the MVCC state (before a snapshot install); applied/conf are the caller's."""
     for db in (dbs.kv, dbs.hist, dbs.idx, dbs.sess):
         txn.drop(db, delete=False)
-    for name in (_REVISION, _COMPACT, _CLOCK, _COMPACTED_TO):
+    for name in (_REVISION, _COMPACT, _CLOCK, _COMPACTED_TO, _SPACE):
         txn.delete(name, db=dbs.meta)
+    LmdbStore(txn, dbs)._drop_marks(_SPACE_MARK + b"\xff" * 9, 1 << 62)
     txn.put(_LAYOUT, b"%d" % codec.LAYOUT_VERSION, db=dbs.meta)

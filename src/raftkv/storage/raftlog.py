@@ -14,10 +14,20 @@ Rules:
   rows carry one over (name, value). `open()` verifies them all, plus contiguity (the entries
   are exactly snapshot.index+1 .. last) and non-decreasing terms; on any failure it raises
   `CorruptLogError` naming the file, the index and the fault, and the node must not start.
-- Invariant kept by every write: entries are contiguous and start right after the recorded
-  snapshot (or at 1 without one). `save(snapshot=...)` keeps the entries after the snapshot
-  only if the log holds the snapshot's own (index, term) (Raft §7: the suffix then matches the
-  leader); otherwise the whole log is discarded, as `MemoryStorage.apply_snapshot` does.
+- Invariant kept by every write: entries are contiguous and start at 1, right after the
+  recorded snapshot, or at or before it (entries kept behind the snapshot, below). A log that
+  starts at or before the snapshot reaches it, with the snapshot's term at its index.
+  `save(snapshot=...)` keeps the entries after the snapshot only if the log holds the
+  snapshot's own (index, term) (Raft §7: the suffix then matches the leader); otherwise the
+  whole log is discarded, as `MemoryStorage.apply_snapshot` does.
+- Entries kept behind a snapshot (`raft.snapshot_keep_entries`, `keep_entries` of `save`): a
+  snapshot recorded with keep_entries = K > 0 drops only the entries below index - K, so a
+  follower lagging by up to K entries is still served by AppendEntries after a restart, as it
+  is before one (the in-memory log keeps the same entries). The first stored row is then the
+  log's compaction point (`base`): its term answers term(first_index - 1), like the dummy
+  entry of `MemoryStorage`, and entries after it are servable. Rows starting at 1 mean nothing
+  was compacted (base = (0, 0)); rows starting right after the snapshot mean nothing was kept
+  (base = the snapshot's point). `LoadedLog.entries` are the entries after `base`.
 - Threads: `open`/`load` run once at startup; `save`/`compact` run on ONE writer thread (never
   the event loop: COMMIT blocks on fsync); `stats`/`read_entries` may run on any thread (the
   inspector). All of them serialize on one lock around the shared connection
@@ -82,18 +92,35 @@ def _state_crc(name: str, value: bytes) -> int:
     return zlib.crc32(value, zlib.crc32(name.encode()))
 
 
+def log_base(first: tuple[int, int] | None, snap: SnapshotMeta | None) -> tuple[int, int]:
+    """The log's compaction point (index, term) given its first stored row (index, term) and
+    snapshot record (see the module rules). Also used by the offline reader (ops/offline.py)."""
+    start = (int(snap.index), int(snap.term)) if snap is not None else (0, 0)
+    if first is None or first[0] == start[0] + 1:
+        return start  # nothing stored, or nothing kept behind the snapshot
+    if first[0] == 1:
+        return (0, 0)  # nothing was ever compacted
+    if snap is not None and first[0] <= snap.index:
+        return first  # kept behind the snapshot: the first row is the compaction point
+    return start  # entries missing at the head: DurableLog refuses such a log
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedLog:
-    """What a node restarts from: hard state, latest snapshot record, entries after it."""
+    """What a node restarts from: hard state, latest snapshot record, and the entries after
+    the compaction point `base` (index, term), which is at or before the snapshot's index."""
 
     hard_state: HardState
     snapshot: SnapshotMeta | None
     entries: list[Entry]
+    base: tuple[Index, Term]  # the compaction point: (0, 0) or at most the snapshot's index
 
 
 @dataclass(frozen=True, slots=True)
 class LogStats:
-    """Shape of the log; an empty log has last_index == first_index - 1 == snapshot_index."""
+    """Shape of the log: entries first_index..last_index are servable (first_index - 1 is the
+    compaction point: <= snapshot_index, lower when entries are kept behind the snapshot); an
+    empty log has last_index == first_index - 1 == snapshot_index."""
 
     first_index: Index
     last_index: Index
@@ -114,6 +141,7 @@ class DurableLog:
         self._snapshot: SnapshotMeta | None = None
         self._hard_state = HardState()
         self._last_index = Index(0)  # last_index >= snapshot index; == it when the log is empty
+        self._base = (Index(0), Term(0))  # compaction point: base index <= snapshot index
         self._loaded: LoadedLog | None = None  # what open() verified, handed out by load()
 
     # -- startup ------------------------------------------------------------------------------
@@ -221,20 +249,60 @@ class DurableLog:
             expect += 1
         return out
 
+    def _first_row(self) -> tuple[int, int] | None:
+        row = self._conn.execute("SELECT idx, term FROM entries ORDER BY idx LIMIT 1").fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def _base_of(self, first: tuple[int, int] | None, snap: SnapshotMeta | None) -> tuple[int, int]:
+        """The compaction point (`log_base`), refusing a log with missing head entries."""
+        if first is not None and first[0] > 1:
+            if snap is None:
+                raise self._corrupt(
+                    f"entry 1 is missing (the log starts at {first[0]}, no snapshot)"
+                )
+            if first[0] > snap.index + 1:
+                raise self._corrupt(
+                    f"entry {snap.index + 1} is missing (the log starts at {first[0]}, after the "
+                    f"snapshot at {snap.index})"
+                )
+        return log_base(first, snap)
+
     def _read_all(self) -> LoadedLog:
         hard_state, snapshot = self._read_state()
-        start = snapshot.index if snapshot else 0
+        first = self._first_row()
+        base = self._base_of(first, snapshot)
         rows = self._conn.execute("SELECT idx, term, kind, data, crc FROM entries ORDER BY idx")
-        entries = self._verified(rows, start + 1)
-        if entries and snapshot is not None and entries[0].term < snapshot.term:
-            raise self._corrupt(
-                f"entry {entries[0].index}: term {entries[0].term} below the snapshot's "
-                f"term {snapshot.term}"
-            )
+        stored = self._verified(rows, first[0] if first is not None else base[0] + 1)
+        entries = stored[1:] if first is not None and first[0] == base[0] else stored
+        if snapshot is not None:
+            self._check_snapshot_point(stored, snapshot)
         self._hard_state = hard_state
         self._snapshot = snapshot
-        self._last_index = entries[-1].index if entries else Index(start)
-        return LoadedLog(hard_state, snapshot, entries)
+        self._base = (Index(base[0]), Term(base[1]))
+        self._last_index = stored[-1].index if stored else Index(base[0])
+        return LoadedLog(hard_state, snapshot, entries, self._base)
+
+    def _check_snapshot_point(self, stored: list[Entry], snapshot: SnapshotMeta) -> None:
+        """Stored entries reaching the snapshot hold its term there; after it, no lower term."""
+        if not stored:
+            return
+        if stored[0].index > snapshot.index:
+            if stored[0].term < snapshot.term:
+                raise self._corrupt(
+                    f"entry {stored[0].index}: term {stored[0].term} below the snapshot's "
+                    f"term {snapshot.term}"
+                )
+            return
+        if stored[-1].index < snapshot.index:
+            raise self._corrupt(
+                f"entries kept behind the snapshot at {snapshot.index} stop at {stored[-1].index}"
+            )
+        held = stored[snapshot.index - stored[0].index].term
+        if held != snapshot.term:
+            raise self._corrupt(
+                f"entry {snapshot.index}: term {held}, but the snapshot there has term "
+                f"{snapshot.term}"
+            )
 
     def load(self) -> LoadedLog:
         """Hard state, latest snapshot record and the entries after it, all verified."""
@@ -249,12 +317,17 @@ class DurableLog:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: SnapshotMeta | None,
+        keep_entries: int = 0,
     ) -> None:
         """Persist one Ready's snapshot record, entries and hard state in ONE transaction.
 
         Entries at or below the snapshot are skipped (already covered); existing entries from
-        `entries[0].index` on are replaced (conflict truncation, §5.3). Durable on return.
+        `entries[0].index` on are replaced (conflict truncation, §5.3). A new snapshot keeps
+        the `keep_entries` entries before its index when the log holds them (module rules).
+        Durable on return.
         """
+        if keep_entries < 0:
+            raise InvariantViolation(f"save: keep_entries {keep_entries} < 0")
         for prev, nxt in itertools.pairwise(entries):
             if nxt.index != prev.index + 1:
                 raise InvariantViolation(f"save: entries not contiguous at {prev.index}")
@@ -266,9 +339,12 @@ class DurableLog:
             try:
                 snap = self._snapshot
                 last = self._last_index
+                base = self._base
                 if snapshot is not None and (snap is None or snapshot.index >= snap.index):
-                    last = self._record_snapshot(snapshot, last)
+                    last = self._record_snapshot(snapshot, last, keep_entries)
                     snap = snapshot
+                    found = self._base_of(self._first_row(), snap)
+                    base = (Index(found[0]), Term(found[1]))
                 floor = snap.index if snap else 0
                 todo = [e for e in entries if e.index > floor] if entries else []
                 if todo:
@@ -301,11 +377,12 @@ class DurableLog:
                     conn.execute("ROLLBACK")
                 raise
             self._snapshot = snap
+            self._base = base
             self._last_index = last
             if hard_state is not None:
                 self._hard_state = hard_state
 
-    def _record_snapshot(self, snapshot: SnapshotMeta, last: Index) -> Index:
+    def _record_snapshot(self, snapshot: SnapshotMeta, last: Index, keep: int) -> Index:
         """Record `snapshot` inside the open transaction; returns the new last index."""
         current = self._snapshot
         if current is not None and (current.index, current.term) == (snapshot.index, snapshot.term):
@@ -315,8 +392,13 @@ class DurableLog:
             found = row.fetchone()
             matches = found is not None and found[0] == snapshot.term
         if matches:
-            # §7: our log holds the snapshot's last entry, so what follows it still matches.
-            self._conn.execute("DELETE FROM entries WHERE idx <= ?", (snapshot.index,))
+            # §7: our log holds the snapshot's last entry, so what follows it still matches,
+            # and so does what precedes it (Log Matching, §5.3): up to `keep` entries before
+            # it stay, above the row at index - keep (the compaction point).
+            if keep > 0:
+                self._conn.execute("DELETE FROM entries WHERE idx < ?", (snapshot.index - keep,))
+            else:
+                self._conn.execute("DELETE FROM entries WHERE idx <= ?", (snapshot.index,))
             new_last = max(last, snapshot.index)
         else:
             # Our log diverges from (or falls short of) the snapshot: none of it can be kept.
@@ -332,18 +414,30 @@ class DurableLog:
         )
 
     def compact(self, upto: Index) -> None:
-        """Delete entries <= `upto`, which must not pass the recorded snapshot.
-
-        `save(snapshot=...)` already drops the entries a snapshot covers, so under this layout
-        compact only checks `upto` and finds nothing left to delete; it exists so a driver can
-        compact after a snapshot without relying on that."""
+        """Make `upto` (at most the recorded snapshot's index) the compaction point: delete the
+        entries below it, and the entry itself when `upto` is the snapshot's index (its term is
+        the snapshot's). Entries kept behind the snapshot by `save` are dropped this way."""
         with self._lock:
             self._check_open()
-            floor = self._snapshot.index if self._snapshot else 0
+            snap = self._snapshot
+            floor = snap.index if snap else 0
             if upto > floor:
                 raise InvariantViolation(f"compact({upto}) passes the snapshot at {floor}")
+            if upto <= self._base[0]:
+                return
             self._loaded = None
-            self._conn.execute("DELETE FROM entries WHERE idx <= ?", (upto,))
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                op = "<=" if upto == floor else "<"
+                conn.execute(f"DELETE FROM entries WHERE idx {op} ?", (upto,))
+                found = self._base_of(self._first_row(), snap)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._base = (Index(found[0]), Term(found[1]))
 
     # -- any thread ---------------------------------------------------------------------------
     def stats(self) -> LogStats:
@@ -355,9 +449,9 @@ class DurableLog:
                 with contextlib.suppress(FileNotFoundError):  # no WAL after a clean close
                     size += os.stat(f"{self._path}{suffix}").st_size
             return LogStats(
-                first_index=Index(snap_index + 1),
+                first_index=Index(self._base[0] + 1),
                 last_index=self._last_index,
-                entry_count=self._last_index - snap_index,
+                entry_count=self._last_index - self._base[0],
                 snapshot_index=snap_index,
                 bytes_on_disk=size,
             )
@@ -366,8 +460,7 @@ class DurableLog:
         """Stored entries with lo <= index < hi, CRC-checked (for the inspector)."""
         with self._lock:
             self._check_open()
-            first = (self._snapshot.index if self._snapshot else 0) + 1
-            lo = Index(max(lo, first))
+            lo = Index(max(lo, self._base[0] + 1))
             hi = Index(min(hi, self._last_index + 1))
             if lo >= hi:
                 return []

@@ -87,7 +87,9 @@ class LmdbState:
             meta = env.open_db(b"meta")
             state = cls(path, env, open_dbs(env, meta))
             with env.begin(write=True) as txn:
-                LmdbStore(txn, state._dbs).ensure_layout()
+                store = LmdbStore(txn, state._dbs)
+                store.ensure_layout()
+                store.ensure_space()  # kv/quota.py: recounted if missing or stale
                 state._read_meta(txn)
         except BaseException:
             env.close()

@@ -30,7 +30,15 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from raftkv.codec.validate import check_message
-from raftkv.codec.wire import FrameError, FrameParser, Hello, Ping, SnapshotChunk, WireMessage
+from raftkv.codec.wire import (
+    FrameError,
+    FrameParser,
+    Hello,
+    Ping,
+    SnapshotChunk,
+    SnapshotRejected,
+    WireMessage,
+)
 from raftkv.raft.messages import AnyMessage, InstallSnapshot
 from raftkv.raft.types import NodeId
 from raftkv.transport._common import (
@@ -62,6 +70,7 @@ class InboundSide:
         is_member: Callable[[NodeId], bool],
         on_message: Callable[[AnyMessage], None],
         on_peer_up: Callable[[NodeId], None],
+        on_snapshot_rejected: Callable[[NodeId, SnapshotRejected], None],
         snapshot_dir: Path | None,
         max_frame_bytes: int,
         tuning: TransportTuning,
@@ -73,6 +82,7 @@ class InboundSide:
         self._is_member = is_member
         self._on_message = on_message
         self._on_peer_up = on_peer_up
+        self._on_snapshot_rejected = on_snapshot_rejected
         self._snapshot_dir = snapshot_dir
         self._max_frame_bytes = max_frame_bytes
         self._tuning = tuning
@@ -282,6 +292,12 @@ class InboundSide:
                 if receiver is None:
                     raise ProtocolViolation("snapshot chunk, but snapshots travel inline here")
                 await receiver.add_chunk(msg)
+                return
+            case SnapshotRejected():
+                try:  # it concerns the connection's own peer: nothing else to check
+                    self._on_snapshot_rejected(peer_id, msg)
+                except Exception:
+                    self._log.exception("on_snapshot_rejected_failed")
                 return
             case Hello():
                 raise ProtocolViolation("second Hello on a connection")

@@ -22,7 +22,10 @@ Rules:
 - TLS (`tls`, a `PeerTls`): both directions are mutual TLS with the cluster CA; the dialled
   peer's certificate must name the peer's node id. Contexts are taken per connection, so
   `PeerTls.reload()` applies to every new connection without a restart.
-- Snapshots: see `_snapshot.py` (file mode when `snapshot_dir` is given, else inline).
+- Snapshots: see `_snapshot.py` (file mode when `snapshot_dir` is given, else inline). A
+  receiver that discards a corrupt snapshot says so with `report_snapshot_rejected` (a
+  `SnapshotRejected` frame, only to peers whose advertised data format knows it); the sender's
+  `on_snapshot_rejected` hears it from its inbound side.
 - `stop` cancels and awaits every task it started and closes every socket: no leaks.
 - Works on the default asyncio loop and on uvloop.
 """
@@ -40,7 +43,7 @@ from typing import Any
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from raftkv.codec.wire import MAX_FRAME_BYTES
+from raftkv.codec.wire import MAX_FRAME_BYTES, SNAPSHOT_REJECTED_SINCE_FORMAT, SnapshotRejected
 from raftkv.raft.messages import AnyMessage, InstallSnapshot
 from raftkv.raft.types import NodeId
 from raftkv.transport._common import TransportTuning
@@ -61,6 +64,10 @@ def _ignore_snapshot_status(peer: NodeId, ok: bool) -> None:
     pass
 
 
+def _ignore_snapshot_rejected(peer: NodeId, msg: SnapshotRejected) -> None:
+    pass
+
+
 class PeerTransport:
     """Sends Raft messages to peers and delivers theirs to `on_message`."""
 
@@ -75,6 +82,9 @@ class PeerTransport:
         source_host: str | None,
         on_unreachable: Callable[[NodeId], None] = _ignore_unreachable,
         on_snapshot_status: Callable[[NodeId, bool], None] = _ignore_snapshot_status,
+        on_snapshot_rejected: Callable[[NodeId, SnapshotRejected], None] = (
+            _ignore_snapshot_rejected
+        ),
         max_frame_bytes: int = MAX_FRAME_BYTES,
         snapshot_dir: Path | None = None,
         logger: FilteringBoundLogger | None = None,
@@ -121,6 +131,7 @@ class PeerTransport:
             is_member=is_member if is_member is not None else self._knows_address,
             on_message=on_message,
             on_peer_up=self._peer_is_up,
+            on_snapshot_rejected=on_snapshot_rejected,
             snapshot_dir=snapshot_dir,
             max_frame_bytes=max_frame_bytes,
             tuning=self._tuning,
@@ -131,6 +142,15 @@ class PeerTransport:
     def peer_versions(self) -> Mapping[NodeId, tuple[int, int]]:
         """(format, command set) each peer advertised in its latest accepted Hello."""
         return self._in.versions
+
+    def report_snapshot_rejected(self, to: NodeId, msg: SnapshotRejected) -> bool:
+        """Tell `to` that the snapshot it sent us was discarded; False if not sent (`to` is
+        not connected, or did not advertise a data format that knows the frame)."""
+        fmt = self._in.versions.get(to, (1, 1))[0]
+        peer = self._peers.get(to)
+        if not self._running or peer is None or fmt < SNAPSHOT_REJECTED_SINCE_FORMAT:
+            return False
+        return peer.flush((msg,))
 
     # ---- lifecycle -------------------------------------------------------------------------
 

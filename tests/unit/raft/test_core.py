@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raftkv.raft.errors import NotLeader, ProposalDropped
+from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
 from raftkv.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -14,15 +14,19 @@ from raftkv.raft.messages import (
     RequestVote,
     RequestVoteResponse,
 )
+from raftkv.raft.storage import MemoryStorage
 from raftkv.raft.types import (
     ConfChange,
     ConfChangeKind,
+    ConfState,
     Entry,
     EntryKind,
     HardState,
     Index,
     NodeId,
     Role,
+    Snapshot,
+    SnapshotMeta,
     Term,
 )
 from tests.unit.raft.harness import Cluster, ids
@@ -274,6 +278,57 @@ def test_snapshot_sent_to_follower_needing_compacted_entries() -> None:
     c.nodes[N1].propose(b"after")
     c.settle()
     assert c.applied[N3][-1].data == b"after"
+
+
+def test_entries_kept_behind_a_snapshot_serve_a_lagging_follower_after_a_restart() -> None:
+    """Hole 8: a leader restarted from a log that keeps entries behind its snapshot (as the
+    durable log does) serves a follower lagging by fewer entries by AppendEntries, and hands
+    out only the entries after its snapshot to apply (a kept conf change is never re-applied)."""
+    c = Cluster(3)
+    c.elect(N1)
+    for i in range(10):
+        c.nodes[N1].propose(f"a{i}".encode())
+    c.settle()
+    c.drop = lambda m: N3 in (m.from_, m.to)
+    for i in range(10):
+        c.nodes[N1].propose(f"b{i}".encode())
+    c.settle()
+    behind = c.storages[N3].last_index()
+    for node in (N1, N2):
+        old = c.storages[node]
+        st = c.nodes[node].status()
+        snap = old.create_snapshot(st.applied, st.conf, b"image")
+        old.compact(Index(st.applied - 15))  # keep 15 entries: more than N3 misses
+        base = Index(old.first_index() - 1)
+        fresh = MemoryStorage(c.conf)
+        fresh.apply_snapshot(snap)
+        kept = old.entries(old.first_index(), Index(old.last_index() + 1), 1 << 30)
+        fresh.restore_log((base, old.term(base)), kept)
+        fresh.set_hard_state(old.hard_state)
+        assert (fresh.first_index(), fresh.last_index()) == (old.first_index(), old.last_index())
+        c.storages[node] = fresh
+        c.restart(node)
+        assert c.nodes[node].status().applied == snap.meta.index
+    assert behind >= c.storages[N1].first_index()  # the gap is within the kept entries
+    c.drop = lambda m: isinstance(m, InstallSnapshot)  # N3 can only catch up by log
+    c.elect(N1)
+    c.nodes[N1].propose(b"after")
+    c.settle()
+    assert c.applied[N3][-1].data == b"after"
+    assert c.storages[N3].last_index() == c.storages[N1].last_index()
+    # The restarted nodes applied only what followed their snapshot.
+    assert all(e.index > snap.meta.index for e in c.applied[N1])
+
+
+def test_restore_log_refuses_a_log_that_does_not_reach_the_snapshot() -> None:
+    s = MemoryStorage()
+    s.apply_snapshot(Snapshot(SnapshotMeta(Index(10), Term(2), ConfState((N1,))), b""))
+    with pytest.raises(InvariantViolation, match="stop before"):
+        s.restore_log((Index(5), Term(1)), [Entry(Term(1), Index(i)) for i in range(6, 9)])
+    with pytest.raises(InvariantViolation, match="term at snapshot"):
+        s.restore_log((Index(5), Term(1)), [Entry(Term(1), Index(i)) for i in range(6, 12)])
+    s.restore_log((Index(8), Term(1)), [Entry(Term(1), Index(9)), Entry(Term(2), Index(10))])
+    assert (s.first_index(), s.last_index(), s.term(Index(8))) == (9, 10, 1)
 
 
 def test_conf_change_learner_then_voter_then_removal() -> None:

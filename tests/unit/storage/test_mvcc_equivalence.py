@@ -144,8 +144,8 @@ def test_format_2_directory_migrates_to_revisions(tmp_path: Path) -> None:
     (tmp_path / "snapshots").mkdir()
     write_format(tmp_path, 2)
     outcome = open_data_dir(tmp_path)
-    assert outcome.migrated == ("mvcc_layout",)
-    assert read_format(tmp_path) == 3
+    assert outcome.migrated == ("mvcc_layout", "log_keeps_entries")
+    assert read_format(tmp_path) == 4
     sm = LmdbState.open(tmp_path / "state")
     try:
         assert sm.get("a") == KeyValue("a", "1", 1, 1, 1)

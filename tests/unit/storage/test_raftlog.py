@@ -197,6 +197,92 @@ def test_compact_is_bounded_by_the_snapshot(log: DurableLog) -> None:
     log.close()
 
 
+def test_snapshot_keeps_entries_behind_it_across_a_reopen(log: DurableLog) -> None:
+    """Hole 8: `keep_entries` entries before the snapshot stay on disk (and a restarted node
+    can serve them); the row at index - keep is the compaction point."""
+    log.save(hs(1), ents(1, 30), None)
+    log.save(None, [], SnapshotMeta(Index(25), Term(1), CONF), keep_entries=10)
+    for reopened in (False, True):
+        log = reopen(log) if reopened else log
+        loaded = log.load()
+        assert loaded.base == (15, 1)
+        assert [e.index for e in loaded.entries] == list(range(16, 31))
+        assert loaded.entries == ents(16, 30)
+        stats = log.stats()
+        assert (stats.first_index, stats.last_index, stats.snapshot_index) == (16, 30, 25)
+        assert stats.entry_count == 15
+        assert [e.index for e in log.read_entries(Index(1), Index(18))] == [16, 17]
+    # The next snapshot moves the kept window; appends and truncation above the snapshot work.
+    log.save(None, ents(31, 40), None)
+    log.save(None, [], SnapshotMeta(Index(35), Term(1), CONF), keep_entries=10)
+    log.save(hs(2), ents(38, 39, term=2), None)
+    log = reopen(log)
+    loaded = log.load()
+    assert loaded.base == (25, 1)
+    assert [(e.index, e.term) for e in loaded.entries][-3:] == [(37, 1), (38, 2), (39, 2)]
+    assert loaded.entries[0].index == 26
+    # keep 0 drops everything the snapshot covers, as before.
+    log.save(None, [], SnapshotMeta(Index(38), Term(2), CONF), keep_entries=0)
+    loaded = log.load()
+    assert loaded.base == (38, 2) and [e.index for e in loaded.entries] == [39]
+    log.close()
+
+
+def test_keep_entries_with_a_short_log_keeps_it_all(log: DurableLog) -> None:
+    log.save(hs(1), ents(1, 8), None)
+    log.save(None, [], SnapshotMeta(Index(6), Term(1), CONF), keep_entries=100)
+    log = reopen(log)
+    loaded = log.load()
+    assert loaded.base == (0, 0) and loaded.entries == ents(1, 8)
+    assert log.stats().first_index == 1
+    log.close()
+
+
+def test_snapshot_not_matching_drops_kept_entries_too(log: DurableLog) -> None:
+    log.save(hs(1), ents(1, 10), None)
+    log.save(hs(3), [], SnapshotMeta(Index(12), Term(3), CONF), keep_entries=5)
+    loaded = log.load()
+    assert loaded.base == (12, 3) and loaded.entries == []
+
+
+def test_compact_drops_kept_entries_up_to_the_snapshot(log: DurableLog) -> None:
+    log.save(hs(1), ents(1, 20), None)
+    log.save(None, [], SnapshotMeta(Index(15), Term(1), CONF), keep_entries=10)
+    log.compact(Index(8))
+    assert log.load().base == (8, 1)
+    log.compact(Index(15))
+    log = reopen(log)
+    assert log.load().base == (15, 1) and log.load().entries == ents(16, 20)
+    log.close()
+
+
+def test_kept_entries_not_reaching_the_snapshot_are_refused(log: DurableLog, db: Path) -> None:
+    log.save(hs(1), ents(1, 20), None)
+    log.save(None, [], SnapshotMeta(Index(15), Term(1), CONF), keep_entries=10)
+    log.close()
+    raw(db, "DELETE FROM entries WHERE idx >= 12")
+    with pytest.raises(CorruptLogError, match="kept behind the snapshot at 15 stop at 11"):
+        DurableLog.open(db)
+
+
+def test_kept_entry_with_another_term_at_the_snapshot_is_refused(log: DurableLog, db: Path) -> None:
+    log.save(hs(1), ents(1, 20), None)
+    log.save(None, [], SnapshotMeta(Index(15), Term(1), CONF), keep_entries=10)
+    log.close()
+    raw(db, "DELETE FROM entries WHERE idx > 15")
+    e = Entry(Term(2), Index(15), EntryKind.NORMAL, b"x")
+    from raftkv.storage.raftlog import entry_crc
+
+    raw(
+        db,
+        "UPDATE entries SET term = 2, data = ?, crc = ? WHERE idx = 15",
+        e.data,
+        entry_crc(2, 15, int(e.kind), e.data),
+    )
+    with pytest.raises(CorruptLogError, match="entry 15: term 2, but the snapshot"):
+        DurableLog.open(db)
+
+
 def test_read_entries_clamps_to_the_log(log: DurableLog) -> None:
     log.save(hs(1), ents(1, 10), SnapshotMeta(Index(3), Term(1), CONF))
     assert [e.index for e in log.read_entries(Index(5), Index(8))] == [5, 6, 7]

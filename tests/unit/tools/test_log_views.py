@@ -88,6 +88,19 @@ def test_offline_reads_summary_and_entries_without_writing(tmp_path: Path) -> No
     assert after == before  # read-only: nothing created or touched
 
 
+def test_offline_and_online_agree_on_entries_kept_behind_the_snapshot(tmp_path: Path) -> None:
+    with DurableLog.open(tmp_path / "raft.db") as log:
+        entries = [entry(i, encode_command(Put(f"k{i}", "v"))) for i in range(1, 21)]
+        log.save(HardState(Term(2), None, Index(20)), entries, None)
+        log.save(None, [], SnapshotMeta(Index(15), Term(2), ConfState()), keep_entries=5)
+        stats = log.stats()
+    report = read_offline(tmp_path, start=None, limit=100)
+    assert (report["first_index"], report["last_index"]) == (11, 20)
+    assert (stats.first_index, stats.last_index) == (11, 20)
+    assert report["entry_count"] == stats.entry_count == 10
+    assert [e["index"] for e in report["entries"]] == list(range(11, 21))
+
+
 def test_offline_flags_a_bad_crc(tmp_path: Path) -> None:
     make_log(tmp_path)
     conn = sqlite3.connect(tmp_path / "raft.db")

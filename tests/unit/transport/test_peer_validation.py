@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from raftkv.codec.validate import LIMIT, InvalidMessage, check_message
-from raftkv.codec.wire import PROTOCOL_VERSION, Hello, Ping, SnapshotChunk, WireMessage
+from raftkv.codec.wire import (
+    PROTOCOL_VERSION,
+    Hello,
+    Ping,
+    SnapshotChunk,
+    SnapshotRejected,
+    WireMessage,
+)
 from raftkv.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -43,7 +50,11 @@ def snapshot(
     )
 
 
-@pytest.mark.parametrize("msg", [*SAMPLES, Ping()], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize(
+    "msg",
+    [*SAMPLES, Ping(), SnapshotRejected(Index(9), Term(2), "frame 3: CRC mismatch")],
+    ids=lambda m: type(m).__name__,
+)
 def test_honest_messages_pass(msg: WireMessage) -> None:
     check_message(msg)
 
@@ -88,6 +99,9 @@ BAD: dict[str, WireMessage] = {
     "chunk negative offset": SnapshotChunk(Index(1), Term(1), -1, 5, b"x"),
     "chunk size beyond cap": SnapshotChunk(Index(1), Term(1), 0, 1001, b""),
     "chunk at index 0": SnapshotChunk(Index(0), Term(1), 0, 1, b"x"),
+    "rejection index out of range": SnapshotRejected(Index(-1), Term(1), "bad"),
+    "rejection term out of range": SnapshotRejected(Index(1), Term(2**64), "bad"),
+    "rejection reason too long": SnapshotRejected(Index(1), Term(1), "x" * 513),
 }
 
 

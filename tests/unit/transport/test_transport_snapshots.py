@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from raftkv.codec.wire import PROTOCOL_VERSION, Hello, SnapshotChunk, encode_frames
+from raftkv.codec.wire import (
+    PROTOCOL_VERSION,
+    Hello,
+    SnapshotChunk,
+    SnapshotRejected,
+    encode_frames,
+)
 from raftkv.raft.messages import AnyMessage, InstallSnapshot
 from raftkv.raft.types import ConfState, Index, NodeId, Snapshot, SnapshotMeta, Term
 from tests.unit.transport.transport_helpers import Node, eventually, hb, wire
@@ -222,3 +228,35 @@ def test_stale_partial_files_are_removed_at_start(run: Run, tmp_path: Path) -> N
 
     run(scenario())
     assert [p.name for p in snapdir.iterdir()] == ["snapshot-00000000000000000001-1-abc.snap"]
+
+
+@pytest.mark.parametrize(("leader_format", "delivered"), [(4, True), (3, False)])
+def test_snapshot_rejection_reaches_a_sender_that_knows_the_frame(
+    run: Run, tmp_path: Path, leader_format: int, delivered: bool
+) -> None:
+    """A follower tells the sender its snapshot was discarded (`SnapshotRejected`) only if the
+    sender advertised a data format that knows the frame: an older node would drop the
+    connection on an unknown tag."""
+    heard: list[tuple[NodeId, SnapshotRejected]] = []
+
+    async def scenario() -> None:
+        a = await Node(
+            "a",
+            snapshot_dir=tmp_path / "a",
+            advertise=(leader_format, 2),
+            on_snapshot_rejected=lambda p, m: heard.append((p, m)),
+        ).start()
+        b = await Node("b", snapshot_dir=tmp_path / "b").start()
+        await wire([a, b])
+        try:
+            await eventually(lambda: NodeId("a") in b.transport.peer_versions())
+            msg = SnapshotRejected(Index(100), Term(3), "frame 2: CRC mismatch")
+            assert b.transport.report_snapshot_rejected(NodeId("a"), msg) is delivered
+            b.transport.send([hb("b", "a", 7)])  # the same connection still carries traffic
+            assert await a.next() == hb("b", "a", 7)
+            assert heard == ([(NodeId("b"), msg)] if delivered else [])
+        finally:
+            await a.stop()
+            await b.stop()
+
+    run(scenario(), timeout=30)

@@ -1,0 +1,502 @@
+"""The lean HTTP/1.1 engine (`server.http_engine: fast`): the hot /kv routes without aiohttp's
+per-request machinery, everything else still served by aiohttp on the same connection.
+
+Rules:
+- One asyncio Protocol per connection parses with httptools (llhttp: the parser aiohttp's own C
+  extension and uvicorn use; no parser of ours). `PUT`, `GET` and `DELETE /kv/{key}` are served
+  by calling the SAME handlers as the aiohttp app (`KvRoutes`, through `FastRoutes`) with a
+  `FastRequest`, so replies, errors, auth, forwarding and metrics come from the same code.
+- Anything else is HANDED OFF: the bytes of the request (kept until it is answered) are replayed
+  into a fresh aiohttp RequestHandler made by the app's own server, which owns the connection
+  from then on. Handed off: every other route, HTTP/1.0, absolute or fragment targets, dot
+  segments, `Expect`, `Content-Encoding`, `Transfer-Encoding`, `Upgrade`, a body on GET/DELETE,
+  a body over the app's bound or past the in-flight cap, over-long lines or header blocks,
+  and anything the parser refuses. So every error the fast path does not make itself is
+  aiohttp's own, byte for byte. Replies to requests before it on the connection go out first.
+- A reply carries exactly the headers aiohttp sends (the handler's, in order, then
+  Content-Length, Content-Type default, Date, Server, `Connection: close`), checked by a test
+  that compares both engines' bytes.
+- Message boundaries: llhttp accepts only CRLF line ends, so a header block ends at the first
+  CRLFCRLF after the message start (CR/LF between messages skipped), and a fast message has a
+  Content-Length body (chunked is handed off). That is how the buffer is trimmed and how a
+  handed-off request is found in it.
+- Limits as in limits.py: the keep-alive idle timeout (also before the first request), the
+  connection cap (one count with the handed-off connections), the body timeout (408, closed),
+  the in-flight body bytes (BodyGate's own counter, reserved from headers to reply), and a
+  request whose client disconnects is cancelled. Pipelined requests are answered in order; at
+  most MAX_PIPELINED wait before reading pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.helpers import HeadersMixin, rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion, HttpVersion11
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
+from yarl import URL
+
+from raftkv.server.errors import error_response
+from raftkv.server.limits import too_many_connections
+
+if TYPE_CHECKING:
+    from raftkv.server.fast_routes import FastServer
+
+log = structlog.get_logger(__name__)
+
+MAX_HEADERS: Final = 128  # aiohttp's parser refuses more (handed off, so it does)
+MAX_PIPELINED: Final = 16  # parsed requests waiting for their turn before reading pauses
+_KV: Final = b"/kv/"
+_CRLFCRLF: Final = b"\r\n\r\n"
+# Request headers that make a request aiohttp's (see the rules).
+_HANDED_OFF_HEADERS: Final = frozenset(
+    {b"expect", b"content-encoding", b"transfer-encoding", b"upgrade"}
+)
+
+
+class _HandOff(Exception):
+    """Raised from a parser callback: this request is aiohttp's (the parser stops there)."""
+
+
+class FastRequest(HeadersMixin):
+    """The part of aiohttp's `web.Request` the hot handlers use (method, headers, query, raw
+    path, body, transport, a per-request dict); content_type and content_length are
+    aiohttp's own (HeadersMixin)."""
+
+    version: HttpVersion = HttpVersion11
+
+    def __init__(
+        self,
+        method: str,
+        raw_path: str,
+        query_string: str,
+        headers: CIMultiDictProxy[str],
+        protocol: FastProtocol,
+    ) -> None:
+        self.method = method
+        self._raw_path = raw_path
+        self._query_string = query_string
+        self._headers = headers
+        self._proxy = headers
+        self._protocol = protocol
+        self._url: URL | None = None
+        self._state: dict[str, object] = {}
+        self.body = b""
+        self.reserved = 0  # body bytes reserved in the gate until the reply
+        self.keep_alive = True
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._proxy
+
+    @property
+    def rel_url(self) -> URL:
+        if self._url is None:
+            # As aiohttp builds it from an origin-form target (encoded: nothing re-quoted).
+            self._url = URL.build(
+                path=self._raw_path, query_string=self._query_string, encoded=True
+            )
+        return self._url
+
+    @property
+    def path(self) -> str:
+        return self.rel_url.path
+
+    @property
+    def query(self) -> MultiDictProxy[str]:
+        return self.rel_url.query
+
+    @property
+    def body_exists(self) -> bool:
+        return bool(self.body)
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._protocol.transport
+
+    @property
+    def remote(self) -> str | None:
+        transport = self._protocol.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        if isinstance(peer, list | tuple):
+            return str(peer[0])
+        return None if peer is None else str(peer)
+
+    async def read(self) -> bytes:
+        return self.body
+
+    def get(self, key: str, default: object = None) -> object:
+        return self._state.get(key, default)
+
+    def __getitem__(self, key: str) -> object:
+        return self._state[key]
+
+    def __setitem__(self, key: str, value: object) -> None:
+        self._state[key] = value
+
+
+def serialize(resp: web.StreamResponse, keep_alive: bool) -> bytes:
+    """The bytes aiohttp would write for `resp` to an HTTP/1.1 GET/PUT/DELETE (Date aside)."""
+    if not isinstance(resp, web.Response) or resp.chunked or resp.compression:
+        raise TypeError(f"the fast engine cannot send {type(resp).__name__}")
+    body = resp.body
+    if not isinstance(body, bytes | bytearray):
+        raise TypeError("the fast engine sends bytes bodies only")
+    headers = resp.headers
+    lines = [f"HTTP/1.1 {resp.status} {resp.reason}"]
+    for name, value in headers.items():
+        lines.append(f"{name}: {value}")
+    if hdrs.CONTENT_LENGTH not in headers:
+        lines.append(f"Content-Length: {len(body)}")
+    if body and hdrs.CONTENT_TYPE not in headers:
+        lines.append("Content-Type: application/octet-stream")
+    if hdrs.DATE not in headers:
+        lines.append(f"Date: {rfc822_formatted_time()}")
+    if hdrs.SERVER not in headers:
+        lines.append(f"Server: {SERVER_SOFTWARE}")
+    if not keep_alive and hdrs.CONNECTION not in headers:
+        lines.append("Connection: close")
+    head = "\r\n".join(lines)
+    if head.count("\n") != len(lines) - 1 or head.count("\r") != len(lines) - 1:
+        # aiohttp refuses such a header too (a 500): never let a value split the reply.
+        raise ValueError("newline or carriage return in a reply header")
+    return (head + "\r\n\r\n").encode("utf-8") + body
+
+
+class FastProtocol(asyncio.Protocol):
+    """One client connection (see the module rules)."""
+
+    def __init__(self, server: FastServer) -> None:
+        self._server = server
+        self._loop = server.loop
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._stream: bytes | bytearray = b""  # received, not yet answered or handed off
+        self._front = 0  # where the message being parsed starts in _stream
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._current: FastRequest | None = None  # headers parsed, body not yet complete
+        self._content_length = 0
+        self._queue: collections.deque[FastRequest] = collections.deque()
+        self._task: asyncio.Task[None] | None = None
+        self._handing_off = False
+        self._closing = False  # answer what is in flight, then close
+        self._reading_paused = False
+        self._idle_since = 0.0
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_started = 0.0
+
+    # -- connection --------------------------------------------------------------------------
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's are not asyncio.Transport subclasses
+        cap = self._server.at_capacity()
+        if cap is not None:
+            log.warning("connection refused: too many connections", limit=cap)
+            transport.write(too_many_connections(cap))
+            transport.close()
+            return
+        self.transport = transport
+        self._server.connections.add(self)
+        self._idle()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._server.forget(self)
+        if self.transport is None:
+            return  # refused, or handed off
+        self.transport = None
+        self._cancel_timers()
+        if self._task is not None:
+            self._task.cancel()  # the client went away (aiohttp's handler_cancellation)
+        for req in self._queue:
+            self._release(req)
+        self._queue.clear()
+        if self._current is not None:
+            self._release(self._current)
+            self._current = None
+
+    def eof_received(self) -> bool | None:
+        return None  # close, as aiohttp's handler does
+
+    def data_received(self, data: bytes) -> None:
+        if self._stream:
+            if isinstance(self._stream, bytes):
+                self._stream = bytearray(self._stream)
+            self._stream += data
+        else:
+            self._stream = data
+            self._front = 0
+        waiting = len(self._queue)
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # A callback's _HandOff, or bytes llhttp refuses. aiohttp's parser drops every
+            # request completed in a chunk that fails to parse: so do we, and it gets them all.
+            while len(self._queue) > waiting:
+                self._release(self._queue.pop())
+            self._front = 0
+            self._start_handoff()
+            return
+        if self._front:
+            if self._front >= len(self._stream):
+                self._stream = b""
+            else:
+                self._stream = self._stream[self._front :]
+            self._front = 0
+        if self._task is None and self._queue:
+            self._next()
+        if len(self._queue) >= MAX_PIPELINED:
+            self._pause_reading()
+        if self._current is not None:
+            if self._body_timer is None:
+                self._body_timer = self._loop.call_at(
+                    self._body_started + self._server.body_timeout_s, self._body_timeout
+                )
+        elif len(self._stream) > self._server.max_head_bytes:
+            self._start_handoff()  # an endless header block: aiohttp's limits refuse it
+
+    # -- parser callbacks (httptools) ----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url.clear()
+        self._headers.clear()
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        server = self._server
+        parser = self._parser
+        handler_ok = parser.get_method() in server.methods
+        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        path, _, query = url.partition(b"?")
+        if (
+            not handler_ok
+            or self._handing_off
+            or self._closing
+            or not path.startswith(_KV)
+            or len(path) == len(_KV)
+            or b"/." in path
+            or b"#" in url
+            or len(url) > server.max_line_bytes
+            or parser.get_http_version() != "1.1"
+            or parser.should_upgrade()
+            or len(self._headers) > MAX_HEADERS
+        ):
+            raise _HandOff
+        content_length = 0
+        pairs: list[tuple[str, str]] = []
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower in _HANDED_OFF_HEADERS or len(name) + len(value) > server.max_field_bytes:
+                raise _HandOff
+            if lower == b"content-length":
+                content_length = int(value)
+            pairs.append(
+                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            )
+        method = parser.get_method().decode("ascii")
+        if content_length and (method != "PUT" or not server.reserve(content_length)):
+            raise _HandOff  # aiohttp answers 413 / 503 server_busy, or reads the odd body
+        req = FastRequest(
+            method,
+            path.decode("utf-8", "surrogateescape"),
+            query.decode("utf-8", "surrogateescape"),
+            CIMultiDictProxy(CIMultiDict(pairs)),
+            self,
+        )
+        req.reserved = content_length
+        req.keep_alive = parser.should_keep_alive()
+        self._content_length = content_length
+        self._current = req
+        if content_length:
+            self._body_started = self._loop.time()
+
+    def on_message_complete(self) -> None:
+        req = self._current
+        assert req is not None
+        self._current = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        stream = self._stream
+        start = self._front
+        while stream[start] in b"\r\n":  # empty lines llhttp skips between messages
+            start += 1
+        body_at = stream.find(_CRLFCRLF, start) + 4
+        end = body_at + self._content_length
+        if self._content_length:
+            req.body = bytes(stream[body_at:end])
+        self._front = end
+        self._queue.append(req)  # served once the whole chunk parsed (data_received)
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        if self._queue and self.transport is not None:
+            req = self._queue.popleft()
+            self._task = self._loop.create_task(self._serve(req))
+            if self._reading_paused and not self._handing_off:
+                self._resume_reading()
+        else:
+            self._task = None
+            if self._handing_off:
+                self._hand_off()
+            elif self._closing:
+                self._close()
+            else:
+                self._idle()
+
+    async def _serve(self, req: FastRequest) -> None:
+        try:
+            resp = await self._server.routes.handle(req)
+        except Exception:  # handle() answers every error itself: this is a bug of ours
+            log.exception("unexpected error", method=req.method, path=req.path)
+            resp = error_response(500, "internal_error", "internal server error")
+        finally:
+            self._release(req)
+        transport = self.transport
+        if transport is None:
+            return
+        keep_alive = req.keep_alive and not self._closing and resp.keep_alive is not False
+        try:
+            data = serialize(resp, keep_alive)
+        except (TypeError, ValueError):
+            log.exception("cannot send a reply", method=req.method, path=req.path)
+            data = serialize(error_response(500, "internal_error", "internal server error"), False)
+            keep_alive = False
+        transport.write(data)
+        if not keep_alive:
+            self._task = None
+            self._close()
+            return
+        self._next()
+
+    def _release(self, req: FastRequest) -> None:
+        if req.reserved:
+            self._server.release(req.reserved)
+            req.reserved = 0
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _idle(self) -> None:
+        self._idle_since = self._loop.time()
+        if self._keepalive is None and self._server.keepalive_s > 0:
+            self._keepalive = self._loop.call_at(
+                self._idle_since + self._server.keepalive_s, self._check_idle
+            )
+
+    def _check_idle(self) -> None:
+        # As aiohttp: idle means no request in progress; half a request line or header block
+        # does not keep a connection open (only a body has its own timer). The timer stays
+        # armed while requests come and go (cheaper than one timer per request).
+        self._keepalive = None
+        if self.transport is None:
+            return
+        now = self._loop.time()
+        if self._task is not None or self._current is not None or self._queue:
+            self._keepalive = self._loop.call_at(now + self._server.keepalive_s, self._check_idle)
+            return
+        close_at = self._idle_since + self._server.keepalive_s
+        if now >= close_at:
+            self._close()
+        else:
+            self._keepalive = self._loop.call_at(close_at, self._check_idle)
+
+    def _cancel_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel_keepalive()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timeout(self) -> None:
+        """The body did not arrive in time: 408, connection closed (as limits.BodyGate)."""
+        self._body_timer = None
+        req, transport = self._current, self.transport
+        if req is None or transport is None:
+            return
+        self._current = None
+        self._release(req)
+        ms = self._server.body_timeout_s * 1000
+        resp = error_response(408, "body_timeout", f"request body not received within {ms:.0f} ms")
+        self._server.routes.observe(req.method, 408, self._loop.time() - self._body_started)
+        if self._task is None:  # else the reply in progress goes first; the 408 is dropped
+            transport.write(serialize(resp, False))
+        self._close()
+
+    # -- flow control --------------------------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _close(self) -> None:
+        self._cancel_timers()
+        if self.transport is not None:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Stop taking requests: close now if idle, else after the reply in progress."""
+        self._closing = True
+        if self._task is None and not self._queue:
+            self._close()
+
+    def abort(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- handing a connection to aiohttp -------------------------------------------------------
+
+    def _start_handoff(self) -> None:
+        if self.transport is None:
+            return
+        self._handing_off = True
+        if self._current is not None:  # cannot happen (handed off at its headers); be safe
+            self._release(self._current)
+            self._current = None
+        self._cancel_timers()
+        self._pause_reading()
+        if self._task is None:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        stream = self._stream
+        start = self._front
+        while start < len(stream) and stream[start] in b"\r\n":
+            start += 1
+        rest = bytes(stream[start:])
+        self._stream = b""
+        self.transport = None
+        self._server.forget(self)
+        handler = self._server.aiohttp_handler()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if rest:
+            handler.data_received(rest)
+        if self._reading_paused:
+            transport.resume_reading()

@@ -1,0 +1,150 @@
+"""What the fast engine serves and how it is wired to aiohttp (`server.http_engine`).
+
+Rules:
+- `FastRoutes` (made by `create_app`, kept in the app as FAST_ROUTES) holds the app's own
+  handlers of `PUT`, `GET` and `DELETE /kv/{key}` and wraps them as the aiohttp app's
+  middlewares do, in the same order: metrics outermost (route named as aiohttp names it, a
+  cancelled request counted as "cancelled"), then the JSON error mapping (`errors.error_reply`),
+  then auth when `auth.enabled` (`Authenticator.middleware`, unchanged). The body gate's checks
+  are made by the protocol before a request is taken (`fast_http.py`).
+- `FastServer` is the listener's protocol factory: it counts the fast connections, shares the
+  connection cap with aiohttp's server (handed-off connections count there), reserves request
+  bodies in the app's `BodyGate`, makes the aiohttp handler a connection is handed to, and on
+  shutdown lets replies in progress finish (at most `timeout`) before closing connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Final, cast
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from raftkv.server.auth import Authenticator
+from raftkv.server.errors import Handler, error_reply
+from raftkv.server.fast_http import FastProtocol, FastRequest
+from raftkv.server.limits import BodyGate
+from raftkv.server.metrics_routes import CANCELLED, HttpMetrics
+
+ENGINES: Final = ("aiohttp", "fast")
+_KEY_ROUTE: Final = "/kv/{key}"  # the canonical name of the app's key route (metrics)
+_now: Final = time.perf_counter
+
+
+class FastRoutes:
+    """The hot routes of one app, wrapped as the app wraps them (see the module rules)."""
+
+    def __init__(
+        self,
+        handlers: Mapping[str, Handler],
+        gate: BodyGate,
+        metrics: HttpMetrics | None,
+        auth: Authenticator | None,
+    ) -> None:
+        self._handlers = dict(handlers)
+        self.methods = frozenset(m.encode("ascii") for m in handlers)
+        self.gate = gate
+        self._metrics = metrics
+        self._auth = auth
+        self._names = {m: f"{m} {_KEY_ROUTE}" for m in handlers}
+
+    async def handle(self, req: FastRequest) -> web.StreamResponse:
+        # The handlers use only what FastRequest has (fast_http.py; both engines run the
+        # same API tests): it stands in for aiohttp's Request here.
+        request = cast(web.Request, req)
+        handler = self._handlers[req.method]
+        start = _now()
+        try:
+            try:
+                if self._auth is not None:
+                    resp = await self._auth.middleware(request, handler)
+                else:
+                    resp = await handler(request)
+            except Exception as exc:  # CancelledError is a BaseException: it passes
+                resp = error_reply(exc, request)
+        except asyncio.CancelledError:
+            self.observe(req.method, CANCELLED, _now() - start)
+            raise
+        self.observe(req.method, resp.status, _now() - start)
+        return resp
+
+    def observe(self, method: str, status: int, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.observe(self._names[method], status, seconds)
+
+
+FAST_ROUTES: Final = web.AppKey("fast_routes", FastRoutes)
+
+
+class FastServer:
+    """The fast listener's protocol factory and connection registry."""
+
+    def __init__(
+        self,
+        routes: FastRoutes,
+        aiohttp_handler: Callable[[], RequestHandler],
+        *,
+        keepalive_s: float,
+        body_timeout_s: float,
+        max_line_bytes: int,
+        max_field_bytes: int,
+    ) -> None:
+        self.routes = routes
+        self.methods = routes.methods
+        self.aiohttp_handler = aiohttp_handler
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[FastProtocol] = set()
+        self.keepalive_s = keepalive_s
+        self.body_timeout_s = body_timeout_s
+        self.max_line_bytes = max_line_bytes
+        self.max_field_bytes = max_field_bytes
+        # A header block longer than this is handed to aiohttp, whose limits refuse it.
+        self.max_head_bytes = max_line_bytes + 4 * max_field_bytes
+        self.max_connections: int | None = None
+        self.other_connections: Callable[[], int] = lambda: 0  # aiohttp's (handed off)
+        self._drained: asyncio.Event | None = None  # set by shutdown
+
+    def forget(self, conn: FastProtocol) -> None:
+        """`conn` is closed or handed off."""
+        self.connections.discard(conn)
+        if self._drained is not None and not self.connections:
+            self._drained.set()
+
+    def __call__(self) -> FastProtocol:
+        return FastProtocol(self)
+
+    def at_capacity(self) -> int | None:
+        """The cap when it is reached (fast and handed-off connections together), else None."""
+        cap = self.max_connections
+        if cap is not None and len(self.connections) + self.other_connections() >= cap:
+            return cap
+        return None
+
+    def reserve(self, length: int) -> bool:
+        """Reserve `length` body bytes in the gate (False: over the cap or the bound)."""
+        gate = self.routes.gate
+        if length > gate.max_body_bytes:
+            return False
+        if gate.in_flight + length > gate.limits.max_inflight_body_bytes:
+            return False
+        gate.in_flight += length
+        return True
+
+    def release(self, length: int) -> None:
+        self.routes.gate.in_flight -= length
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close idle connections now, busy ones after their reply; abort what is left."""
+        self._drained = asyncio.Event()
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._drained.wait()
+            except TimeoutError:
+                for conn in list(self.connections):
+                    conn.abort()
