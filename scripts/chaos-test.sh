@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Chaos tests (the seed's Step "Chaos Engineering Tests"):
-#   ./scripts/chaos-test.sh random-failures|network-partition|load-test-with-failures [options]
+#   ./scripts/chaos-test.sh random-failures|network-partition|load-test-with-failures|cas-txn|membership [options]
 # A thin wrapper around `raftkv chaos`: it makes .venv on a fresh clone, installs nftables if
 # `nft` is missing and we are root (partitions need both), then runs the scenario against its
 # own 3-node cluster on 127.0.0.1-3. Options: --duration S (60), --seed N, --keep-data, --json,

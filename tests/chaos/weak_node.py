@@ -32,7 +32,9 @@ class StaleReads:
     def node_id(self) -> str:
         return str(self._node.node_id)
 
-    async def read(self, fn: Any, *, linearizable: bool, min_revision: int = 0) -> Any:
+    async def read(
+        self, fn: Any, *, linearizable: bool, min_revision: int = 0, lease: bool = False
+    ) -> Any:
         return await self._node.read(fn, linearizable=False, min_revision=min_revision)
 
 

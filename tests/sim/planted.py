@@ -12,8 +12,9 @@ import msgspec
 
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.log import RaftLog
-from raftkv.raft.raft import Raft, _PendingRead
+from raftkv.raft.raft import Raft
 from raftkv.raft.rawnode import RawNode
+from raftkv.raft.readindex import PendingRead
 from raftkv.raft.ready import Ready
 from raftkv.raft.storage import MemoryStorage
 from raftkv.raft.types import ConfChange, Entry, Index, Term
@@ -51,7 +52,7 @@ class BlindVoteRaft(Raft):
 class EagerReadRaft(Raft):
     """(d) A leader answers a read at once, without the heartbeat round confirming it leads."""
 
-    def _start_read(self, read: _PendingRead) -> None:
+    def _start_read(self, read: PendingRead) -> None:
         read.index = self.log.committed
         self._answer_read(read)
 
@@ -115,6 +116,34 @@ class NoCommitInTermRaft(Raft):
             self._in_conf_check = False
 
 
+class NoPromiseRaft(Raft):
+    """(h) Followers echo lease rounds but vote as if they had promised nothing (drops the
+    thesis §4.2.3 rule that makes §6.4.1's lease safe)."""
+
+    def _lease_promised(self) -> bool:
+        return False
+
+    def _in_lease(self) -> bool:
+        return False
+
+
+class LongLeaseRaft(Raft):
+    """(i) A lease of twice the election timeout: it outlives the followers' promise (thesis
+    §6.4.1 bounds it by the election timeout, less a clock-drift margin). A lease merely as
+    long as the election timeout, with no drift margin, was NOT caught in 300 seeds."""
+
+    def __init__(self, config: RaftConfig, storage: MemoryStorage, rng: random.Random) -> None:
+        super().__init__(config, storage, rng)
+        self.lease.lease_ticks = 2 * config.election_ticks
+
+
+class PausedClockRaft(Raft):
+    """(j) The lease clock ignores the periods a paused process could not tick (SIGSTOP)."""
+
+    def clock_skipped(self, periods: int) -> None:
+        pass
+
+
 class _PlantedNode(RawNode):
     raft_class: type[Raft] = Raft
 
@@ -158,6 +187,25 @@ class NoOneAtATimeNode(_PlantedNode):
 class NoCommitInTermNode(_PlantedNode):
     raft_class = NoCommitInTermRaft
 
+
+class NoPromiseNode(_PlantedNode):
+    raft_class = NoPromiseRaft
+
+
+class LongLeaseNode(_PlantedNode):
+    raft_class = LongLeaseRaft
+
+
+class PausedClockNode(_PlantedNode):
+    raft_class = PausedClockRaft
+
+
+# Lease rules: caught with leader leases on every seed (SimOptions(leases=True)).
+LEASE_BUGS: dict[str, NodeFactory] = {
+    "lease_without_promise": NoPromiseNode,
+    "lease_without_drift_margin": LongLeaseNode,
+    "lease_clock_stops_when_paused": PausedClockNode,
+}
 
 # Membership guards: caught under the membership-heavy faults (SimOptions(membership=True)).
 GUARD_BUGS: dict[str, NodeFactory] = {

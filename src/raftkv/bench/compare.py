@@ -68,6 +68,8 @@ TESTS: Final = (
     LoadTest("put_c64", "PUT c=64", "put", 64),
     LoadTest("put_c256", "PUT c=256", "put", 256),
     LoadTest("get_lin_c64", "linearizable GET c=64", "get", 64),
+    # raftkv's opt-in lease read (thesis §6.4.1) against etcd's linearizable read (ReadIndex)
+    LoadTest("get_lease_c64", "lease GET c=64", "get", 64, "lease"),
     LoadTest("get_stale_c64", "stale GET c=64", "get", 64, "stale"),
 )
 
@@ -373,7 +375,7 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
             True, "req/s")  # fmt: skip
         add(f"{test.label} p50", med("raftkv", "p50"), med("etcd", "p50"), False, "ms")
         add(f"{test.label} p99", med("raftkv", "p99"), med("etcd", "p99"), False, "ms")
-        if test.name in ("put_c64", "get_lin_c64"):
+        if test.name in ("put_c64", "get_lin_c64", "get_lease_c64"):
             add(f"{test.label} CPU per 1000 requests", med("raftkv", "cpu_per_1k"),
                 med("etcd", "cpu_per_1k"), False, "CPU s")  # fmt: skip
     fo = report.get("failover_s")

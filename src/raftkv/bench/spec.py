@@ -32,7 +32,8 @@ class LoadSpec:
     value_size: int = 100
     keys: int = 1000
     read_ratio: float = 0.5
-    consistency: Literal["linearizable", "stale"] = "linearizable"
+    # "lease": raftkv's lease read; etcd has none and reads linearizably (ReadIndex) instead
+    consistency: Literal["linearizable", "lease", "stale"] = "linearizable"
     prefix: str = "bench"
     samples: bool = False  # record every request's latency (for plots)
     timeout_s: float = 10.0  # per request

@@ -11,6 +11,13 @@ Rules:
 - Every fault is a plain signal: kill -9, SIGSTOP, SIGCONT. `stop()` resumes a paused node before
   terminating it, and kills it if it does not exit in time.
 - A node that exits without being killed by us is a crash; `reap_crashes()` reports it once.
+  Two exceptions, for the membership scenario: a node on its way out of the cluster (`leaving`)
+  may exit 0 (a removed node stops by itself) and is never restarted; a node still joining
+  (`joining`) is watched by whoever started it (a refused join is retried, not a crash).
+- The node set can change while the run goes on (`add_node`, `retire`): `ids` are the current
+  members; every process ever started stays in `nodes`, so that it is stopped at the end.
+  New nodes take a free address of 127.0.0.1-9 (one whose previous node is gone) and fresh
+  ports (never one used before in the run: the firewall matches ports).
 - The admin requests (status, readiness) come from the admin source address, which partitions
   never cut (see `netfilter`).
 """
@@ -19,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import os
 import random
 import shlex
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -145,6 +154,17 @@ def parse_node_cmd(value: str | None) -> list[str]:
     return shlex.split(value) if value else default_node_cmd()
 
 
+def node_env() -> dict[str, str]:
+    """The nodes' environment: ours, except that with PYTHONDONTWRITEBYTECODE set, compiled
+    bytecode is kept after all -- in a cache under the system temp directory, never beside the
+    sources: every node (re)start would otherwise compile all its modules again, which doubles
+    its CPU time (seconds on a loaded 2-core box, and the membership scenario starts many)."""
+    env = dict(os.environ)
+    if env.pop("PYTHONDONTWRITEBYTECODE", None) is not None and "PYTHONPYCACHEPREFIX" not in env:
+        env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "raftkv-chaos-pycache")
+    return env
+
+
 def _death_signal_setter() -> Callable[[], None] | None:
     """A preexec_fn making the child die with us (Linux), or None elsewhere. The symbol is
     looked up here, in the parent: only the call itself runs between fork and exec, so the
@@ -160,16 +180,30 @@ def _death_signal_setter() -> Callable[[], None] | None:
 
 
 class NodeProcess:
-    """One node's process across kills and restarts."""
+    """One node's process across kills and restarts.
 
-    def __init__(self, spec: NodeSpec, cmd: Sequence[str], config: Path, log: Path) -> None:
+    `args` (default: `serve --config CONFIG --node-id ID`) is asked again at every start, so a
+    joining node's command can name a member that is up at that time."""
+
+    def __init__(
+        self,
+        spec: NodeSpec,
+        cmd: Sequence[str],
+        config: Path,
+        log: Path,
+        args: Callable[[], list[str]] | None = None,
+    ) -> None:
         self.spec = spec
-        self._cmd = [*cmd, "serve", "--config", str(config), "--node-id", spec.node_id]
+        self._prefix = list(cmd)
+        self._args = args or (lambda: ["serve", "--config", str(config), "--node-id", spec.node_id])
+        self._cmd = [*self._prefix, *self._args()]
         self._log = log
         self._proc: subprocess.Popen[bytes] | None = None
         self.paused = False
         self._expected_exit = False  # we killed or stopped it: its exit is no crash
         self.starts = 0
+        self.leaving = False  # being removed from the cluster: never restarted; exit 0 expected
+        self.joining = False  # its starter watches its exits until it is a member
 
     @property
     def running(self) -> bool:
@@ -180,8 +214,9 @@ class NodeProcess:
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> None:
-        if self.running:
+        if self.running or self.leaving:
             return
+        self._cmd = [*self._prefix, *self._args()]
         with self._log.open("ab") as out:
             stamp = datetime.now(UTC).isoformat(timespec="microseconds")
             out.write(f"---- {stamp} start {self.starts + 1}: {' '.join(self._cmd)}\n".encode())
@@ -192,6 +227,7 @@ class NodeProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_death_signal_setter(),
+                env=node_env(),
             )
         self.starts += 1
         self.paused = False
@@ -241,15 +277,25 @@ class NodeProcess:
                 self._proc.kill()
                 self._proc.wait()
 
+    @property
+    def killed(self) -> bool:
+        """We killed or stopped it (its exit is expected)."""
+        return self._expected_exit
+
+    def exit_code(self) -> int | None:
+        """The exit code once the process has ended (None while it runs or never started)."""
+        return self._proc.poll() if self._proc is not None else None
+
     def crashed(self) -> int | None:
-        """The exit code if the process ended without us killing it (reported once)."""
-        if self._proc is None or self._expected_exit:
+        """The exit code if the process ended without us killing it (reported once). A leaving
+        node's exit 0 is expected; a joining node's exits are its starter's business."""
+        if self._proc is None or self._expected_exit or self.joining:
             return None
         code = self._proc.poll()
         if code is None:
             return None
         self._expected_exit = True  # report once
-        return code
+        return None if self.leaving and code == 0 else code
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -266,15 +312,49 @@ class Cluster:
         self, specs: Sequence[NodeSpec], node_cmd: Sequence[str], config: Path, logs: Path
     ) -> None:
         logs.mkdir(parents=True, exist_ok=True)
+        self._node_cmd, self._config, self._logs = list(node_cmd), config, logs
         self.specs = {s.node_id: s for s in specs}
         self.nodes = {
             s.node_id: NodeProcess(s, node_cmd, config, logs / f"{s.node_id}.log") for s in specs
         }
+        self.retired: set[str] = set()  # removed from the cluster (their processes stay known)
+        self.ports_used = {p for s in specs for p in (s.raft_port, s.http_port)}
         self.admin_ip: str | None = None  # source address of admin requests
 
     @property
     def ids(self) -> list[str]:
-        return sorted(self.nodes)
+        """The current members (and nodes joining), not the removed ones."""
+        return sorted(n for n in self.nodes if n not in self.retired)
+
+    def plan_node(self, node_id: str, rng: random.Random | None = None) -> NodeSpec:
+        """A spec for a new node: a host of 127.0.0.1-9 no live node uses, fresh ports."""
+        busy = {n.spec.host for i, n in self.nodes.items() if i not in self.retired or n.running}
+        free = [h for h in (f"127.0.0.{i}" for i in range(1, 10)) if h not in busy]
+        if not free:
+            raise OSError("no free node address left in 127.0.0.1-9")
+        host = free[0]
+        return NodeSpec(
+            node_id,
+            host,
+            free_port(host, self.ports_used, rng),
+            free_port(host, self.ports_used, rng),
+        )
+
+    def add_node(self, spec: NodeSpec, args: Callable[[], list[str]]) -> NodeProcess:
+        """Register a node started by `args` (e.g. `serve --join ...`); not started yet."""
+        if spec.node_id in self.nodes:
+            raise ValueError(f"{spec.node_id} exists already (ids are never reused)")
+        node = NodeProcess(
+            spec, self._node_cmd, self._config, self._logs / f"{spec.node_id}.log", args
+        )
+        self.specs[spec.node_id] = spec
+        self.nodes[spec.node_id] = node
+        return node
+
+    def retire(self, node_id: str) -> None:
+        """`node_id` was removed from the cluster: no longer a member, never restarted."""
+        self.nodes[node_id].leaving = True
+        self.retired.add(node_id)
 
     def start_all(self) -> None:
         for node in self.nodes.values():
@@ -293,7 +373,7 @@ class Cluster:
 
     def reap_crashes(self, at: float) -> list[Crash]:
         crashes = []
-        for node_id in self.ids:
+        for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
             code = node.crashed()
             if code is not None:
@@ -301,7 +381,13 @@ class Cluster:
         return crashes
 
     async def admin(
-        self, node_id: str, method: str, path: str, body: bytes = b"", timeout_s: float = 1.0
+        self,
+        node_id: str,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        timeout_s: float = 1.0,
+        headers: dict[str, str] | None = None,
     ) -> httpclient.Reply:
         spec = self.specs[node_id]
         return await httpclient.request(
@@ -310,6 +396,7 @@ class Cluster:
             spec.http_port,
             path,
             body=body,
+            headers=headers,
             source_ip=self.admin_ip,
             connect_timeout_s=min(timeout_s, 1.0),
             timeout_s=timeout_s,
@@ -345,13 +432,19 @@ class Cluster:
         """Every node runs and answers `/ready` 200 (a leader known, caught up) in time."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if all(n.running for n in self.nodes.values()) and await self.all_ready():
+            members = [
+                self.nodes[n]
+                for n in self.ids
+                if not (self.nodes[n].leaving or self.nodes[n].joining)
+            ]
+            if all(n.running for n in members) and await self.all_ready():
                 return True
             await asyncio.sleep(0.1)
         return False
 
     async def all_ready(self) -> bool:
-        """Every node that runs and is not paused answers `/ready` 200 (and at least one does)."""
+        """Every member that runs, is not paused and is neither joining nor leaving answers
+        `/ready` 200 (and at least one does)."""
 
         async def ready(node_id: str) -> bool:
             try:
@@ -360,7 +453,12 @@ class Cluster:
                 return False
             return reply.status == 200
 
-        ids = [n for n in self.ids if self.nodes[n].running and not self.nodes[n].paused]
+        ids = [
+            n
+            for n in self.ids
+            if self.nodes[n].running
+            and not (self.nodes[n].paused or self.nodes[n].leaving or self.nodes[n].joining)
+        ]
         return bool(ids) and all(await asyncio.gather(*(ready(n) for n in ids)))
 
 

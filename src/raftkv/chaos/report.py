@@ -23,6 +23,7 @@ import msgspec
 
 from raftkv.chaos.analysis import Failover, LostWrite, Second, StaleRead
 from raftkv.chaos.cluster import Crash
+from raftkv.chaos.membership import MembershipSummary
 from raftkv.check import CheckResult, Op, Outcome
 
 EXIT_PASS: Final = 0
@@ -55,6 +56,7 @@ class ChaosReport:
     crashes: Sequence[Crash]
     stale: Sequence[StaleRead] = field(default=())  # on violating keys only
     problems: Sequence[str] = field(default=())  # the cluster failed to recover, and the like
+    membership: MembershipSummary | None = None  # the membership scenario's changes and ledger
 
     @property
     def anomalies(self) -> list[str]:
@@ -109,6 +111,8 @@ class ChaosReport:
             out.append(f"                  {w.detail}")
         if not self.failovers:
             out.append("  (none)")
+        if self.membership is not None:
+            out += ["", *self.membership.render()]
         out += ["", "availability (ops completed per second: ok (per node) | fail | unknown)"]
         out += self._render_timeline()
         out += ["", *self._render_verdicts()]
@@ -263,5 +267,6 @@ class ChaosReport:
                 for c in self.crashes
             ],
             "problems": list(self.problems),
+            "membership": self.membership.to_json() if self.membership is not None else None,
         }
         return msgspec.json.encode(doc)

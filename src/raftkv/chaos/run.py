@@ -11,6 +11,10 @@ Rules:
   same values once they have applied the same index.
 - Addresses: node i on 127.0.0.i; the clients and the admin requests come from addresses no
   partition cuts (127.0.0.10 and up).
+- The `membership` scenario adds a conductor (`membership.py`) that grows, replaces and shrinks
+  the cluster meanwhile, and a ledger writer (`ledger.py`). The nemesis then runs until the
+  conductor's last cycle is done (so every change meets faults), and the checks at the end add
+  the cluster's own member list and the ledger on every member.
 - The history is written as JSON lines to the run directory (and to `history_path` if given).
   The run directory is removed at the end unless `keep_data`, or the run found an anomaly.
 """
@@ -33,7 +37,16 @@ import msgspec
 
 from raftkv.chaos import httpclient
 from raftkv.chaos.analysis import failovers, locate, lost_writes, stale_reads, timeline
-from raftkv.chaos.cluster import Cluster, Crash, config_yaml, default_node_cmd, plan_nodes
+from raftkv.chaos.cluster import (
+    Cluster,
+    Crash,
+    NodeSpec,
+    config_yaml,
+    default_node_cmd,
+    plan_nodes,
+)
+from raftkv.chaos.ledger import LedgerResult, check_ledger, run_ledger
+from raftkv.chaos.membership import Conductor
 from raftkv.chaos.nemesis import (
     KILLS,
     PARTITIONS,
@@ -64,6 +77,7 @@ class Scenario:
     workload: WorkloadSpec
     schedule: Schedule = field(default_factory=Schedule)
     summary: str = ""
+    membership: bool = False  # grow / replace / shrink meanwhile (membership.py)
 
 
 SCENARIOS: Final[dict[str, Scenario]] = {
@@ -87,6 +101,16 @@ SCENARIOS: Final[dict[str, Scenario]] = {
         WorkloadSpec(clients=24, keys=8, think_s=0.0),
         Schedule(quiet_s=(1.0, 3.0), hold_s=(2.0, 6.0)),
         summary="every fault above under a saturating workload (24 clients, no think time)",
+    ),
+    "membership": Scenario(
+        # kill-majority stops the cluster until the nodes are back; opt in with --faults.
+        tuple(f for f in KILLS if f != "kill-majority") + PAUSES + PARTITIONS,
+        WorkloadSpec(),
+        summary="grow 3 -> 5 (serve --join, promoted automatically), replace a node (kill, "
+        "remove, a fresh node on an empty disk), shrink 5 -> 3 (the leader removed too), over "
+        "and over, with kills, pauses and partitions meanwhile; every member must hold every "
+        "acknowledged write",
+        membership=True,
     ),
 }
 
@@ -137,6 +161,8 @@ async def run_chaos(opts: ChaosOptions, say: Say) -> ChaosReport:
         raise HarnessError(f"unknown scenario {opts.scenario!r}")
     if not 1 <= opts.node_count <= 9:
         raise HarnessError("node count must be 1..9 (nodes live on 127.0.0.1 .. 127.0.0.9)")
+    if SCENARIOS[opts.scenario].membership and not 1 <= opts.node_count <= 7:
+        raise HarnessError("membership: node count must be 1..7 (it grows by 2 on 127.0.0.1-9)")
     spec = opts.workload()
     names = opts.fault_names()
     work = Path(tempfile.mkdtemp(prefix="raftkv-chaos-", dir=opts.work_dir))
@@ -156,7 +182,7 @@ async def run_chaos(opts: ChaosOptions, say: Say) -> ChaosReport:
     cluster.admin_ip = ADMIN_IP
     firewall = Firewall() if needs_firewall(names) else None
     atexit.register(cluster.kill_all)
-    run = _Run(opts, spec, names, cluster, firewall, say)
+    run = _Run(opts, spec, names, cluster, firewall, say, work / "data")
     try:
         if firewall is not None:
             firewall.open()
@@ -196,9 +222,15 @@ class _Run:
         cluster: Cluster,
         firewall: Firewall | None,
         say: Say,
+        data_root: Path,
     ) -> None:
         self.opts, self.spec, self.names = opts, spec, names
         self.cluster, self.firewall, self.say = cluster, firewall, say
+        self.data_root = data_root
+        # The nodes the clients pick from; the membership conductor keeps it current.
+        self.client_nodes: list[NodeSpec] = [cluster.specs[n] for n in cluster.ids]
+        self.conductor: Conductor | None = None
+        self.ledger: LedgerResult | None = None
         self.windows: list[FaultWindow] = []
         self.crashes: list[Crash] = []
         self.problems: list[str] = []
@@ -210,7 +242,7 @@ class _Run:
         rng = random.Random(opts.seed)
         client_rngs = [random.Random(rng.getrandbits(64)) for _ in range(self.spec.clients)]
         stop_clients, stop_nemesis = asyncio.Event(), asyncio.Event()
-        nodes = [self.cluster.specs[n] for n in self.cluster.ids]
+        nodes = self.client_nodes
         clients = [
             asyncio.create_task(
                 run_client(
@@ -238,20 +270,48 @@ class _Run:
             )
         )
         watcher = asyncio.create_task(self._watch_crashes(recorder))
+        helpers = [watcher]
+        conducting: asyncio.Task[None] | None = None
+        finish = asyncio.Event()
+        if SCENARIOS[opts.scenario].membership:
+            self.conductor = Conductor(
+                self.cluster,
+                self.client_nodes,
+                self.data_root,
+                random.Random(rng.getrandbits(64)),
+                recorder.now,
+                self.say,
+            )
+            conducting = asyncio.create_task(self.conductor.run(finish))
+            helpers.append(asyncio.create_task(self.conductor.watch_leader()))
+            ledger_rng = random.Random(rng.getrandbits(64))
+            clients.append(
+                asyncio.create_task(
+                    run_ledger(self.spec, nodes, recorder, ledger_rng, stop_clients, CLIENT_IPS[-2])
+                )
+            )
         tail = min(5.0, opts.duration_s * 0.15)  # quiet end: the timeline shows the recovery
         self.say(f"running {opts.scenario} for {opts.duration_s:g} s (seed {opts.seed})")
         try:
             await asyncio.sleep(opts.duration_s - tail)
+            if conducting is not None:  # the cycle under way finishes, under faults
+                finish.set()
+                await conducting
             stop_nemesis.set()
             await nemesis
             await asyncio.sleep(tail)
         finally:
             stop_nemesis.set()
             stop_clients.set()
-            await asyncio.gather(nemesis, *clients, return_exceptions=True)
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-        for task in (nemesis, *clients):
+            tasks = [nemesis, *clients]
+            if conducting is not None:
+                conducting.cancel()
+                tasks.append(conducting)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+        for task in tasks:
             if not task.cancelled() and task.exception() is not None:
                 raise HarnessError(f"a chaos task failed: {task.exception()!r}")
         self.say(f"workload done: {len(recorder.history)} ops, {len(self.windows)} faults")
@@ -277,6 +337,9 @@ class _Run:
             )
         await self._final_reads(recorder)
         await self._converge()
+        if self.conductor is not None:
+            await self.conductor.final_check()
+            self.ledger = await check_ledger(self.cluster, recorder.history.ops())
 
     async def _final_reads(self, recorder: Recorder) -> None:
         deadline = time.monotonic() + RECOVERY_TIMEOUT_S
@@ -373,15 +436,18 @@ class _Run:
             ops=ops,
             reasons=recorder.reasons,
             failovers=failovers(ops, self.windows),
-            timeline=timeline(recorder.events, self.windows, end, self.cluster.ids),
+            timeline=timeline(recorder.events, self.windows, end, sorted(self.cluster.nodes)),
             check=check,
             lost=lost_writes(ops, self.final_reads),
             divergence=self.divergence,
             unexpected=recorder.unexpected,
             crashes=self.crashes,
             stale=locate(stale, recorder.events, self.windows),
+            membership=self.conductor.summary(self.ledger) if self.conductor else None,
             problems=[
                 *self.problems,
+                *(self.conductor.problems if self.conductor else ()),
+                *(self.ledger.anomalies() if self.ledger else ()),
                 *(f"revisions: {p}" for p in revision_problems(ops)[:_MAX_REVISION_PROBLEMS]),
             ],
         )

@@ -370,8 +370,9 @@ async def run_prober(
 ) -> None:
     """Every `interval_s`, a put of a fresh value to `PROBE_KEY` on every node (at most
     `max_in_flight` waiting per node), whatever the other clients are stuck on: the failover
-    time is then measured to within `interval_s`, not to within a client's timeout."""
-    in_flight = dict.fromkeys((n.node_id for n in nodes), 0)
+    time is then measured to within `interval_s`, not to within a client's timeout. `nodes`
+    may change meanwhile (the membership scenario): each round probes the nodes it holds then."""
+    in_flight: Counter[str] = Counter()
     tasks: set[asyncio.Task[Classified]] = set()
     seq = 0
 
@@ -386,7 +387,7 @@ async def run_prober(
 
     try:
         while not stop.is_set():
-            for node in nodes:
+            for node in list(nodes):
                 if in_flight[node.node_id] < max_in_flight:
                     seq += 1
                     task = asyncio.create_task(probe(node, f"{PROBE_CLIENT}.{seq}"))

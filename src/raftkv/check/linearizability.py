@@ -25,7 +25,9 @@ always be left out. Refinements, each sound (they only cut configurations with n
 completion), keep it fast on real histories:
 - the op of the first return is tried first: it is the one that must be placed soonest;
 - an optional op is tried only while some unplaced op could observe the state it makes (a get of
-  its value; a delete whose `existed` matches; a completed CAS expecting it): removing an
+  its value; a delete whose `existed` matches; a CAS expecting it — an optional CAS too, which
+  may in turn be observed: an unknown delete, then an unknown CAS from absent, then a get of
+  its value): removing an
   unobserved write from a valid order leaves it valid, and each optional op kept in play could
   double the space to search;
 - a *forced* op (one that never changes the state it is legal in: a get, or a delete that saw no
@@ -118,6 +120,12 @@ class _Search:
         self.hopeless = {u for u, n in self.need.items() if n and not self.supply[u]}
         self.optional = [op.outcome is not Outcome.OK for op in ops]
         self.deletes_seeing_a_value = sum(op.existed is True for op in ops)  # unplaced
+        # Unplaced optional CAS ops by the state they expect (they could observe it).
+        self.cas_expecting = Counter(
+            op.expect
+            for op, o in zip(ops, self.optional, strict=True)
+            if o and op.kind is OpKind.CAS
+        )
         self.state: str | None = None
         self.placed = 0  # bitset of placed op indices
         self.placed_required = 0  # <= required
@@ -167,6 +175,7 @@ class _Search:
         return (
             not self.optional[i]
             or self.need[u] > 0
+            or self.cas_expecting[u] > 0
             or (u is not None and self.deletes_seeing_a_value > 0)
         )
 
@@ -202,6 +211,8 @@ class _Search:
     def _count(self, i: int, delta: int) -> None:
         """Op i leaves (-1) or rejoins (+1) the unplaced ops: update need, supply, hopeless."""
         self.deletes_seeing_a_value += delta * (self.ops[i].existed is True)
+        if self.optional[i] and self.ops[i].kind is OpKind.CAS:
+            self.cas_expecting[self.ops[i].expect] += delta
         if self.needs[i]:
             u = self.need_of[i]
             self.need[u] += delta

@@ -46,7 +46,23 @@ class Gen(enum.StrEnum):
 
 class Consistency(enum.StrEnum):
     linearizable = "linearizable"
+    lease = "lease"
     stale = "stale"
+
+
+class Target(enum.StrEnum):
+    leader = "leader"
+    follower = "follower"
+
+
+def pick_target(members: dict[str, str], leader: str, target: str) -> str:
+    """The member to load: the leader, or (forwarded load) the first follower by name."""
+    if target == Target.leader:
+        return leader
+    followers = sorted(n for n in members if n != leader)
+    if not followers:
+        raise LoadError("--target follower needs a cluster with a follower")
+    return followers[0]
 
 
 def _print_json(body: object) -> None:
@@ -58,7 +74,10 @@ def render_result(console: Console, report: dict[str, Any]) -> None:
     table = Table(title=f"raftkv bench {report['mode']} ({r['generator']})", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("target (leader)", f"{report['leader']} @ {report['target']}")
+    if report.get("target_role", "leader") == "leader":
+        table.add_row("target (leader)", f"{report['leader']} @ {report['target']}")
+    else:
+        table.add_row("target (follower)", f"{report['target']} (leader {report['leader']})")
     table.add_row("requests", str(r["requests"]))
     table.add_row("concurrency", str(r["concurrency"]))
     table.add_row("duration", f"{r['duration_s']:.2f} s")
@@ -88,14 +107,18 @@ def bench_once(
     plot: Path | None,
     progress_console: Console | None,
     max_duration_s: float = 600.0,
+    target: str = Target.leader,
 ) -> tuple[dict[str, Any], LoadResult, LeaderWatch]:
     members = raftkv_members(address)
     probe = raftkv_probe(members)
     leader = wait_for_leader(probe)
-    url = "http://" + members[leader]
+    loaded = pick_target(members, leader, target)
+    url = "http://" + members[loaded]
     load_mode = {"writes": "put", "reads": "get", "mixed": "mixed"}[mode]
     if load_mode != "put":
-        asyncio.run(fill_keyspace(url, "raftkv", "bench", keys, value_size))
+        # Filled through the leader: the key space is not part of the measured load.
+        filler = "http://" + members[leader]
+        asyncio.run(fill_keyspace(filler, "raftkv", "bench", keys, value_size))
     spec = LoadSpec(
         url=url,
         mode=load_mode,  # type: ignore[arg-type]
@@ -132,6 +155,7 @@ def bench_once(
         "mode": mode,
         "leader": leader,
         "target": url,
+        "target_role": "leader" if loaded == leader else "follower",
         "result": result.to_json(),
         "leader_events": [
             {"t": round(e.t - offset, 3), "leader": e.leader, "term": e.term} for e in watch.events
@@ -163,6 +187,12 @@ def register(app: typer.Typer) -> None:
             generator: Annotated[Gen, typer.Option()] = Gen.auto,
             as_json: Annotated[bool, typer.Option("--json")] = False,
             plot: Annotated[Path | None, typer.Option("--plot", help="write a PNG")] = None,
+            target: Annotated[
+                Target,
+                typer.Option(
+                    help="load the leader, or a follower (writes are then forwarded to the leader)"
+                ),
+            ] = Target.leader,
         ) -> None:
             err = Console(stderr=True)
             try:
@@ -178,6 +208,7 @@ def register(app: typer.Typer) -> None:
                     generator=generator,
                     plot=plot,
                     progress_console=err if err.is_terminal else None,
+                    target=target.value,
                 )
             except (LoadError, OSError) as exc:
                 err.print(f"raftkv bench: {exc}")

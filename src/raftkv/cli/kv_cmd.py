@@ -48,7 +48,9 @@ EXIT_USAGE = 2
 EXIT_ERROR = 3
 
 Revision = Annotated[int | None, typer.Option(help="Read as of this revision")]
-Consistency = Annotated[str, typer.Option(help="linearizable (default) or stale")]
+Consistency = Annotated[
+    str, typer.Option(help="linearizable (default), lease (leader lease, docs/api.md) or stale")
+]
 MinRevision = Annotated[
     int | None, typer.Option("--min-revision", help="Wait until the node has applied this")
 ]

@@ -44,9 +44,10 @@ from raftkv.transport.tls import PeerTls, TlsConfigError
 DAMAGED_DATA_ADVICE = (
     "What is safe: do NOT delete the data directory and restart this node under the same id "
     "(it would forget its term and votes and could vote twice, and lose entries it "
-    "acknowledged). Keep the directory for analysis; remove this node from the cluster and "
-    "add a replacement with a new id and an empty data directory (docs/durability.md, "
-    "'Replacing a damaged node')"
+    "acknowledged). Keep the directory for analysis; remove this node from the cluster "
+    "(`raftkv member remove THIS_ID -e LIVE_NODE`) and add a replacement with a new id and an "
+    "empty data directory (`raftkv serve --node-id NEW_ID --join http://LIVE_NODE "
+    "--raft-address ... --http-address ...`; docs/durability.md, 'Replacing a damaged node')"
 )
 _STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
@@ -65,9 +66,10 @@ def node_options(s: Settings, initial_voters: tuple[str, ...] | None = None) -> 
         source_host=s.raft_listen.host if s.raft_listen.host not in ("0.0.0.0", "::") else None,
         tick_ms=float(s.tick_ms),
         election_ticks=s.election_ticks,
+        lease_ticks=s.lease_ticks,
         snapshot_every=s.snapshot_every,
         snapshot_keep_entries=s.snapshot_keep_entries,
-        max_snapshot_bytes=s.config.raft.max_snapshot_bytes,
+        max_snapshot_bytes=s.max_snapshot_bytes,
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,
         metrics=s.metrics,
@@ -81,11 +83,22 @@ def _tune_gc() -> None:
     """Fewer, cheaper cyclic-GC passes: the long-lived objects of startup are frozen out of
     every collection, and the young generation is collected less often. A full collection
     over a busy node's heap stalled the event loop for tens of milliseconds, long enough to
-    delay heartbeats past the 100 ms election timeout."""
+    delay heartbeats past the 100 ms election timeout.
+
+    Called BEFORE the node starts: the one full collection (60-180 ms over the imported
+    modules on this box) then cannot stall a node that already leads — run after start-up,
+    it cost the bootstrap leader its term in most benchmark starts (issue 12).
+    `_freeze_app` later freezes what the node and the HTTP app added, without a collection."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 1000)
     gc.callbacks.append(_log_long_gc)
+
+
+def _freeze_app() -> None:
+    """Move the node's and the HTTP app's long-lived objects (routes, sessions, SSL contexts)
+    out of the collected generations too: O(1), no collection, no stall."""
+    gc.freeze()
 
 
 _GC_PAUSE_WARN_S = 0.02  # a fifth of the 100 ms election timeout
@@ -142,6 +155,7 @@ def reload_tls(tls: PeerTls | None, runner: web.AppRunner, settings: Settings) -
 
 async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None = None) -> int:
     node = RaftKVNode(node_options(settings, initial_voters))
+    _tune_gc()  # before the node can lead: the full collection stalls the loop
     await node.start()
     try:
         runner = await run_http(create_app(node, settings), settings)
@@ -150,7 +164,7 @@ async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None 
         # hard state saved, state synced, files closed) before reporting the failure.
         await node.stop()
         raise
-    _tune_gc()  # after the HTTP app is up: its routes, sessions and SSL contexts are frozen too
+    _freeze_app()  # after the HTTP app is up: its routes, sessions and SSL contexts too
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

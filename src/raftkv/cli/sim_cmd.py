@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -148,11 +149,16 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option(help="Membership-heavy faults (bursts of changes, new-leader changes)."),
         ] = False,
+        leases: Annotated[
+            bool,
+            typer.Option(help="Leader leases on every seed, half the gets as lease reads."),
+        ] = False,
     ) -> None:
         """Deterministic cluster simulation: faults, clients, invariants after every event."""
         console = Console(highlight=False)
+        options = SimOptions(membership=membership, leases=leases)
         if seed is not None:
-            raise typer.Exit(_replay(console, seed, events, trace, membership))
+            raise typer.Exit(_replay(console, seed, events, trace, options))
         if bench:
             raise typer.Exit(_bench(console, events))
         raise typer.Exit(
@@ -162,14 +168,14 @@ def register(app: typer.Typer) -> None:
                 events,
                 jobs or os.cpu_count() or 1,
                 timeout,
-                membership,
+                options,
             )
         )
 
 
-def _replay(console: Console, seed: int, events: int, trace: bool, membership: bool) -> int:
+def _replay(console: Console, seed: int, events: int, trace: bool, options: SimOptions) -> int:
     started = time.perf_counter()
-    result = run_seed(seed, events, SimOptions(trace=trace, membership=membership))
+    result = run_seed(seed, events, dataclasses.replace(options, trace=trace))
     elapsed = time.perf_counter() - started
     for line in result.trace:
         console.print(line, markup=False)
@@ -184,17 +190,20 @@ def _replay(console: Console, seed: int, events: int, trace: bool, membership: b
 
 
 def _sweep(
-    console: Console, seeds: range, events: int, jobs: int, timeout: float, membership: bool
+    console: Console, seeds: range, events: int, jobs: int, timeout: float, options: SimOptions
 ) -> int:
     started = time.perf_counter()
     bad: list[SimResult] = []
     done = 0
     total_events = 0
+    lease_reads = lease_fallbacks = 0
 
     def report(result: SimResult, elapsed: float) -> None:
-        nonlocal done, total_events
+        nonlocal done, total_events, lease_reads, lease_fallbacks
         done += 1
         total_events += result.stats.get("events", 0)
+        lease_reads += result.stats.get("lease_reads", 0)
+        lease_fallbacks += result.stats.get("lease_fallbacks", 0)
         if result.violations:
             bad.append(result)
             for line in describe_violations(result):
@@ -206,7 +215,6 @@ def _sweep(
     console.print(
         f"sweeping seeds {seeds.start}..{seeds.stop - 1}, {events} events each, {jobs} jobs"
     )
-    options = SimOptions(membership=membership)
     sweep(seeds, events, jobs=jobs, options=options, timeout=timeout, on_result=report)
     took = time.perf_counter() - started
     failing = ", ".join(str(r.seed) for r in bad) or "none"
@@ -214,6 +222,12 @@ def _sweep(
         f"{done} seeds, {total_events} events in {took:.1f}s; failing seeds: {failing}",
         markup=False,
     )
+    if lease_reads or lease_fallbacks:
+        console.print(
+            f"lease reads: {lease_reads} served from the lease, {lease_fallbacks} fell back "
+            "to ReadIndex (followers, no lease held)",
+            markup=False,
+        )
     return 1 if bad else 0
 
 

@@ -42,7 +42,7 @@ T = TypeVar("T")
 
 JSON: Final = "application/json"
 OCTET_STREAM: Final = "application/octet-stream"
-CONSISTENCY_LEVELS: Final = ("linearizable", "stale")
+CONSISTENCY_LEVELS: Final = ("linearizable", "lease", "stale")
 SESSION_HEADER: Final = "Raftkv-Session"
 SEQ_HEADER: Final = "Raftkv-Seq"
 ACK_HEADER: Final = "Raftkv-Ack"

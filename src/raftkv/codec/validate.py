@@ -173,10 +173,14 @@ def check_message(msg: WireMessage, *, max_snapshot_bytes: int = LIMIT - 1) -> N
                 raise InvalidMessage(f"hint_term {hint_term} above the message's term {msg.term}")
         case RequestVote(last_log_index=index, last_log_term=term):
             _index_term("last log", index, term, msg.term)
-        case Heartbeat(commit=commit, context=context):
+        case Heartbeat(commit=commit, context=context, round=rnd):
             _in_range("commit", commit)
+            _in_range("round", rnd)
             _context(context)
-        case HeartbeatResponse(context=context) | ReadIndexRequest(context=context):
+        case HeartbeatResponse(context=context, round=rnd):
+            _in_range("round", rnd)
+            _context(context)
+        case ReadIndexRequest(context=context):
             _context(context)
         case ReadIndexResponse(index=index, context=context):
             _in_range("index", index)

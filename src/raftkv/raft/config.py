@@ -22,9 +22,14 @@ class RaftConfig:
     max_inflight: int = 256  # pipelined appends per follower in the replicate state
     max_uncommitted_entries: int = 0  # 0 = unlimited (back-pressure hook)
     snapshot_timeout_ticks: int = 400  # give up on an unanswered snapshot transfer (10 s)
+    # Leader lease length in ticks (thesis §6.4.1, raft/lease.py); 0 = no lease reads and no
+    # lease promise. Must be set alike on every node (the promise is what makes it safe).
+    lease_ticks: int = 0
 
     def __post_init__(self) -> None:
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
+        if self.lease_ticks < 0 or self.lease_ticks >= self.election_ticks:
+            raise ValueError("need 0 <= lease_ticks < election_ticks")
         if self.max_inflight < 1 or self.max_append_bytes < 1:
             raise ValueError("max_inflight and max_append_bytes must be positive")

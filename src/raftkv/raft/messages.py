@@ -61,14 +61,20 @@ class AppendEntriesResponse(Message, frozen=True):
 
 
 class Heartbeat(Message, frozen=True):
-    """Leader liveness and commit propagation; `context` ties it to a ReadIndex round."""
+    """Leader liveness and commit propagation; `context` ties it to a ReadIndex round.
+
+    `round` (thesis §6.4.1) is the leader's lease clock when sent, plus one (0: none); a
+    follower echoes it only as a promise not to elect anyone else for an election timeout.
+    Added later than the other fields: an older peer ignores it and echoes 0 (no lease)."""
 
     commit: Index
     context: bytes = b""
+    round: int = 0
 
 
 class HeartbeatResponse(Message, frozen=True):
     context: bytes = b""
+    round: int = 0  # the Heartbeat's round if the follower made the lease promise, else 0
 
 
 class InstallSnapshot(Message, frozen=True):

@@ -29,6 +29,7 @@ from raftkv.raft.errors import (
     NotLeader,
     ProposalDropped,
 )
+from raftkv.raft.lease import LeaseTracker
 from raftkv.raft.log import RaftLog
 from raftkv.raft.messages import (
     AnyMessage,
@@ -44,6 +45,7 @@ from raftkv.raft.messages import (
     TimeoutNow,
 )
 from raftkv.raft.progress import Progress, ProgressState
+from raftkv.raft.readindex import PendingRead, ReadOnly
 from raftkv.raft.storage import LogView
 from raftkv.raft.types import (
     ConfChange,
@@ -66,14 +68,7 @@ class Rng(Protocol):
     def randrange(self, start: int, stop: int, /) -> int: ...
 
 
-class _PendingRead(msgspec.Struct, gc=False):
-    index: Index
-    context: bytes
-    requester: NodeId  # self for local reads, else the follower to answer
-    acks: set[NodeId]
-
-
-class Raft:
+class Raft(ReadOnly):
     def __init__(self, config: RaftConfig, storage: LogView, rng: Rng) -> None:
         self.id = config.id
         self.cfg = config
@@ -97,8 +92,14 @@ class Raft:
         self.msgs: list[AnyMessage] = []
         self.persisted_msgs: list[AnyMessage] = []
         self.read_states: list[ReadState] = []
-        self.pending_reads: list[_PendingRead] = []  # leader: awaiting a heartbeat quorum
-        self.reads_before_commit: list[_PendingRead] = []  # leader: awaiting first commit in term
+        self.pending_reads: list[PendingRead] = []  # leader: awaiting a heartbeat quorum
+        self.reads_before_commit: list[PendingRead] = []  # leader: awaiting first commit in term
+        self.clock = 0  # lease clock: ticks + skipped tick periods; never decreases (lease.py)
+        # Ticks since we last heard from a leader (any term). 0 at a restart: we may have
+        # promised a lease just before the crash; a fresh node (term 0) never heard from one.
+        # Only consulted when leases are on (lease.py).
+        self.heard_elapsed = 0 if hard_state.term > 0 else config.election_ticks
+        self.lease = LeaseTracker(config.lease_ticks)  # leader only
         self.need_bcast_append = False  # deferred until flush()
         self.need_read_heartbeat = False  # deferred until flush()
         self._reset_randomized_timeout()
@@ -123,9 +124,6 @@ class Raft:
             case _:
                 self.msgs.append(msg)
 
-    def _committed_in_term(self) -> bool:
-        return self.log.term(self.log.committed) == self.term
-
     # -- role changes -------------------------------------------------------------------------
     def _reset(self, term: Term) -> None:
         if term != self.term:
@@ -139,6 +137,7 @@ class Raft:
         self.lead_transferee = None
         self.pending_reads = []
         self.reads_before_commit = []
+        self.lease.reset()
         self.need_bcast_append = False
         self.need_read_heartbeat = False
 
@@ -187,6 +186,8 @@ class Raft:
 
     # -- time ---------------------------------------------------------------------------------
     def tick(self) -> None:
+        self.clock += 1
+        self.heard_elapsed += 1
         if self.role is Role.LEADER:
             self._tick_leader()
         else:
@@ -194,6 +195,12 @@ class Raft:
             if self.election_elapsed >= self.randomized_timeout and self.promotable():
                 self.election_elapsed = 0
                 self.hup(transfer=False)
+
+    def clock_skipped(self, periods: int) -> None:
+        """`periods` tick periods passed without a `tick()` (a stalled loop, a pause): the lease
+        clock counts them; elections do not (they may run slow, a lease must not)."""
+        if periods > 0:
+            self.clock += periods
 
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
@@ -232,6 +239,8 @@ class Raft:
     def hup(self, *, transfer: bool) -> None:
         if self.role is Role.LEADER or not self.promotable():
             return
+        if not transfer and self._lease_promised():
+            return  # §6.4.1: our own vote would break the promise too
         if self._has_unapplied_conf_change():
             return  # etcd's rule: the conf we would campaign with may be about to change
         if self.cfg.pre_vote and not transfer:
@@ -321,11 +330,22 @@ class Raft:
             and self.election_elapsed < self.cfg.election_ticks
         )
 
+    def _lease_promised(self) -> bool:
+        """Thesis §6.4.1: we may have echoed a leader's lease round within the last election
+        timeout (or restarted since): vote for, and become, no other candidate until it ends."""
+        return (
+            self.cfg.lease_ticks > 0
+            and self.cfg.check_quorum
+            and self.role is not Role.LEADER
+            and self.heard_elapsed < self.cfg.election_ticks
+            and self.conf.voters != (self.id,)
+        )
+
     def _step_higher_term(self, msg: AnyMessage) -> bool:
         """Handle a message from a higher term; False if it must be ignored."""
         match msg:
             case RequestVote(pre_vote=pre, transfer=transfer):
-                if not transfer and self._in_lease():
+                if not transfer and (self._in_lease() or self._lease_promised()):
                     return False  # §4.2.3: do not let a disruptive server depose a live leader
                 if pre:
                     return True  # PreVote never changes our term
@@ -355,6 +375,8 @@ class Raft:
             or (self.vote is None and self.leader is None)
             or (msg.pre_vote and msg.term > self.term)
         )
+        if not msg.transfer and self.vote != msg.from_ and self._lease_promised():
+            can_vote = False  # §6.4.1: a leader may still be serving reads on our promise
         # §5.4.1: grant only to a candidate whose log is at least as up-to-date as ours.
         granted = can_vote and self.log.is_up_to_date(msg.last_log_index, msg.last_log_term)
         if granted and not msg.pre_vote:
@@ -380,16 +402,18 @@ class Raft:
     def _step_follower(self, msg: AnyMessage) -> None:
         match msg:
             case AppendEntries():
-                self.election_elapsed = 0
+                self.election_elapsed = self.heard_elapsed = 0
                 self.leader = msg.from_
                 self._handle_append(msg)
             case Heartbeat():
-                self.election_elapsed = 0
+                self.election_elapsed = self.heard_elapsed = 0
                 self.leader = msg.from_
                 self.log.commit_to(Index(min(msg.commit, self.log.last_index())))
-                self._send(HeartbeatResponse(self.term, self.id, msg.from_, msg.context))
+                # Echoing the round is our lease promise (lease.py): only if we keep it.
+                rnd = msg.round if self.cfg.lease_ticks > 0 and self.cfg.check_quorum else 0
+                self._send(HeartbeatResponse(self.term, self.id, msg.from_, msg.context, rnd))
             case InstallSnapshot():
-                self.election_elapsed = 0
+                self.election_elapsed = self.heard_elapsed = 0
                 self.leader = msg.from_
                 self._handle_snapshot(msg)
             case TimeoutNow():
@@ -463,6 +487,8 @@ class Raft:
                     # Possibly lost appends: an (even empty) append provokes a reject we can
                     # back off from.
                     self.maybe_send_append(msg.from_, pr)
+                if msg.round and msg.from_ in self.conf.voters:
+                    self.lease.echo(msg.from_, msg.round, self.clock)
                 if ctx:
                     self._ack_read(ctx, msg.from_)
             case _:
@@ -490,7 +516,7 @@ class Raft:
         elif pr.match < self.log.last_index():
             self.maybe_send_append(msg.from_, pr, send_empty=False)
         if msg.from_ == self.lead_transferee and pr.match == self.log.last_index():
-            self._send(TimeoutNow(self.term, self.id, msg.from_))
+            self._send_timeout_now(msg.from_)
 
     def maybe_commit(self) -> bool:
         match = {node: pr.match for node, pr in self.progress.items()}
@@ -555,7 +581,8 @@ class Raft:
             if node != self.id:
                 pr = self.progress[node]
                 commit = Index(min(pr.match, self.log.committed))
-                self._send(Heartbeat(self.term, self.id, node, commit, context))
+                # round: our clock when sent (+1, so 0 means none); a lease starts there.
+                self._send(Heartbeat(self.term, self.id, node, commit, context, self.clock + 1))
 
     def flush(self) -> None:
         """Emit the sends deferred during this loop turn (batching)."""
@@ -606,6 +633,7 @@ class Raft:
     def apply_conf_change(self, cc: ConfChange) -> None:
         """Called when a conf-change entry is applied: the new configuration takes effect."""
         self.conf = conf_after(self.conf, cc)
+        self.lease.forget_rounds()  # a lease is earned under one configuration's quorums
         if self.role is not Role.LEADER:
             return
         if cc.node_id == self.id and cc.kind is ConfChangeKind.REMOVE_NODE:
@@ -624,60 +652,6 @@ class Raft:
         self.maybe_commit()  # the quorum may have shrunk
         self.need_bcast_append = True
 
-    # -- ReadIndex (thesis §6.4) --------------------------------------------------------------
-    def read_index(self, context: bytes) -> None:
-        if self.role is Role.LEADER:
-            self._handle_read_request(context, self.id)
-        elif self.leader is not None:
-            self._send(ReadIndexRequest(self.term, self.id, self.leader, context))
-        else:
-            raise NotLeader(None)
-
-    def _handle_read_request(self, context: bytes, requester: NodeId) -> None:
-        read = _PendingRead(self.log.committed, context, requester, {self.id})
-        if not self._committed_in_term():
-            # §6.4 step 1: our commit index is only known current once we commit in our term.
-            self.reads_before_commit.append(read)
-            return
-        self._start_read(read)
-
-    def _start_read(self, read: _PendingRead) -> None:
-        read.index = self.log.committed
-        if quorum.quorum_size(self.conf.voters) <= 1:
-            self._answer_read(read)
-            return
-        self.pending_reads.append(read)
-        self.need_read_heartbeat = True  # one heartbeat round shared by this turn's reads
-
-    def _release_reads_before_commit(self) -> None:
-        if self.reads_before_commit and self._committed_in_term():
-            waiting, self.reads_before_commit = self.reads_before_commit, []
-            for read in waiting:
-                self._start_read(read)
-
-    def _ack_read(self, context: bytes, node: NodeId) -> None:
-        for pos, read in enumerate(self.pending_reads):
-            if read.context == context:
-                read.acks.add(node)
-                voters_acked = sum(1 for v in self.conf.voters if v in read.acks)
-                if voters_acked >= quorum.quorum_size(self.conf.voters):
-                    # An ack for a later round confirms every earlier one too.
-                    done, self.pending_reads = (
-                        self.pending_reads[: pos + 1],
-                        self.pending_reads[pos + 1 :],
-                    )
-                    for r in done:
-                        self._answer_read(r)
-                return
-
-    def _answer_read(self, read: _PendingRead) -> None:
-        if read.requester == self.id:
-            self.read_states.append(ReadState(read.index, read.context))
-        else:
-            self._send(
-                ReadIndexResponse(self.term, self.id, read.requester, read.index, read.context)
-            )
-
     # -- leadership transfer (thesis §3.10) ---------------------------------------------------
     def transfer_leader(self, to: NodeId) -> None:
         if self.role is not Role.LEADER or to == self.id or not self.is_voter(to):
@@ -686,9 +660,15 @@ class Raft:
         self.election_elapsed = 0  # the transfer must finish within one election timeout
         pr = self.progress[to]
         if pr.match == self.log.last_index():
-            self._send(TimeoutNow(self.term, self.id, to))
+            self._send_timeout_now(to)
         else:
             self.maybe_send_append(to, pr)
+
+    def _send_timeout_now(self, to: NodeId) -> None:
+        # The target's election bypasses every follower's lease promise (§3.10), and this
+        # message may arrive after the transfer timed out: no lease for the rest of the term.
+        self.lease.voided = True
+        self._send(TimeoutNow(self.term, self.id, to))
 
     # -- driver feedback ----------------------------------------------------------------------
     def report_unreachable(self, node: NodeId) -> None:

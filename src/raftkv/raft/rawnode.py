@@ -3,10 +3,12 @@
 API (all synchronous, deterministic; time is `tick()`, randomness is the injected rng):
     RawNode(config, storage, rng)
     tick()                              one tick of logical time
+    clock_skipped(periods)              tick periods that passed without a tick() (a stall)
     step(msg)                           a message from a peer (stale/misrouted ones are ignored)
     propose(data) -> (term, index)      leader only; raises NotLeader / ProposalDropped
     propose_conf_change(cc) -> (term, index)
     read_index(ctx)                     result arrives as a ReadState in a later Ready
+    lease_read_index() -> Index | None  the read index now if the leader holds its lease
     campaign()                          start an election now
     transfer_leader(to)                 thesis §3.10
     report_unreachable(id), report_snapshot(id, ok)
@@ -79,6 +81,11 @@ class RawNode:
     def tick(self) -> None:
         self.raft.tick()
 
+    def clock_skipped(self, periods: int) -> None:
+        """The driver could not tick for `periods` tick periods (its loop stalled, the process
+        was paused): the lease clock counts them, the election timer does not (lease.py)."""
+        self.raft.clock_skipped(periods)
+
     def step(self, msg: AnyMessage) -> None:
         self.raft.step(msg)
 
@@ -90,6 +97,11 @@ class RawNode:
 
     def read_index(self, ctx: bytes) -> None:
         self.raft.read_index(ctx)
+
+    def lease_read_index(self) -> Index | None:
+        """Thesis §6.4.1: the commit index, to serve a read at once once applied, if this leader
+        holds its lease now; None otherwise (then use `read_index`: a ReadIndex round)."""
+        return self.raft.lease_read_index()
 
     def campaign(self) -> None:
         self.raft.hup(transfer=False)

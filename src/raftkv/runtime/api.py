@@ -14,6 +14,8 @@ Rules:
                        an operator acts; the outcome of an in-flight write is unknown
 - `write` returns only once the command is committed AND applied locally, so a following
   local read sees it. `read(linearizable=True)` works on any node (ReadIndex via the leader);
+  `lease=True` too: the leader serves it from its lease when it holds one (thesis §6.4.1),
+  anything else falls back to ReadIndex;
   `min_revision=N` first waits until this node has applied index N (revisions are indexes).
 - Commands that carry time (`OpenSession`, `SessionRequest`) get the proposing leader's clock
   stamped by the runtime; whatever the caller put in `time_ms` is replaced.
@@ -145,10 +147,16 @@ class KVNode(Protocol):
         ...
 
     async def read(
-        self, fn: Callable[[MVCCStore], T], *, linearizable: bool, min_revision: int = 0
+        self,
+        fn: Callable[[MVCCStore], T],
+        *,
+        linearizable: bool,
+        min_revision: int = 0,
+        lease: bool = False,
     ) -> T:
         """`fn` over one consistent instant of the local applied state, once it has applied
-        `min_revision` and (if linearizable) every write acknowledged before the call."""
+        `min_revision` and (if linearizable) every write acknowledged before the call;
+        `lease` (with linearizable) may confirm that from the leader's lease instead."""
         ...
 
     def local_status(self) -> LocalStatus: ...

@@ -62,6 +62,7 @@ from raftkv.raft.types import (
     Term,
 )
 from raftkv.runtime import testhooks
+from raftkv.runtime.admission import TurnGate
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.features import OWN_VERSIONS
 from raftkv.runtime.halt import HaltSteps
@@ -70,6 +71,7 @@ from raftkv.runtime.members import ClusterRecord, encode_record, record_after
 from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.snapshots import SnapshotSteps
+from raftkv.runtime.ticks import TickLoop
 from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
 from raftkv.storage import recovery
 from raftkv.storage.errors import UndecodableEntryError
@@ -84,7 +86,7 @@ _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
 
 
-class RaftDriver(SnapshotSteps, HaltSteps):
+class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.id = opts.node_id
@@ -97,10 +99,10 @@ class RaftDriver(SnapshotSteps, HaltSteps):
         self._proposals = ProposalWaiters()
         self._reads = ReadWaiters(self.id.encode())
         self._applied_waiters = AppliedWaiters()
+        self.gate = TurnGate(opts.requests_per_turn)  # bounded work per loop turn (admission.py)
         self._reads_need_leader: list[bytes] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
-        self._last_stall_log = 0.0
         self.draining = False  # graceful stop under way: refuse new requests
         self._snapshotting = False
         self._rechecked: tuple[Path, float] | None = None  # snapshots.py: re-verified file
@@ -165,6 +167,7 @@ class RaftDriver(SnapshotSteps, HaltSteps):
             election_ticks=self.opts.election_ticks,
             heartbeat_ticks=1,
             max_append_bytes=self.opts.max_append_bytes,
+            lease_ticks=self.opts.lease_ticks,
         )
         self.raw = RawNode(cfg, self.storage, Random())
         fresh = loaded.hard_state.term == 0 and not loaded.entries and loaded.snapshot is None
@@ -286,6 +289,7 @@ class RaftDriver(SnapshotSteps, HaltSteps):
         )
         self._reads.fail_all(NodeStopping("node is shutting down"))
         self._applied_waiters.fail_all(NodeStopping("node is shutting down"))
+        self.gate.fail_all(NodeStopping("node is shutting down"))
 
     def _die(self, exc: BaseException) -> None:
         if self.fatal is None or self.fatal.done():
@@ -389,49 +393,6 @@ class RaftDriver(SnapshotSteps, HaltSteps):
     def _on_snapshot_status(self, node: NodeId, ok: bool) -> None:
         self.metrics.snapshot_sent(node, ok)
         self.raw.report_snapshot(node, ok)
-        self._wake.set()
-
-    async def _tick_loop(self) -> None:
-        """One tick per heartbeat interval, never in bursts: after a stall (CPU starvation, a
-        SIGSTOP) we tick once, not once per missed interval, so a node whose loop was blocked
-        first reads the heartbeats waiting in its sockets instead of starting an election on
-        ticks that no message could have reset. Raft time then runs slow under load: safe."""
-        loop = asyncio.get_running_loop()
-        period = self.opts.tick_ms / 1000.0
-        next_at = loop.time() + period
-        while True:
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            late = loop.time() - next_at
-            next_at += period
-            if next_at < loop.time():
-                next_at = loop.time() + period  # late: skip the missed ticks
-            if late > 2 * period and loop.time() - self._last_stall_log > 1.0:
-                self._last_stall_log = loop.time()
-                log.warning("event loop stalled", node=self.id, late_ms=round(late * 1000, 1))
-            try:
-                self._tick(loop)
-            except InvariantViolation as exc:
-                self._die(exc)
-                return
-            except Exception as exc:  # the tick must never die silently
-                log.error("tick failed", node=self.id, error=repr(exc))
-
-    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        period = self.opts.tick_ms / 1000.0
-        self._now = loop.time()
-        if self._hold_elections_until:
-            if loop.time() < self._hold_elections_until and self.raw.status().leader is None:
-                return  # no ticks: no election timeout while the bootstrap node starts
-            self._hold_elections_until = 0.0
-        self.raw.tick()
-        self._schedule_pump()
-        self._reads_need_leader.extend(self._reads.overdue(loop.time(), 4 * period))
-        if self._bootstrap_until and loop.time() < self._bootstrap_until:
-            st = self.raw.status()
-            if st.leader is None and st.role is not Role.CANDIDATE:
-                self.raw.campaign()  # fresh cluster: the bootstrap node leads first
-            else:
-                self._bootstrap_until = 0.0
         self._wake.set()
 
     # -- the Ready loop -----------------------------------------------------------------------
@@ -622,6 +583,7 @@ class RaftDriver(SnapshotSteps, HaltSteps):
         loop = asyncio.get_running_loop()
         start = loop.time()
         leader_deadline = start + self.opts.leader_wait_s
+        await self.gate.enter()
         while True:
             self.check_serving()
             try:
@@ -664,11 +626,17 @@ class RaftDriver(SnapshotSteps, HaltSteps):
             self.metrics.proposals_committed += 1
             return result
 
-    async def read_barrier(self) -> None:
-        """Return once local state reflects every write acknowledged before the call (§6.4)."""
+    async def read_barrier(self, *, lease: bool = False) -> None:
+        """Return once local state reflects every write acknowledged before the call (§6.4).
+        `lease`: from the leader's lease if it holds one (§6.4.1; ticks.py), else ReadIndex."""
         self.check_serving()
+        if lease and (index := self._lease_read_index()) is not None:
+            self.metrics.lease_reads += 1
+            await self.wait_applied(index)
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.opts.request_timeout_s
+        await self.gate.enter()
         if self.raw.leader is None:
             await self._wait_leader(loop.time() + self.opts.leader_wait_s)
         fut, _, _ = self._reads.join()

@@ -153,6 +153,7 @@ class RuntimeMetrics:
         self.proposals_failed = 0  # outcome unknown: timed out, or the node stopped
         self.proposals_dropped = 0  # refused by the core (transfer, election) or overwritten
         self.read_index_rounds = 0  # ReadIndex requests stepped into the core
+        self.lease_reads = 0  # reads served from the leader's lease (no ReadIndex round)
         self.leader_changes = 0
         self._leader: NodeId | None = None
         self.fsync = Histogram(DISK_BOUNDS)
@@ -248,7 +249,7 @@ class DisabledMetrics(RuntimeMetrics):
 
     def __init__(self) -> None:  # no registry, no collector
         self.proposals_committed = self.proposals_failed = self.proposals_dropped = 0
-        self.read_index_rounds = self.leader_changes = 0
+        self.read_index_rounds = self.leader_changes = self.lease_reads = 0
 
     def persisted(self, seconds: float, entries: int) -> None:
         pass
@@ -308,6 +309,11 @@ class _RuntimeCollector(Collector):
                 m.proposals_dropped,
             ),
             ("raftkv_read_index_rounds", "ReadIndex rounds started", m.read_index_rounds),
+            (
+                "raftkv_lease_reads",
+                "consistency=lease reads served from the leader's lease (no ReadIndex round)",
+                m.lease_reads,
+            ),
         )
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)

@@ -127,14 +127,19 @@ class RaftKVNode:
         return None if kv is None else kv.value
 
     async def read(
-        self, fn: Callable[[MVCCStore], T], *, linearizable: bool, min_revision: int = 0
+        self,
+        fn: Callable[[MVCCStore], T],
+        *,
+        linearizable: bool,
+        min_revision: int = 0,
+        lease: bool = False,
     ) -> T:
         if self.driver.halted is not None:  # its state never moves again: no reads at all
             raise NodeHalted(self.driver.halted)
         if min_revision > 0:
             await self.driver.wait_applied(min_revision)
         if linearizable:
-            await self.driver.read_barrier()
+            await self.driver.read_barrier(lease=lease)
         return self.driver.sm.read(fn)
 
     def local_status(self) -> LocalStatus:

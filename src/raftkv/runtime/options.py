@@ -26,6 +26,7 @@ class NodeOptions:
     source_host: str | None = None  # bind outgoing connections here (partitions by address)
     tick_ms: float = 25.0  # the heartbeat interval is one tick
     election_ticks: int = 4
+    lease_ticks: int = 0  # leader lease (raft/lease.py); 0: `consistency=lease` is ReadIndex
     snapshot_every: int = 10_000  # applied entries between automatic snapshots
     snapshot_keep_entries: int = 1_000  # entries kept behind a snapshot for slow followers
     leader_wait_s: float = 2.0  # how long a request waits for a leader to appear
@@ -33,6 +34,9 @@ class NodeOptions:
     max_append_bytes: int = 4 << 20
     max_snapshot_bytes: int = 8 << 30  # raft.max_snapshot_bytes: larger inbound snapshots refused
     peer_tls: PeerTls | None = None  # tls.peer: mutual TLS between peers (None: plain TCP)
+    # Client requests (proposals, ReadIndex reads) let into the core per event-loop turn: keeps
+    # turns short under saturation so the tick still runs (runtime/admission.py).
+    requests_per_turn: int = 64
     metrics: bool = True  # record Prometheus metrics (runtime/metrics.py)
     # Voters of the configuration the cluster started from; None: every node of peers_raft.
     # A node joining later gets it from the cluster (it replays the log from index 1).

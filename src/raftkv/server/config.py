@@ -39,6 +39,7 @@ import msgspec
 import yaml
 from msgspec import inspect as mi
 
+from raftkv.raft.lease import safe_lease_ticks
 from raftkv.server.config_fields import (
     ConfigError,
     check_keys,
@@ -53,6 +54,8 @@ from raftkv.server.config_schema import (
     ClusterSection,
     ConfigFile,
     LogFormat,
+    RaftSection,
+    snapshot_cap,
 )
 from raftkv.server.limits import HttpLimits
 from raftkv.server.tls import HttpTlsFiles
@@ -133,6 +136,7 @@ class Settings:
     heartbeat_ms: int  # = tick_ms
     election_timeout_ms: int  # = election_ticks * heartbeat_ms
     election_ticks: int  # >= 2
+    lease_ticks: int  # leader lease (raft/lease.py); 0: lease reads fall back to ReadIndex
     snapshot_every: int  # applied entries between automatic compactions, > 0
     snapshot_keep_entries: int  # entries kept behind a snapshot (memory and disk), >= 0
     max_value_bytes: int  # UTF-8 bytes of one value, > 0
@@ -153,6 +157,11 @@ class Settings:
     root_password: str | None = field(default=None, repr=False)
 
     @property
+    def max_snapshot_bytes(self) -> int:
+        """`raft.max_snapshot_bytes` in force (derived from the quota when not set)."""
+        return snapshot_cap(self.config)
+
+    @property
     def tick_ms(self) -> int:
         return self.heartbeat_ms
 
@@ -169,6 +178,15 @@ class Settings:
 
     def http_peer_strings(self) -> dict[str, str]:
         return {node: str(addr) for node, addr in self.http_peers.items()}
+
+
+def _lease_ticks(raft: RaftSection) -> int:
+    """The lease the asyncio driver can keep safely: its ticks can come up to a period late,
+    then one catches up at once, so a follower's promise covers election ticks - 2 periods."""
+    if not raft.lease_reads:
+        return 0
+    ticks = raft.election_timeout_ms // raft.heartbeat_timeout_ms
+    return safe_lease_ticks(ticks, raft.lease_drift_ratio, follower_slack=2)
 
 
 def load_settings(
@@ -212,6 +230,7 @@ def load_settings(
     parsed = {name: parse_struct(cls, raw, name) for name, (cls, raw) in sections.items()}
     conf = _apply_overrides(ConfigFile(cluster=cluster, **parsed), layer)
     cluster, raft, server = conf.cluster, conf.raft, conf.server
+    snapshot_cap(conf)  # raft.max_snapshot_bytes against storage.quota_bytes (refused early)
 
     return Settings(
         config_path=config_path,
@@ -228,6 +247,7 @@ def load_settings(
         heartbeat_ms=raft.heartbeat_timeout_ms,
         election_timeout_ms=raft.election_timeout_ms,
         election_ticks=raft.election_timeout_ms // raft.heartbeat_timeout_ms,
+        lease_ticks=_lease_ticks(raft),
         snapshot_every=raft.snapshot_every,
         snapshot_keep_entries=raft.snapshot_keep_entries,
         max_value_bytes=server.max_value_bytes,

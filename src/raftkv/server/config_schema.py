@@ -106,14 +106,32 @@ class RaftSection(_Section, frozen=True, kw_only=True):
         ),
     ] = 1_000
     max_snapshot_bytes: Annotated[
-        int,
+        Annotated[int, Meta(ge=1 << 20, le=(1 << 63) - 1)] | None,
         Meta(
-            ge=1 << 20,
-            le=(1 << 63) - 1,
             description="largest snapshot a node accepts from a peer (a bigger announced size "
-            "is refused before any byte is written; so is one that does not fit on the disk)",
+            "is refused before any byte is written; so is one that does not fit on the disk); "
+            "at least twice `storage.quota_bytes`, so a legitimate snapshot always fits",
+            extra={
+                "default_doc": "2 x `storage.quota_bytes` + 1 GiB (8 GiB with no quota)",
+            },
         ),
-    ] = 8 << 30
+    ] = None
+    lease_reads: Annotated[
+        bool,
+        Meta(
+            description="leader leases for `consistency=lease` reads (docs/api.md); false: "
+            "those reads take a ReadIndex round, and followers make no lease promise"
+        ),
+    ] = True
+    lease_drift_ratio: Annotated[
+        float,
+        Meta(
+            ge=0.0,
+            le=0.5,
+            description="clock-drift bound r of a lease: it lasts (election timeout - 2 ticks) "
+            "* (1 - r)/(1 + r), in whole ticks (1 tick with the defaults); 0 ticks: no lease",
+        ),
+    ] = 0.1
 
     def validate(self) -> None:
         heartbeat, election = self.heartbeat_timeout_ms, self.election_timeout_ms
@@ -200,7 +218,7 @@ class StorageSection(_Section, frozen=True, kw_only=True):
         int,
         Meta(
             ge=0,
-            le=(1 << 62),
+            le=(1 << 60),
             description="space quota: the logical size of the data (live keys and values plus "
             "retained history, the same on every node); past it the `no_space` alarm refuses "
             "writes that grow the data (507) until usage falls below 90 % (0: no quota)",
@@ -268,6 +286,35 @@ class ConfigFile(_Section, frozen=True, kw_only=True):
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     tls: TlsSection = msgspec.field(default_factory=TlsSection)
     auth: AuthSection = msgspec.field(default_factory=AuthSection)
+
+
+# raft.max_snapshot_bytes without a quota to derive it from (the fixed default before quotas).
+UNQUOTED_SNAPSHOT_BYTES: Final = 8 << 30
+SNAPSHOT_HEADROOM: Final = 1 << 30
+
+
+def snapshot_cap(conf: ConfigFile) -> int:
+    """`raft.max_snapshot_bytes` in force: the configured value, or derived from the quota.
+
+    A snapshot holds more than the quota counts (kv/quota.py): the one older version per key
+    kept at the compact revision (up to the live data again), history not yet dropped by the
+    bounded physical compaction, sessions' remembered replies, auth records, and what was in
+    flight when the alarm was raised. Twice the quota plus 1 GiB leaves room for all of it; an
+    explicit value below twice the quota is refused: a follower that needs a snapshot of a full
+    store could then never catch up."""
+    quota = conf.storage.quota_bytes
+    explicit = conf.raft.max_snapshot_bytes
+    if explicit is None:
+        return 2 * quota + SNAPSHOT_HEADROOM if quota else UNQUOTED_SNAPSHOT_BYTES
+    if explicit < 2 * quota:
+        raise ConfigError(
+            f"raft.max_snapshot_bytes: {explicit} is below twice storage.quota_bytes "
+            f"({2 * quota}): a snapshot of a store at its quota (with the history and older "
+            f"versions the quota does not count) may not fit, and a follower that needs one "
+            f"could never catch up; raise it to at least {2 * quota}, lower the quota, or leave "
+            f"it unset (derived: {2 * quota + SNAPSHOT_HEADROOM})"
+        )
+    return explicit
 
 
 REQUIRED_SECTIONS: Final = frozenset({"cluster"})

@@ -2,7 +2,7 @@
 
 Routes:
     PUT    /kv/{key}   JSON {"value": s} or a raw UTF-8 body -> {"key", "value", "message"}
-    GET    /kv/{key}   ?consistency=linearizable (default) | stale -> {"key", "value"}
+    GET    /kv/{key}   ?consistency=linearizable (default) | lease | stale -> {"key", "value"}
     DELETE /kv/{key}   -> {"key", "message"}
     GET    /cluster/status, /cluster/local, /health, /ready (+ space alarms: `alarms.py`)
     GET    /metrics    Prometheus text format (`metrics_routes.py`)
@@ -43,7 +43,7 @@ from raftkv.runtime.api import (
     OperationTimeout,
 )
 from raftkv.runtime.membership import MembershipManager
-from raftkv.server.alarms import alarm_task, disk_status, space_json
+from raftkv.server.alarms import SpaceNode, alarm_task, disk_status, space_json
 from raftkv.server.auth import Authenticator, AuthNode
 from raftkv.server.auth_routes import Forwarded, add_auth_routes
 from raftkv.server.backup_routes import add_backup_routes
@@ -77,7 +77,6 @@ T = TypeVar("T")
 
 STORED_MESSAGE: Final = "Key-value pair stored successfully"
 DELETED_MESSAGE: Final = "Key deleted successfully"
-CONSISTENCY_LEVELS: Final = ("linearizable", "stale")
 FORWARD_CONNECT_TIMEOUT_S: Final = 1.0
 # The leader answers within its own request timeout (504 timeout at worst); wait a little longer
 # so that its answer, not our guess, reaches the client.
@@ -243,13 +242,11 @@ class _Api:
         return json_response(body)
 
     async def cluster_local(self, request: web.Request) -> web.StreamResponse:
-        margin = self._settings.config.storage.min_free_bytes
-        return json_response(
-            {
-                **local_status_json(self._node.local_status()),
-                **disk_status(self._settings.data_dir, margin),
-            }
-        )
+        body = local_status_json(self._node.local_status())
+        if isinstance(self._node, SpaceNode):  # its disk, for the leader's alarms (alarms.py)
+            margin = self._settings.config.storage.min_free_bytes
+            body.update(disk_status(self._settings.data_dir, margin))
+        return json_response(body)
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         halted = self._node.local_status().halted

@@ -3,7 +3,7 @@
 Rules:
 - `raftkv serve --node-id ID --join URL --raft-address H:P --http-address H:P [--data-dir ROOT]`
   reads NO config file: it asks the cluster at URL for its settings (`GET /cluster/config`:
-  the `cluster`, `raft` and `server` sections of the configuration file every member runs
+  the `cluster`, `raft`, `server` and `storage` sections of the configuration file every member runs
   with, plus the initial voters and the live members), asks it to add this node as a learner
   (`POST /cluster/members`; the leader promotes it once caught up), then writes its own files
   (below) and starts from them. Asking again with the same id and addresses is answered as done,
@@ -54,7 +54,7 @@ MEMBER_FILE: Final = "member.json"
 FORMAT: Final = 1
 JOIN_DEADLINE_S: Final = 60.0  # how long a join keeps asking while the cluster has no leader
 # What a joining node copies (tls: file paths with `{node_id}`, never the files themselves).
-SHARED_SECTIONS: Final = ("cluster", "raft", "server", "tls", "auth")
+SHARED_SECTIONS: Final = ("cluster", "raft", "server", "storage", "tls", "auth")
 _HTTP_TIMEOUT_S: Final = 15.0
 _DEFAULT_ROOT: Final = ClusterSection().data_dir
 
@@ -285,9 +285,11 @@ def _call(
     ctx: ssl.SSLContext | None = None,
     auth_header: str | None = None,
 ) -> dict[str, Any]:
-    """One JSON request; retried while the cluster has no leader (503), timed out (504) or
-    cannot be reached -- safe: an add repeated with the same id and addresses is answered as
-    already done. A failed certificate check is not retried: it will not heal."""
+    """One JSON request; retried while the cluster has no leader (503), timed out (504), is busy
+    with another membership change (409 `change_in_progress`: e.g. the leader promoting the
+    node that joined just before) or cannot be reached -- safe: an add repeated with the same id
+    and addresses is answered as already done. A failed certificate check is not retried: it
+    will not heal."""
     deadline = time.monotonic() + JOIN_DEADLINE_S
     data = json.dumps(body).encode() if body is not None else None
     while True:
@@ -305,7 +307,8 @@ def _call(
                 err = json.loads(exc.read())
             except ValueError:
                 err = {"error": exc.reason, "code": f"http_{exc.code}"}
-            if exc.code in (503, 504) and time.monotonic() < deadline:
+            busy = exc.code == 409 and err.get("code") == "change_in_progress"
+            if (exc.code in (503, 504) or busy) and time.monotonic() < deadline:
                 time.sleep(0.5)
                 continue
             hint = ""

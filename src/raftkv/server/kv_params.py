@@ -25,7 +25,7 @@ from raftkv.kv.commands import Compare, CompareOp, KeyValue, Target, Value
 from raftkv.kv.mvcc import MVCCStore
 from raftkv.server.errors import ApiError
 
-CONSISTENCY_LEVELS: Final = ("linearizable", "stale")
+CONSISTENCY_LEVELS: Final = ("linearizable", "lease", "stale")
 SESSION_HEADER: Final = "Raftkv-Session"
 SEQ_HEADER: Final = "Raftkv-Seq"
 ACK_HEADER: Final = "Raftkv-Ack"
@@ -62,17 +62,18 @@ def query_bool(request: web.Request, name: str) -> bool:
     raise ApiError(400, f"invalid_{name}", f"{name} must be true or false", value=raw)
 
 
-def consistency(request: web.Request) -> bool:
-    """True for a linearizable read (the default)."""
+def consistency(request: web.Request) -> str:
+    """One of CONSISTENCY_LEVELS: "linearizable" (the default, ReadIndex), "lease" (the
+    leader's lease when it holds one, else ReadIndex: docs/api.md) or "stale"."""
     level = request.query.get("consistency", "linearizable")
     if level not in CONSISTENCY_LEVELS:
         raise ApiError(
             400,
             "invalid_consistency",
-            "consistency must be linearizable or stale",
+            "consistency must be linearizable, lease or stale",
             consistency=level,
         )
-    return level == "linearizable"
+    return level
 
 
 def preconditions(request: web.Request, key: str) -> list[Compare]:

@@ -3,7 +3,7 @@
 Routes:
     PUT    /kv/{key}   JSON {"value": s}, a UTF-8 body, or application/octet-stream bytes
                        -> {"key", "value", "message", "revision"}; If-Match / If-None-Match
-    GET    /kv/{key}   ?consistency= &revision= &min_revision=
+    GET    /kv/{key}   ?consistency=linearizable|lease|stale &revision= &min_revision=
                        -> {"key", "value", "create_revision", "mod_revision", "version"}, ETag
     DELETE /kv/{key}   -> {"key", "message", "revision"}; If-Match
     GET    /kv         ?prefix= | start= [&end=], limit, after, keys_only, count_only, revision,
@@ -171,7 +171,7 @@ class KvRoutes:
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         key = key_from_request(request)
-        linearizable = consistency(request)
+        level = consistency(request)
         rev = query_int(request, "revision", minimum=1)
         min_rev = query_int(request, "min_revision") or 0
 
@@ -181,7 +181,12 @@ class KvRoutes:
 
         try:
             kv = await self._calls.call(
-                self._node.read(read, linearizable=linearizable, min_revision=min_rev),
+                self._node.read(
+                    read,
+                    linearizable=level != "stale",
+                    min_revision=min_rev,
+                    lease=level == "lease",
+                ),
                 write=False,
             )
         except NotLeaderError as exc:  # not expected from the runtime: ReadIndex goes via leader
@@ -219,7 +224,7 @@ class KvRoutes:
 
     async def range_get(self, request: web.Request) -> web.StreamResponse:
         start, end, prefix = _range_params(request)
-        linearizable = consistency(request)
+        level = consistency(request)
         rev = query_int(request, "revision", minimum=1)
         min_rev = query_int(request, "min_revision") or 0
         limit = query_int(request, "limit", minimum=1)
@@ -247,7 +252,10 @@ class KvRoutes:
             return count, items, next_after, at
 
         count, items, next_after, at = await self._calls.call(
-            self._node.read(read, linearizable=linearizable, min_revision=min_rev), write=False
+            self._node.read(
+                read, linearizable=level != "stale", min_revision=min_rev, lease=level == "lease"
+            ),
+            write=False,
         )
         return json_response(
             {

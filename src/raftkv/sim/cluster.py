@@ -70,6 +70,7 @@ class ClusterOptions:
     max_append_bytes: int = 1 << 20
     max_inflight: int = 256
     clock_drift: float = 0.1  # node clocks tick at a rate in [1 - drift, 1 + drift]
+    lease_ticks: int = 0  # leader lease (thesis §6.4.1); safe_lease_ticks(election, drift)
 
 
 def _id(i: int) -> NodeId:
@@ -93,6 +94,7 @@ class Cluster:
         self.nodes: dict[NodeId, SimNode] = {}  # every node ever started, in id order
         self._rate: dict[NodeId, float] = {}  # clock rate per node
         self._tick_chain: dict[NodeId, int] = {}
+        self._last_tick: dict[NodeId, int] = {}  # time of the node's last tick (or boot)
         self.events = 0
         self.trace_lines: list[str] | None = None  # kept only when tracing
         self.last_line = ""
@@ -122,6 +124,7 @@ class Cluster:
             check_quorum=o.check_quorum,
             max_append_bytes=o.max_append_bytes,
             max_inflight=o.max_inflight,
+            lease_ticks=o.lease_ticks,
         )
         node = SimNode(nid, config, self.bootstrap, self.factory, self)
         self.nodes = dict(sorted({**self.nodes, nid: node}.items()))
@@ -131,9 +134,17 @@ class Cluster:
 
     def boot(self, node: SimNode) -> None:
         node.start(self.rng(f"core/{node.id}/{node.epoch + 1}"))
+        self._last_tick[node.id] = self.sched.now  # a new core's clock starts now
         self._start_ticking(node)
 
     def _start_ticking(self, node: SimNode) -> None:
+        if node.id in self._last_tick and node.core is not None:
+            # Back from a pause: the driver notices its stall before serving anything (the
+            # asyncio driver counts late tick periods): the lease clock must not have stood
+            # still while the rest of the cluster moved on (thesis §6.4.1).
+            gap = self.sched.now - self._last_tick[node.id]
+            node.core.clock_skipped(-(-gap // self._period(node.id)))
+        self._last_tick[node.id] = self.sched.now
         chain = self._tick_chain.get(node.id, 0) + 1
         self._tick_chain[node.id] = chain
         self.sched.push(self._clock_rng.randrange(1, self._period(node.id)), Tick(node.id, chain))
@@ -335,6 +346,7 @@ class Cluster:
                 if chain != self._tick_chain[nid] or not node.running:
                     return None  # a no-op: not an event
                 node.the_core().tick()
+                self._last_tick[nid] = self.sched.now
                 self.touch(node)
                 self.sched.push(self._period(nid), Tick(nid, chain))
                 return f"tick {nid}"
@@ -370,7 +382,12 @@ class Cluster:
                     return f"client {cid} op {op_id} at {nid}: down"
                 if self._hold(node, ev):
                     return f"client {cid} op {op_id} at {nid}: held"
-                out = self.workload.arrive(cid, op_id, node.the_core(), self.inv.max_commit)
+                out = self.workload.arrive(
+                    cid, op_id, node.the_core(), self.inv.max_commit, node.sm
+                )
+                for problem in self.workload.stale:
+                    self.inv.fail("stale_read", problem)
+                self.workload.stale.clear()
                 self.touch(node)
                 return f"client {cid} op {op_id} at {nid}: {out}"
             case ClientTimeout(client=cid, op_id=op_id):

@@ -14,12 +14,14 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from raftkv.raft.lease import safe_lease_ticks
 from raftkv.sim.cluster import Cluster, ClusterOptions, DiskProfile
 from raftkv.sim.faults import FAULTS, FaultInjector, FaultOptions
 from raftkv.sim.history import check_ops
@@ -44,6 +46,7 @@ class SimOptions:
     trace: bool = False  # keep every trace line in the result
     factory: NodeFactory | None = None  # builds each RawNode (tests plant bugs here)
     membership: bool = False  # faults drawn by `membership_faults` (when `faults` is None)
+    leases: bool = False  # every drawn shape gets leader leases (`with_leases`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,16 @@ def draw_cluster(seed: int) -> ClusterOptions:
     )
 
 
+def with_leases(shape: ClusterOptions, lease_ratio: float = 0.5) -> ClusterOptions:
+    """The shape with the longest safe lease for its election timeout and clock drift, and a
+    `lease_ratio` share of the gets asking for lease reads."""
+    return dataclasses.replace(
+        shape,
+        lease_ticks=safe_lease_ticks(shape.election_ticks, shape.clock_drift),
+        workload=dataclasses.replace(shape.workload, lease_ratio=lease_ratio),
+    )
+
+
 def draw_faults(seed: int) -> FaultOptions:
     """Half the seeds churn leaders (every new leader is cut off soon after it wins)."""
     rng = random.Random(f"{seed}/faults")
@@ -114,7 +127,7 @@ def describe(opt: ClusterOptions) -> str:
         f"check_quorum={opt.check_quorum} max_append_bytes={opt.max_append_bytes} "
         f"max_inflight={opt.max_inflight} fsync_mean={opt.disk.fsync_mean} "
         f"jitter={opt.net.mean_jitter} drop={opt.net.drop_prob} dup={opt.net.dup_prob} "
-        f"clients={opt.workload.clients}"
+        f"clients={opt.workload.clients} lease_ticks={opt.lease_ticks}"
     )
 
 
@@ -125,6 +138,8 @@ def run_seed(
     caller that has to abandon a stuck run still knows where it was."""
     opt = options or SimOptions()
     shape = opt.cluster or draw_cluster(seed)
+    if opt.leases and not shape.lease_ticks:
+        shape = with_leases(shape)
     cluster = Cluster(seed, shape, opt.factory)
     if tail is None:
         tail = deque(maxlen=TAIL)
@@ -174,6 +189,8 @@ def run_seed(
     ops = cluster.workload.ops
     for status in ("ok", "fail", "unknown"):
         stats[f"ops_{status}"] = sum(1 for o in ops if o.status == status)
+    stats["lease_reads"] = cluster.workload.lease_reads
+    stats["lease_fallbacks"] = cluster.workload.lease_fallbacks
     stats["events"] = cluster.events
     stats["time"] = cluster.sched.now
     stats["terms"] = len(cluster.inv.leaders)

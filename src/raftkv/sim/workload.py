@@ -2,7 +2,9 @@
 
 Rules:
 - Each client runs one operation at a time (a Jepsen "process"): put/delete on a few keys with
-  values unique across the run, or a linearizable get through ReadIndex.
+  values unique across the run, or a linearizable get through ReadIndex — or, for a
+  `lease_ratio` share of gets, through the leader's lease (thesis §6.4.1), falling back to
+  ReadIndex when the node holds no lease, as the real server does.
 - A request reaches the chosen server after a delay; the server answers at once with a definite
   failure (down, NotLeader, ProposalDropped) or later: a write when the proposing node applies
   its (term, index) — `fail` if another entry landed there — and a read when the node's applied
@@ -87,6 +89,7 @@ class WorkloadOptions:
     read_ratio: float = 0.45
     delete_ratio: float = 0.1
     cas_ratio: float = 0.15  # one-key transactions: put if the value is what the client saw
+    lease_ratio: float = 0.0  # share of gets asking for a lease read (needs lease_ticks > 0)
     sessions: bool = True  # writes go through client sessions and are retried (thesis §6.3)
     max_retries: int = 4  # session retries of one write before its outcome is left unknown
     session_ttl_ms: int = 1 << 40  # sessions never expire in a run (expiry is unit-tested)
@@ -120,6 +123,9 @@ class Workload:
         self._read_wait: dict[NodeId, list[tuple[int, int]]] = {}  # node -> (index, op) waiting
         self._read_floor: dict[int, int] = {}  # op -> commit index known when it began
         self._servers: list[NodeId] = []
+        self.lease_reads = 0  # lease gets served from the lease
+        self.lease_fallbacks = 0  # lease gets that fell back to ReadIndex
+        self.stale: list[str] = []  # read indexes below what was committed when the read began
         self._max_revision = 0  # highest revision a client saw in a reply (admin compaction)
 
     def start(self) -> None:
@@ -149,6 +155,8 @@ class Workload:
             cmd = self._admin(servers)
         elif r < opt.read_ratio:
             kind, timeout = "get", opt.read_timeout
+            if opt.lease_ratio and rng.random() < opt.lease_ratio:
+                kind = "lease_get"
         elif r < opt.read_ratio + opt.delete_ratio:
             kind, timeout = "delete", opt.write_timeout
             cmd = Delete(key)
@@ -219,15 +227,31 @@ class Workload:
         """The server is down: connection refused, a definite failure (of this attempt)."""
         self._refused(self.ops[op_id], None)
 
-    def arrive(self, cid: int, op_id: int, core: RawNode, known_commit: int) -> str:
-        """The request reached a running server: hand it to the core.
+    def arrive(
+        self, cid: int, op_id: int, core: RawNode, known_commit: int, sm: KvMachine | None = None
+    ) -> str:
+        """The request reached a running server: hand it to the core (`sm`: its state).
 
         `known_commit` is the highest commit index any node had at this moment: a read's
-        ReadIndex result must not be below it (§6.4)."""
+        ReadIndex (or lease) result must not be below it (§6.4); a stale lease read index is
+        added to `stale`."""
         op = self.ops[op_id]
         if op.status != PENDING:
             return "late"
         try:
+            if op.kind == "lease_get":
+                op.kind = "get"  # the history knows one kind of read
+                index = core.lease_read_index()
+                if index is not None:
+                    self.lease_reads += 1
+                    self._read_floor[op_id] = known_commit
+                    problem = self._got_read_index(op.node, op_id, int(index))
+                    if problem:
+                        self.stale.append(problem)
+                    if sm is not None:
+                        self._serve_reads(op.node, sm)
+                    return f"lease read at {index}"
+                self.lease_fallbacks += 1
             if op.kind == "get":
                 ctx = b"r%d" % op_id
                 self._read_ctx.setdefault(op.node, {})[ctx] = op_id
@@ -315,21 +339,27 @@ class Workload:
     ) -> list[str]:
         """Queue the reads until applied; returns reads whose index was stale."""
         ctxs = self._read_ctx.get(node, {})
-        waits = self._read_wait.setdefault(node, [])
         stale: list[str] = []
         for rs in states:
             op_id = ctxs.pop(rs.context, None)
             if op_id is not None:
-                waits.append((int(rs.index), op_id))
-                floor = self._read_floor.pop(op_id, 0)
-                if rs.index < floor:
-                    op = self.ops[op_id]
-                    stale.append(
-                        f"{node} gave read index {rs.index} to get({op.key}) #{op_id}, but "
-                        f"index {floor} was already committed when the read began"
-                    )
+                problem = self._got_read_index(node, op_id, int(rs.index))
+                if problem:
+                    stale.append(problem)
         self._serve_reads(node, sm)
         return stale
+
+    def _got_read_index(self, node: NodeId, op_id: int, index: int) -> str:
+        """Queue a read until `index` is applied; a complaint if the index was stale."""
+        self._read_wait.setdefault(node, []).append((index, op_id))
+        floor = self._read_floor.pop(op_id, 0)
+        if index >= floor:
+            return ""
+        op = self.ops[op_id]
+        return (
+            f"{node} gave read index {index} to get({op.key}) #{op_id}, but "
+            f"index {floor} was already committed when the read began"
+        )
 
     def _serve_reads(self, node: NodeId, sm: KvMachine) -> None:
         waits = self._read_wait.get(node)

@@ -113,11 +113,14 @@ def open_dbs(env: lmdb.Environment, meta: _Database) -> Dbs:
 class LmdbStore:
     """An `MVCCStore` over one LMDB transaction (a read transaction serves the reads only)."""
 
-    __slots__ = ("_dbs", "_txn")
+    __slots__ = ("_dbs", "_revision", "_txn")
 
     def __init__(self, txn: lmdb.Transaction[bytes], dbs: Dbs) -> None:
         self._txn = txn
         self._dbs = dbs
+        # The revision counter, once read or written through this store: every write command
+        # reads it back (`finish`), and nothing else writes it inside our transaction.
+        self._revision: int | None = None
 
     # -- meta ---------------------------------------------------------------------------------
     def _counter(self, name: bytes) -> int:
@@ -128,10 +131,13 @@ class LmdbStore:
         self._txn.put(name, codec.encode_u64(n), db=self._dbs.meta)
 
     def revision(self) -> int:
-        return self._counter(_REVISION)
+        if self._revision is None:
+            self._revision = self._counter(_REVISION)
+        return self._revision
 
     def set_revision(self, rev: int) -> None:
         self._set_counter(_REVISION, rev)
+        self._revision = rev
 
     def compact_revision(self) -> int:
         return self._counter(_COMPACT)

@@ -100,6 +100,7 @@ class Cluster:
         for rn in self.nodes.values():
             if rn.status().role is not Role.LEADER:
                 rn.raft.election_elapsed = max(rn.raft.election_elapsed, rn.raft.cfg.election_ticks)
+                rn.raft.heard_elapsed = max(rn.raft.heard_elapsed, rn.raft.cfg.election_ticks)
 
     def elect(self, node: NodeId) -> None:
         self.expire_leases()

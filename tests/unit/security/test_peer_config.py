@@ -20,8 +20,15 @@ def with_raft_key(line: str) -> str:
 
 
 def test_default_and_explicit_snapshot_cap(tmp_path: Path) -> None:
-    assert node_options(load(tmp_path)).max_snapshot_bytes == 8 << 30
-    s = load(tmp_path, with_raft_key("max_snapshot_bytes: 2097152"))
+    # Derived from the default 2 GiB quota (tests/unit/server/test_snapshot_cap.py).
+    assert node_options(load(tmp_path)).max_snapshot_bytes == 5 << 30
+    no_quota = "logging:\n  level: info\nstorage:\n  quota_bytes: 0\n"
+    s = load(
+        tmp_path,
+        with_raft_key("max_snapshot_bytes: 2097152").replace(
+            'logging:\n  level: "info"\n', no_quota
+        ),
+    )
     assert node_options(s).max_snapshot_bytes == 2 << 20
 
 

@@ -129,9 +129,14 @@ class FakeNode:
         return apply_command(self.state, cmd, self.index)
 
     async def read(
-        self, fn: Callable[[MVCCStore], T], *, linearizable: bool, min_revision: int = 0
+        self,
+        fn: Callable[[MVCCStore], T],
+        *,
+        linearizable: bool,
+        min_revision: int = 0,
+        lease: bool = False,
     ) -> T:
-        await self._enter("read", linearizable, write=False)
+        await self._enter("read", "lease" if lease else linearizable, write=False)
         return fn(self.state)
 
     def local_status(self) -> LocalStatus:

@@ -166,3 +166,26 @@ def test_restored_and_recovered_directories_record_the_current_data_format(
     write_format(done.node_dir, FORMAT_VERSION + 1)
     with pytest.raises(DataFormatError, match="newer raftkv"):
         force_new_cluster(done.node_dir, "x")
+
+
+def test_rewritten_directories_are_marked_clean_like_a_clean_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """restore and force-new-cluster end as a clean stop does (LMDB synced and closed, then
+    `state.clean`): the next start, even after an OS restart (another boot id), keeps the
+    state instead of rebuilding it."""
+    restored = restore_snapshot(backup_file(tmp_path), tmp_path / "data", "x", {"x": "h:1"})
+    forced = force_new_cluster(restored.node_dir, "x")
+    for node in (restored.node_dir, forced.node_dir):
+        assert (node / "state.clean").exists()
+    boot = tmp_path / "boot_id"
+    boot.write_text("another-boot\n")
+    monkeypatch.setenv(startup.BOOT_ID_ENV, str(boot))
+    marker = forced.node_dir / "state" / "kept"
+    marker.write_text("")  # a rebuild would delete the whole state directory
+    sm = startup.open_state(forced.node_dir)
+    try:
+        assert (sm.applied_index, sm.applied_term) == (forced.index, forced.term)
+        assert marker.exists()
+    finally:
+        sm.close()

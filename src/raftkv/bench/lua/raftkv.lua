@@ -1,5 +1,5 @@
 -- wrk load for raftkv's HTTP API: PUT /kv/{key} with a raw body, GET /kv/{key}?consistency=.
--- See common.lua for the configuration; BENCH_CONSISTENCY is linearizable or stale.
+-- See common.lua for the configuration; BENCH_CONSISTENCY is linearizable, lease or stale.
 local consistency = os.getenv("BENCH_CONSISTENCY") or "linearizable"
 local put_headers = { ["Content-Type"] = "text/plain" }
 
