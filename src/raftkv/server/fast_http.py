@@ -511,10 +511,10 @@ class FastProtocol(asyncio.Protocol):
         self._stream = b""
         self.transport = None
         self._server.forget(self)
+        if self._reading_paused:  # first: aiohttp may pause it again while it takes `rest`
+            transport.resume_reading()
         handler = self._server.aiohttp_handler()
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if rest:
             handler.data_received(rest)
-        if self._reading_paused:
-            transport.resume_reading()

@@ -97,6 +97,7 @@ CASES: list[tuple[str, bytes]] = [
     ("expect continue", put("exp", b"abc", "Expect: 100-continue")),
     ("expect other", put("exp", b"abc", "Expect: something")),
     ("gzip", put("gz", b"abc", "Content-Encoding: gzip")),
+    ("gzip, a large body", put("gz", b"g" * 7000, "Content-Encoding: gzip")),
     (
         "chunked",
         b"PUT /kv/ch HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n"
