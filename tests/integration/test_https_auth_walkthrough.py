@@ -177,8 +177,10 @@ def walkthrough(c: TlsCluster) -> None:
     for node in NODE_IDS:
         wait_for(
             f"alice's old token refused on {node}",
-            lambda node=node: call(node, "GET", "/auth/whoami", headers=bearer)
-            == (401, {"error": "the token is not valid", "code": "invalid_token"}),
+            lambda node=node: (
+                call(node, "GET", "/auth/whoami", headers=bearer)
+                == (401, {"error": "the token is not valid", "code": "invalid_token"})
+            ),
         )
     status, fresh = call(lead, "POST", "/auth/token", body=login)
     assert status == 200
