@@ -24,6 +24,7 @@ import structlog
 import typer
 from aiohttp import web
 
+from raftkv.cli.connection import Connection, connection_options
 from raftkv.ops.recovery import RecoveryError, force_new_cluster
 from raftkv.raft.types import NodeId
 from raftkv.runtime.member_table import NodeRemoved
@@ -31,7 +32,7 @@ from raftkv.runtime.node import RaftKVNode
 from raftkv.runtime.options import NodeOptions
 from raftkv.server.config import ConfigError, Settings
 from raftkv.server.http import create_app
-from raftkv.server.joining import check_not_removed, resolve, save_member_files
+from raftkv.server.joining import JoinAccess, check_not_removed, resolve, save_member_files
 from raftkv.server.logging import bind_node, configure_logging
 from raftkv.server.runner import http_ssl_context, run_http
 from raftkv.server.tls import node_client_context, reload_server_context, server_context
@@ -43,9 +44,10 @@ from raftkv.transport.tls import PeerTls, TlsConfigError
 DAMAGED_DATA_ADVICE = (
     "What is safe: do NOT delete the data directory and restart this node under the same id "
     "(it would forget its term and votes and could vote twice, and lose entries it "
-    "acknowledged). Keep the directory for analysis; remove this node from the cluster and "
-    "add a replacement with a new id and an empty data directory (docs/durability.md, "
-    "'Replacing a damaged node')"
+    "acknowledged). Keep the directory for analysis; remove this node from the cluster "
+    "(`raftkv member remove THIS_ID -e LIVE_NODE`) and add a replacement with a new id and an "
+    "empty data directory (`raftkv serve --node-id NEW_ID --join http://LIVE_NODE "
+    "--raft-address ... --http-address ...`; docs/durability.md, 'Replacing a damaged node')"
 )
 _STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
@@ -230,6 +232,7 @@ def _run(settings: Settings, initial_voters: tuple[str, ...] | None = None) -> i
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @connection_options(endpoints=False, json=False, timeout=None)
     def serve(
         config: Annotated[str | None, typer.Option("--config", help="YAML config file")] = None,
         node_id: Annotated[str | None, typer.Option("--node-id", help="this node's id")] = None,
@@ -258,8 +261,11 @@ def register(app: typer.Typer) -> None:
                 "(docs/operations.md)",
             ),
         ] = False,
+        *,
+        conn: Connection,
     ) -> None:
-        """Run one node of the cluster (flags > env > config file > defaults)."""
+        """Run one node of the cluster (flags > env > config file > defaults). The TLS and
+        auth flags are for --join's requests (the node's own TLS comes from the config)."""
         overrides = {
             "config": config,
             "node_id": node_id,
@@ -270,17 +276,30 @@ def register(app: typer.Typer) -> None:
             "log_format": log_format,
         }
         try:
+            access = None
+            if join is not None:
+                access = JoinAccess(
+                    conn.cacert, conn.cert, conn.key, not conn.insecure, conn.auth_header()
+                )
             resolved = resolve(
-                overrides, join=join, raft_address=raft_address, http_address=http_address
+                overrides,
+                join=join,
+                raft_address=raft_address,
+                http_address=http_address,
+                access=access,
             )
             settings = resolved.settings
             # Load the TLS files now, so that a bad pair fails here, naming the field.
             server_context(settings)
-            node_client_context(settings)
+            client_ctx = node_client_context(settings)
             if settings.tls_peer is not None:
                 PeerTls(settings.tls_peer)
             has_data = (settings.data_dir / "raft.db").exists()
-            if has_data and not resolved.joined and (peer := check_not_removed(settings)):
+            if (
+                has_data
+                and not resolved.joined
+                and (peer := check_not_removed(settings, ctx=client_ctx))
+            ):
                 print(
                     f"raftkv: refusing to start: {settings.node_id} was removed from the cluster "
                     f"(so says {peer}); it cannot rejoin under this id: start a new node with a "
@@ -301,7 +320,7 @@ def register(app: typer.Typer) -> None:
                 where = exc.filename or settings.data_dir
                 print(f"raftkv: {describe(exc, 'write member file', where)}", file=sys.stderr)
                 raise typer.Exit(EXIT_IOERR) from None
-        except (ConfigError, TlsConfigError) as exc:
+        except (ConfigError, TlsConfigError, ValueError) as exc:
             print(f"raftkv: invalid configuration: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
         configure_logging(settings.log_level, settings.log_format)
