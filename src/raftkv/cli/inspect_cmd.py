@@ -2,8 +2,10 @@
 
 Rules: the reports are built in `raftkv.ops.inspector` (online) and `raftkv.ops.offline`
 (`raft --data-dir`); this module only parses flags and prints, a rich table on a terminal or the
-report's JSON with `--json`. Exit codes: 0 fine; 1 a check failed (test step failed, data
-diverges, cluster unhealthy); 2 the cluster or data directory could not be read.
+report's JSON with `--json`. TLS and credentials: the shared flags (cli/connection.py); with
+auth on, `data`, `raft` (online) and `test` need root. Exit codes: 0 fine; 1 a check failed
+(test step failed, data diverges, cluster unhealthy); 2 the cluster or data directory could
+not be read.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import msgspec
 import typer
 from rich.console import Console
 
+from raftkv.cli.connection import Connection, connection_options
 from raftkv.ops import render
 from raftkv.ops.inspector import DEFAULT_ADDRESS, InspectError, run_report
 from raftkv.ops.offline import OfflineError, read_offline
@@ -32,25 +35,40 @@ class What(enum.StrEnum):
 
 
 def _collect(
-    what: What, address: str, opts: dict[str, Any], data_dir: Path | None
+    what: What, address: str, opts: dict[str, Any], data_dir: Path | None, conn: Connection
 ) -> dict[str, Any]:
     kinds = ["status", "data", "raft", "test"] if what is What.all else [what.value]
     out: dict[str, Any] = {}
+    online = [k for k in kinds if k != "raft" or data_dir is None]
+    access: dict[str, Any] = {}
+    if online:  # TLS and credentials as every command takes them (cli/connection.py)
+        try:
+            access = {
+                "ssl_context": conn.ssl_context(address.startswith("https://") or conn.tls_asked),
+                "auth_header": conn.auth_header(),
+            }
+        except (ValueError, OSError) as exc:
+            raise InspectError(f"bad connection options: {exc}") from None
     for kind in kinds:
         if kind == "raft" and data_dir is not None:
             out[kind] = read_offline(data_dir, opts["start"], opts["log_limit"])
         elif kind == "raft":
             out[kind] = asyncio.run(
                 run_report(
-                    "raft", address, node=opts["node"], start=opts["start"], limit=opts["log_limit"]
+                    "raft",
+                    address,
+                    node=opts["node"],
+                    start=opts["start"],
+                    limit=opts["log_limit"],
+                    **access,
                 )
             )
         elif kind == "data":
             out[kind] = asyncio.run(
-                run_report("data", address, prefix=opts["prefix"], limit=opts["limit"])
+                run_report("data", address, prefix=opts["prefix"], limit=opts["limit"], **access)
             )
         else:
-            out[kind] = asyncio.run(run_report(kind, address))
+            out[kind] = asyncio.run(run_report(kind, address, **access))
     return out
 
 
@@ -65,6 +83,7 @@ def failed(reports: dict[str, Any]) -> bool:
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @connection_options(endpoints=False, json=False, timeout=None)
     def inspect(
         what: Annotated[What, typer.Argument(help="which report (default: all)")] = What.all,
         address: Annotated[
@@ -79,6 +98,8 @@ def register(app: typer.Typer) -> None:
         data_dir: Annotated[
             Path | None, typer.Option("--data-dir", help="raft: read this node dir offline")
         ] = None,
+        *,
+        conn: Connection,
     ) -> None:
         """Inspect a running cluster: status, data side by side, Raft log, round-trip test."""
         opts = {
@@ -91,7 +112,7 @@ def register(app: typer.Typer) -> None:
         if what is What.all and data_dir is not None:
             what = What.raft  # an offline look has only the log to show
         try:
-            reports = _collect(what, address, opts, data_dir)
+            reports = _collect(what, address, opts, data_dir, conn)
         except (InspectError, OfflineError) as exc:
             print(f"raftkv inspect: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None

@@ -16,17 +16,16 @@ Rules:
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import msgspec
 import typer
 from rich.console import Console
 
 from raftkv.cli import kv_render
+from raftkv.cli.connection import Connection, connection_options
 from raftkv.client import (
     BadRequest,
     Client,
@@ -36,13 +35,11 @@ from raftkv.client import (
     RaftkvError,
     TxnResult,
 )
-from raftkv.client.options import DEFAULT_ENDPOINTS
 from raftkv.client.txn_codec import parse_txn
 from raftkv.client.types import Value
 
 T = TypeVar("T")
 
-SEED_ENDPOINTS = ",".join(DEFAULT_ENDPOINTS)
 # A command's session only has to outlive its own retries: a short TTL keeps a shell loop of
 # writes from filling the cluster's session table (sessions beyond its cap evict the idlest).
 CLI_SESSION_TTL_S = 15
@@ -50,28 +47,6 @@ EXIT_NO = 1
 EXIT_USAGE = 2
 EXIT_ERROR = 3
 
-Endpoints = Annotated[
-    str,
-    typer.Option(
-        "--endpoints",
-        "-e",
-        envvar="RAFTKV_ENDPOINTS",
-        help="Comma-separated node addresses (host:port or http(s)://host:port)",
-    ),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
-Timeout = Annotated[float, typer.Option(help="Seconds per operation, retries included")]
-CaCert = Annotated[Path | None, typer.Option("--cacert", help="CA bundle to verify the nodes")]
-Cert = Annotated[Path | None, typer.Option("--cert", help="Client certificate (PEM)")]
-Key = Annotated[Path | None, typer.Option("--key", help="Client certificate's key (PEM)")]
-Insecure = Annotated[
-    bool, typer.Option("--insecure", help="HTTPS without verifying certificates (testing only)")
-]
-User = Annotated[
-    str | None,
-    typer.Option("--user", envvar="RAFTKV_USER", help="NAME[:PASSWORD] for HTTP Basic auth"),
-]
-Token = Annotated[str | None, typer.Option("--token", envvar="RAFTKV_TOKEN", help="Bearer token")]
 Revision = Annotated[int | None, typer.Option(help="Read as of this revision")]
 Consistency = Annotated[
     str, typer.Option(help="linearizable (default), lease (leader lease, docs/api.md) or stale")
@@ -84,55 +59,24 @@ IfMatch = Annotated[
 ]
 
 
-class Conn(msgspec.Struct, frozen=True):
-    """The connection flags every command shares."""
-
-    endpoints: str
-    timeout: float
-    cacert: Path | None
-    cert: Path | None
-    key: Path | None
-    insecure: bool
-    user: str | None
-    token: str | None
-    as_json: bool
-
-    def client(self) -> Client:
-        username = password = None
-        if self.user is not None:
-            username, sep, password = self.user.partition(":")
-            if not sep:
-                password = os.environ.get("RAFTKV_PASSWORD") or typer.prompt(
-                    f"password for {username}", hide_input=True, err=True
-                )
-        try:
-            return Client(
-                self.endpoints,
-                timeout=self.timeout,
-                session_ttl=CLI_SESSION_TTL_S,
-                ca=self.cacert,
-                cert=self.cert,
-                key=self.key,
-                verify=not self.insecure,
-                username=username,
-                password=password,
-                token=self.token,
-            )
-        except (ValueError, OSError) as exc:  # bad endpoint, unreadable certificate ...
-            _fail(self, EXIT_USAGE, f"bad connection options: {exc}")
+def _client(conn: Connection) -> Client:
+    try:
+        return conn.client(session_ttl=CLI_SESSION_TTL_S)
+    except (ValueError, OSError) as exc:  # bad endpoint, unreadable certificate ...
+        _fail(conn, EXIT_USAGE, f"bad connection options: {exc}")
 
 
-def _fail(conn: Conn, code: int, message: str, doc: dict[str, Any] | None = None) -> NoReturn:
+def _fail(conn: Connection, code: int, message: str, doc: dict[str, Any] | None = None) -> NoReturn:
     if conn.as_json:
         sys.stdout.write(kv_render.to_json(doc or {"error": message, "code": "cli_error"}))
     print(f"raftkv: {message}", file=sys.stderr)
     raise typer.Exit(code)
 
 
-def _run(conn: Conn, op: Callable[[Client], T]) -> T:
+def _run(conn: Connection, op: Callable[[Client], T]) -> T:
     """Run `op` with a client; map client errors to messages and exit codes."""
     try:
-        with conn.client() as kv:
+        with _client(conn) as kv:
             return op(kv)
     except RaftkvError as exc:
         doc = {"error": exc.message, "code": exc.code or type(exc).__name__, **exc.details}
@@ -151,7 +95,7 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
 
-def _read_value(conn: Conn, value: str | None, file: Path | None, binary: bool) -> Value:
+def _read_value(conn: Connection, value: str | None, file: Path | None, binary: bool) -> Value:
     if value is not None and file is not None:
         _fail(conn, EXIT_USAGE, "give the value as an argument or with --file, not both")
     if value is not None:
@@ -170,6 +114,7 @@ def _read_value(conn: Conn, value: str | None, file: Path | None, binary: bool) 
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @connection_options()
     def put(
         key: Annotated[str, typer.Argument(help="The key")],
         value: Annotated[
@@ -186,23 +131,17 @@ def register(app: typer.Typer) -> None:
         if_absent: Annotated[
             bool, typer.Option("--if-absent", help="Only if the key does not exist")
         ] = False,
-        endpoints: Endpoints = SEED_ENDPOINTS,
-        as_json: AsJson = False,
-        timeout: Timeout = 10.0,
-        cacert: CaCert = None,
-        cert: Cert = None,
-        key_file: Key = None,
-        insecure: Insecure = False,
-        user: User = None,
-        token: Token = None,
+        *,
+        conn: Connection,
     ) -> None:
         """Store a value (optionally only if unchanged or absent: compare-and-set)."""
-        conn = Conn(endpoints, timeout, cacert, cert, key_file, insecure, user, token, as_json)
+        as_json = conn.as_json
         data = _read_value(conn, value, file, binary)
         result = _run(conn, lambda kv: kv.put(key, data, if_match=if_match, if_absent=if_absent))
         kv_render.print_put(_console(), result, as_json)
 
     @app.command()
+    @connection_options()
     def get(
         key: Annotated[str, typer.Argument(help="The key")],
         revision: Revision = None,
@@ -211,18 +150,11 @@ def register(app: typer.Typer) -> None:
         raw: Annotated[
             bool, typer.Option("--raw", "-r", help="Print only the value, as stored")
         ] = False,
-        endpoints: Endpoints = SEED_ENDPOINTS,
-        as_json: AsJson = False,
-        timeout: Timeout = 10.0,
-        cacert: CaCert = None,
-        cert: Cert = None,
-        key_file: Key = None,
-        insecure: Insecure = False,
-        user: User = None,
-        token: Token = None,
+        *,
+        conn: Connection,
     ) -> None:
         """Read a key: its value, revisions and version."""
-        conn = Conn(endpoints, timeout, cacert, cert, key_file, insecure, user, token, as_json)
+        as_json = conn.as_json
         item = _run(
             conn,
             lambda kv: kv.get(
@@ -236,24 +168,18 @@ def register(app: typer.Typer) -> None:
         kv_render.print_item(_console(), item, as_json)
 
     @app.command("del")
+    @connection_options()
     def delete(
         key: Annotated[str | None, typer.Argument(help="The key")] = None,
         prefix: Annotated[
             str | None, typer.Option("--prefix", help="Delete every key with this prefix")
         ] = None,
         if_match: IfMatch = None,
-        endpoints: Endpoints = SEED_ENDPOINTS,
-        as_json: AsJson = False,
-        timeout: Timeout = 10.0,
-        cacert: CaCert = None,
-        cert: Cert = None,
-        key_file: Key = None,
-        insecure: Insecure = False,
-        user: User = None,
-        token: Token = None,
+        *,
+        conn: Connection,
     ) -> None:
         """Delete a key, or with --prefix every key under a prefix (atomically)."""
-        conn = Conn(endpoints, timeout, cacert, cert, key_file, insecure, user, token, as_json)
+        as_json = conn.as_json
         if (key is None) == (prefix is None):
             _fail(conn, EXIT_USAGE, "give a KEY or --prefix PREFIX (one of them)")
         if prefix is not None:
@@ -267,6 +193,7 @@ def register(app: typer.Typer) -> None:
         kv_render.print_deleted(_console(), result, as_json)
 
     @app.command()
+    @connection_options()
     def ls(
         prefix: Annotated[str, typer.Argument(help="Key prefix (default: every key)")] = "",
         start: Annotated[str | None, typer.Option(help="First key of a [start, end) range")] = None,
@@ -278,18 +205,11 @@ def register(app: typer.Typer) -> None:
         count_only: Annotated[bool, typer.Option("--count-only", help="Only the count")] = False,
         revision: Revision = None,
         consistency: Consistency = "linearizable",
-        endpoints: Endpoints = SEED_ENDPOINTS,
-        as_json: AsJson = False,
-        timeout: Timeout = 10.0,
-        cacert: CaCert = None,
-        cert: Cert = None,
-        key_file: Key = None,
-        insecure: Insecure = False,
-        user: User = None,
-        token: Token = None,
+        *,
+        conn: Connection,
     ) -> None:
         """List keys with a prefix (or in a range) with values and revisions."""
-        conn = Conn(endpoints, timeout, cacert, cert, key_file, insecure, user, token, as_json)
+        as_json = conn.as_json
         ranged = start is not None or end is not None
         if ranged and prefix:
             _fail(conn, EXIT_USAGE, "give a PREFIX or --start/--end, not both")
@@ -342,20 +262,14 @@ def register(app: typer.Typer) -> None:
         kv_render.print_listing(_console(), items, len(items), None, as_json)
 
     @app.command()
+    @connection_options()
     def txn(
         file: Annotated[
             Path | None,
             typer.Argument(help="JSON {compare, success, failure} (default: stdin; '-': stdin)"),
         ] = None,
-        endpoints: Endpoints = SEED_ENDPOINTS,
-        as_json: AsJson = False,
-        timeout: Timeout = 10.0,
-        cacert: CaCert = None,
-        cert: Cert = None,
-        key_file: Key = None,
-        insecure: Insecure = False,
-        user: User = None,
-        token: Token = None,
+        *,
+        conn: Connection,
     ) -> None:
         """Run a transaction: if every compare holds, the success ops, else the failure ops.
 
@@ -363,7 +277,7 @@ def register(app: typer.Typer) -> None:
         "mod_revision" | "create_revision", "op": "==" | "!=" | "<" | ">", "value"}],
         "success": [{"op": "get" | "put" | "delete", "key", "value"?, "prefix"?}],
         "failure": [...]}. Exit 1 when the compares were false (the failure branch ran)."""
-        conn = Conn(endpoints, timeout, cacert, cert, key_file, insecure, user, token, as_json)
+        as_json = conn.as_json
         try:
             raw = sys.stdin.buffer.read() if file is None or str(file) == "-" else file.read_bytes()
             request = parse_txn(raw)

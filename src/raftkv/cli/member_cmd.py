@@ -23,20 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from raftkv.cli import kv_render
-from raftkv.cli.kv_cmd import (
-    SEED_ENDPOINTS,
-    AsJson,
-    CaCert,
-    Cert,
-    Conn,
-    Endpoints,
-    Insecure,
-    Key,
-    Timeout,
-    Token,
-    User,
-    _run,
-)
+from raftkv.cli.connection import Connection, connection_options
+from raftkv.cli.kv_cmd import _run
 from raftkv.client import members as calls
 
 WIDTH = 80
@@ -75,10 +63,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(member, name="member")
     app.add_typer(leader, name="leader")
 
-    def conn_of(*args: Any) -> Conn:
-        return Conn(*args)
-
-    def show(conn: Conn, doc: dict[str, Any], message: str) -> None:
+    def show(conn: Connection, doc: dict[str, Any], message: str) -> None:
         if conn.as_json:
             sys.stdout.write(kv_render.to_json(doc))
             return
@@ -88,26 +73,20 @@ def register(app: typer.Typer) -> None:
             render_members(doc, console)
 
     @member.command("list")
+    @connection_options()
     def member_list(
-        endpoints: Endpoints = SEED_ENDPOINTS,
-        as_json: AsJson = False,
-        timeout: Timeout = 10.0,
-        cacert: CaCert = None,
-        cert: Cert = None,
-        key_file: Key = None,
-        insecure: Insecure = False,
-        user: User = None,
-        token: Token = None,
+        *,
+        conn: Connection,
     ) -> None:
         """The members: role, addresses, and (from the leader) replication and health."""
-        conn = conn_of(endpoints, timeout, cacert, cert, key_file, insecure, user, token, as_json)
         doc = _run(conn, lambda c: c.call(calls.list_members()))
-        if as_json:
+        if conn.as_json:
             sys.stdout.write(kv_render.to_json(doc))
         else:
             render_members(doc, _console())
 
     @member.command("add")
+    @connection_options(timeout=30.0)
     def member_add(
         node_id: Annotated[str, typer.Argument(help="The new member's id")],
         raft_address: Annotated[str, typer.Option("--raft-address", help="its Raft host:port")],
@@ -119,18 +98,10 @@ def register(app: typer.Typer) -> None:
                 help="promote it to voter once caught up (default: the cluster's setting)",
             ),
         ] = None,
-        endpoints: Endpoints = SEED_ENDPOINTS,
-        as_json: AsJson = False,
-        timeout: Timeout = 30.0,
-        cacert: CaCert = None,
-        cert: Cert = None,
-        key_file: Key = None,
-        insecure: Insecure = False,
-        user: User = None,
-        token: Token = None,
+        *,
+        conn: Connection,
     ) -> None:
         """Add a member as a learner (it never counts toward quorum until promoted)."""
-        conn = conn_of(endpoints, timeout, cacert, cert, key_file, insecure, user, token, as_json)
         doc = _run(
             conn,
             lambda c: c.call(
@@ -140,56 +111,35 @@ def register(app: typer.Typer) -> None:
         show(conn, doc, f"added {node_id} as a learner")
 
     @member.command("promote")
+    @connection_options(timeout=30.0)
     def member_promote(
         node_id: Annotated[str, typer.Argument(help="The learner to promote")],
-        endpoints: Endpoints = SEED_ENDPOINTS,
-        as_json: AsJson = False,
-        timeout: Timeout = 30.0,
-        cacert: CaCert = None,
-        cert: Cert = None,
-        key_file: Key = None,
-        insecure: Insecure = False,
-        user: User = None,
-        token: Token = None,
+        *,
+        conn: Connection,
     ) -> None:
         """Make a caught-up learner a voter (refused with its lag while it is behind)."""
-        conn = conn_of(endpoints, timeout, cacert, cert, key_file, insecure, user, token, as_json)
         doc = _run(conn, lambda c: c.call(calls.promote_member(node_id)))
         show(conn, doc, f"{node_id} is a voter")
 
     @member.command("remove")
+    @connection_options(timeout=30.0)
     def member_remove(
         node_id: Annotated[str, typer.Argument(help="The member to remove")],
-        endpoints: Endpoints = SEED_ENDPOINTS,
-        as_json: AsJson = False,
-        timeout: Timeout = 30.0,
-        cacert: CaCert = None,
-        cert: Cert = None,
-        key_file: Key = None,
-        insecure: Insecure = False,
-        user: User = None,
-        token: Token = None,
+        *,
+        conn: Connection,
     ) -> None:
         """Remove a member for good (the leader hands over first; refused if it would cost
         the cluster its quorum). The id is never reused."""
-        conn = conn_of(endpoints, timeout, cacert, cert, key_file, insecure, user, token, as_json)
         doc = _run(conn, lambda c: c.call(calls.remove_member(node_id)))
         show(conn, doc, f"removed {node_id}")
 
     @leader.command("transfer")
+    @connection_options(timeout=30.0)
     def leader_transfer(
         to: Annotated[str, typer.Argument(help="The voter that should lead")],
-        endpoints: Endpoints = SEED_ENDPOINTS,
-        as_json: AsJson = False,
-        timeout: Timeout = 30.0,
-        cacert: CaCert = None,
-        cert: Cert = None,
-        key_file: Key = None,
-        insecure: Insecure = False,
-        user: User = None,
-        token: Token = None,
+        *,
+        conn: Connection,
     ) -> None:
         """Hand leadership to `to` (returns once it leads)."""
-        conn = conn_of(endpoints, timeout, cacert, cert, key_file, insecure, user, token, as_json)
         doc = _run(conn, lambda c: c.call(calls.transfer_leader(to)))
         show(conn, doc, f"{doc.get('leader', to)} is the leader")

@@ -24,6 +24,7 @@ import structlog
 import typer
 from aiohttp import web
 
+from raftkv.cli.connection import Connection, connection_options
 from raftkv.ops.recovery import RecoveryError, force_new_cluster
 from raftkv.raft.types import NodeId
 from raftkv.runtime.member_table import NodeRemoved
@@ -31,10 +32,15 @@ from raftkv.runtime.node import RaftKVNode
 from raftkv.runtime.options import NodeOptions
 from raftkv.server.config import ConfigError, Settings
 from raftkv.server.http import create_app
-from raftkv.server.joining import check_not_removed, resolve, save_member_files
+from raftkv.server.joining import JoinAccess, check_not_removed, resolve, save_member_files
 from raftkv.server.logging import bind_node, configure_logging
 from raftkv.server.runner import http_ssl_context, run_http
-from raftkv.server.tls import node_client_context, reload_server_context, server_context
+from raftkv.server.tls import (
+    node_client_context,
+    reload_client_contexts,
+    reload_server_context,
+    server_context,
+)
 from raftkv.storage.errors import StorageError
 from raftkv.storage.failure import EXIT_IOERR, StorageFailure, describe, is_storage_error
 from raftkv.storage.format import refuse_newer
@@ -137,12 +143,21 @@ def reload_peer_tls(tls: PeerTls | None) -> bool:
 
 
 def reload_tls(tls: PeerTls | None, runner: web.AppRunner, settings: Settings) -> None:
-    """SIGHUP: re-read the peer and the HTTPS files (each keeps its old files on failure)."""
+    """SIGHUP: re-read the peer and the HTTPS files (each keeps its old files on failure):
+    the peer transport's, the HTTPS listener's and the node-to-node client contexts'
+    (forwarding, status probes, membership calls)."""
     reload_peer_tls(tls)
+    log = structlog.get_logger("raftkv.serve")
+    try:
+        count = reload_client_contexts(settings)
+    except TlsConfigError as exc:
+        log.error("tls_reload_failed", part="client", error=str(exc), keeping="previous files")
+    else:
+        if count:
+            log.info("tls_reloaded", part="client", contexts=count)
     ctx = http_ssl_context(runner)
     if ctx is None:
         return
-    log = structlog.get_logger("raftkv.serve")
     try:
         reload_server_context(ctx, settings)
     except TlsConfigError as exc:
@@ -231,6 +246,7 @@ def _run(settings: Settings, initial_voters: tuple[str, ...] | None = None) -> i
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @connection_options(endpoints=False, json=False, timeout=None)
     def serve(
         config: Annotated[str | None, typer.Option("--config", help="YAML config file")] = None,
         node_id: Annotated[str | None, typer.Option("--node-id", help="this node's id")] = None,
@@ -259,8 +275,11 @@ def register(app: typer.Typer) -> None:
                 "(docs/operations.md)",
             ),
         ] = False,
+        *,
+        conn: Connection,
     ) -> None:
-        """Run one node of the cluster (flags > env > config file > defaults)."""
+        """Run one node of the cluster (flags > env > config file > defaults). The TLS and
+        auth flags are for --join's requests (the node's own TLS comes from the config)."""
         overrides = {
             "config": config,
             "node_id": node_id,
@@ -271,17 +290,30 @@ def register(app: typer.Typer) -> None:
             "log_format": log_format,
         }
         try:
+            access = None
+            if join is not None:
+                access = JoinAccess(
+                    conn.cacert, conn.cert, conn.key, not conn.insecure, conn.auth_header()
+                )
             resolved = resolve(
-                overrides, join=join, raft_address=raft_address, http_address=http_address
+                overrides,
+                join=join,
+                raft_address=raft_address,
+                http_address=http_address,
+                access=access,
             )
             settings = resolved.settings
             # Load the TLS files now, so that a bad pair fails here, naming the field.
             server_context(settings)
-            node_client_context(settings)
+            client_ctx = node_client_context(settings)
             if settings.tls_peer is not None:
                 PeerTls(settings.tls_peer)
             has_data = (settings.data_dir / "raft.db").exists()
-            if has_data and not resolved.joined and (peer := check_not_removed(settings)):
+            if (
+                has_data
+                and not resolved.joined
+                and (peer := check_not_removed(settings, ctx=client_ctx))
+            ):
                 print(
                     f"raftkv: refusing to start: {settings.node_id} was removed from the cluster "
                     f"(so says {peer}); it cannot rejoin under this id: start a new node with a "
@@ -302,7 +334,7 @@ def register(app: typer.Typer) -> None:
                 where = exc.filename or settings.data_dir
                 print(f"raftkv: {describe(exc, 'write member file', where)}", file=sys.stderr)
                 raise typer.Exit(EXIT_IOERR) from None
-        except (ConfigError, TlsConfigError) as exc:
+        except (ConfigError, TlsConfigError, ValueError) as exc:
             print(f"raftkv: invalid configuration: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
         configure_logging(settings.log_level, settings.log_format)

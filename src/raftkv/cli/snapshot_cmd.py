@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from raftkv.client.options import make_options
+from raftkv.cli.connection import Connection, connection_options
 from raftkv.ops.backup import BackupError, SnapshotFacts, check_sidecar, read_facts, save_snapshot
 from raftkv.ops.recovery import RecoveryError, parse_initial_cluster, restore_snapshot
 
@@ -46,28 +46,16 @@ def _print_facts(facts: SnapshotFacts, as_json: bool, verb: str) -> None:
 
 
 @snapshot_app.command("save")
+@connection_options(timeout=None)
 def save(
     file: Annotated[Path, typer.Argument(help="Where to write the snapshot")],
-    endpoints: Annotated[
-        str, typer.Option("--endpoints", help="Comma-separated host:port or URLs of any nodes")
-    ] = "localhost:8081,localhost:8082,localhost:8083",
-    cacert: Annotated[Path | None, typer.Option("--cacert", help="CA bundle (HTTPS)")] = None,
-    cert: Annotated[Path | None, typer.Option("--cert", help="Client certificate")] = None,
-    key: Annotated[Path | None, typer.Option("--key", help="Client certificate's key")] = None,
-    user: Annotated[str | None, typer.Option("--user", help="User name (HTTP Basic)")] = None,
-    password: Annotated[
-        str | None, typer.Option("--password", envvar="RAFTKV_PASSWORD", help="Password")
-    ] = None,
-    token: Annotated[
-        str | None, typer.Option("--token", envvar="RAFTKV_TOKEN", help="Bearer token")
-    ] = None,
-    as_json: JsonOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Save a consistent snapshot of the cluster (from its leader) to FILE, plus FILE.sha256."""
+    as_json = conn.as_json
     try:
-        options = make_options(
-            endpoints, ca=cacert, cert=cert, key=key, username=user, password=password, token=token
-        )
+        options = conn.options()
     except (ValueError, OSError) as exc:
         _say(f"raftkv snapshot save: {exc}")
         raise typer.Exit(2) from None

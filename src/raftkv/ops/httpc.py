@@ -7,13 +7,18 @@ Rules:
   connection (ARCHITECTURE.md §4.7). Harmless for these tools' reads; for the writes of the
   inspector's round trip a duplicated PUT/DELETE at worst repeats an idempotent effect, and
   nothing here records a history for checking.
-- Addresses are "host:port" (as the cluster reports them) or full URLs.
+- Addresses are "host:port" (as the cluster reports them) or full URLs. A bare "host:port" is
+  https when the session was made with an SSL context, else http.
+- With auth on, the session sends the operator's `Authorization` header on every request
+  (`raftkv inspect --user/--token`, cli/connection.py); it is never part of a report.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -44,21 +49,41 @@ class Reply:
         return None
 
 
-def base_url(address: str) -> str:
+# The scheme of each session made by make_session (https when it has an SSL context).
+_SCHEMES: weakref.WeakKeyDictionary[aiohttp.ClientSession, str] = weakref.WeakKeyDictionary()
+
+
+def base_url(address: str, scheme: str = "http") -> str:
     address = address.rstrip("/")
-    return address if "://" in address else f"http://{address}"
+    return address if "://" in address else f"{scheme}://{address}"
 
 
 def kv_path(key: str) -> str:
     return "/kv/" + quote(key, safe="")
 
 
-def make_session(timeout_s: float = DEFAULT_TIMEOUT_S, limit: int = 100) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit),
+def session_tls(session: aiohttp.ClientSession) -> bool:
+    """Whether `session` speaks https to bare "host:port" addresses."""
+    return _SCHEMES.get(session) == "https"
+
+
+def make_session(
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    limit: int = 100,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    auth_header: str | None = None,
+) -> aiohttp.ClientSession:
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=limit, ssl=ssl_context if ssl_context is not None else True
+        ),
         timeout=aiohttp.ClientTimeout(total=timeout_s),
+        headers={"Authorization": auth_header} if auth_header else None,
         trust_env=False,
     )
+    _SCHEMES[session] = "https" if ssl_context is not None else "http"
+    return session
 
 
 async def request(
@@ -71,7 +96,7 @@ async def request(
     json: object | None = None,
     params: dict[str, str] | None = None,
 ) -> Reply:
-    url = base_url(address) + path
+    url = base_url(address, _SCHEMES.get(session, "http")) + path
     body = msgspec.json.encode(json) if json is not None else data
     headers = {"Content-Type": "application/json"} if json is not None else None
     start = time.perf_counter()

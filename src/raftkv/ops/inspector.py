@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 from collections.abc import Mapping
 from typing import Any, Final
 
 import aiohttp
 
-from raftkv.ops.httpc import Reply, kv_path, make_session, request
+from raftkv.ops.httpc import Reply, base_url, kv_path, make_session, request, session_tls
 
 DEFAULT_ADDRESS: Final = "localhost:8081"
 KEYS_PAGE: Final = 10_000
@@ -54,9 +55,12 @@ async def discover(session: aiohttp.ClientSession, address: str) -> dict[str, st
 def _why(reply: Reply) -> str:
     if reply.error:
         return reply.error
+    words = f"HTTP {reply.status}"
     if isinstance(reply.body, dict) and "error" in reply.body:
-        return f"HTTP {reply.status}: {reply.body['error']}"
-    return f"HTTP {reply.status}"
+        words += f": {reply.body['error']}"
+    if reply.status in (401, 403):
+        words += " (auth is on: give --user/--password or --token; these reports need root)"
+    return words
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -264,7 +268,7 @@ async def gather_raft(
     reply = await request(session, "GET", target, "/debug/log", params=params)
     if not reply.ok or not isinstance(reply.body, dict):
         raise InspectError(f"cannot read /debug/log from {target}: {_why(reply)}")
-    return {"source": f"http://{target}", **reply.body}
+    return {"source": base_url(target, "https" if session_tls(session) else "http"), **reply.body}
 
 
 # -- round-trip test ------------------------------------------------------------------------
@@ -318,9 +322,17 @@ def _step(node_id: str, name: str, reply: Reply, ok: bool) -> dict[str, Any]:
     }
 
 
-async def run_report(kind: str, address: str, **kwargs: Any) -> dict[str, Any]:
-    """One report by name, in its own client session."""
-    async with make_session() as session:
+async def run_report(
+    kind: str,
+    address: str,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    auth_header: str | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """One report by name, in its own client session (HTTPS with `ssl_context`; with auth on,
+    `auth_header` is the operator's credentials: the data, raft and test reports need root)."""
+    async with make_session(ssl_context=ssl_context, auth_header=auth_header) as session:
         match kind:
             case "status":
                 return await gather_status(session, address)

@@ -89,6 +89,9 @@ def render_data(console: Console, report: dict[str, Any]) -> None:
         cells.append("[bold red]DIVERGES[/]" if row["divergent"] else "[green]ok[/]")
         table.add_row(*cells, style="red" if row["divergent"] else None)
     console.print(table)
+    for n in nodes:
+        if error := report["nodes"][n].get("error"):
+            console.print(f"[red]{n}: {error}[/]", highlight=False)
     truncated = [n for n in nodes if report["nodes"][n].get("truncated")]
     if truncated:
         console.print(f"[yellow]listing truncated at --limit {report['limit']} on {truncated}[/]")

@@ -32,8 +32,9 @@ def safe_lease_ticks(election_ticks: int, drift_ratio: float, *, follower_slack:
     """The longest lease, in the leader's ticks, that a quorum's promise still covers.
 
     A follower's promise lasts `election_ticks` of its ticks after it heard the round; its first
-    tick may come at once (and, in the asyncio driver, one more catches up after a late tick),
-    so it covers at least `election_ticks - follower_slack` of its tick periods. The leader
+    tick may come at once, so it covers at least `election_ticks - follower_slack` of its tick
+    periods (slack 1 when ticks and messages reach the core in time order, as in the simulator
+    and the asyncio driver; 2 for a driver that may deliver a late tick after a message). The leader
     counts from the tick period in which it sent the round to the one it reads in: elapsed time
     < (now - start + 1) periods. With tick periods within a factor (1 ± drift) of nominal:
     (lease - 1 + 1) * (1 + drift) <= (election_ticks - follower_slack) * (1 - drift).

@@ -358,6 +358,8 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
         self._step(msg)
 
     def _step(self, msg: AnyMessage) -> None:
+        if not self._tick_if_due():  # time order: a due tick first (ticks.py)
+            return
         self.metrics.received(msg)
         try:
             self.raw.step(msg)

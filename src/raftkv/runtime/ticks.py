@@ -8,6 +8,9 @@ Rules:
 - Not for a leader lease (thesis §6.4.1), which must expire in real time: when a tick comes so
   late that the schedule restarts, the periods it jumped over are reported to the core
   (`clock_skipped`, rounded up), so the lease clock never counts fewer periods than passed.
+- A due tick is delivered before the next peer message is stepped (`_tick_if_due`), so a
+  follower never counts a leader's heartbeat as heard in a tick period that is already over:
+  its lease promise then covers `election_ticks - 1` whole periods (raft/lease.py).
 - Between ticks the core's clock is only current until the next tick is due: a lease read is
   decided only while that tick is not due (checked before and after asking the core, so a
   pause in between cannot slip through); otherwise the read falls back to ReadIndex.
@@ -58,31 +61,41 @@ class TickLoop:
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        period = self.opts.tick_ms / 1000.0
-        next_at = self._next_tick_at = loop.time() + period
+        self._next_tick_at = loop.time() + self.opts.tick_ms / 1000.0
         while True:
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            now = loop.time()
-            late = now - next_at
-            next_at += period
-            skipped = 0
-            if next_at < now:
-                # Late by more than a period: restart the schedule from now. The core's lease
-                # clock must still cover the time that passed (n_next - n_this = late + period).
-                next_at = now + period
-                skipped = math.ceil(late / period)
-            self._next_tick_at = next_at
-            if late > 2 * period and now - self._last_stall_log > 1.0:
-                self._last_stall_log = now
-                log.warning("event loop stalled", node=self.id, late_ms=round(late * 1000, 1))
-            try:
-                self.raw.clock_skipped(skipped)
-                self._tick(loop)
-            except InvariantViolation as exc:
-                self._die(exc)
+            await asyncio.sleep(max(0.0, self._next_tick_at - loop.time()))
+            if not self._tick_if_due():
                 return
-            except Exception as exc:  # the tick must never die silently
-                log.error("tick failed", node=self.id, error=repr(exc))
+
+    def _tick_if_due(self) -> bool:
+        """Deliver the tick if it is due (from the tick task, or before a peer message is
+        stepped: ticks and messages then reach the core in time order). False if the node died."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not self._next_tick_at or now < self._next_tick_at:
+            return True
+        period = self.opts.tick_ms / 1000.0
+        late = now - self._next_tick_at
+        next_at = self._next_tick_at + period
+        skipped = 0
+        if next_at < now:
+            # Late by more than a period: restart the schedule from now. The core's lease clock
+            # must still cover the time that passed (n_next - n_this = late + period).
+            next_at = now + period
+            skipped = math.ceil(late / period)
+        self._next_tick_at = next_at
+        if late > 2 * period and now - self._last_stall_log > 1.0:
+            self._last_stall_log = now
+            log.warning("event loop stalled", node=self.id, late_ms=round(late * 1000, 1))
+        try:
+            self.raw.clock_skipped(skipped)
+            self._tick(loop)
+        except InvariantViolation as exc:
+            self._die(exc)
+            return False
+        except Exception as exc:  # the tick must never die silently
+            log.error("tick failed", node=self.id, error=repr(exc))
+        return True
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         period = self.opts.tick_ms / 1000.0
@@ -106,6 +119,8 @@ class TickLoop:
         """The read index from the leader's lease, if it holds one and the core's clock is
         current (the next tick is not yet due, before and after asking); else None."""
         loop = asyncio.get_running_loop()
+        if not self._tick_if_due():  # a tick overdue under load: catch up rather than give up
+            return None
         due = self._next_tick_at - LEASE_GUARD_S
         if loop.time() >= due:
             return None

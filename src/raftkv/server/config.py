@@ -181,12 +181,12 @@ class Settings:
 
 
 def _lease_ticks(raft: RaftSection) -> int:
-    """The lease the asyncio driver can keep safely: its ticks can come up to a period late,
-    then one catches up at once, so a follower's promise covers election ticks - 2 periods."""
+    """The lease the asyncio driver keeps: it delivers a due tick before stepping a message
+    (runtime/ticks.py), so a follower's promise covers election ticks - 1 whole periods."""
     if not raft.lease_reads:
         return 0
     ticks = raft.election_timeout_ms // raft.heartbeat_timeout_ms
-    return safe_lease_ticks(ticks, raft.lease_drift_ratio, follower_slack=2)
+    return safe_lease_ticks(ticks, raft.lease_drift_ratio)
 
 
 def load_settings(

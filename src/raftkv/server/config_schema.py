@@ -128,8 +128,8 @@ class RaftSection(_Section, frozen=True, kw_only=True):
         Meta(
             ge=0.0,
             le=0.5,
-            description="clock-drift bound r of a lease: it lasts (election timeout - 2 ticks) "
-            "* (1 - r)/(1 + r), in whole ticks (1 tick with the defaults); 0 ticks: no lease",
+            description="clock-drift bound r of a lease: it lasts (election timeout - 1 tick) "
+            "* (1 - r)/(1 + r), in whole ticks (2 ticks with the defaults); 0 ticks: no lease",
         ),
     ] = 0.1
 

@@ -17,6 +17,16 @@ Rules:
   record (runtime/members.py) wins once the node runs.
 - With a config file, its `nodes` are the INITIAL configuration only (like etcd's
   `--initial-cluster`); after bootstrap the replicated record is the configuration.
+- With security on (docs/security.md): the cluster's `tls` and `auth` sections are shared like
+  the others (TLS paths keep their `{node_id}`, so the joining node's files are where the
+  cluster's config says: `raftkv certs add-node` writes them there). The join requests go to an
+  https:// URL (or a bare host:port when a TLS option is given) verified against `--cacert`
+  (`JoinAccess`); they carry the operator's credentials (`--user/--password` or `--token`) if
+  given, and the POST presents the joining node's own peer certificate (from the shared
+  `tls.peer`, unless `--cert` names another): a member's certificate may add members, so a
+  node with a certificate from `certs add-node` joins without a password.
+- `check_not_removed` asks the other members over https when the API is, with the node's own
+  peer certificate (server/tls.py `node_client_context`).
 - Errors raise `ConfigError` (exit 2) with words that say what to do.
 """
 
@@ -24,11 +34,12 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,9 +53,38 @@ MEMBER_CONFIG: Final = "member.yaml"
 MEMBER_FILE: Final = "member.json"
 FORMAT: Final = 1
 JOIN_DEADLINE_S: Final = 60.0  # how long a join keeps asking while the cluster has no leader
-SHARED_SECTIONS: Final = ("cluster", "raft", "server", "storage")  # what a joining node copies
+# What a joining node copies (tls: file paths with `{node_id}`, never the files themselves).
+SHARED_SECTIONS: Final = ("cluster", "raft", "server", "storage", "tls", "auth")
 _HTTP_TIMEOUT_S: Final = 15.0
 _DEFAULT_ROOT: Final = ClusterSection().data_dir
+
+
+@dataclass(frozen=True, slots=True)
+class JoinAccess:
+    """How `--join` reaches the cluster: TLS verification, a client certificate, credentials
+    (the `raftkv` connection flags, cli/connection.py)."""
+
+    ca: Path | None = None  # --cacert: verify the cluster's HTTPS certificate with this CA
+    cert: Path | None = None  # --cert/--key: present this certificate instead of the peer one
+    key: Path | None = None
+    verify: bool = True  # --insecure: False
+    auth_header: str | None = field(default=None, repr=False)
+
+    @property
+    def tls_asked(self) -> bool:
+        return self.ca is not None or self.cert is not None or not self.verify
+
+    def context(self, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+        """The client context; `cert`/`key`: the certificate to present (default --cert)."""
+        ctx = ssl.create_default_context(cafile=str(self.ca) if self.ca is not None else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if not self.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        cert, key = (self.cert, self.key) if self.cert is not None else (cert, key)
+        if cert is not None:
+            ctx.load_cert_chain(str(cert), str(key) if key is not None else None)
+        return ctx
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +103,7 @@ def resolve(
     raft_address: str | None,
     http_address: str | None,
     env: Mapping[str, str] | None = None,
+    access: JoinAccess | None = None,
 ) -> Resolved:
     """Settings from the node's own files, --join, or the config file (in that order)."""
     environ = os.environ if env is None else env
@@ -81,7 +122,7 @@ def resolve(
             raise ConfigError("--join: needs --raft-address and --http-address (host:port)")
         root = Path(str(data_root or _DEFAULT_ROOT))
         settings, initial = join_cluster(
-            join, str(node_id), raft_address, http_address, root, overrides, environ
+            join, str(node_id), raft_address, http_address, root, overrides, environ, access
         )
         return Resolved(settings, initial, joined=True)
     if raft_address is not None or http_address is not None:
@@ -158,14 +199,23 @@ def join_cluster(
     data_root: Path,
     overrides: Mapping[str, object],
     env: Mapping[str, str],
+    access: JoinAccess | None = None,
 ) -> tuple[Settings, tuple[str, ...]]:
     """Ask the cluster at `url` to add this node as a learner; the settings to start with."""
+    access = access or JoinAccess()
     base = url.rstrip("/")
     if "://" not in base:
-        base = "http://" + base
+        base = ("https://" if access.tls_asked else "http://") + base
     raft = str(Address.parse(raft_address, "--raft-address"))
     http = str(Address.parse(http_address, "--http-address"))
-    info = _call("GET", f"{base}/cluster/config", None)
+    https = base.startswith("https://")
+    if not https and access.tls_asked:
+        raise ConfigError(f"--join: TLS options given for {url}; use an https:// URL")
+    try:
+        ctx = access.context() if https else None
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--cacert/--cert/--key: cannot load them ({exc})") from None
+    info = _call("GET", f"{base}/cluster/config", None, ctx, access.auth_header)
     if node_id in info.get("removed", ()):
         raise ConfigError(
             f"--node-id: {node_id} was removed from the cluster at {url}; ids are never reused: "
@@ -181,7 +231,9 @@ def join_cluster(
             "addresses; pick a new id"
         )
     body = {"id": node_id, "raft_address": raft, "http_address": http, "learner": True}
-    _call("POST", f"{base}/cluster/members", body)
+    if https:
+        ctx = _member_context(access, info["config"].get("tls"), node_id)
+    _call("POST", f"{base}/cluster/members", body, ctx, access.auth_header)
     members[node_id] = {"raft_address": raft, "http_address": http}
     doc = _drop_none(dict(info["config"]))
     doc["cluster"] = {
@@ -206,19 +258,48 @@ def join_cluster(
     return settings, tuple(str(v) for v in info["initial_voters"])
 
 
-def _call(method: str, url: str, body: Mapping[str, object] | None) -> dict[str, Any]:
+def _member_context(access: JoinAccess, tls: object, node_id: str) -> ssl.SSLContext:
+    """The POST's context: it presents this node's peer certificate when the cluster's shared
+    `tls.peer` names files that exist for it (and --cert does not name another)."""
+    peer = tls.get("peer") if isinstance(tls, dict) else None
+    cert = key = None
+    if (
+        isinstance(peer, dict)
+        and isinstance(peer.get("cert"), str)
+        and isinstance(peer.get("key"), str)
+    ):
+        cert = Path(peer["cert"].replace("{node_id}", node_id))
+        key = Path(peer["key"].replace("{node_id}", node_id))
+        if not (cert.is_file() and key.is_file()):
+            cert = key = None  # credentials must do (and the start will name the missing files)
+    try:
+        return access.context(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls.peer: cannot load {cert} / {key} to join with ({exc})") from None
+
+
+def _call(
+    method: str,
+    url: str,
+    body: Mapping[str, object] | None,
+    ctx: ssl.SSLContext | None = None,
+    auth_header: str | None = None,
+) -> dict[str, Any]:
     """One JSON request; retried while the cluster has no leader (503), timed out (504), is busy
     with another membership change (409 `change_in_progress`: e.g. the leader promoting the
     node that joined just before) or cannot be reached -- safe: an add repeated with the same id
-    and addresses is answered as already done."""
+    and addresses is answered as already done. A failed certificate check is not retried: it
+    will not heal."""
     deadline = time.monotonic() + JOIN_DEADLINE_S
     data = json.dumps(body).encode() if body is not None else None
     while True:
         req = urllib.request.Request(url, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if auth_header is not None:
+            req.add_header("Authorization", auth_header)
         try:
-            with urllib.request.urlopen(req, timeout=_HTTP_TIMEOUT_S) as resp:
+            with urllib.request.urlopen(req, timeout=_HTTP_TIMEOUT_S, context=ctx) as resp:
                 result: dict[str, Any] = json.loads(resp.read())
                 return result
         except urllib.error.HTTPError as exc:
@@ -230,24 +311,46 @@ def _call(method: str, url: str, body: Mapping[str, object] | None) -> dict[str,
             if (exc.code in (503, 504) or busy) and time.monotonic() < deadline:
                 time.sleep(0.5)
                 continue
+            hint = ""
+            if exc.code in (401, 403):
+                hint = (
+                    " (auth is on: give --user/--password or --token of a root user, or make "
+                    "this node's peer certificate with `raftkv certs add-node`)"
+                )
             raise ConfigError(
-                f"--join: {method} {url} answered {exc.code} {err.get('code')}: {err.get('error')}"
+                f"--join: {method} {url} answered {exc.code} {err.get('code')}: "
+                f"{err.get('error')}{hint}"
             ) from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ssl.SSLError):
+                raise ConfigError(
+                    f"--join: TLS with {url} failed ({exc.reason}); give the cluster's CA with "
+                    "--cacert"
+                ) from None
+            if time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            raise ConfigError(f"--join: cannot reach {url}: {exc}") from None
+        except (OSError, ValueError) as exc:
             if time.monotonic() < deadline:
                 time.sleep(0.5)
                 continue
             raise ConfigError(f"--join: cannot reach {url}: {exc}") from None
 
 
-def check_not_removed(settings: Settings, timeout_s: float = 1.0) -> str | None:
+def check_not_removed(
+    settings: Settings, timeout_s: float = 1.0, ctx: ssl.SSLContext | None = None
+) -> str | None:
     """Ask the other members whether this node was removed while it was away. Returns the peer
-    that says so, or None (no answer counts as no: the others refuse us anyway)."""
+    that says so, or None (no answer counts as no: the others refuse us anyway). `ctx`: the
+    node's client context when the API is HTTPS (server/tls.py `node_client_context`)."""
+    scheme = "https" if ctx is not None else "http"
     for peer, addr in sorted(settings.http_peers.items()):
         if peer == settings.node_id:
             continue
         try:
-            with urllib.request.urlopen(f"http://{addr}/cluster/config", timeout=timeout_s) as resp:
+            url = f"{scheme}://{addr}/cluster/config"
+            with urllib.request.urlopen(url, timeout=timeout_s, context=ctx) as resp:
                 doc = json.loads(resp.read())
         except (urllib.error.URLError, OSError, ValueError):
             continue
