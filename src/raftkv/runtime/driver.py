@@ -694,5 +694,5 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
                 ("state", d / "state" / "data.mdb"),
                 *(("snapshots", p) for p in (d / "snapshots").glob("snap-*.snap")),
             ],
-            alarms=self.sm.read(alarm_flags),
+            alarms=[*self.sm.read(alarm_flags), ("halted", self.halted is not None)],
         )
