@@ -40,7 +40,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from raftkv.kv.quota import alarm_flags
+from raftkv.kv.quota import alarm_flags, space_figures
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
@@ -695,4 +695,5 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
                 *(("snapshots", p) for p in (d / "snapshots").glob("snap-*.snap")),
             ],
             alarms=self.sm.read(alarm_flags),
+            space=self.sm.read(space_figures),
         )
