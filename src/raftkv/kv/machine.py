@@ -59,6 +59,7 @@ from raftkv.kv.mvcc import MVCCStore
 from raftkv.kv.quota import (
     Alarm,
     SetQuota,
+    SpaceRecord,
     account,
     apply_space,
     evaluate,
@@ -111,11 +112,11 @@ class _Writes:
             self.delete(key)
         return len(keys)
 
-    def finish(self) -> int:
-        """The store's revision after the command."""
+    def finish(self, rec: SpaceRecord) -> int:
+        """The store's revision after the command (`rec`: the space record it found)."""
         if self.sub:
             self.store.set_revision(self.revision)
-            account(self.store, self.live, self.written, self.revision)
+            account(self.store, self.live, self.written, self.revision, rec)
         return self.store.revision()
 
 
@@ -166,23 +167,24 @@ class _AuthRecords:
 
 def apply_write(store: MVCCStore, cmd: Put | Delete | Txn | DeleteRange, revision: int) -> Result:
     """Apply a data command (bare or inside a session request)."""
-    if space(store).alarms() and _grows(store, cmd):
+    rec = space(store)
+    if rec.raised and _grows(store, cmd):
         return refused(store)
     w = _Writes(store, revision)
     match cmd:
         case Put(key=key, value=value):
             w.put(key, value)
-            return PutResult(w.finish())
+            return PutResult(w.finish(rec))
         case Delete(key=key):
             existed = w.delete(key)
-            return DeleteResult(existed, w.finish())
+            return DeleteResult(existed, w.finish(rec))
         case DeleteRange(prefix=prefix):
             deleted = w.delete_prefix(prefix)
-            return DeleteRangeResult(deleted, w.finish())
+            return DeleteRangeResult(deleted, w.finish(rec))
         case Txn(compare=compare, success=success, failure=failure):
             ok = all(_holds(store, c) for c in compare)
             results = [_run_op(w, op) for op in (success if ok else failure)]
-            return TxnResult(ok, w.finish(), results)
+            return TxnResult(ok, w.finish(rec), results)
     raise TypeError(f"unknown write type {type(cmd).__name__}")
 
 

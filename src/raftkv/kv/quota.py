@@ -101,6 +101,10 @@ class SpaceRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     quota_alarm: bool = False
     disk: tuple[str, ...] = ()  # members whose disk alarm is raised, sorted
 
+    @property
+    def raised(self) -> bool:
+        return self.quota_alarm or bool(self.disk)
+
     def alarms(self) -> list[str]:
         return ([QUOTA_CAUSE] if self.quota_alarm else []) + [
             f"{DISK_CAUSE}:{m}" for m in self.disk
@@ -150,9 +154,12 @@ def _decode(raw: str) -> SpaceRecord:
     return _decoder.decode(raw)
 
 
+_NONE: Final = SpaceRecord()
+
+
 def space(store: SpaceStore) -> SpaceRecord:
     raw = store.auth_get(SPACE_RECORD)
-    return SpaceRecord() if raw is None else _decode(raw)
+    return _NONE if raw is None else _decode(raw)
 
 
 def _set_space(store: SpaceStore, rec: SpaceRecord) -> None:
@@ -164,11 +171,16 @@ def usage(store: SpaceStore) -> int:
     return live + written - store.written_through(store.compact_revision())
 
 
-def account(store: SpaceStore, live_delta: int, written_delta: int, rev: int) -> None:
-    """Record one command's writes (at revision `rev`), then re-check the quota alarm."""
+def account(
+    store: SpaceStore, live_delta: int, written_delta: int, rev: int, rec: SpaceRecord
+) -> None:
+    """Record one command's writes (at revision `rev`), then re-check the quota alarm; `rec` is
+    the space record as the command found it (writes do not change it)."""
     live, written = store.space_counters()
-    store.set_space_counters(live + live_delta, written + written_delta, rev)
-    evaluate(store)
+    live, written = live + live_delta, written + written_delta
+    store.set_space_counters(live, written, rev)
+    if rec.quota_bytes > 0 or rec.quota_alarm:
+        _judge(store, rec, live + written - store.written_through(store.compact_revision()))
 
 
 def evaluate(store: SpaceStore, rec: SpaceRecord | None = None) -> SpaceRecord:
@@ -176,7 +188,10 @@ def evaluate(store: SpaceStore, rec: SpaceRecord | None = None) -> SpaceRecord:
     rec = space(store) if rec is None else rec
     if rec.quota_bytes <= 0 and not rec.quota_alarm:
         return rec
-    used = usage(store)
+    return _judge(store, rec, usage(store))
+
+
+def _judge(store: SpaceStore, rec: SpaceRecord, used: int) -> SpaceRecord:
     raised = rec.quota_alarm
     if rec.quota_bytes <= 0:
         raised = False

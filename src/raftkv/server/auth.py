@@ -87,7 +87,6 @@ OPEN_PATHS: Final = frozenset(
 # that nodes fetch from each other without credentials: a joining node copies /cluster/config,
 # a removed node polls it to learn of its removal.
 OPEN_GETS: Final = frozenset({"/cluster/members", "/cluster/config"})
-PRINCIPAL: Final = "raftkv.principal"
 _CHALLENGE: Final = {"WWW-Authenticate": 'Basic realm="raftkv", Bearer realm="raftkv"'}
 _MEMO_MAX: Final = 4096
 LOCKOUT_FAILURES: Final = 10  # failed password checks of one user name ...
@@ -114,6 +113,10 @@ class Principal:
     @property
     def root(self) -> bool:
         return is_root(self.user)
+
+
+# A typed request key: aiohttp 3.14 warns (NotAppKeyWarning) for a plain string key.
+PRINCIPAL: Final = web.RequestKey("raftkv.principal", Principal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +443,7 @@ def check(principal: Principal, rule: Rule) -> None:
 
 def principal_of(request: web.Request) -> Principal | None:
     """The authenticated user of `request` (None when auth is off or the route is open)."""
-    value: object = request.get(PRINCIPAL)
+    value = request.get(PRINCIPAL)
     return value if isinstance(value, Principal) else None
 
 

@@ -85,7 +85,7 @@ class FastRequest(HeadersMixin):
         self._proxy = headers
         self._protocol = protocol
         self._url: URL | None = None
-        self._state: dict[str, object] = {}
+        self._state: dict[object, object] = {}  # aiohttp's request storage (auth's principal)
         self.body = b""
         self.reserved = 0  # body bytes reserved in the gate until the reply
         self.keep_alive = True
@@ -130,13 +130,13 @@ class FastRequest(HeadersMixin):
     async def read(self) -> bytes:
         return self.body
 
-    def get(self, key: str, default: object = None) -> object:
+    def get(self, key: object, default: object = None) -> object:
         return self._state.get(key, default)
 
-    def __getitem__(self, key: str) -> object:
+    def __getitem__(self, key: object) -> object:
         return self._state[key]
 
-    def __setitem__(self, key: str, value: object) -> None:
+    def __setitem__(self, key: object, value: object) -> None:
         self._state[key] = value
 
 
@@ -184,6 +184,8 @@ class FastProtocol(asyncio.Protocol):
         self._content_length = 0
         self._queue: collections.deque[FastRequest] = collections.deque()
         self._task: asyncio.Task[None] | None = None
+        self._serving: FastRequest | None = None  # the request _task answers
+        self._writing_paused = False  # the client does not read its replies: wait
         self._handing_off = False
         self._closing = False  # answer what is in flight, then close
         self._reading_paused = False
@@ -214,6 +216,8 @@ class FastProtocol(asyncio.Protocol):
         self._cancel_timers()
         if self._task is not None:
             self._task.cancel()  # the client went away (aiohttp's handler_cancellation)
+        if self._serving is not None:  # its task may be cancelled before it ever ran
+            self._release(self._serving)
         for req in self._queue:
             self._release(req)
         self._queue.clear()
@@ -342,13 +346,17 @@ class FastProtocol(asyncio.Protocol):
     # -- serving -----------------------------------------------------------------------------
 
     def _next(self) -> None:
+        self._task = self._serving = None
+        if self._writing_paused:  # resume_writing calls again
+            self._pause_reading()
+            return
+        if self._reading_paused and not self._handing_off and len(self._queue) < MAX_PIPELINED:
+            self._resume_reading()
         if self._queue and self.transport is not None:
             req = self._queue.popleft()
+            self._serving = req
             self._task = self._loop.create_task(self._serve(req))
-            if self._reading_paused and not self._handing_off:
-                self._resume_reading()
         else:
-            self._task = None
             if self._handing_off:
                 self._hand_off()
             elif self._closing:
@@ -376,7 +384,7 @@ class FastProtocol(asyncio.Protocol):
             keep_alive = False
         transport.write(data)
         if not keep_alive:
-            self._task = None
+            self._task = self._serving = None
             self._close()
             return
         self._next()
@@ -440,6 +448,16 @@ class FastProtocol(asyncio.Protocol):
 
     # -- flow control --------------------------------------------------------------------------
 
+    def pause_writing(self) -> None:
+        # The transport's buffer is over its high-water mark: answer nothing more (and read
+        # nothing more) until the client takes its replies, as aiohttp's drain does.
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._task is None and self.transport is not None:
+            self._next()
+
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:
             self._reading_paused = True
@@ -479,7 +497,7 @@ class FastProtocol(asyncio.Protocol):
         self._cancel_timers()
         self._pause_reading()
         if self._task is None:
-            self._hand_off()
+            self._next()  # hands off now, or once the replies before it are out
 
     def _hand_off(self) -> None:
         transport = self.transport
@@ -493,10 +511,10 @@ class FastProtocol(asyncio.Protocol):
         self._stream = b""
         self.transport = None
         self._server.forget(self)
+        if self._reading_paused:  # first: aiohttp may pause it again while it takes `rest`
+            transport.resume_reading()
         handler = self._server.aiohttp_handler()
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if rest:
             handler.data_received(rest)
-        if self._reading_paused:
-            transport.resume_reading()

@@ -18,6 +18,10 @@ Rules:
   session error is a 409 with its code; a write refused by a `no_space` alarm is a 507
   (`alarms.no_space_error`). Writes on a follower are forwarded by the caller's
   `forward` (headers that change a write's meaning go along: see `forward.py`).
+- `put`, `get` and `delete` are also served by the fast engine (`fast_routes.py`), which passes
+  a `fast_http.FastRequest`: they (and what they call) use only what it has — method, headers,
+  query, rel_url, path, content_type/content_length, read(), transport, remote, item access.
+  `test_server_engines.py` holds both engines to the same bytes.
 - A range page and its `count` come from one read transaction: paging with a fixed `revision`
   is a consistent snapshot. `count` is the number of keys in the whole range at that
   revision (ignoring `after` and `limit`); `next_after` is null on the page that ends it.

@@ -8,8 +8,8 @@ Rules:
     sess  b"s" + id -> session record; b"r" + id + seq -> remembered reply;
           b"a" + name -> auth record (raftkv.kv.auth: users, roles, signing key)
     meta  applied, conf (state_lmdb.py), revision, compact, clock, compacted_to, layout;
-          space = (live, written, rev) and space:w + rev u64 BE -> cumulative written
-          (the space accounting of `raftkv.kv.quota`: additive records, no layout change)
+          space:w + rev u64 BE -> (cumulative written, live) after that revision's writes:
+          the space accounting of `raftkv.kv.quota` (additive records, no layout change)
   A watch resumes from revision R by scanning `hist` from rev_id(R, 0).
 - Stored keys: LMDB keys are at most 511 bytes, but a client key may be longer (the HTTP layer
   admits 4 KiB). The stored key is b"=" + the UTF-8 key when that is <= 447 bytes (the "="
@@ -59,9 +59,10 @@ _COMPACT: Final = b"compact"
 _CLOCK: Final = b"clock"
 _COMPACTED_TO: Final = b"compacted_to"  # rev id where the next compaction step starts
 _LAYOUT: Final = b"layout"
-_SPACE: Final = b"space"
-_SPACE_MARK: Final = b"space:w"  # + rev u64 BE -> cumulative written bytes (u64 BE)
-_SPACE_REC: Final = struct.Struct("<QQQ")  # live, written, as of revision
+_SPACE: Final = b"space"  # an early layout of the accounting (removed when found)
+_SPACE_MARK: Final = b"space:w"  # + rev u64 BE -> (cumulative written, live) as of rev
+_SPACE_REC: Final = struct.Struct(">QQ")
+_PAST_MARKS: Final = _SPACE_MARK + b"\xff" * 9  # sorts after every mark
 COMPACT_STEP_EVENTS: Final = 512  # history events examined per apply transaction
 
 
@@ -113,11 +114,14 @@ def open_dbs(env: lmdb.Environment, meta: _Database) -> Dbs:
 class LmdbStore:
     """An `MVCCStore` over one LMDB transaction (a read transaction serves the reads only)."""
 
-    __slots__ = ("_dbs", "_revision", "_txn")
+    __slots__ = ("_counters", "_dbs", "_revision", "_txn")
 
     def __init__(self, txn: lmdb.Transaction[bytes], dbs: Dbs) -> None:
         self._txn = txn
         self._dbs = dbs
+        # The space counters (live, written), once read: likewise every write command updates
+        # them through this store, so one lookup per apply batch, not one per write.
+        self._counters: tuple[int, int] | None = None
         # The revision counter, once read or written through this store: every write command
         # reads it back (`finish`), and nothing else writes it inside our transaction.
         self._revision: int | None = None
@@ -226,34 +230,41 @@ class LmdbStore:
         self._event(skey, rev, sub, key, kv)
 
     # -- space accounting (kv/quota.py) --------------------------------------------------------
-    def _space(self) -> tuple[int, int, int] | None:
-        raw = self._txn.get(_SPACE, db=self._dbs.meta)
-        if raw is None or len(raw) != _SPACE_REC.size:
+    def _mark(self, cur: lmdb.Cursor[bytes]) -> tuple[int, int, int] | None:
+        """(rev, written, live) of the mark under `cur`, or None if it is not a (current) one."""
+        key, raw = cur.key(), cur.value()
+        if not (key.startswith(_SPACE_MARK) and len(key) == len(_SPACE_MARK) + 8):
             return None
-        live, written, rev = _SPACE_REC.unpack(raw)
-        return int(live), int(written), int(rev)
+        if len(raw) != _SPACE_REC.size:
+            return None
+        written, live = _SPACE_REC.unpack(raw)
+        return codec.decode_u64(key[len(_SPACE_MARK) :]), int(written), int(live)
+
+    def _mark_at(self, cur: lmdb.Cursor[bytes], rev: int | None) -> tuple[int, int, int] | None:
+        """The last mark <= `rev` (None: the last of all), positioning `cur` (on meta) on it."""
+        target = _PAST_MARKS if rev is None else _SPACE_MARK + codec.encode_u64(rev + 1)
+        found = cur.set_range(target)
+        if not (cur.prev() if found else cur.last()):
+            return None
+        return self._mark(cur)
 
     def space_counters(self) -> tuple[int, int]:
-        rec = self._space()
-        return (0, 0) if rec is None else (rec[0], rec[1])
+        if self._counters is None:
+            with self._txn.cursor(self._dbs.meta) as cur:
+                mark = self._mark_at(cur, None)
+            self._counters = (0, 0) if mark is None else (mark[2], mark[1])
+        return self._counters
 
     def set_space_counters(self, live: int, written: int, rev: int) -> None:
-        self._txn.put(_SPACE, _SPACE_REC.pack(live, written, rev), db=self._dbs.meta)
-        self._txn.put(
-            _SPACE_MARK + codec.encode_u64(rev), codec.encode_u64(written), db=self._dbs.meta
-        )
-
-    def _mark_at(self, cur: lmdb.Cursor[bytes], rev: int) -> bool:
-        """Position `cur` (on meta) at the last mark <= `rev`; False if there is none."""
-        found = cur.set_range(_SPACE_MARK + codec.encode_u64(rev + 1))
-        if not (cur.prev() if found else cur.last()):
-            return False
-        key = cur.key()
-        return key.startswith(_SPACE_MARK) and len(key) == len(_SPACE_MARK) + 8
+        # One record per write revision: the last one also holds the current counters.
+        key = _SPACE_MARK + codec.encode_u64(rev)
+        self._txn.put(key, _SPACE_REC.pack(written, live), db=self._dbs.meta)
+        self._counters = (live, written)
 
     def written_through(self, rev: int) -> int:
         with self._txn.cursor(self._dbs.meta) as cur:
-            return codec.decode_u64(cur.value()) if self._mark_at(cur, rev) else 0
+            mark = self._mark_at(cur, rev)
+        return 0 if mark is None else mark[1]
 
     def _drop_marks(self, below: bytes, budget: int) -> None:
         """Delete marks whose key sorts below `below`, at most `budget`."""
@@ -266,14 +277,16 @@ class LmdbStore:
     def _prune_marks(self, budget: int) -> None:
         """Drop figures no compact revision can ask for again (all but the last <= it)."""
         with self._txn.cursor(self._dbs.meta) as cur:
-            if not self._mark_at(cur, self.compact_revision()):
+            if self._mark_at(cur, self.compact_revision()) is None:
                 return
             keep = cur.key()
         self._drop_marks(keep, budget)
 
     def recount_space(self) -> None:
         """Rebuild the accounting from the state (kv/quota.py `recount`)."""
-        self._drop_marks(_SPACE_MARK + b"\xff" * 9, 1 << 62)
+        self._drop_marks(_PAST_MARKS, 1 << 62)
+        self._counters = None
+        self._txn.delete(_SPACE, db=self._dbs.meta)
         start = codec.rev_id(self.compact_revision() + 1, 0)
 
         def live() -> Iterator[tuple[str, bytes | str]]:
@@ -295,8 +308,13 @@ class LmdbStore:
 
     def ensure_space(self) -> bool:
         """Recount if the accounting is missing or stale (module rules); True if it did."""
-        rec = self._space()
-        if rec is not None and rec[2] == self.revision():
+        with self._txn.cursor(self._dbs.meta) as cur:
+            last = self._mark_at(cur, None)
+        if (
+            last is not None
+            and last[0] == self.revision()
+            and self._txn.get(_SPACE, db=self._dbs.meta) is None
+        ):
             return False
         self.recount_space()
         return True
@@ -432,5 +450,5 @@ def clear(txn: lmdb.Transaction[bytes], dbs: Dbs) -> None:
         txn.drop(db, delete=False)
     for name in (_REVISION, _COMPACT, _CLOCK, _COMPACTED_TO, _SPACE):
         txn.delete(name, db=dbs.meta)
-    LmdbStore(txn, dbs)._drop_marks(_SPACE_MARK + b"\xff" * 9, 1 << 62)
+    LmdbStore(txn, dbs)._drop_marks(_PAST_MARKS, 1 << 62)
     txn.put(_LAYOUT, b"%d" % codec.LAYOUT_VERSION, db=dbs.meta)

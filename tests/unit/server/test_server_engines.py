@@ -11,6 +11,7 @@ arrive a few bytes at a time.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import re
 from collections.abc import AsyncIterator
@@ -73,6 +74,7 @@ CASES: list[tuple[str, bytes]] = [
     ("get", req("GET /kv/a HTTP/1.1")),
     ("get missing", req("GET /kv/nope HTTP/1.1")),
     ("get stale", req("GET /kv/a?consistency=stale HTTP/1.1")),
+    ("get lease", req("GET /kv/a?consistency=lease HTTP/1.1")),
     ("get bad consistency", req("GET /kv/a?consistency=maybe HTTP/1.1")),
     ("get revision", req("GET /kv/a?revision=1 HTTP/1.1")),
     ("get future revision", req("GET /kv/a?revision=99999 HTTP/1.1")),
@@ -95,6 +97,7 @@ CASES: list[tuple[str, bytes]] = [
     ("expect continue", put("exp", b"abc", "Expect: 100-continue")),
     ("expect other", put("exp", b"abc", "Expect: something")),
     ("gzip", put("gz", b"abc", "Content-Encoding: gzip")),
+    ("gzip, a large body", put("gz", b"g" * 7000, "Content-Encoding: gzip")),
     (
         "chunked",
         b"PUT /kv/ch HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n"
@@ -112,11 +115,16 @@ CASES: list[tuple[str, bytes]] = [
         "pipelined fast then handed off",
         put("p", b"1")
         + req("GET /kv/p HTTP/1.1")
-        + req("GET /cluster/local HTTP/1.1")
+        + req("GET /kv?prefix=p HTTP/1.1")
         + req("GET /kv/p HTTP/1.1"),
     ),
     ("pipelined handed off first", req("GET /health HTTP/1.1") + put("p", b"2")),
     ("leading empty lines", b"\r\n\r\n" + req("GET /kv/p HTTP/1.1")),
+    (
+        "a long pipeline, handed off at its end",
+        b"".join(put(f"q{i % 7}", b"v") + req(f"GET /kv/q{i % 5} HTTP/1.1") for i in range(60))
+        + req("GET /health HTTP/1.1"),
+    ),
 ]
 
 
@@ -271,3 +279,31 @@ def test_engine_is_a_config_choice(tmp_path: Path) -> None:
         path = tmp_path / "bad.yaml"
         path.write_text((tmp_path / "cluster.yaml").read_text() + "server:\n  http_engine: nginx\n")
         load_settings({"config": path, "node_id": "node-1"}, env={})
+
+
+@aio
+async def test_auth_replies_are_the_same(tmp_path: Path) -> None:
+    """auth.enabled: 401s (with WWW-Authenticate) and an authorized write, both engines."""
+    from tests.unit.server.test_server_auth import AuthFakeNode
+
+    settings = make_settings(tmp_path, auth_enabled=True, root_password="rootpw")
+    root = "Authorization: Basic " + base64.b64encode(b"root:rootpw").decode()
+    async with AsyncExitStack() as stack:
+        ports = [
+            await stack.enter_async_context(served(AuthFakeNode(), settings, e))
+            for e in ("aiohttp", "fast")
+        ]
+        async with asyncio.timeout(DEADLINE_S):  # each leader bootstraps root and its key
+            for port in ports:
+                while b" 200 " not in await exchange(port, req("GET /auth/whoami HTTP/1.1", root)):
+                    await asyncio.sleep(0.02)
+        for data in (
+            put("x", b"v"),
+            put("x", b"v", "Authorization: Basic " + base64.b64encode(b"root:no").decode()),
+            put("x", b"v", "Authorization: Bearer not.a-token"),
+            put("x", b"v", "Authorization: Digest abc"),
+            put("x", b"v", root),
+            req("GET /kv/x HTTP/1.1", root),
+            req("DELETE /kv/x HTTP/1.1", root),
+        ):
+            assert await exchange(ports[1], data) == await exchange(ports[0], data), data
