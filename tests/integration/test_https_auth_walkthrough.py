@@ -167,6 +167,32 @@ def walkthrough(c: TlsCluster) -> None:
     status, reply = call(lead, "GET", "/kv?prefix=", headers=ROOT)
     assert status == 200 and "alice-pw" not in json.dumps(reply) and "user/" not in str(reply)
 
+    # Revocation is replicated: setting a password (even the same one: a new salt, a new hash)
+    # through one node voids the user's tokens on every node once applied there; a new login
+    # works. Deleting the user voids them too.
+    same = json.dumps({"password": "alice-pw"}).encode()
+    mgmt = {**ROOT, "Content-Type": "application/json"}
+    reset = call(followers[1], "PUT", "/auth/users/alice/password", body=same, headers=mgmt)
+    assert reset[0] == 200, reset
+    for node in NODE_IDS:
+        wait_for(
+            f"alice's old token refused on {node}",
+            lambda node=node: (
+                call(node, "GET", "/auth/whoami", headers=bearer)
+                == (401, {"error": "the token is not valid", "code": "invalid_token"})
+            ),
+        )
+    status, fresh = call(lead, "POST", "/auth/token", body=login)
+    assert status == 200
+    again = {"Authorization": f"Bearer {fresh['token']}"}
+    assert call(followers[0], "GET", "/auth/whoami", headers=again)[0] == 200
+    assert call(lead, "DELETE", "/auth/users/alice", headers=ROOT)[0] == 200
+    for node in NODE_IDS:
+        wait_for(
+            f"alice's token refused on {node} once she is deleted",
+            lambda node=node: call(node, "GET", "/auth/whoami", headers=again)[0] == 401,
+        )
+
     # A forged forwarded-by claim (no peer certificate) is ignored: the follower forwards.
     spoof = {**raw, "X-Raftkv-Forwarded-By": lead}
     status, reply = call(followers[0], "PUT", "/kv/spoofed", body=b"v", headers=spoof)

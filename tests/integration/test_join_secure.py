@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -125,3 +127,15 @@ def run(c: SecureCluster) -> None:
     status = raftkv("inspect", "status", "--address", via, "--json", "--cacert", ca)
     assert status.returncode == 0, status.stdout + status.stderr
     assert len(json.loads(status.stdout)["nodes"]) == 5, status.stdout
+
+    # SIGHUP re-reads the peer certificate for the node's own HTTPS calls too (forwarding).
+    assert node4.proc is not None
+    node4.proc.send_signal(signal.SIGHUP)
+    wait_for(
+        "node-4 reloaded its client contexts",
+        lambda: re.search(r"tls_reloaded .*contexts=\d+ .*part=client", node4.log_text()),
+        30,
+        c.dump_logs,
+    )
+    with Client([f"https://{node4.http}"], **root) as kv:
+        kv.put("after-hup", "y")  # forwarded by node-4 (a follower or not: it works)

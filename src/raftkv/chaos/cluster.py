@@ -12,8 +12,10 @@ Rules:
   terminating it, and kills it if it does not exit in time.
 - A node that exits without being killed by us is a crash; `reap_crashes()` reports it once.
   Two exceptions, for the membership scenario: a node on its way out of the cluster (`leaving`)
-  may exit 0 (a removed node stops by itself) and is never restarted; a node still joining
-  (`joining`) is watched by whoever started it (a refused join is retried, not a crash).
+  may exit 0 (a removed node stops by itself) or 2 (restarted by a fault's undo just before its
+  removal, it refuses to start once it learns it was removed) and is never restarted; a node
+  still joining (`joining`) is watched by whoever started it (a refused join is retried, not a
+  crash).
 - The node set can change while the run goes on (`add_node`, `retire`): `ids` are the current
   members; every process ever started stays in `nodes`, so that it is stopped at the end.
   New nodes take a free address of 127.0.0.1-9 (one whose previous node is gone) and fresh
@@ -45,6 +47,7 @@ from raftkv.chaos import httpclient
 from raftkv.chaos.netfilter import Endpoint
 
 ADMIN_TIMEOUT_S: Final = 0.5
+LEAVING_EXITS: Final = (0, 2)  # a removed node stops (0) or refuses to start (2) by itself
 _PR_SET_PDEATHSIG: Final = 1
 
 
@@ -202,7 +205,7 @@ class NodeProcess:
         self.paused = False
         self._expected_exit = False  # we killed or stopped it: its exit is no crash
         self.starts = 0
-        self.leaving = False  # being removed from the cluster: never restarted; exit 0 expected
+        self.leaving = False  # being removed: never restarted; LEAVING_EXITS expected
         self.joining = False  # its starter watches its exits until it is a member
 
     @property
@@ -288,14 +291,14 @@ class NodeProcess:
 
     def crashed(self) -> int | None:
         """The exit code if the process ended without us killing it (reported once). A leaving
-        node's exit 0 is expected; a joining node's exits are its starter's business."""
+        node's LEAVING_EXITS are expected; a joining node's exits are its starter's business."""
         if self._proc is None or self._expected_exit or self.joining:
             return None
         code = self._proc.poll()
         if code is None:
             return None
         self._expected_exit = True  # report once
-        return None if self.leaving and code == 0 else code
+        return None if self.leaving and code in LEAVING_EXITS else code
 
     def log_tail(self, lines: int = 20) -> str:
         try:

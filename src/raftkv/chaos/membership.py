@@ -22,7 +22,7 @@ Rules:
 - The clients' node list follows the membership: a new node joins it once it is a voter (and
   ready, or after `READY_WAIT_S`); a removed node leaves it once the removal is acknowledged.
   The removed node must then stop by itself (exit 0); one still running after `STOP_WAIT_S` is
-  stopped and reported (`did not stop`).
+  stopped and reported (`not_stopped`, with its role and leader if it answers).
 - The leader is sampled every `LEADER_SAMPLE_S` (highest term claimed), to count leader changes.
 """
 
@@ -116,6 +116,7 @@ class Conductor:
         self.changes: list[Change] = []
         self.problems: list[str] = []
         self.not_stopped: list[str] = []
+        self.join_exits: list[str] = []  # a joiner's exit before it was a member, with its log
         self.cycles = 0
         self.leaders: list[str] = []  # each leader seen, in order (a change appends one)
         self._next = max(int(n.rsplit("-", 1)[-1]) for n in cluster.nodes) + 1
@@ -159,6 +160,9 @@ class Conductor:
             code = proc.exit_code()
             if proc.joining and code is not None and not proc.killed:
                 change.retries[f"join_exit_{code}"] += 1  # refused on the way: start it again
+                why = " | ".join(proc.log_tail(3).splitlines())
+                self.join_exits.append(f"{node_id} exited {code} while joining: {why}")
+                self.say(self.join_exits[-1])
                 await asyncio.sleep(RETRY_PAUSE_S)
                 proc.start()
             role = (await self.members()).get(node_id)
@@ -254,8 +258,14 @@ class Conductor:
         while proc.running and not proc.paused and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         if proc.running and not proc.paused:
-            self.not_stopped.append(node_id)
-            self.say(f"{node_id} still runs {STOP_WAIT_S:g} s after its removal; stopping it")
+            status = await self.cluster.local_status(node_id)
+            seen = (
+                f"{node_id} (role {status.get('role')}, leader {status.get('leader_id')})"
+                if status is not None
+                else f"{node_id} (not answering: still starting?)"
+            )
+            self.not_stopped.append(seen)
+            self.say(f"{seen} still runs {STOP_WAIT_S:g} s after its removal; stopping it")
         proc.stop()
 
     async def _leader(self, change: Change) -> str:
@@ -372,6 +382,7 @@ class Conductor:
             changes=tuple(self.changes),
             leaders=tuple(self.leaders),
             not_stopped=tuple(self.not_stopped),
+            join_exits=tuple(self.join_exits),
             final_members=tuple(sorted(self.cluster.ids)),
             ledger=ledger,
         )
@@ -385,6 +396,7 @@ class MembershipSummary:
     changes: tuple[Change, ...]
     leaders: tuple[str, ...]  # each leader seen, in order
     not_stopped: tuple[str, ...]  # removed nodes we had to stop
+    join_exits: tuple[str, ...]  # joiners that exited before they were members, and why
     final_members: tuple[str, ...]
     ledger: LedgerResult | None
 
@@ -415,6 +427,7 @@ class MembershipSummary:
         ]
         if self.not_stopped:
             lines.append(f"  removed but still running (stopped by us): {self.not_stopped}")
+        lines += [f"  {e}" for e in self.join_exits[:5]]
         lines += [f"  {c}" for c in self.changes]
         if self.ledger is not None:
             lg = self.ledger
@@ -437,6 +450,7 @@ class MembershipSummary:
             "leader_changes": self.leader_changes,
             "leaders": list(self.leaders),
             "not_stopped": list(self.not_stopped),
+            "join_exits": list(self.join_exits),
             "final_members": list(self.final_members),
             "ledger": self.ledger.to_json() if self.ledger is not None else None,
         }

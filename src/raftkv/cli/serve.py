@@ -35,7 +35,12 @@ from raftkv.server.http import create_app
 from raftkv.server.joining import JoinAccess, check_not_removed, resolve, save_member_files
 from raftkv.server.logging import bind_node, configure_logging
 from raftkv.server.runner import http_ssl_context, run_http
-from raftkv.server.tls import node_client_context, reload_server_context, server_context
+from raftkv.server.tls import (
+    node_client_context,
+    reload_client_contexts,
+    reload_server_context,
+    server_context,
+)
 from raftkv.storage.errors import StorageError
 from raftkv.storage.failure import EXIT_IOERR, StorageFailure, describe, is_storage_error
 from raftkv.storage.format import refuse_newer
@@ -138,12 +143,21 @@ def reload_peer_tls(tls: PeerTls | None) -> bool:
 
 
 def reload_tls(tls: PeerTls | None, runner: web.AppRunner, settings: Settings) -> None:
-    """SIGHUP: re-read the peer and the HTTPS files (each keeps its old files on failure)."""
+    """SIGHUP: re-read the peer and the HTTPS files (each keeps its old files on failure):
+    the peer transport's, the HTTPS listener's and the node-to-node client contexts'
+    (forwarding, status probes, membership calls)."""
     reload_peer_tls(tls)
+    log = structlog.get_logger("raftkv.serve")
+    try:
+        count = reload_client_contexts(settings)
+    except TlsConfigError as exc:
+        log.error("tls_reload_failed", part="client", error=str(exc), keeping="previous files")
+    else:
+        if count:
+            log.info("tls_reloaded", part="client", contexts=count)
     ctx = http_ssl_context(runner)
     if ctx is None:
         return
-    log = structlog.get_logger("raftkv.serve")
     try:
         reload_server_context(ctx, settings)
     except TlsConfigError as exc:

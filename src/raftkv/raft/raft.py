@@ -95,10 +95,12 @@ class Raft(ReadOnly):
         self.pending_reads: list[PendingRead] = []  # leader: awaiting a heartbeat quorum
         self.reads_before_commit: list[PendingRead] = []  # leader: awaiting first commit in term
         self.clock = 0  # lease clock: ticks + skipped tick periods; never decreases (lease.py)
-        # Ticks since we last heard from a leader (any term). 0 at a restart: we may have
-        # promised a lease just before the crash; a fresh node (term 0) never heard from one.
-        # Only consulted when leases are on (lease.py).
-        self.heard_elapsed = 0 if hard_state.term > 0 else config.election_ticks
+        # Ticks since we last heard from a leader (any term). 0 at every start, whatever the
+        # persisted term: we may have echoed a lease round just before a crash, and the echo can
+        # leave before the term it was sent in is durable (a node restarted with term 0 may
+        # have promised in term 1). The cost is at most one election timeout at a cold start,
+        # which the first election waits anyway. Only consulted when leases are on (lease.py).
+        self.heard_elapsed = 0
         self.lease = LeaseTracker(config.lease_ticks)  # leader only
         self.need_bcast_append = False  # deferred until flush()
         self.need_read_heartbeat = False  # deferred until flush()

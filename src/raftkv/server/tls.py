@@ -10,8 +10,11 @@ Rules:
   else the system's CAs, with host-name checking (`raftkv certs init --hosts` puts the hosts in
   it), and presents this node's PEER certificate (with `tls.peer`), whose URI SAN
   `raftkv://node/<id>` names it.
-- SIGHUP re-reads the HTTPS files into the live listener (`reload_server_context`), so a
-  certificate is rotated without a restart (the peer side reloads on the same signal).
+- SIGHUP re-reads the HTTPS files into the live listener (`reload_server_context`), and the
+  peer certificate (and CA) into every live node-to-node client context
+  (`reload_client_contexts`: forwarding, status probes, the membership calls), so a certificate
+  is rotated without a restart (the peer transport reloads on the same signal). Connections
+  made from then on present the new certificate; pooled ones keep theirs until they close.
 - `X-Raftkv-Forwarded-By: <id>` (FORWARDED_HEADER) is believed only when `forwarded_by` says so:
   with peer TLS, only on a connection whose verified client certificate names that same node id
   — from anyone else the header is ignored (the request is handled as any client's). Without
@@ -23,6 +26,7 @@ Rules:
 from __future__ import annotations
 
 import ssl
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,12 +99,23 @@ def reload_server_context(ctx: ssl.SSLContext, settings: Settings) -> None:
             ctx.load_verify_locations(cafile=path)
 
 
+# Every context node_client_context made that is still in use (reload_client_contexts).
+_CLIENT_CONTEXTS: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
+
+
 def node_client_context(settings: Settings) -> ssl.SSLContext | None:
     """For this node's calls to other nodes' APIs; None when the API is plain HTTP."""
     if settings.tls_http is None:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, checks host names
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_client_files(ctx, settings)
+    _CLIENT_CONTEXTS.add(ctx)
+    return ctx
+
+
+def _load_client_files(ctx: ssl.SSLContext, settings: Settings) -> None:
+    assert settings.tls_http is not None
     peer: TlsFiles | None = settings.tls_peer
     ca = settings.tls_http.ca or (peer.ca if peer is not None else None)
     try:
@@ -115,7 +130,20 @@ def node_client_context(settings: Settings) -> ssl.SSLContext | None:
             f"tls.http.ca / tls.peer: cannot load {ca or 'the system CAs'} or the peer "
             f"certificate for node-to-node HTTPS ({exc})"
         ) from exc
-    return ctx
+
+
+def reload_client_contexts(settings: Settings) -> int:
+    """SIGHUP: re-read the peer certificate and the CA into every live node-to-node client
+    context; returns how many. Raises TlsConfigError, and then changes none of them (the
+    files are checked on a fresh context first). A CA can be added this way, not removed."""
+    if settings.tls_http is None:
+        return 0
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _load_client_files(probe, settings)  # validates before touching the live contexts
+    live = list(_CLIENT_CONTEXTS)
+    for ctx in live:
+        _load_client_files(ctx, settings)
+    return len(live)
 
 
 def verified_node_ids(request: web.BaseRequest) -> list[str]:

@@ -199,9 +199,17 @@ def test_leaving_and_joining_exits_are_not_crashes(tmp_path: Path) -> None:
     joiner = cluster.add_node(cluster.plan_node("node-4"), lambda: ["serve", "2"])
     joiner.joining = True
     joiner.start()
-    wait_for(lambda: not (leaving.running or plain.running or joiner.running))
+    # Removed just after a fault's undo restarted it: refuses to start (2); or a real crash (1).
+    refusing = cluster.add_node(cluster.plan_node("node-5"), lambda: ["serve", "2"])
+    crashing = cluster.add_node(cluster.plan_node("node-6"), lambda: ["serve", "1"])
+    for node in (refusing, crashing):
+        node.start()
+        node.leaving = True
+    procs = (leaving, plain, joiner, refusing, crashing)
+    wait_for(lambda: not any(p.running for p in procs))
     crashes = cluster.reap_crashes(at=1.0)
-    assert [c.node_id for c in crashes] == ["node-2"]  # exit 0 of a member is still a crash
+    # An exit 0 of a member is still a crash; a leaving node's 1 too.
+    assert [c.node_id for c in crashes] == ["node-2", "node-6"]
     assert joiner.exit_code() == 2 and not joiner.killed  # for the conductor to see and retry
     joiner.joining = False  # once a member, an exit is a crash
     assert [c.returncode for c in cluster.reap_crashes(at=2.0)] == [2]
@@ -240,8 +248,9 @@ def test_the_report_section_says_what_was_done() -> None:
         Change("remove", "remove node-3", 14.0, None),
     )
     ledger = LedgerResult(10, 2, ("node-4", "node-5"), ("ledger-000001 ...",), (), ())
+    exits = ("node-4 exited 2 while joining: raftkv: invalid configuration: ...",)
     summary = MembershipSummary(
-        1, changes, ("node-1", "node-4", "node-1"), (), ("node-4", "node-5"), ledger
+        1, changes, ("node-1", "node-4", "node-1"), (), exits, ("node-4", "node-5"), ledger
     )
     assert summary.leader_changes == 2
     assert summary.counts() == Counter(join=2, replace=1, remove=1)  # node-3: not done
@@ -251,6 +260,7 @@ def test_the_report_section_says_what_was_done() -> None:
     assert "leader changes seen: 2 (node-1 -> node-4 -> node-1)" in text
     assert "not done  remove node-3" in text
     assert "NO, 1 missing" in text
+    assert "node-4 exited 2 while joining: raftkv: invalid configuration" in text
     assert ledger.anomalies() == ["acknowledged ledger writes missing on a member: 1"]
     doc = json.loads(json.dumps(summary.to_json()))
     assert doc["steps_done"] == {"join": 2, "replace": 1, "remove": 1}

@@ -183,6 +183,20 @@ def test_restarted_voter_waits_an_election_timeout_before_voting() -> None:
     assert n2.status().vote == N3
 
 
+def test_a_voter_restarted_at_term_0_waits_too() -> None:
+    # It may have echoed a term-1 lease round before term 1 reached its disk: a start at term 0
+    # is no proof that it never promised anything.
+    c = Cluster(3, lease_ticks=LEASE)
+    n2 = c.nodes[N2]
+    assert n2.status().term == 0
+    n2.step(RequestVote(Term(2), N3, N2, Index(0), Term(0)))
+    assert n2.status().vote != N3
+    for _ in range(E):
+        n2.tick()
+    n2.step(RequestVote(Term(2), N3, N2, Index(0), Term(0)))
+    assert n2.status().vote == N3
+
+
 def test_without_leases_followers_promise_nothing_and_leaders_hold_none() -> None:
     c = lease_cluster(lease=0)
     assert c.nodes[N1].lease_read_index() is None

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography import x509
 
 from raftkv.server.config import Address, ConfigError, Settings, load_settings
 from raftkv.server.forward import FORWARDED_HEADER
@@ -23,11 +24,12 @@ from raftkv.server.http import create_app
 from raftkv.server.runner import http_ssl_context, run_http
 from raftkv.server.tls import (
     HttpTlsFiles,
+    reload_client_contexts,
     reload_server_context,
     server_context,
     verified_node_ids,
 )
-from raftkv.transport.certs import CertLayout, init_certs
+from raftkv.transport.certs import CertLayout, add_node, init_certs
 from raftkv.transport.tls import TlsConfigError, TlsFiles
 from tests.unit.server.fakes import FakeNode, aio, closed_port, make_settings
 
@@ -338,3 +340,63 @@ async def test_cluster_operations_open_to_members_with_auth_on(
         # A member certificate is no key permission.
         status, body = await fetch("GET", f"{base}/kv/x", member)
         assert (status, body["code"]) == (401, "unauthenticated")
+
+
+class SerialRecorder(Recorder):
+    """Records the serial number of the caller's certificate; one request per connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.serials: list[int] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        transport = request.transport
+        assert transport is not None
+        der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        self.serials.append(x509.load_der_x509_certificate(der).serial_number)
+        resp = await super().handle(request)
+        resp.force_close()  # the next forward opens a new connection (a new handshake)
+        return resp
+
+
+@aio
+async def test_forwarding_presents_the_rotated_peer_certificate_after_reload(
+    tmp_path: Path, certs: CertLayout, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """SIGHUP reloads the node-to-node client context too (not only the peer transport's and
+    the HTTPS listener's): a forward after the reload presents the new peer certificate."""
+    rotated = CertLayout(tmp_path_factory.mktemp("rotated-peer"))
+    for name in ("ca.crt", "ca.key"):
+        shutil.copy(certs.root / name, rotated.root / name)
+    add_node(rotated.root, "node-2", ["localhost", "127.0.0.1"])  # same CA, a new certificate
+    live = tmp_path / "live"
+    live.mkdir()
+    for name in ("peer.crt", "peer.key"):
+        shutil.copy(certs.root / "node-2" / name, live / name)
+    settings = dataclasses.replace(
+        tls_settings(tmp_path, certs, "node-2"),
+        tls_peer=TlsFiles(live / "peer.crt", live / "peer.key", certs.ca_cert),
+    )
+    serial = {
+        p: x509.load_pem_x509_certificate((d / "node-2" / "peer.crt").read_bytes()).serial_number
+        for p, d in (("old", certs.root), ("new", rotated.root))
+    }
+    recorder = SerialRecorder()
+    async with recorder_leader(tls_settings(tmp_path, certs, "node-1"), recorder) as port:
+        peers = {"node-1": f"127.0.0.1:{port}", "node-2": "127.0.0.1:2", "node-3": "127.0.0.1:3"}
+        follower = FakeNode("node-2", leader_id="node-1", http_peers=peers)
+        async with serving(follower, settings) as fport:
+            url = f"https://localhost:{fport}/kv/k"
+            put = {"data": b"v", "headers": {"Content-Type": "text/plain"}}
+            assert (await fetch("PUT", url, client_ctx(certs), **put))[0] == 200
+            for name in ("peer.crt", "peer.key"):
+                shutil.copy(rotated.root / "node-2" / name, live / name)
+            assert reload_client_contexts(settings) >= 1
+            assert (await fetch("PUT", url, client_ctx(certs), **put))[0] == 200
+            # A bad file is refused and changes nothing.
+            (live / "peer.key").write_text("not a key")
+            with pytest.raises(TlsConfigError):
+                reload_client_contexts(settings)
+            assert (await fetch("PUT", url, client_ctx(certs), **put))[0] == 200
+    assert recorder.serials == [serial["old"], serial["new"], serial["new"]]
+    assert all(callers == ["node-2"] for _, callers in recorder.seen)
