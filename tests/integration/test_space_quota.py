@@ -57,7 +57,10 @@ def test_quota_fill_refuse_free_and_recover(make_cluster: Callable[..., Cluster]
         wait_for(f"{node_id} shows the alarm", lambda n=node_id: _space(c, n)["alarms"])
         ready = c.req(node_id, "GET", "/ready")
         assert ready.status == 200 and ready.json["alarms"] == body["alarms"], ready
-    assert value(scrape(c, leader), "raftkv_alarm", alarm="no_space") == 1
+    samples = scrape(c, leader)
+    assert value(samples, "raftkv_alarm", alarm="no_space") == 1
+    assert value(samples, "raftkv_space_quota_bytes") == QUOTA
+    assert value(samples, "raftkv_space_usage_bytes") >= QUOTA
     wait_for("the raised log line", lambda: "alarm raised: no_space" in c.nodes[leader].log_text())
 
     # Deletes are accepted and free space (a value's bytes each, history kept): below 90 % of

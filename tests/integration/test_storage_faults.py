@@ -134,8 +134,9 @@ def test_corrupt_entry_is_refused_with_a_clear_message(make_cluster: MakeCluster
     assert str(db) in out, out
     assert f"entry {idx}" in out, out
     assert "Traceback" not in out, out
+    # How long it took is reported, not asserted (start-up takes seconds of CPU on a loaded
+    # machine); the 30 s wait above is what tells "refused" from "kept running".
     print(f"\n{victim} refused to start in {took:.2f}s (exit {code}): {out.strip()[-300:]}")
-    assert took < 15.0
 
     # The other two carry on.
     write_keys(c, c.wait_leader([n for n in c.nodes if n != victim]), "still", 5)

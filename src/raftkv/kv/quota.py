@@ -227,6 +227,11 @@ def alarm_flags(store: SpaceStore) -> list[tuple[str, bool]]:
     return [(NO_SPACE, bool(space(store).alarms()))]
 
 
+def space_figures(store: SpaceStore) -> tuple[int, int]:
+    """(usage, quota in force) for the metrics."""
+    return usage(store), space(store).quota_bytes
+
+
 def refused(store: SpaceStore) -> NoSpace:
     rec = space(store)
     return NoSpace(usage(store), rec.quota_bytes, rec.alarms())

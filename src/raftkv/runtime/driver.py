@@ -40,7 +40,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from raftkv.kv.quota import alarm_flags
+from raftkv.kv.quota import alarm_flags, space_figures
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
@@ -72,7 +72,13 @@ from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, 
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.snapshots import SnapshotSteps
 from raftkv.runtime.ticks import TickLoop
-from raftkv.runtime.waiters import AppliedWaiters, ProposalLost, ProposalWaiters, ReadWaiters
+from raftkv.runtime.waiters import (
+    AppliedWaiters,
+    ProposalLost,
+    ProposalWaiters,
+    ReadWaiters,
+    await_within,
+)
 from raftkv.storage import recovery
 from raftkv.storage.errors import UndecodableEntryError
 from raftkv.storage.failure import StorageFailure, is_storage_error, wrap
@@ -612,10 +618,9 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
             self._schedule_pump()
             remaining = self.opts.request_timeout_s - (loop.time() - start)
             try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the future in a new Task,
-                # a real cost per request on the hot path.
-                async with asyncio.timeout(max(0.001, remaining)):
-                    result = await fut
+                # Not wait_for (3.11 wraps the future in a new Task) nor asyncio.timeout: a
+                # timer handle on our own waiter is the cheapest bound (waiters.await_within).
+                result = await await_within(fut, max(0.001, remaining))
             except TimeoutError:
                 self.metrics.proposals_failed += 1
                 raise OperationTimeout(f"entry {index} not applied in time") from None
@@ -645,8 +650,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
         self._wake.set()
         self._schedule_pump()
         try:
-            async with asyncio.timeout(max(0.001, deadline - loop.time())):
-                await fut
+            await await_within(fut, max(0.001, deadline - loop.time()))
         except TimeoutError:
             if self.raw.leader is None:
                 raise NoLeaderError("no leader to confirm the read") from None
@@ -694,5 +698,6 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
                 ("state", d / "state" / "data.mdb"),
                 *(("snapshots", p) for p in (d / "snapshots").glob("snap-*.snap")),
             ],
-            alarms=self.sm.read(alarm_flags),
+            alarms=[*self.sm.read(alarm_flags), ("halted", self.halted is not None)],
+            space=self.sm.read(space_figures),
         )

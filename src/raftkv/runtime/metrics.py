@@ -138,6 +138,7 @@ class NodeSample:
     inbound_connected: frozenset[NodeId]
     files: Sequence[tuple[str, Path]]  # (store name, file) whose sizes make the database size
     alarms: Sequence[tuple[str, bool]]  # (alarm, active)
+    space: tuple[int, int] | None = None  # (usage, quota in force) bytes: kv/quota.py
 
 
 class RuntimeMetrics:
@@ -389,3 +390,13 @@ def _gauges(s: NodeSample) -> Iterator[Metric]:
     for name, active in s.alarms:
         alarm.add_metric([name], 1.0 if active else 0.0)
     yield alarm
+    if s.space is not None:
+        used, quota = s.space
+        yield GaugeMetricFamily(
+            "raftkv_space_usage_bytes",
+            "Logical size of the state the quota counts (the same on every node)",
+            value=float(used),
+        )
+        yield GaugeMetricFamily(
+            "raftkv_space_quota_bytes", "Space quota in force (0: none yet)", value=float(quota)
+        )

@@ -17,8 +17,29 @@ import asyncio
 import heapq
 import itertools
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from raftkv.raft.types import Index, Term
+
+T = TypeVar("T")
+
+
+async def await_within(fut: asyncio.Future[T], delay: float) -> T:
+    """`await fut`, failing it with TimeoutError after `delay` seconds. `fut` must be the
+    caller's own waiter (the timeout fails it; every resolver here checks `done()` first).
+
+    One timer handle instead of `asyncio.timeout`: measured under uvloop on this box, ~5 µs
+    per use against ~40 µs, on every write and every linearizable read (issue 12)."""
+    timer = asyncio.get_running_loop().call_later(delay, _expire, fut)
+    try:
+        return await fut
+    finally:
+        timer.cancel()
+
+
+def _expire(fut: asyncio.Future[T]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 class ProposalLost(Exception):

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from raftkv.raft.types import Index, Term
-from raftkv.runtime.waiters import ProposalLost, ProposalWaiters
+from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, await_within
 from tests.unit.server.fakes import aio
 
 
@@ -22,3 +22,26 @@ async def test_reused_index_fails_the_displaced_waiter_promptly() -> None:
     w.applied(Index(5), Term(4), "ok")
     assert await asyncio.wait_for(new, 1) == "ok"
     assert len(w) == 0
+
+
+@aio
+async def test_await_within_returns_the_result_and_cancels_its_timer() -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[object] = loop.create_future()
+    loop.call_soon(fut.set_result, "applied")
+    assert await await_within(fut, 10.0) == "applied"
+    # The timer is gone: nothing is scheduled 10 s ahead any more (a leak per request).
+    assert not [h for h in getattr(loop, "_scheduled", []) if not h.cancelled()]
+
+
+@aio
+async def test_await_within_fails_the_waiter_after_the_delay() -> None:
+    fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    with pytest.raises(TimeoutError):
+        await await_within(fut, 0.01)
+    assert fut.done()  # a late resolver sees a done future and skips it
+    waiters = ProposalWaiters()
+    late = waiters.add(Term(1), Index(7))
+    with pytest.raises(TimeoutError):
+        await await_within(late, 0.01)
+    waiters.applied(Index(7), Term(1), "too late")  # must not raise InvalidStateError
