@@ -24,7 +24,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -44,6 +43,7 @@ from raftkv.kv.quota import (
     SpaceRecord,
 )
 from raftkv.runtime.api import ROLE_LEADER, FeatureNotEnabled, KVNode
+from raftkv.server.background import running
 from raftkv.server.errors import ApiError
 from raftkv.server.forward import resolve_source_ip
 from raftkv.server.status import StatusProbe
@@ -236,13 +236,10 @@ def alarm_task(
             data_dir=data_dir,
             probe=probe,
         )
-        task = asyncio.create_task(loop.run(), name="space-alarms")
         try:
-            yield
+            async with running(loop.run(), "space-alarms"):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await probe.close()
 
     return ctx

@@ -26,7 +26,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable
 from typing import Final, TypeVar
@@ -46,6 +45,7 @@ from raftkv.runtime.membership import MembershipManager
 from raftkv.server.alarms import SpaceNode, alarm_task, disk_status, space_json
 from raftkv.server.auth import Authenticator, AuthNode
 from raftkv.server.auth_routes import Forwarded, add_auth_routes
+from raftkv.server.background import running
 from raftkv.server.backup_routes import add_backup_routes
 from raftkv.server.config import Settings
 from raftkv.server.errors import (
@@ -167,13 +167,8 @@ async def _auth_upkeep(
         status = node.local_status()
         return status.leader_id == status.node_id
 
-    task = asyncio.create_task(auth.maintain(is_leader, settings.root_password))
-    try:
+    async with running(auth.maintain(is_leader, settings.root_password), "auth-upkeep"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 class _Api:

@@ -28,7 +28,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -50,6 +49,7 @@ from raftkv.runtime.membership import (
     UnknownMember,
     WouldLoseQuorum,
 )
+from raftkv.server.background import running
 from raftkv.server.config import Address, ConfigError, Settings
 from raftkv.server.errors import ApiError, json_response
 from raftkv.server.forward import (
@@ -107,15 +107,10 @@ class _MemberRoutes:
             # A removal of the leader may wait for a handover before its own proposal.
             total_timeout_s=2 * timeout_s + 2.0,
         )
-        watch = asyncio.create_task(
-            self._watch_removal(source_ip, ssl_context), name="removal-watch"
-        )
         try:
-            yield
+            async with running(self._watch_removal(source_ip, ssl_context), "removal-watch"):
+                yield
         finally:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
             await self._forwarder.close()
             self._forwarder = None
 

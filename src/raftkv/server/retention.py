@@ -13,7 +13,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
@@ -23,6 +22,7 @@ from aiohttp import web
 from raftkv.kv.commands import Compact
 from raftkv.kv.mvcc import MVCCStore
 from raftkv.runtime.api import ROLE_LEADER, KVNode
+from raftkv.server.background import running
 
 log = structlog.get_logger(__name__)
 
@@ -63,12 +63,7 @@ def retention_task(node: KVNode, keep: int) -> Callable[[web.Application], Async
     """An aiohttp cleanup context running the retention loop while the app runs."""
 
     async def ctx(_app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_loop(node, keep), name="history-retention")
-        try:
+        async with running(_loop(node, keep), "history-retention"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     return ctx
