@@ -91,21 +91,23 @@ def test_lmdb_rebuilt_after_an_unclean_os_restart(make_cluster: MakeCluster) -> 
     for n in c.nodes:
         c.start_node(n, env=env)
     leader = c.wait_ready()
+    # The victim is a follower: the writes below go to the leader while the victim restarts.
+    victim = "node-3" if leader != "node-3" else "node-2"
     acked = write_keys(c, leader, [f"a{i}" for i in range(200)])
-    c.wait_caught_up("node-3", leader)
-    c.kill("node-3")
+    c.wait_caught_up(victim, leader)
+    c.kill(victim)
     # An OS crash with NOSYNC LMDB: pages of the data file never reached the disk. Garbage
     # over everything after the two meta pages stands for that.
-    data = c.nodes["node-3"].data_dir / "state" / "data.mdb"
+    data = c.nodes[victim].data_dir / "state" / "data.mdb"
     size = data.stat().st_size
     with open(data, "r+b") as f:
         f.seek(2 * 4096)
         f.write(os.urandom(size - 2 * 4096))
     boot.write_text("boot-B\n")
-    c.start_node("node-3", env=env)
+    c.start_node(victim, env=env)
     acked |= write_keys(c, leader, [f"b{i}" for i in range(20)])
-    assert_holds(c, "node-3", acked)
-    assert "rebuilding it from the last snapshot" in c.nodes["node-3"].log_text()
+    assert_holds(c, victim, acked)
+    assert "rebuilding it from the last snapshot" in c.nodes[victim].log_text()
 
 
 BUILD_POINTS = ["snapshot-build:synced", "snapshot-build:written", "snapshot-build:renamed"]
