@@ -373,20 +373,18 @@ class MembershipManager:
             raise WouldLoseQuorum("no healthy voter can take over the leadership")
         target = candidates[-1][1]
         log.info("removing the leader: transferring leadership first", to=target)
-        # Any other leader will do: a transfer may fail (thesis §3.10) and an ordinary election
-        # elect someone else, after which the removal goes to that leader like any other.
-        await self._transfer(target, or_any_other=True)
+        await self._transfer(target)
         leader, http = self.leader()
         raise NotLeaderError(leader, http)
 
-    async def _transfer(self, target: NodeId, *, or_any_other: bool = False) -> None:
+    async def _transfer(self, target: NodeId) -> None:
         d = self._driver
         loop = asyncio.get_running_loop()
         election_s = d.opts.election_ticks * self._tick_s
         deadline = loop.time() + 4 * election_s + 1.0
         while loop.time() < deadline:
             leader = d.raw.leader
-            if leader == target or (or_any_other and leader is not None and leader != d.id):
+            if leader == target:
                 return
             if d.raw.raft.role is Role.LEADER and d.raw.raft.lead_transferee is None:
                 d.raw.transfer_leader(target)  # retried after a failed attempt (one timeout)
