@@ -198,6 +198,17 @@ class Raft(ReadOnly):
                 self.election_elapsed = 0
                 self.hup(transfer=False)
 
+    def tick_held(self) -> None:
+        """A tick in which this node may not start an election (the runtime holds elections on
+        a fresh cluster while its bootstrap node starts). Time still passes for the lease clock
+        and for the promise (§6.4.1): once it ends, the node grants the bootstrap node's
+        (pre-)vote. Without this, a held node refused every vote for the whole hold."""
+        if self.role is Role.LEADER:
+            self.tick()  # a leader is never held; keep its heartbeats going
+            return
+        self.clock += 1
+        self.heard_elapsed += 1
+
     def clock_skipped(self, periods: int) -> None:
         """`periods` tick periods passed without a `tick()` (a stalled loop, a pause): the lease
         clock counts them; elections do not (they may run slow, a lease must not)."""

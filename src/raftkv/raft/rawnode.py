@@ -81,6 +81,10 @@ class RawNode:
     def tick(self) -> None:
         self.raft.tick()
 
+    def tick_held(self) -> None:
+        """A tick that may not start an election (fresh cluster, bootstrap node starting)."""
+        self.raft.tick_held()
+
     def clock_skipped(self, periods: int) -> None:
         """The driver could not tick for `periods` tick periods (its loop stalled, the process
         was paused): the lease clock counts them, the election timer does not (lease.py)."""
