@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from raftkv.chaos.cluster import free_port as chaos_free_port
+
 T = TypeVar("T")
 
 NODE_IDS = ("node-1", "node-2", "node-3")
@@ -64,15 +66,13 @@ def _loopback_hosts(n: int) -> list[str]:
 
 
 def free_port(host: str, taken: set[int]) -> int:
-    """A port nothing listens on now (the kernel's pick), never a reserved or taken one."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port not in RESERVED_PORTS and port not in taken:
-            taken.add(port)
+    """A port nothing listens on now, below the kernel's ephemeral range (a `bind(0)` pick is
+    ephemeral: an outgoing connection may take it before the node listens or restarts), never
+    a reserved or taken one."""
+    while True:
+        port = chaos_free_port(host, taken)
+        if port not in RESERVED_PORTS:
             return port
-    raise RuntimeError("no free port found")
 
 
 class NodeDied(AssertionError):

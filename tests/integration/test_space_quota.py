@@ -10,6 +10,7 @@ from typing import Any
 
 from tests.integration.cluster import Cluster, wait_for
 from tests.integration.test_metrics import scrape, value
+from tests.integration.test_tools import cli
 
 QUOTA = 40_000
 VALUE = "v" * 1000
@@ -62,6 +63,8 @@ def test_quota_fill_refuse_free_and_recover(make_cluster: Callable[..., Cluster]
     assert value(samples, "raftkv_space_quota_bytes") == QUOTA
     assert value(samples, "raftkv_space_usage_bytes") >= QUOTA
     wait_for("the raised log line", lambda: "alarm raised: no_space" in c.nodes[leader].log_text())
+    report = cli("inspect", "status", "--json", "-a", c.nodes[follower].http)
+    assert report["alarms"] == body["alarms"] and report["space"]["quota_bytes"] == QUOTA
 
     # Deletes are accepted and free space (a value's bytes each, history kept): below 90 % of
     # the quota the alarm clears by itself.

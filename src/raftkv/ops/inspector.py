@@ -37,12 +37,17 @@ class InspectError(Exception):
 # -- discovery ------------------------------------------------------------------------------
 
 
-async def discover(session: aiohttp.ClientSession, address: str) -> dict[str, str]:
-    """Node id -> HTTP address of every member, from `address`'s /cluster/status."""
+async def cluster_status(session: aiohttp.ClientSession, address: str) -> dict[str, Any]:
+    """`address`'s /cluster/status body (members, alarms, space)."""
     reply = await request(session, "GET", address, "/cluster/status")
     if not reply.ok or not isinstance(reply.body, dict):
         raise InspectError(f"cannot read /cluster/status from {address}: {_why(reply)}")
-    nodes = reply.body.get("nodes")
+    return reply.body
+
+
+def members_of(status: Mapping[str, Any], address: str) -> dict[str, str]:
+    """Node id -> HTTP address of every member listed in a /cluster/status body."""
+    nodes = status.get("nodes")
     if not isinstance(nodes, dict):
         raise InspectError(f"{address}: /cluster/status has no nodes")
     out: dict[str, str] = {}
@@ -50,6 +55,11 @@ async def discover(session: aiohttp.ClientSession, address: str) -> dict[str, st
         http = entry.get("http_address") if isinstance(entry, dict) else None
         out[str(node_id)] = str(http) if http else address
     return out
+
+
+async def discover(session: aiohttp.ClientSession, address: str) -> dict[str, str]:
+    """Node id -> HTTP address of every member, from `address`'s /cluster/status."""
+    return members_of(await cluster_status(session, address), address)
 
 
 def _why(reply: Reply) -> str:
@@ -67,7 +77,8 @@ def _why(reply: Reply) -> str:
 
 
 async def gather_status(session: aiohttp.ClientSession, address: str) -> dict[str, Any]:
-    members = await discover(session, address)
+    status = await cluster_status(session, address)
+    members = members_of(status, address)
     ids = sorted(members)
     replies = await asyncio.gather(
         *(request(session, "GET", members[i], "/cluster/local") for i in ids)
@@ -80,7 +91,13 @@ async def gather_status(session: aiohttp.ClientSession, address: str) -> dict[st
         else:
             locals_[node_id] = None
             errors[node_id] = _why(reply)
-    return build_status(members, locals_, errors)
+    report = build_status(members, locals_, errors)
+    # Replicated state, the same on every member that applied it: the asked node's view.
+    alarms = status.get("alarms")
+    report["alarms"] = alarms if isinstance(alarms, list) else []
+    space = status.get("space")
+    report["space"] = space if isinstance(space, dict) else None
+    return report
 
 
 def pick_leader(locals_: Mapping[str, Mapping[str, Any] | None]) -> str | None:
@@ -179,7 +196,8 @@ async def fetch_keys(
 async def gather_data(
     session: aiohttp.ClientSession, address: str, prefix: str = "", limit: int = 1000
 ) -> dict[str, Any]:
-    members = await discover(session, address)
+    status = await cluster_status(session, address)
+    members = members_of(status, address)
     ids = sorted(members)
     fetched = await asyncio.gather(*(fetch_keys(session, members[i], prefix, limit) for i in ids))
     per_node = {i: f[0] for i, f in zip(ids, fetched, strict=True)}
@@ -276,7 +294,8 @@ async def gather_raft(
 
 async def gather_test(session: aiohttp.ClientSession, address: str) -> dict[str, Any]:
     """Through every node: PUT, GET there, GET on the next node, DELETE, GET (must be 404)."""
-    members = await discover(session, address)
+    status = await cluster_status(session, address)
+    members = members_of(status, address)
     ids = sorted(members)
     run = secrets.token_hex(4)
     steps: list[dict[str, Any]] = []

@@ -70,6 +70,22 @@ def render_status(console: Console, report: dict[str, Any]) -> None:
         f"leader: [bold]{leader}[/] (*)   reachable: {report['reachable']}/{report['cluster_size']}"
         f"   {health}"
     )
+    space = report.get("space")
+    if space:
+        quota = space.get("quota_bytes") or space.get("configured_quota_bytes")
+        of = f" of quota {_mib(quota)}" if quota else " (no quota)"
+        console.print(f"space: {_mib(space.get('usage_bytes'))} used{of}", highlight=False)
+    for alarm in report.get("alarms") or []:
+        where = f", {alarm['member']}" if alarm.get("member") else ""
+        console.print(
+            f"ALARM {alarm.get('alarm')} ({alarm.get('cause')}{where}): growing writes get 507",
+            style="bold red",
+            highlight=False,
+        )
+
+
+def _mib(value: object) -> str:
+    return f"{int(value) / (1 << 20):.1f} MiB" if isinstance(value, int) else "—"
 
 
 def render_data(console: Console, report: dict[str, Any]) -> None:

@@ -81,6 +81,10 @@ class RawNode:
     def tick(self) -> None:
         self.raft.tick()
 
+    def tick_held(self) -> None:
+        """A tick that may not start an election (fresh cluster, bootstrap node starting)."""
+        self.raft.tick_held()
+
     def clock_skipped(self, periods: int) -> None:
         """The driver could not tick for `periods` tick periods (its loop stalled, the process
         was paused): the lease clock counts them, the election timer does not (lease.py)."""
@@ -185,6 +189,7 @@ class RawNode:
             self._prev_soft = rd.soft_state
         if rd.hard_state is not None:
             self._prev_hard = rd.hard_state
+            r.hard_state_persisted(rd.hard_state.term)
         if rd.snapshot is not None:
             r.log.stable_snap_to(rd.snapshot.meta.index)
             if r.log.applied < rd.snapshot.meta.index:

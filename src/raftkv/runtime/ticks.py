@@ -102,7 +102,10 @@ class TickLoop:
         self._now = loop.time()
         if self._hold_elections_until:
             if loop.time() < self._hold_elections_until and self.raw.status().leader is None:
-                return  # no ticks: no election timeout while the bootstrap node starts
+                # No election timeout while the bootstrap node starts; the promise timer runs,
+                # so this node can grant the bootstrap node's vote.
+                self.raw.tick_held()
+                return
             self._hold_elections_until = 0.0
         self.raw.tick()
         self._schedule_pump()

@@ -40,7 +40,7 @@ from .deployfiles import (
 )
 
 T = TypeVar("T")
-DEADLINE_S = 30.0
+DEADLINE_S = 60.0  # a bound on condition waits: three cold Python starts on a loaded 2-core box
 
 pytestmark = [
     pytest.mark.integration,

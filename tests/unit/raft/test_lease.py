@@ -248,3 +248,16 @@ def test_tracker_ignores_bogus_and_stale_rounds() -> None:
     t.echo(N2, 5, now=10)  # older than what n2 already echoed
     assert t.start(voters, N1, 10) == 8
     assert t.holds(voters, N1, 9) and not t.holds(voters, N1, 10)
+
+
+def test_held_ticks_end_the_start_promise_without_starting_an_election() -> None:
+    # A fresh cluster holds its followers' elections while the bootstrap node starts. Held
+    # ticks must still run the promise timer, or the held nodes refuse the bootstrap node's
+    # vote for the whole hold (the seed walkthrough then saw another node lead first).
+    c = Cluster(3, lease_ticks=LEASE)
+    n2 = c.nodes[N2]
+    for _ in range(5 * E):
+        n2.tick_held()
+    assert n2.status().role is Role.FOLLOWER and n2.status().term == 0  # never campaigned
+    n2.step(RequestVote(Term(1), N1, N2, Index(0), Term(0)))
+    assert n2.status().vote == N1

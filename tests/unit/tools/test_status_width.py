@@ -43,3 +43,23 @@ def test_status_table_fits_80_columns_and_keeps_ids_and_roles() -> None:
         assert word in text, text
     assert "…" not in text, text
     assert "connection refused" in text
+
+
+def test_status_shows_space_and_alarms_within_80_columns() -> None:
+    report = _report()
+    report["space"] = {"usage_bytes": 3 << 20, "quota_bytes": 8 << 20}
+    report["alarms"] = [
+        {"alarm": "no_space", "cause": "quota"},
+        {"alarm": "no_space", "cause": "disk", "member": "node-3"},
+    ]
+    out = io.StringIO()
+    render_status(Console(file=out, width=80, color_system=None), report)
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert "space: 3.0 MiB used of quota 8.0 MiB" in text, text
+    assert "ALARM no_space (quota): growing writes get 507" in text, text
+    assert "ALARM no_space (disk, node-3)" in text, text
+    # Without them (an older node's status): no space line, no alarm.
+    out = io.StringIO()
+    render_status(Console(file=out, width=80, color_system=None), _report())
+    assert "ALARM" not in out.getvalue() and "space:" not in out.getvalue()
