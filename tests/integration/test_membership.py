@@ -5,11 +5,15 @@ back to 3 (removing the leader too) -- no acknowledged write lost along the way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 from typing import Any
+
+import pytest
 
 from tests.integration.cluster import (
     Cluster,
@@ -19,6 +23,8 @@ from tests.integration.cluster import (
     raftkv_executable,
     wait_for,
 )
+
+STRACE = shutil.which("strace")
 
 
 class Writer:
@@ -137,6 +143,48 @@ def test_grow_replace_shrink_keeps_every_acknowledged_write(make_cluster: MakeCl
     assert c.status(rest[0])["cluster_size"] == 3
     for n in rest:
         w.check(n)
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed")
+def test_transfer_to_a_node_whose_fsync_outlasts_the_election_timeout(
+    make_cluster: MakeCluster,
+) -> None:
+    """The failure the test above showed under load, made deterministic: every fsync of node-3
+    takes 250 ms (strace), longer than any randomized election timeout (100-200 ms). Its
+    transfer campaign must not time out while its own vote is being made durable (before the
+    fix it fell back to PreVote, ignored the grants of its term, and another node won)."""
+    c = make_cluster()
+    slow = [
+        str(STRACE),
+        "-f",
+        "--seccomp-bpf",
+        "-qq",
+        "-o",
+        os.devnull,
+        "-e",
+        "trace=fsync,fdatasync",
+        "-e",
+        "inject=fsync,fdatasync:delay_exit=250000",
+    ]
+    c.start(["node-1", "node-2"])
+    c.start_node("node-3", prefix=slow)
+    node3 = c.nodes["node-3"]
+    assert node3.proc is not None
+    traced_group = node3.proc.pid  # strace and the node share a session (start_new_session)
+    try:
+        leader = c.wait_ready()
+        assert leader != "node-3"
+        assert c.put(leader, "before", "1").status == 200
+        c.wait_caught_up("node-3", leader)
+        reply = call(c, leader, "POST", "/cluster/leader", {"to": "node-3"})
+        assert reply.status == 200, reply
+        assert c.wait_leader() == "node-3"
+        assert c.put("node-3", "after", "2").status == 200
+        assert c.get("node-1", "before").json["value"] == "1"
+    finally:
+        # Killing strace alone would leave the traced node running: kill the whole group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(traced_group, signal.SIGKILL)
 
 
 def test_refusals_and_leader_transfer(make_cluster: MakeCluster) -> None:

@@ -30,8 +30,8 @@ SAFETY = {"two_leaders", "committed_changed", "commit_unsafe", "leader_incomplet
 # Seeds on which each planted bug breaks safety (SIM_EVENTS=2000), from the longer sweep.
 # They move when the simulated workload changes (traces change): refresh them with the sweep.
 CAUGHT_ON = {
-    "conf_change_not_one_at_a_time": (7, 19, 35),
-    "conf_change_before_commit_in_term": (96, 159, 300),
+    "conf_change_not_one_at_a_time": (7, 19, 74),
+    "conf_change_before_commit_in_term": (36, 38, 96),
 }
 LONG_SEEDS = int(os.environ.get("SIM_MEMBERSHIP_SEEDS", "0"))
 CLEAN_SEEDS = 24  # the real core under the same faults, in the default run

@@ -86,6 +86,9 @@ class Raft(ReadOnly):
         self.heartbeat_elapsed = 0  # leader only
         self.randomized_timeout = 0  # in [election_ticks, 2 * election_ticks)
         self.votes: dict[NodeId, bool] = {}  # (pre-)candidate only
+        # Candidate: its vote requests wait for its new term and vote to be durable (they are
+        # `persisted_msgs`); its election timer waits with them (`hard_state_persisted`).
+        self.votes_unsent = False
         self.progress: dict[NodeId, Progress] = {}  # leader only; one per voter and learner
         self.lead_transferee: NodeId | None = None  # leader only, thesis §3.10
         self.pending_conf_index: Index = Index(0)  # leader: index of the last conf change
@@ -136,6 +139,7 @@ class Raft(ReadOnly):
         self.heartbeat_elapsed = 0
         self._reset_randomized_timeout()
         self.votes = {}
+        self.votes_unsent = False
         self.lead_transferee = None
         self.pending_reads = []
         self.reads_before_commit = []
@@ -192,7 +196,7 @@ class Raft(ReadOnly):
         self.heard_elapsed += 1
         if self.role is Role.LEADER:
             self._tick_leader()
-        else:
+        elif not self.votes_unsent:  # §5.2: an election's timer runs once its requests left
             self.election_elapsed += 1
             if self.election_elapsed >= self.randomized_timeout and self.promotable():
                 self.election_elapsed = 0
@@ -280,6 +284,18 @@ class Raft(ReadOnly):
     def _campaign(self, *, transfer: bool) -> None:
         self.become_candidate()
         self._request_votes(self.term, pre_vote=False, transfer=transfer)
+        # §5.2: the randomized timeout is the time to wait for votes, so it starts when the
+        # requests leave, after our fsync of term and vote. Counted from now, an fsync slower
+        # than the timeout (a loaded disk) ends the election before anyone was asked; the
+        # grants that come later are ignored by the pre-candidate we fell back to, and a
+        # TimeoutNow transfer (§3.10) loses its bypass of the others' lease promise.
+        self.votes_unsent = self.role is Role.CANDIDATE
+
+    def hard_state_persisted(self, term: Term) -> None:
+        """The hard state of `term` is durable and the Ready's persisted messages are sent."""
+        if self.votes_unsent and term == self.term:
+            self.votes_unsent = False
+            self.election_elapsed = 0
 
     def _request_votes(self, term: Term, *, pre_vote: bool, transfer: bool) -> None:
         self.votes[self.id] = True

@@ -189,6 +189,7 @@ class RawNode:
             self._prev_soft = rd.soft_state
         if rd.hard_state is not None:
             self._prev_hard = rd.hard_state
+            r.hard_state_persisted(rd.hard_state.term)
         if rd.snapshot is not None:
             r.log.stable_snap_to(rd.snapshot.meta.index)
             if r.log.applied < rd.snapshot.meta.index:

@@ -44,7 +44,7 @@ from raftkv.kv.quota import alarm_flags, space_figures
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.errors import InvariantViolation, NotLeader, ProposalDropped
-from raftkv.raft.messages import AnyMessage, InstallSnapshot
+from raftkv.raft.messages import AnyMessage, InstallSnapshot, RequestVote, RequestVoteResponse
 from raftkv.raft.rawnode import RawNode, Status
 from raftkv.raft.ready import Apply, Persist, ReadStates, Ready, SendMessages
 from raftkv.raft.storage import MemoryStorage
@@ -61,7 +61,7 @@ from raftkv.raft.types import (
     SnapshotMeta,
     Term,
 )
-from raftkv.runtime import testhooks
+from raftkv.runtime import testhooks, votelog
 from raftkv.runtime.admission import TurnGate
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.features import OWN_VERSIONS
@@ -368,7 +368,10 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
             return
         self.metrics.received(msg)
         try:
-            self.raw.step(msg)
+            if isinstance(msg, RequestVote | RequestVoteResponse):
+                votelog.step(self.id, self.raw, msg)  # debug lines: why a vote went as it did
+            else:
+                self.raw.step(msg)
         except InvariantViolation as exc:
             self._die(exc)
             return

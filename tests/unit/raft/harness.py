@@ -8,7 +8,7 @@ from collections.abc import Callable
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.messages import AnyMessage
 from raftkv.raft.rawnode import RawNode
-from raftkv.raft.ready import Apply, Persist, ReadStates, SendMessages
+from raftkv.raft.ready import Apply, Persist, ReadStates, Ready, SendMessages
 from raftkv.raft.storage import MemoryStorage
 from raftkv.raft.types import ConfState, Entry, NodeId, ReadState, Role
 
@@ -51,7 +51,13 @@ class Cluster:
         rn = self.nodes[node]
         if not rn.has_ready():
             return []
-        rd = rn.ready()
+        return self.finish(node, rn.ready())
+
+    def finish(self, node: NodeId, rd: Ready) -> list[AnyMessage]:
+        """Execute a Ready already taken from `node` (persist, apply, advance); return the
+        messages it sends. Between `ready()` and this call the core may be ticked and stepped,
+        as the driver does while its writer thread fsyncs."""
+        rn = self.nodes[node]
         out: list[AnyMessage] = []
         st = self.storages[node]
         for action in rd.steps():

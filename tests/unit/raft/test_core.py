@@ -13,6 +13,7 @@ from raftkv.raft.messages import (
     InstallSnapshot,
     RequestVote,
     RequestVoteResponse,
+    TimeoutNow,
 )
 from raftkv.raft.storage import MemoryStorage
 from raftkv.raft.types import (
@@ -249,6 +250,48 @@ def test_leadership_transfer_with_timeout_now() -> None:
     c.settle()
     assert c.leader() == N3
     assert c.nodes[N3].status().term == 2
+
+
+@pytest.mark.parametrize("lease_ticks", [0, 2])
+def test_transfer_target_whose_vote_fsync_outlasts_the_election_timeout_still_wins(
+    lease_ticks: int,
+) -> None:
+    """§5.2 + thesis §3.10: a candidate's election timer starts when its vote requests leave,
+    i.e. once its own term and vote are durable (`persisted_messages`), not when it decides to
+    campaign. Seen on real processes under load (tests/integration/test_membership.py): the
+    transfer target's fsync of its new term took 125-229 ms against a 100 ms election timeout;
+    the ticks that ran meanwhile timed its candidacy out, it fell back to PreVote in the same
+    term and ignored the grants of its own term, and another node won the next term."""
+    c = Cluster(3, lease_ticks=lease_ticks)
+    c.elect(N1)
+    c.nodes[N1].propose(b"x")
+    c.settle()
+    held: list[TimeoutNow] = []
+
+    def hold(m: object) -> bool:
+        if isinstance(m, TimeoutNow):
+            held.append(m)
+            return True
+        return False
+
+    c.drop = hold
+    c.nodes[N1].transfer_leader(N3)
+    c.settle()
+    c.drop = lambda m: False
+    assert len(held) == 1
+    n3 = c.nodes[N3]
+    n3.step(held[0])
+    rd = n3.ready()  # the Ready that persists term 2 + vote and then asks for votes
+    assert n3.status().role is Role.CANDIDATE
+    assert any(isinstance(m, RequestVote) for m in rd.persisted_messages)
+    for _ in range(2 * n3.raft.cfg.election_ticks):  # the fsync outlasts any election timeout
+        n3.tick()
+        c.in_flight.extend(n3.take_messages())  # sent while persisting (driver's _pump)
+    assert n3.status().role is Role.CANDIDATE  # still waiting for its own vote to be durable
+    c.in_flight.extend(c.finish(N3, rd))
+    c.settle()
+    assert c.leader() == N3
+    assert n3.status().term == 2
 
 
 def test_snapshot_sent_to_follower_needing_compacted_entries() -> None:
