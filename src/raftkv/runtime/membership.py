@@ -15,6 +15,10 @@ Rules:
 - A removal that leaves fewer healthy voters than a quorum of the new configuration is refused
   (`WouldLoseQuorum`). Removing the leader first transfers leadership (thesis §3.10) to the most
   up-to-date healthy voter, then reports `NotLeaderError` so the caller asks the new leader.
+  Any other leader will do there (what is asked for is the removal, as in etcd and Consul,
+  whose leaders remove themselves): a transfer may fail (§3.10) and an ordinary election elect
+  another voter. Only if no other node leads in time is it `TransferFailed` (nothing changed;
+  retry). An explicit transfer (`transfer`) succeeds only once its target leads.
 - Removed ids are never reused (runtime/members.py): adding one is `MemberRemoved`; removing
   one again is answered as done (so clients may retry a removal whose reply was lost).
 - Auto-promotion: while this node leads, learners whose record says `auto_promote` are
@@ -373,18 +377,23 @@ class MembershipManager:
             raise WouldLoseQuorum("no healthy voter can take over the leadership")
         target = candidates[-1][1]
         log.info("removing the leader: transferring leadership first", to=target)
-        await self._transfer(target)
+        await self._transfer(target, or_any_other=True)
         leader, http = self.leader()
+        if leader != target:
+            log.info("leadership went to another voter; the removal goes there", leader=leader)
         raise NotLeaderError(leader, http)
 
-    async def _transfer(self, target: NodeId) -> None:
+    async def _transfer(self, target: NodeId, *, or_any_other: bool = False) -> None:
+        """Wait until `target` leads (or, with `or_any_other`, any node but us), asking for the
+        transfer again whenever we lead with none under way (one fails after an election
+        timeout); `TransferFailed` at the deadline."""
         d = self._driver
         loop = asyncio.get_running_loop()
         election_s = d.opts.election_ticks * self._tick_s
         deadline = loop.time() + 4 * election_s + 1.0
         while loop.time() < deadline:
             leader = d.raw.leader
-            if leader == target:
+            if leader == target or (or_any_other and leader is not None and leader != d.id):
                 return
             if d.raw.raft.role is Role.LEADER and d.raw.raft.lead_transferee is None:
                 d.raw.transfer_leader(target)  # retried after a failed attempt (one timeout)
