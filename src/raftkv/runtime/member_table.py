@@ -14,7 +14,8 @@ Rules:
   certificate proves the id.
 - Messages from removed ids are refused (etcd answers such a member 410 Gone) and logged at
   most every `REFUSAL_LOG_S` per peer; `heard` keeps the loop time of each member's last
-  message (the leader's health view, runtime/membership.py).
+  message (the leader's health view, runtime/membership.py) and `leading_since` when this node
+  last became leader (how long that view has been complete).
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class MemberTable:
         self.record = ClusterRecord()
         self.removed: frozenset[str] = frozenset()  # = record.removed, for a fast check
         self.heard: dict[NodeId, float] = {}  # member -> loop time of its last message
+        # Loop time this node last became leader: before that it heard only from its leader,
+        # so its `heard` says little about the others until a health window has passed.
+        self.leading_since = 0.0
         self._refusals_logged: dict[str, float] = {}
 
     def accepts(self, node: str) -> bool:

@@ -262,7 +262,7 @@ class MembershipManager:
                 leader_last_index=int(raft.log.last_index()),
                 healthy=self.healthy(node),
             )
-        self._check_quorum_after((*conf.voters, node), "promoting")
+        await self._check_quorum_after((*conf.voters, node), "promoting")
         info = self._driver.table.record.members.get(node_id)
         ctx = encode_context(
             MemberContext(info.raft_address, info.http_address, info.auto_promote)
@@ -288,7 +288,7 @@ class MembershipManager:
                 raise WouldLoseQuorum(
                     "cannot remove the last voter", healthy_voters=1, quorum=1, voters=1
                 )
-            self._check_quorum_after(rest, "removing")
+            await self._check_quorum_after(rest, "removing")
         if node == d.id:
             await self._step_aside()  # raises NotLeaderError naming the new leader
         await self._propose(ConfChange(ConfChangeKind.REMOVE_NODE, node))
@@ -316,17 +316,28 @@ class MembershipManager:
                 return view
         raise UnknownMember(f"{node_id} is not a member", id=node_id)
 
-    def _check_quorum_after(self, voters: tuple[NodeId, ...], doing: str) -> None:
+    async def _check_quorum_after(self, voters: tuple[NodeId, ...], doing: str) -> None:
+        """Refuse (`WouldLoseQuorum`) if `voters` would have fewer healthy members than a quorum.
+        A leader that took over less than a health window ago has not yet heard from the nodes
+        that were followers with it (followers talk only to their leader): it waits until the
+        check passes or the window has passed (e.g. a removal handed over by the old leader)."""
         need = quorum.quorum_size(voters)
-        healthy = sum(1 for v in voters if self.healthy(v))
-        if healthy < need:
-            raise WouldLoseQuorum(
-                f"{doing} would leave {healthy} healthy voters of {len(voters)}; "
-                f"a quorum needs {need}",
-                healthy_voters=healthy,
-                quorum=need,
-                voters=len(voters),
-            )
+        window = HEALTHY_ELECTIONS * self._driver.opts.election_ticks * self._tick_s
+        loop = asyncio.get_running_loop()
+        while True:
+            healthy = sum(1 for v in voters if self.healthy(v))
+            if healthy >= need:
+                return
+            self._require_leader()  # deposed while waiting: the caller asks the new leader
+            if loop.time() - self._driver.table.leading_since >= window:
+                raise WouldLoseQuorum(
+                    f"{doing} would leave {healthy} healthy voters of {len(voters)}; "
+                    f"a quorum needs {need}",
+                    healthy_voters=healthy,
+                    quorum=need,
+                    voters=len(voters),
+                )
+            await asyncio.sleep(self._tick_s)
 
     async def _propose(self, cc: ConfChange) -> None:
         d = self._driver

@@ -5,6 +5,9 @@
   asked for is the removal, as etcd's and Consul's leaders remove themselves).
 - If no other node leads in time: `TransferFailed` (503, Retry-After; nothing changed).
 - An explicit transfer (`POST /cluster/leader`) stays strict: another leader is a failure.
+- The new leader's quorum check: it heard only from its own leader while a follower, so for a
+  health window after taking over it waits for the others' answers before refusing a change
+  with `WouldLoseQuorum` (seen: a removal handed over right after the election was refused).
 
 A scripted driver stands in for the real one: `transfer_leader` records the call and lets the
 test decide who leads next, as the cluster would.
@@ -22,7 +25,7 @@ import pytest
 from raftkv.raft.types import ConfState, NodeId, Role
 from raftkv.runtime.api import NotLeaderError
 from raftkv.runtime.driver import RaftDriver
-from raftkv.runtime.membership import MembershipManager, TransferFailed
+from raftkv.runtime.membership import MembershipManager, TransferFailed, WouldLoseQuorum
 from tests.unit.server.fakes import aio
 
 N1, N2, N3 = (NodeId(f"node-{i}") for i in range(1, 4))
@@ -63,6 +66,7 @@ class _Table:
     def __init__(self) -> None:
         self.record = _Record()
         self.heard: dict[NodeId, float] = {}
+        self.leading_since = 0.0
 
 
 class _Raw:
@@ -146,3 +150,48 @@ async def test_explicit_transfer_fails_when_another_voter_wins() -> None:
     with pytest.raises(TransferFailed) as err:
         await m.transfer(N3)
     assert cast(dict[str, Any], err.value.context)["leader"] == N2
+
+
+def _stay(_raw: _Raw, _to: NodeId) -> None:
+    pass
+
+
+@aio
+async def test_a_new_leader_waits_for_its_health_view_before_refusing_a_change() -> None:
+    m, d = _manager(_stay)
+    loop = asyncio.get_running_loop()
+    d.table.heard = {}  # as a follower it heard only from its leader (gone)
+    d.table.leading_since = loop.time()  # just elected
+
+    async def answers() -> None:  # the others answer its first heartbeats
+        await asyncio.sleep(0.05)
+        d.table.heard[N2] = loop.time()
+
+    task = asyncio.create_task(answers())
+    await m._check_quorum_after((N1, N2, N3), "removing")  # 2 of 3 healthy: allowed
+    await task
+
+
+@aio
+async def test_a_leader_with_a_complete_view_refuses_at_once() -> None:
+    m, d = _manager(_stay)
+    loop = asyncio.get_running_loop()
+    d.table.heard = {}
+    d.table.leading_since = loop.time() - 10.0  # leading for long: its view is complete
+    start = loop.time()
+    with pytest.raises(WouldLoseQuorum):
+        await m._check_quorum_after((N1, N2, N3), "removing")
+    assert loop.time() - start < 0.05
+
+
+@aio
+async def test_a_new_leader_refuses_once_its_health_window_has_passed() -> None:
+    m, d = _manager(_stay)
+    loop = asyncio.get_running_loop()
+    d.table.heard = {}
+    d.table.leading_since = loop.time()
+    start = loop.time()
+    with pytest.raises(WouldLoseQuorum):
+        await m._check_quorum_after((N1, N2, N3), "removing")
+    window = 3 * d.opts.election_ticks * d.opts.tick_ms / 1000
+    assert loop.time() - start >= window - 0.03
