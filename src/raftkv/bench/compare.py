@@ -83,6 +83,7 @@ class CompareOptions:
     workdir: Path
     value_size: int = 100
     keys: int = 1000
+    only: tuple[str, ...] = ()  # names of TESTS to run (all when empty)
 
     @classmethod
     def make(
@@ -94,14 +95,30 @@ class CompareOptions:
         failovers: int | None,
         stability_s: float | None,
         workdir: Path,
+        only: tuple[str, ...] = (),
     ) -> CompareOptions:
+        """`only` picks loads by name; then the stability run and the failovers happen only
+        when asked for (`stability_s`, `failovers`)."""
+        unknown = sorted(set(only) - {t.name for t in TESTS})
+        if unknown:
+            names = ", ".join(t.name for t in TESTS)
+            raise ValueError(f"unknown load {', '.join(unknown)} (known: {names})")
         return cls(
             rounds=rounds or (1 if quick else 3),
             duration_s=duration_s or (3.0 if quick else 10.0),
-            failovers=failovers if failovers is not None else (2 if quick else 5),
-            stability_s=stability_s or (10.0 if quick else 60.0),
+            failovers=failovers if failovers is not None else (0 if only else 2 if quick else 5),
+            stability_s=(
+                stability_s
+                if stability_s is not None
+                else (0.0 if only else 10.0 if quick else 60.0)
+            ),
             workdir=workdir,
+            only=only,
         )
+
+    @property
+    def tests(self) -> tuple[LoadTest, ...]:
+        return tuple(t for t in TESTS if not self.only or t.name in self.only)
 
 
 def machine_info() -> dict[str, str]:
@@ -277,12 +294,12 @@ def run_compare(opts: CompareOptions, log: Log = print) -> dict[str, Any]:
             url = _url(cluster, cluster.wait_leader())
             asyncio.run(fill_keyspace(url, system, "bench", opts.keys, opts.value_size))
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-            t.name: {s: [] for s in SYSTEMS} for t in TESTS
+            t.name: {s: [] for s in SYSTEMS} for t in opts.tests
         }
         report["runs"] = runs
         for rnd in range(opts.rounds):
             order = SYSTEMS if rnd % 2 == 0 else SYSTEMS[::-1]
-            for test in TESTS:
+            for test in opts.tests:
                 for system in order:
                     if system in broken:
                         continue
@@ -299,7 +316,7 @@ def run_compare(opts: CompareOptions, log: Log = print) -> dict[str, Any]:
                         f"p99 {r['p99']:7.2f} ms  errors {sum(r['errors'].values())}"
                     )
         stability: dict[str, Any] = {}
-        for system in SYSTEMS:
+        for system in SYSTEMS if opts.stability_s > 0 else ():
             if system in broken:
                 continue
             try:

@@ -235,13 +235,25 @@ def register(app: typer.Typer) -> None:
         ),
         out: Annotated[Path | None, typer.Option("--out", help="also write the table")] = None,
         as_json: Annotated[bool, typer.Option("--json")] = False,
+        only: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--only",
+                help="run only this load (repeatable): put_c1, put_c64, put_c256, get_lin_c64, "
+                "get_lease_c64, get_stale_c64; no stability run or failovers unless asked",
+            ),
+        ] = None,
     ) -> None:
         """raftkv vs etcd 3.4 on this machine, same wrk load, alternating; markdown table."""
-        opts = CompareOptions.make(
-            quick=quick, rounds=rounds, duration_s=duration, failovers=failovers,
-            stability_s=stability, workdir=workdir,
-        )  # fmt: skip
         err = Console(stderr=True)
+        try:
+            opts = CompareOptions.make(
+                quick=quick, rounds=rounds, duration_s=duration, failovers=failovers,
+                stability_s=stability, workdir=workdir, only=tuple(only or ()),
+            )  # fmt: skip
+        except ValueError as exc:
+            err.print(f"raftkv bench compare-etcd: {exc}")
+            raise typer.Exit(2) from None
         try:
             report = run_compare(
                 opts, log=lambda msg: err.print(msg, highlight=False, soft_wrap=True)

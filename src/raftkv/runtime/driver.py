@@ -4,7 +4,10 @@ Rules:
 - Everything that arrives during one loop turn (proposals, peer messages, reads) is stepped into
   the core; then ONE Ready is processed in the order of `Ready.steps()`: send, persist (one
   SQLite transaction = one fsync, in the single writer thread), send the persisted messages,
-  apply (LMDB, on the loop thread: fast, no fsync), answer reads, `advance`.
+  apply (LMDB, on the loop thread: fast, no fsync), answer reads, `advance`. A Ready's messages
+  are written at once (`send(now=True)`); its persisted messages (acks, votes) are handed to
+  the loop by the writer thread right after the save returned, so they leave in the first
+  loop callback after the fsync, never before it (tests/unit/runtime/test_ack_order.py).
 - The core is only touched from the loop thread. While the writer thread fsyncs, the loop keeps
   stepping messages and ticks in, but never calls `ready()` before `advance()`.
 - A snapshot received from the leader is installed into the state machine BEFORE its metadata
@@ -68,8 +71,9 @@ from raftkv.runtime.features import OWN_VERSIONS
 from raftkv.runtime.halt import HaltSteps
 from raftkv.runtime.member_table import MemberTable, NodeRemoved, initial_conf, load_record
 from raftkv.runtime.members import ClusterRecord, encode_record, record_after
-from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics, timed
+from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics
 from raftkv.runtime.options import NodeOptions
+from raftkv.runtime.persist import PersistSteps, notices_only
 from raftkv.runtime.snapshots import SnapshotSteps
 from raftkv.runtime.ticks import TickLoop
 from raftkv.runtime.waiters import (
@@ -92,7 +96,7 @@ _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
 
 
-class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
+class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.id = opts.node_id
@@ -131,6 +135,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._loop: asyncio.AbstractEventLoop = loop
         self.fatal = loop.create_future()
         d = self.opts.data_dir
         # Before any other file: refuse a newer format, migrate an older one (storage/format.py).
@@ -315,15 +320,6 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
         self.abort_pending()
         self.fatal.set_result(exc)
 
-    async def _io(
-        self, op: str, path: Path, executor: ThreadPoolExecutor, fn: Any, *args: Any
-    ) -> Any:
-        """Run `fn(*args)` on `executor`; a storage error comes back as a StorageFailure."""
-        try:
-            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-        except Exception as exc:
-            raise wrap(exc, op, path) from exc
-
     def _admits(self, node: str) -> bool:
         """May `node` open a peer connection to us (the transport's Hello check)?
 
@@ -425,11 +421,22 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
             self._die(exc)
 
     async def _handle_ready(self, rd: Ready) -> None:
+        acks_sent = False  # rd.persisted_messages already left from the persist completion
+        notices: tuple[AnyMessage, ...] = ()  # commit notices, sent once the replies are due
         for action in rd.steps():
             match action:
+                case SendMessages(messages=msgs) if acks_sent and msgs is rd.persisted_messages:
+                    pass
+                case SendMessages(messages=msgs) if rd.committed_entries and notices_only(msgs):
+                    # Only commit indices for the followers: they may leave later (§5.3: a
+                    # commit index reaches followers whenever it does), after the apply step
+                    # below wakes the waiting requests, whose replies then go out first.
+                    notices = msgs
                 case SendMessages(messages=msgs):
+                    # At once, not at the end of the turn: a leader's appends leave before its
+                    # own WAL hand-off (thesis §10.2.1), a follower's acks without a loop turn.
                     self.metrics.sent(msgs)
-                    self.transport.send(msgs)
+                    self.transport.send(msgs, now=True)
                 case Persist(snapshot=snap, entries=entries, hard_state=hs, sync=sync):
                     if snap is not None:
                         snap = await self._install_snapshot(snap)
@@ -446,14 +453,15 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
                                 "log commit",
                                 self.durable.path,
                                 self._writer,
-                                timed,
-                                self.durable.save,
+                                self._save,
                                 hs,
                                 entries,
                                 meta,
+                                rd.persisted_messages,
                             )
                         finally:
                             self._persisting = False
+                        acks_sent = bool(rd.persisted_messages)
                         self.metrics.persisted(took, len(entries))
                         if snap is not None:
                             testhooks.crash_point("snapshot-install:recorded")
@@ -467,6 +475,9 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop):
                 case ReadStates(read_states=states):
                     for rs in states:
                         self._reads.read_state(rs.context, rs.index, self.sm.applied_index)
+        if notices:
+            self.metrics.sent(notices)
+            self.transport.send(notices)  # at the end of this turn, behind the woken requests
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader)
 

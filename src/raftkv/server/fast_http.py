@@ -104,6 +104,13 @@ class FastRequest(HeadersMixin):
         return self._url
 
     @property
+    def raw_path_qs(self) -> str:
+        """The target as received (what `rel_url.raw_path_qs` gives, without building a URL)."""
+        if self._query_string:
+            return f"{self._raw_path}?{self._query_string}"
+        return self._raw_path
+
+    @property
     def path(self) -> str:
         return self.rel_url.path
 

@@ -3,39 +3,36 @@
 Rules:
 - A forwarded write is APPLIED AT MOST ONCE. Without a session there is no deduplication, so a
   second copy of a PUT/DELETE could be applied twice (e.g. a DELETE after a newer PUT by
-  someone else): such a write is sent at most once. Every layer that re-sends on its own is
-  switched off:
-  * aiohttp's ClientSession re-sends an idempotent request (PUT and DELETE are) once when it
-    fails with ClientOSError or ServerDisconnectedError -- on ANY connection, fresh or pooled
-    (aiohttp 3.14 client.py: `retry_persistent_connection = self._retry_connection and method
-    in IDEMPOTENT_METHODS`, then `except (ClientOSError, ServerDisconnectedError): ...
-    continue`). That loop sits OUTSIDE the client middleware chain, and the only exceptions it
-    re-sends on are those two types. `_classify_failures`, our middleware, converts every
-    failure of a send into `_NotSent`/`_MaybeSent`, which derive from neither (nor from
-    ClientError or OSError), so the loop re-raises them without looping. A second send is thus
-    impossible whatever the failure.
-  * Connections to the leader are pooled and kept alive (a fresh connection per forward cost
-    ~3.5x the throughput of the same load sent to the leader). Attribution stays conservative:
-    a failed connect (ClientConnectorError, ConnectionTimeoutError) can only happen on a new
-    connection and means nothing was sent -> 503 `leader_unreachable`, safe to retry; anything
-    after a connection was taken -- fresh or pooled -> 504 `outcome_unknown`, because on a
-    pooled connection "server closed the connection" may mean the leader closed it idle before
-    reading the request OR after applying it.
+  someone else): such a write is sent at most once.
+  * The request goes through `forward_client.LeaderClient`, our own small HTTP/1.1 client on
+    httptools, which never re-sends anything by itself and attributes every failure to
+    `NotSent` or `MaybeSent` (its module rules). aiohttp's ClientSession is not used for
+    forwarding: it re-sends an idempotent request (PUT and DELETE are) once when it fails with
+    ClientOSError or ServerDisconnectedError, on any connection, fresh or pooled (aiohttp 3.14
+    client.py: `retry_persistent_connection`; `test_plain_aiohttp_session_would_send_twice`
+    keeps watching it), and it cost ~3x the CPU per forward of the lean client.
+  * Connections to the leader are pooled and kept alive, one request at a time each (no
+    pipelining). Attribution stays conservative: a failed connect (refused, timed out, TLS
+    handshake or certificate failure, no free slot within the connect timeout) means nothing
+    was sent -> 503 `leader_unreachable`, safe to retry; anything after a connection was taken
+    -- fresh or pooled -> 504 `outcome_unknown`, because on a pooled connection "server closed
+    the connection" may mean the leader closed it idle before reading the request OR after
+    applying it.
   * The one re-send: a request that carries a session (`Raftkv-Session` + `Raftkv-Seq`) and
-    failed after a connection was taken is sent once more, because the leader's session table
-    answers a repeated seq with the remembered reply instead of applying it again (Raft thesis
-    §6.3, kv/sessions.py). A request without a session is never re-sent.
+    failed after a connection was taken is sent once more, on a fresh connection, because the
+    leader's session table answers a repeated seq with the remembered reply instead of applying
+    it again (Raft thesis §6.3, kv/sessions.py). A request without a session is never re-sent.
   * Pooled connections are closed after `idle_timeout_s`, well before the leader's own
     keep-alive timeout, so the leader rarely closes one under us (a race that would otherwise
     turn into a 504 for a write without a session).
-  * Redirects are not followed; no proxy is used (trust_env is off).
+  * Redirects are not followed (a 3xx is passed back as any reply); no proxy is used.
 - The request goes with every header in FORWARDED_REQUEST_HEADERS (the client's Authorization,
   preconditions, session): the leader authenticates the client itself. The leader's reply
   (status, body, Content-Type, Retry-After, ETag, WWW-Authenticate, Raftkv-* headers) is
   passed back unchanged.
 - With HTTPS (`tls.http`) the forward is an HTTPS request that verifies the leader's certificate
   and presents this node's peer certificate (server/tls.py); a failed handshake is a failed
-  connect (aiohttp's certificate errors are ClientConnectorErrors): nothing was sent.
+  connect: nothing was sent.
 - A forwarded request carries FORWARDED_HEADER; a node receiving one never forwards it again
   (a leader that just lost leadership answers 503 `not_leader`): no forwarding loops.
 - Outgoing connections bind their source address to this node's host, so per-address network
@@ -53,9 +50,10 @@ from typing import Final
 import aiohttp
 import structlog
 from aiohttp import web
-from yarl import URL
 
 from raftkv.server.errors import ApiError
+from raftkv.server.fast_http import FastRequest
+from raftkv.server.forward_client import LeaderClient, MaybeSent, NotSent, request_head
 
 log = structlog.get_logger(__name__)
 
@@ -76,26 +74,7 @@ FORWARDED_REQUEST_HEADERS: Final = (
 _PASSED_BACK_HEADERS: Final = frozenset({"content-type", "retry-after", "etag", "www-authenticate"})
 _PASSED_BACK_PREFIX: Final = "raftkv-"  # the API's own reply headers (revisions, sessions)
 _MAX_CONNECTIONS: Final = 256  # concurrent forwards; waiting for a slot counts as connecting
-
-
-class _NotSent(Exception):
-    """The connection to the leader could not be made: not one byte of the request was sent."""
-
-
-class _MaybeSent(Exception):
-    """The connection was up when the request failed: the leader may have applied it."""
-
-
-async def _classify_failures(
-    req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-) -> aiohttp.ClientResponse:
-    # Runs inside aiohttp's retry loop, around connect + send + reading the status line.
-    try:
-        return await handler(req)
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-        raise _NotSent(str(exc) or type(exc).__name__) from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise _MaybeSent(str(exc) or type(exc).__name__) from exc
+_NO_BODY_METHODS: Final = frozenset({"GET", "HEAD"})  # no Content-Length unless a body
 
 
 async def resolve_source_ip(host: str) -> str | None:
@@ -118,16 +97,8 @@ def make_connector(
     *,
     force_close: bool,
     ssl_context: ssl.SSLContext | None = None,
-    idle_timeout_s: float | None = None,
 ) -> aiohttp.TCPConnector:
-    if idle_timeout_s is not None:
-        # Only meaningful with pooling; aiohttp refuses it together with force_close.
-        return aiohttp.TCPConnector(
-            local_addr=(source_ip, 0) if source_ip else None,
-            keepalive_timeout=idle_timeout_s,
-            limit=_MAX_CONNECTIONS,
-            ssl=ssl_context if ssl_context is not None else True,
-        )
+    """For the aiohttp sessions of status probes and membership calls (reads, not forwards)."""
     return aiohttp.TCPConnector(
         local_addr=(source_ip, 0) if source_ip else None,
         force_close=force_close,
@@ -154,57 +125,49 @@ class Forwarder:
             raise ValueError("connect timeout must be shorter than the total timeout")
         self._node_id = node_id
         self._total_timeout_s = total_timeout_s
-        self._scheme = "https" if ssl_context is not None else "http"
-        self._session = aiohttp.ClientSession(
-            connector=make_connector(
-                source_ip,
-                force_close=False,
-                ssl_context=ssl_context,
-                idle_timeout_s=idle_timeout_s,
-            ),
-            timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout_s),
-            middlewares=(_classify_failures,),
-            auto_decompress=False,
-            trust_env=False,
+        self._client = LeaderClient(
+            source_ip=source_ip,
+            connect_timeout_s=connect_timeout_s,
+            idle_timeout_s=idle_timeout_s,
+            ssl_context=ssl_context,
+            max_connections=_MAX_CONNECTIONS,
         )
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._client.close()
 
     async def forward(
         self, request: web.Request, body: bytes, leader_id: str, leader_http: str
     ) -> web.Response:
-        try:
-            url = URL(f"{self._scheme}://{leader_http}{request.rel_url.raw_path_qs}", encoded=True)
-        except ValueError as exc:
-            raise _unreachable(leader_id, leader_http, f"bad leader address: {exc}") from exc
-        headers = {FORWARDED_HEADER: self._node_id}
+        headers = [(FORWARDED_HEADER, self._node_id)]
+        req_headers = request.headers
         for name in FORWARDED_REQUEST_HEADERS:
-            if (value := request.headers.get(name)) is not None:
-                headers[name] = value
+            if (value := req_headers.get(name)) is not None:
+                headers.append((name, value))
+        method = request.method
+        if body or method not in _NO_BODY_METHODS:
+            headers.append(("Content-Length", str(len(body))))
+        try:
+            head = request_head(method, _target(request), leader_http, headers)
+        except ValueError as exc:
+            raise _unreachable(leader_id, leader_http, f"bad request to forward: {exc}") from exc
         # Deduplicated by the leader's session table, so a second send cannot apply twice.
-        has_session = "Raftkv-Session" in headers and "Raftkv-Seq" in headers
-        first_failure: _MaybeSent | None = None
+        has_session = "Raftkv-Session" in req_headers and "Raftkv-Seq" in req_headers
         try:
             async with asyncio.timeout(self._total_timeout_s):
-                while True:
-                    try:
-                        status, payload, passed = await self._send(
-                            request.method, url, body, headers
-                        )
-                        break
-                    except _NotSent as exc:
-                        if first_failure is not None:
-                            raise first_failure from exc  # the first send may have applied
+                try:
+                    reply = await self._client.request(leader_http, head, body)
+                except MaybeSent as exc:
+                    if not has_session:
                         raise
-                    except _MaybeSent as exc:
-                        if not has_session or first_failure is not None:
-                            raise
-                        first_failure = exc
-                        log.info("re-sending a session write", leader=leader_id, error=str(exc))
-        except _NotSent as exc:
+                    log.info("re-sending a session write", leader=leader_id, error=str(exc))
+                    try:
+                        reply = await self._client.request(leader_http, head, body, fresh=True)
+                    except NotSent as again:
+                        raise exc from again  # the first send may have applied
+        except NotSent as exc:
             raise _unreachable(leader_id, leader_http, str(exc)) from exc
-        except (_MaybeSent, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (MaybeSent, TimeoutError) as exc:
             log.warning("forwarding failed after sending", leader=leader_id, error=repr(exc))
             raise ApiError(
                 504,
@@ -214,21 +177,20 @@ class Forwarder:
                 leader=leader_id,
                 leader_http=leader_http,
             ) from exc
-        return web.Response(status=status, body=payload, headers=passed)
+        passed = {
+            name: value
+            for name, value in reply.headers
+            if (lower := name.lower()) in _PASSED_BACK_HEADERS
+            or lower.startswith(_PASSED_BACK_PREFIX)
+        }
+        return web.Response(status=reply.status, body=reply.body, headers=passed)
 
-    async def _send(
-        self, method: str, url: URL, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, bytes, dict[str, str]]:
-        async with self._session.request(
-            method, url, data=body, headers=headers, allow_redirects=False
-        ) as resp:
-            payload = await resp.read()
-            passed = {
-                h: v
-                for h, v in resp.headers.items()
-                if h.lower() in _PASSED_BACK_HEADERS or h.lower().startswith(_PASSED_BACK_PREFIX)
-            }
-            return resp.status, payload, passed
+
+def _target(request: web.Request) -> str:
+    """The request target to send: path and query exactly as the client encoded them."""
+    if isinstance(request, FastRequest):
+        return request.raw_path_qs  # as received, without building a URL
+    return request.rel_url.raw_path_qs
 
 
 def _unreachable(leader_id: str, leader_http: str, detail: str) -> ApiError:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from raftkv.bench.compare import markdown, summarize
+from raftkv.bench.compare import CompareOptions, markdown, summarize
 from raftkv.bench.spec import LoadSpec
 from raftkv.bench.wrk import _result, read_progress, wrk_threads
 
@@ -104,3 +104,22 @@ def test_markdown_table_has_machine_header_and_rows() -> None:
     assert "| PUT c=64 p99 (ms) | 7.00 | 10.00 | 0.70x ✓ |" in text
     assert "| leader changes during saturating PUT run | 0 | 1 | — |" in text
     assert "failover times raftkv (s): 0.200, 0.300, 0.250" in text
+
+
+def test_only_picks_loads_and_skips_stability_and_failovers_unless_asked(tmp_path: Path) -> None:
+    def make(**kw: Any) -> CompareOptions:
+        base: dict[str, Any] = dict(
+            quick=False, rounds=None, duration_s=None, failovers=None, stability_s=None
+        )
+        return CompareOptions.make(workdir=tmp_path, **{**base, **kw})
+
+    full = make()
+    assert [t.name for t in full.tests][:2] == ["put_c1", "put_c64"]
+    assert (full.failovers, full.stability_s) == (5, 60.0)
+    one = make(only=("put_c1",))
+    assert [t.name for t in one.tests] == ["put_c1"]
+    assert (one.failovers, one.stability_s) == (0, 0.0)
+    asked = make(only=("put_c1",), failovers=2, stability_s=5.0)
+    assert (asked.failovers, asked.stability_s) == (2, 5.0)
+    with pytest.raises(ValueError, match="unknown load put_c2"):
+        make(only=("put_c2",))
