@@ -300,6 +300,14 @@ class NodeProcess:
         self._expected_exit = True  # report once
         return None if self.leaving and code in LEAVING_EXITS else code
 
+    def log_lines(self, needle: str) -> list[str]:
+        """The lines of the node's log that contain `needle`."""
+        try:
+            text = self._log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if needle in line]
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             text = self._log.read_text(encoding="utf-8", errors="replace")

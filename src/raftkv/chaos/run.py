@@ -380,6 +380,27 @@ class _Run:
         self.problems.append(
             f"the replicas did not settle on one applied index within {CONVERGE_TIMEOUT_S:g} s"
         )
+        self.problems += await self._describe_nodes()
+
+    async def _describe_nodes(self) -> list[str]:
+        """One line per node: where it stands, and the peers it refused (a member that lags
+        behind a conf change may refuse a leader it does not know: issue 13)."""
+        statuses = await self.cluster.statuses()
+        lines = []
+        for node_id in self.cluster.ids:
+            s = statuses.get(node_id)
+            where = (
+                "no /cluster/local answer"
+                if s is None
+                else f"{s.get('role')} term {s.get('term')} leader {s.get('leader_id')} "
+                f"commit {s.get('commit_index')} applied {s.get('applied_index')}"
+            )
+            refused = self.cluster.nodes[node_id].log_lines("inbound_refused")
+            if refused:
+                last = refused[-1].split("reason=", 1)[-1][:120]
+                where += f"; {len(refused)} peer connections refused, the last: {last}"
+            lines.append(f"  {node_id}: {where}")
+        return lines
 
     async def _applied(self) -> int | None:
         """The applied index if every node has applied all it knows committed, and all agree."""

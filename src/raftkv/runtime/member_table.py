@@ -12,6 +12,14 @@ Rules:
   and one of them may be the leader it must catch up from: refusing unknown ids would strand
   it for good. A removed id never comes back, so refusing those is exact; with mutual TLS the
   certificate proves the id.
+- A node that lags behind conf changes may also be unable to ANSWER a leader added since (its
+  record has no address for it), and without peer TLS the driver refuses a Hello from an id it
+  does not know. So members another member's record lists, and that ours does not (neither as
+  a member nor as removed), are `vouched` for (`vouch`, from the removal watch that asks the
+  others while no leader is known, server/members_routes.py): admitted and dialled at the
+  address that record gives, until our own record catches up (`adopt` forgets them). Without
+  that, such a member stays at its old configuration forever, missing every later write (issue
+  13's chaos run: an original member at `cluster_size` 4 of 3, 99 acknowledged writes missing).
 - Messages from removed ids are refused (etcd answers such a member 410 Gone) and logged at
   most every `REFUSAL_LOG_S` per peer; `heard` keeps the loop time of each member's last
   message (the leader's health view, runtime/membership.py).
@@ -25,7 +33,14 @@ from typing import Final, Protocol
 import structlog
 
 from raftkv.raft.types import ConfState, NodeId
-from raftkv.runtime.members import ClusterRecord, bootstrap_record, decode_record, encode_record
+from raftkv.runtime.members import (
+    ClusterRecord,
+    MemberInfo,
+    bootstrap_record,
+    decode_record,
+    encode_record,
+    split_host_port,
+)
 from raftkv.runtime.options import NodeOptions
 from raftkv.storage.state import StateMachine
 
@@ -92,6 +107,9 @@ class MemberTable:
         self.record = ClusterRecord()
         self.removed: frozenset[str] = frozenset()  # = record.removed, for a fast check
         self.heard: dict[NodeId, float] = {}  # member -> loop time of its last message
+        # Members a current member's record lists and ours does not hold yet (module rules);
+        # never one of ours nor a removed id.
+        self.vouched: dict[str, MemberInfo] = {}
         self._refusals_logged: dict[str, float] = {}
 
     def accepts(self, node: str) -> bool:
@@ -112,10 +130,36 @@ class MemberTable:
         peers = {**configured, **self.record.raft_addresses()}
         return {n: a for n, a in peers.items() if n != self.id and a[1]}
 
+    def vouch(
+        self, source: str, members: dict[str, MemberInfo], removed: set[str], transport: _Dialer
+    ) -> list[str]:
+        """`source` (a member we know) lists `members` and `removed`: admit and dial those
+        members that our record does not know yet. Returns the ids newly vouched for."""
+        new = []
+        for node, info in sorted(members.items()):
+            known = node in self.record.members or node in self.removed
+            if node == self.id or known or node in removed or self.vouched.get(node) == info:
+                continue
+            host, port = split_host_port(info.raft_address)
+            if not port:
+                continue
+            self.vouched[node] = info
+            transport.update_peer(NodeId(node), (host, port))
+            new.append(node)
+        if new:
+            log.info("members learned from a peer's record", node=self.id, src=source, ids=new)
+        return new
+
     def adopt(self, record: ClusterRecord, transport: _Dialer, conf: ConfState) -> bool:
         """Take a new record; returns True if it says this node was removed."""
         old = self.record
         self.load(record)
+        for node in sorted(self.vouched):
+            if node in record.members:
+                del self.vouched[node]  # our own record holds it now
+            elif node in record.removed:
+                del self.vouched[node]
+                transport.remove_peer(NodeId(node))
         if old == record:
             return False
         for node, addr in record.raft_addresses().items():

@@ -36,7 +36,7 @@ from raftkv.raft.errors import ConfChangeRefused, NotLeader, ProposalDropped
 from raftkv.raft.types import ConfChange, ConfChangeKind, NodeId, Role
 from raftkv.runtime.api import NoLeaderError, NotLeaderError, OperationTimeout
 from raftkv.runtime.driver import RaftDriver
-from raftkv.runtime.members import ClusterRecord, MemberContext, encode_context
+from raftkv.runtime.members import ClusterRecord, MemberContext, MemberInfo, encode_context
 from raftkv.runtime.waiters import ProposalLost
 
 log = structlog.get_logger("raftkv.membership")
@@ -130,6 +130,14 @@ class MembershipManager:
     def learned_removed(self, source: str) -> None:
         """Another member says this node was removed: stop (see RaftDriver.learned_removed)."""
         self._driver.learned_removed(source)
+
+    def learned_members(
+        self, source: str, members: dict[str, MemberInfo], removed: set[str]
+    ) -> list[str]:
+        """Another member's record lists `members`: admit and dial those ours does not know
+        yet, so a leader added while we lagged can catch us up (runtime/member_table.py)."""
+        d = self._driver
+        return d.table.vouch(source, members, removed, d.transport)
 
     # -- views --------------------------------------------------------------------------------
     def record(self) -> ClusterRecord:

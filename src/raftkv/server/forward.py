@@ -53,7 +53,13 @@ from aiohttp import web
 
 from raftkv.server.errors import ApiError
 from raftkv.server.fast_http import FastRequest
-from raftkv.server.forward_client import LeaderClient, MaybeSent, NotSent, request_head
+from raftkv.server.forward_client import (
+    LeaderClient,
+    MaybeSent,
+    NotSent,
+    TimedOut,
+    request_head,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -153,21 +159,26 @@ class Forwarder:
             raise _unreachable(leader_id, leader_http, f"bad request to forward: {exc}") from exc
         # Deduplicated by the leader's session table, so a second send cannot apply twice.
         has_session = "Raftkv-Session" in req_headers and "Raftkv-Seq" in req_headers
+        deadline = asyncio.get_running_loop().time() + self._total_timeout_s
+        client = self._client
         try:
-            async with asyncio.timeout(self._total_timeout_s):
+            try:
+                reply = await client.request(leader_http, head, body, deadline=deadline)
+            except TimedOut:
+                raise  # the request's time is up: nothing is re-sent
+            except MaybeSent as exc:
+                if not has_session:
+                    raise
+                log.info("re-sending a session write", leader=leader_id, error=str(exc))
                 try:
-                    reply = await self._client.request(leader_http, head, body)
-                except MaybeSent as exc:
-                    if not has_session:
-                        raise
-                    log.info("re-sending a session write", leader=leader_id, error=str(exc))
-                    try:
-                        reply = await self._client.request(leader_http, head, body, fresh=True)
-                    except NotSent as again:
-                        raise exc from again  # the first send may have applied
+                    reply = await client.request(
+                        leader_http, head, body, deadline=deadline, fresh=True
+                    )
+                except NotSent as again:
+                    raise exc from again  # the first send may have applied
         except NotSent as exc:
             raise _unreachable(leader_id, leader_http, str(exc)) from exc
-        except (MaybeSent, TimeoutError) as exc:
+        except MaybeSent as exc:
             log.warning("forwarding failed after sending", leader=leader_id, error=repr(exc))
             raise ApiError(
                 504,

@@ -13,8 +13,11 @@ Rules (forward.py's at-most-once rules rest on them):
     connection closing or resetting before the whole response arrived, a response the parser
     refuses. A pooled connection found already closed when it is taken is skipped, not used:
     nothing was written to it.
-  A cancellation (the caller's total timeout, the client going away) aborts the connection in
-  use: it never goes back to the pool with a response still due.
+  A reply not complete by the caller's deadline is `TimedOut` (a MaybeSent that forward.py never
+  re-sends: the request's time is up); the connect phase also ends by the deadline. The deadline
+  is one timer on the loop per request, not a task-cancelling timeout. A cancellation (the
+  client going away) aborts the connection in use, as does a failure or a TimedOut: a
+  connection never goes back to the pool with a response still due.
 - A connection goes back to the pool only after a complete response that keeps it alive
   (HTTP/1.1 without `Connection: close`) and with nothing else received. Bytes arriving on an
   idle connection (the leader never sends unsolicited data) close it.
@@ -34,12 +37,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import re
 import ssl
 from typing import Final
 
 import httptools
 
 _MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024  # a reply larger than this is refused (MaybeSent)
+_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 
 
 class NotSent(Exception):
@@ -56,6 +62,10 @@ class _TooLarge(Exception):
 
 class _Extra(Exception):
     """Raised from a parser callback: bytes after the whole reply."""
+
+
+class TimedOut(MaybeSent):
+    """Sent, and no reply before the caller's deadline: the outcome is unknown."""
 
 
 class Reply:
@@ -165,6 +175,10 @@ class _Conn(asyncio.Protocol):
     def reset(self) -> None:
         self._waiter = None
 
+    def expire(self) -> None:
+        """The caller's deadline passed with the reply still due."""
+        self._fail(TimedOut("no reply from the leader before the request's deadline"))
+
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
@@ -209,22 +223,40 @@ class LeaderClient:
         return "https" if self._ssl is not None else "http"
 
     async def request(
-        self, address: str, head: bytes, body: bytes, *, fresh: bool = False
+        self,
+        address: str,
+        head: bytes,
+        body: bytes,
+        *,
+        deadline: float | None = None,
+        fresh: bool = False,
     ) -> Reply:
         """Send `head` + `body` (one whole request) to `address` (host:port) and read the reply.
-        `fresh`: on a new connection, never a pooled one. Raises NotSent or MaybeSent."""
+        `deadline` (loop time): no reply by then is `TimedOut`; the connect phase ends by then
+        too. `fresh`: on a new connection, never a pooled one. Raises NotSent or MaybeSent."""
         if self._closed:
             raise NotSent("the forwarding client is closed")
-        try:
-            async with asyncio.timeout(self._connect_timeout_s):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise NotSent("no free connection to the leader within the connect timeout") from None
+        loop = asyncio.get_running_loop()
+        connect_s = self._connect_timeout_s
+        if deadline is not None:
+            connect_s = min(connect_s, deadline - loop.time())
+        slots = self._slots
+        if slots.locked():  # a free slot is taken without a timer (the common case)
+            try:
+                async with asyncio.timeout(connect_s):
+                    await slots.acquire()
+            except TimeoutError:
+                raise NotSent("no free connection to the leader within the timeout") from None
+        else:
+            await slots.acquire()
         try:
             conn = None if fresh else self._pooled(address)
             if conn is None:
-                conn = await self._connect(address)
+                if deadline is not None:
+                    connect_s = min(connect_s, deadline - loop.time())
+                conn = await self._connect(address, connect_s)
             self._busy.add(conn)
+            timer = None if deadline is None else loop.call_at(deadline, conn.expire)
             try:
                 reply = await conn.send(head + body)
             except MaybeSent:
@@ -237,6 +269,8 @@ class LeaderClient:
                 conn.abort()
                 raise
             finally:
+                if timer is not None:
+                    timer.cancel()
                 self._busy.discard(conn)
                 conn.reset()
             if conn.reusable():
@@ -245,7 +279,7 @@ class LeaderClient:
                 conn.close()
             return reply
         finally:
-            self._slots.release()
+            slots.release()
 
     async def close(self) -> None:
         self._closed = True
@@ -299,14 +333,14 @@ class LeaderClient:
             oldest = min(p[0].idle_since for p in self._idle.values())
             self._sweep = loop.call_at(oldest + self._idle_timeout_s, self._sweep_idle)
 
-    async def _connect(self, address: str) -> _Conn:
+    async def _connect(self, address: str, timeout_s: float) -> _Conn:
         try:
             host, port = self._address(address)
         except ValueError as exc:
             raise NotSent(f"bad leader address {address!r}: {exc}") from None
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._connect_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 _, conn = await loop.create_connection(
                     lambda: _Conn(loop),
                     host,
@@ -333,15 +367,24 @@ class LeaderClient:
         return known
 
 
+@functools.lru_cache(maxsize=64)  # callers use a handful of constant names
+def _token(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None
+
+
 def request_head(method: str, target: str, host: str, headers: list[tuple[str, str]]) -> bytes:
     """The request line and header block (ending in the empty line). Raises ValueError on a
     name or value that would split the head (CR, LF; a colon or space in a name)."""
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     for name, value in headers:
-        if not name or any(c in name for c in ":\r\n \t") or "\r" in value or "\n" in value:
-            raise ValueError(f"header {name!r} cannot be forwarded")
+        if not _token(name):
+            raise ValueError(f"header name {name!r} cannot be forwarded")
         lines.append(f"{name}: {value}")
-    if any(c in target for c in " \r\n") or any(c in host for c in " \r\n"):
-        raise ValueError("request target or host cannot be forwarded")
     lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+    text = "\r\n".join(lines)
+    # Exactly one CR and one LF per line break we made: none inside a value, target or host.
+    breaks = len(lines)  # the joins, plus the final CRLF
+    spaces = text.count(" ", 0, len(lines[0]))  # method SP target SP version
+    if text.count("\n") != breaks or text.count("\r") != breaks or spaces != 2:
+        raise ValueError("a header value, the target or the host cannot be forwarded")
+    return text.encode("utf-8", "surrogateescape")

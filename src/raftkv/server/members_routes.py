@@ -21,6 +21,9 @@ Rules:
 - A removed node may never hear of its own removal (the leader stops replicating to it once the
   change applies, and the others drop its messages): while it knows no leader it asks the
   others' `/cluster/config` every `REMOVAL_CHECK_S`; one listing it as removed makes it stop.
+  The same answers name the members ours lacks: a node that was down while a member joined
+  does not know that member, so could neither admit nor answer it once it leads; it takes
+  them from there (`learned_members`, runtime/member_table.py) and is caught up.
 - Every refusal is a JSON error with a stable code (runtime/membership.py lists them); 400 for a
   malformed body, an id that does not fit node-id rules, or an address that is not host:port.
 """
@@ -39,6 +42,7 @@ import structlog
 from aiohttp import web
 
 from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
+from raftkv.runtime.members import MemberInfo
 from raftkv.runtime.membership import (
     ChangeInProgress,
     LearnerNotReady,
@@ -134,9 +138,16 @@ class _MemberRoutes:
                             doc = await resp.json() if resp.status == 200 else {}
                     except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
                         continue
-                    if isinstance(doc, dict) and me in doc.get("removed", ()):
+                    if not isinstance(doc, dict):
+                        continue
+                    removed = doc.get("removed")
+                    removed = {str(r) for r in removed} if isinstance(removed, list) else set()
+                    if me in removed:
                         self._m.learned_removed(f"{peer}'s membership record")
                         return
+                    listed = _members_of(doc.get("members"))
+                    if listed:
+                        self._m.learned_members(f"{peer}'s membership record", listed, removed)
 
     # -- handlers ---------------------------------------------------------------------------
     async def list(self, request: web.Request) -> web.StreamResponse:
@@ -288,6 +299,24 @@ async def _json_body(request: web.Request) -> tuple[dict[str, Any], bytes]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "body must be a JSON object")
     return body, raw
+
+
+def _members_of(value: object) -> dict[str, MemberInfo]:
+    """The `members` of a peer's /cluster/config answer; malformed entries are skipped."""
+    if not isinstance(value, dict):
+        return {}
+    found = {}
+    for node, info in value.items():
+        if not (isinstance(node, str) and NODE_ID_RE.fullmatch(node) and isinstance(info, dict)):
+            continue
+        raft, http = info.get("raft_address"), info.get("http_address")
+        if isinstance(raft, str) and isinstance(http, str):
+            try:
+                Address.parse(raft, "raft_address")
+            except ConfigError:
+                continue
+            found[node] = MemberInfo(raft, http)
+    return found
 
 
 def _node_id(value: object, field: str) -> str:

@@ -147,3 +147,17 @@ def test_a_node_dies_with_the_chaos_process(tmp_path: Path) -> None:
             return True
 
     wait_for(gone)
+
+
+def test_log_lines_finds_the_refusals_a_lagging_member_logged(tmp_path: Path) -> None:
+    refusal = "inbound_refused reason=\"node 'node-6' is not a member of the live configuration\""
+    # Built in the child: the log's header line holds the command itself.
+    cmd = [sys.executable, "-c", f"print('started'); print('inbound_' + {refusal[8:]!r})"]
+    cluster = Cluster(
+        [NodeSpec("node-2", "127.0.0.2", 1, 2)], cmd, tmp_path / "c", tmp_path / "logs"
+    )
+    cluster.start_all()
+    node = cluster.nodes["node-2"]
+    wait_for(lambda: not node.running)
+    assert node.log_lines("inbound_refused") == [refusal]
+    assert node.log_lines("nothing like this") == []
