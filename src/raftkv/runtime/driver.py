@@ -566,6 +566,8 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
             self._leader_known.clear()
         else:
             self._leader_known.set()
+            if leader == self.id:
+                self.table.leading_since = self._now  # the health view starts filling in
             # Reads forwarded to a former leader may be lost: ask the new one.
             self._reads_need_leader.extend(self._reads.unanswered())
             self._wake.set()

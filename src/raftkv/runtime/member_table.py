@@ -22,7 +22,8 @@ Rules:
   13's chaos run: an original member at `cluster_size` 4 of 3, 99 acknowledged writes missing).
 - Messages from removed ids are refused (etcd answers such a member 410 Gone) and logged at
   most every `REFUSAL_LOG_S` per peer; `heard` keeps the loop time of each member's last
-  message (the leader's health view, runtime/membership.py).
+  message (the leader's health view, runtime/membership.py) and `leading_since` when this node
+  last became leader (how long that view has been complete).
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ class MemberTable:
         self.record = ClusterRecord()
         self.removed: frozenset[str] = frozenset()  # = record.removed, for a fast check
         self.heard: dict[NodeId, float] = {}  # member -> loop time of its last message
+        # Loop time this node last became leader: before that it heard only from its leader,
+        # so its `heard` says little about the others until a health window has passed.
+        self.leading_since = 0.0
         # Members a current member's record lists and ours does not hold yet (module rules);
         # never one of ours nor a removed id.
         self.vouched: dict[str, MemberInfo] = {}

@@ -15,6 +15,10 @@ Rules:
 - A removal that leaves fewer healthy voters than a quorum of the new configuration is refused
   (`WouldLoseQuorum`). Removing the leader first transfers leadership (thesis §3.10) to the most
   up-to-date healthy voter, then reports `NotLeaderError` so the caller asks the new leader.
+  Any other leader will do there (what is asked for is the removal, as in etcd and Consul,
+  whose leaders remove themselves): a transfer may fail (§3.10) and an ordinary election elect
+  another voter. Only if no other node leads in time is it `TransferFailed` (nothing changed;
+  retry). An explicit transfer (`transfer`) succeeds only once its target leads.
 - Removed ids are never reused (runtime/members.py): adding one is `MemberRemoved`; removing
   one again is answered as done (so clients may retry a removal whose reply was lost).
 - Auto-promotion: while this node leads, learners whose record says `auto_promote` are
@@ -266,7 +270,7 @@ class MembershipManager:
                 leader_last_index=int(raft.log.last_index()),
                 healthy=self.healthy(node),
             )
-        self._check_quorum_after((*conf.voters, node), "promoting")
+        await self._check_quorum_after((*conf.voters, node), "promoting")
         info = self._driver.table.record.members.get(node_id)
         ctx = encode_context(
             MemberContext(info.raft_address, info.http_address, info.auto_promote)
@@ -292,7 +296,7 @@ class MembershipManager:
                 raise WouldLoseQuorum(
                     "cannot remove the last voter", healthy_voters=1, quorum=1, voters=1
                 )
-            self._check_quorum_after(rest, "removing")
+            await self._check_quorum_after(rest, "removing")
         if node == d.id:
             await self._step_aside()  # raises NotLeaderError naming the new leader
         await self._propose(ConfChange(ConfChangeKind.REMOVE_NODE, node))
@@ -320,17 +324,28 @@ class MembershipManager:
                 return view
         raise UnknownMember(f"{node_id} is not a member", id=node_id)
 
-    def _check_quorum_after(self, voters: tuple[NodeId, ...], doing: str) -> None:
+    async def _check_quorum_after(self, voters: tuple[NodeId, ...], doing: str) -> None:
+        """Refuse (`WouldLoseQuorum`) if `voters` would have fewer healthy members than a quorum.
+        A leader that took over less than a health window ago has not yet heard from the nodes
+        that were followers with it (followers talk only to their leader): it waits until the
+        check passes or the window has passed (e.g. a removal handed over by the old leader)."""
         need = quorum.quorum_size(voters)
-        healthy = sum(1 for v in voters if self.healthy(v))
-        if healthy < need:
-            raise WouldLoseQuorum(
-                f"{doing} would leave {healthy} healthy voters of {len(voters)}; "
-                f"a quorum needs {need}",
-                healthy_voters=healthy,
-                quorum=need,
-                voters=len(voters),
-            )
+        window = HEALTHY_ELECTIONS * self._driver.opts.election_ticks * self._tick_s
+        loop = asyncio.get_running_loop()
+        while True:
+            healthy = sum(1 for v in voters if self.healthy(v))
+            if healthy >= need:
+                return
+            self._require_leader()  # deposed while waiting: the caller asks the new leader
+            if loop.time() - self._driver.table.leading_since >= window:
+                raise WouldLoseQuorum(
+                    f"{doing} would leave {healthy} healthy voters of {len(voters)}; "
+                    f"a quorum needs {need}",
+                    healthy_voters=healthy,
+                    quorum=need,
+                    voters=len(voters),
+                )
+            await asyncio.sleep(self._tick_s)
 
     async def _propose(self, cc: ConfChange) -> None:
         d = self._driver
@@ -381,18 +396,23 @@ class MembershipManager:
             raise WouldLoseQuorum("no healthy voter can take over the leadership")
         target = candidates[-1][1]
         log.info("removing the leader: transferring leadership first", to=target)
-        await self._transfer(target)
+        await self._transfer(target, or_any_other=True)
         leader, http = self.leader()
+        if leader != target:
+            log.info("leadership went to another voter; the removal goes there", leader=leader)
         raise NotLeaderError(leader, http)
 
-    async def _transfer(self, target: NodeId) -> None:
+    async def _transfer(self, target: NodeId, *, or_any_other: bool = False) -> None:
+        """Wait until `target` leads (or, with `or_any_other`, any node but us), asking for the
+        transfer again whenever we lead with none under way (one fails after an election
+        timeout); `TransferFailed` at the deadline."""
         d = self._driver
         loop = asyncio.get_running_loop()
         election_s = d.opts.election_ticks * self._tick_s
         deadline = loop.time() + 4 * election_s + 1.0
         while loop.time() < deadline:
             leader = d.raw.leader
-            if leader == target:
+            if leader == target or (or_any_other and leader is not None and leader != d.id):
                 return
             if d.raw.raft.role is Role.LEADER and d.raw.raft.lead_transferee is None:
                 d.raw.transfer_leader(target)  # retried after a failed attempt (one timeout)

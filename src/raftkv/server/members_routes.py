@@ -249,7 +249,9 @@ class _MemberRoutes:
         except NotLeaderError as exc:
             return await self._forward(request, raw, exc, handed_over=after_handover)
         except MembershipError as exc:
-            err = ApiError(_STATUS.get(type(exc), 400), exc.code, str(exc))
+            # A failed transfer changed nothing and may work next time: say when to retry.
+            retry = {"Retry-After": "1"} if isinstance(exc, TransferFailed) else None
+            err = ApiError(_STATUS.get(type(exc), 400), exc.code, str(exc), headers=retry)
             err.context = dict(exc.context)
             raise err from exc
         except NoLeaderError as exc:
