@@ -466,6 +466,8 @@ def _notes(report: dict[str, Any]) -> list[str]:
     if wrk_max:
         notes.append(f"- wrk used at most {wrk_max:.0f}% of one core in any run.")
     for system, values in report.get("failover_s", {}).items():
+        if not values:
+            continue
         shown = ", ".join(f"{v:.3f}" for v in values)
         notes.append(f"- failover times {system} (s): {shown}")
     return notes

@@ -104,6 +104,8 @@ def test_markdown_table_has_machine_header_and_rows() -> None:
     assert "| PUT c=64 p99 (ms) | 7.00 | 10.00 | 0.70x ✓ |" in text
     assert "| leader changes during saturating PUT run | 0 | 1 | — |" in text
     assert "failover times raftkv (s): 0.200, 0.300, 0.250" in text
+    report["failover_s"] = {"raftkv": [], "etcd": []}  # an --only run: no failovers
+    assert "failover times" not in markdown(report)
 
 
 def test_only_picks_loads_and_skips_stability_and_failovers_unless_asked(tmp_path: Path) -> None:
