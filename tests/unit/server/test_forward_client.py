@@ -211,6 +211,28 @@ async def test_close_and_bytes_after_a_reply_are_not_reused() -> None:
 
 
 @aio
+async def test_interim_reply_is_skipped() -> None:
+    async with RawLeader(lambda n: b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n" + OK) as leader:
+        c = client()
+        reply = await c.request(leader.address, put(leader.address), b"v")
+        assert (reply.status, reply.body) == (200, b"{}")
+        assert [name for name, _ in reply.headers] == ["Content-Type", "Content-Length"]
+        await c.request(leader.address, put(leader.address), b"v")  # and reused
+        await c.close()
+    assert leader.connections == 1
+
+
+@aio
+async def test_reply_framed_by_close_is_maybe_sent() -> None:
+    async with RawLeader(lambda n: Closing(b"HTTP/1.1 200 OK\r\n\r\n{}")) as leader:
+        c = client()
+        with pytest.raises(MaybeSent):
+            await c.request(leader.address, put(leader.address), b"v")
+        await c.close()
+    assert len(leader.requests) == 1
+
+
+@aio
 async def test_idle_connections_are_closed_after_the_idle_timeout() -> None:
     async with RawLeader(lambda n: OK) as leader:
         c = client(idle_timeout_s=0.05)
