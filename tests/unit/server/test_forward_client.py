@@ -233,6 +233,24 @@ async def test_reply_framed_by_close_is_maybe_sent() -> None:
 
 
 @aio
+async def test_idle_connection_the_leader_closed_is_skipped_not_a_504() -> None:
+    # The leader closes a kept-alive connection once idle (its keep-alive timeout): the pool
+    # notices (connection_lost) and the next request goes on a new connection, answered.
+    async with RawLeader(lambda n: Closing(OK) if n == 0 else OK) as leader:
+        c = client()
+        await c.request(leader.address, put(leader.address), b"v")
+        [pool] = c._idle.values()
+        async with asyncio.timeout(5):
+            while not pool[0].closed:  # the leader's FIN reaches our protocol
+                await asyncio.sleep(0.005)
+        reply = await c.request(leader.address, put(leader.address), b"v")
+        assert reply.status == 200
+        await c.close()
+    assert len(leader.requests) == 2
+    assert leader.connections == 2
+
+
+@aio
 async def test_idle_connections_are_closed_after_the_idle_timeout() -> None:
     async with RawLeader(lambda n: OK) as leader:
         c = client(idle_timeout_s=0.05)
