@@ -343,8 +343,11 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
         tick_s = self.opts.tick_ms / 1000.0
         return TransportTuning(
             keepalive_interval=tick_s,
-            # A few missed keepalives, never a GC pause or a busy loop on a loaded machine.
-            idle_timeout=max(4 * self.opts.election_ticks * tick_s, 0.5),
+            # Only for half-open links (a peer's host died without a FIN; a killed process's
+            # kernel closes its sockets): never a GC pause or a starved sender on a loaded
+            # machine. At 0.5 s, stalls of 0.2-0.4 s at load 13 dropped live links during
+            # elections (no heartbeats then) and every TLS reconnect cost more CPU.
+            idle_timeout=max(4 * self.opts.election_ticks * tick_s, 2.0),
             max_snapshot_bytes=self.opts.max_snapshot_bytes,
         )
 
