@@ -29,6 +29,8 @@ Rules (forward.py's at-most-once rules rest on them):
   forwarding as they cut Raft traffic). With `ssl_context` every connection is TLS, verifying the
   leader's certificate and host name and presenting the context's (this node's peer) certificate.
 - No proxy, no redirect following, no content decoding: the response is returned as received.
+  Interim 1xx replies are skipped. A reply framed by closing the connection (no Content-Length,
+  not chunked) is never complete here: MaybeSent (the API always sends a Content-Length).
 - The request head is written from the caller's header pairs; a name or value with CR, LF or
   a colon in a name is refused before anything is sent (`NotSent`): no header injection.
 """
@@ -144,6 +146,8 @@ class _Conn(asyncio.Protocol):
         # Read here: llhttp resets its flags once the message is complete.
         self._status = self._parser.get_status_code()
         self._keep_alive = self._parser.should_keep_alive()
+        if 100 <= self._status < 200:
+            self._headers = []  # an interim reply (100 Continue): the real one follows
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -152,7 +156,7 @@ class _Conn(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._complete = True
+        self._complete = not 100 <= self._status < 200
 
     # -- use -----------------------------------------------------------------------------------
 
@@ -255,6 +259,8 @@ class LeaderClient:
                 if deadline is not None:
                     connect_s = min(connect_s, deadline - loop.time())
                 conn = await self._connect(address, connect_s)
+                if conn.transport is None:  # lost before we could write: nothing went out
+                    raise NotSent(f"{address} closed the connection before the request")
             self._busy.add(conn)
             timer = None if deadline is None else loop.call_at(deadline, conn.expire)
             try:

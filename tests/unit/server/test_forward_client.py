@@ -211,6 +211,46 @@ async def test_close_and_bytes_after_a_reply_are_not_reused() -> None:
 
 
 @aio
+async def test_interim_reply_is_skipped() -> None:
+    async with RawLeader(lambda n: b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n" + OK) as leader:
+        c = client()
+        reply = await c.request(leader.address, put(leader.address), b"v")
+        assert (reply.status, reply.body) == (200, b"{}")
+        assert [name for name, _ in reply.headers] == ["Content-Type", "Content-Length"]
+        await c.request(leader.address, put(leader.address), b"v")  # and reused
+        await c.close()
+    assert leader.connections == 1
+
+
+@aio
+async def test_reply_framed_by_close_is_maybe_sent() -> None:
+    async with RawLeader(lambda n: Closing(b"HTTP/1.1 200 OK\r\n\r\n{}")) as leader:
+        c = client()
+        with pytest.raises(MaybeSent):
+            await c.request(leader.address, put(leader.address), b"v")
+        await c.close()
+    assert len(leader.requests) == 1
+
+
+@aio
+async def test_idle_connection_the_leader_closed_is_skipped_not_a_504() -> None:
+    # The leader closes a kept-alive connection once idle (its keep-alive timeout): the pool
+    # notices (connection_lost) and the next request goes on a new connection, answered.
+    async with RawLeader(lambda n: Closing(OK) if n == 0 else OK) as leader:
+        c = client()
+        await c.request(leader.address, put(leader.address), b"v")
+        [pool] = c._idle.values()
+        async with asyncio.timeout(5):
+            while not pool[0].closed:  # the leader's FIN reaches our protocol
+                await asyncio.sleep(0.005)
+        reply = await c.request(leader.address, put(leader.address), b"v")
+        assert reply.status == 200
+        await c.close()
+    assert len(leader.requests) == 2
+    assert leader.connections == 2
+
+
+@aio
 async def test_idle_connections_are_closed_after_the_idle_timeout() -> None:
     async with RawLeader(lambda n: OK) as leader:
         c = client(idle_timeout_s=0.05)
