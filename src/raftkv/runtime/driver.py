@@ -5,9 +5,9 @@ Rules:
   the core; then ONE Ready is processed in the order of `Ready.steps()`: send, persist (one
   SQLite transaction = one fsync, in the single writer thread), send the persisted messages,
   apply (LMDB, on the loop thread: fast, no fsync), answer reads, `advance`. A Ready's messages
-  are written at once (`send(now=True)`); its persisted messages (acks, votes) are handed to
-  the loop by the writer thread right after the save returned, so they leave in the first
-  loop callback after the fsync, never before it (tests/unit/runtime/test_ack_order.py).
+  are written at once (`send(now=True)`); its persisted messages (acks, votes) are sent by the
+  writer thread itself right after the save returned (runtime/persist.py), never before it
+  (tests/unit/runtime/test_ack_order.py).
 - The core is only touched from the loop thread. While the writer thread fsyncs, the loop keeps
   stepping messages and ticks in, but never calls `ready()` before `advance()`.
 - A snapshot received from the leader is installed into the state machine BEFORE its metadata

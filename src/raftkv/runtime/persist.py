@@ -4,11 +4,13 @@ Rules:
 - Every log save runs on the ONE writer thread (`_writer`), never on the loop thread: even a
   short fdatasync there stalls every other request (ARCHITECTURE §3).
 - Durable before acknowledged (§3.8; raft-rs's `persisted_messages`): the writer thread saves,
-  and only once `save` returned does it hand the Ready's persisted messages (append acks, vote
-  grants) to the loop, with `call_soon_threadsafe`. They leave in the loop's first callback after
-  the fsync, before the Ready's coroutine resumes: one loop turn less between a follower's
-  fsync and its ack (issue 12), and the same order as before relative to applying and
-  `advance`, which still follow in that coroutine.
+  and only once `save` returned does it send the Ready's persisted messages (append acks, vote
+  grants): itself, on a plain-TCP connection the loop is not writing to
+  (`PeerTransport.send_from_thread`), so the ack leaves without waking the loop (issue 12:
+  one thread wake-up less on a write's critical path); the rest it hands to the loop with
+  `call_soon_threadsafe`, sent in the loop's first callback after the fsync. Either way before
+  the Ready's coroutine resumes, so the order relative to applying and `advance`, which follow
+  in that coroutine, is unchanged.
 - A save that raises hands nothing over; the error comes back as a `StorageFailure` and stops
   the node (fsyncgate: never retried). Acks that reach the loop after the node failed, halted
   or began stopping are dropped: nothing is acknowledged after a failure.
@@ -71,11 +73,18 @@ class PersistSteps:
         """On the writer thread: save (durable on return), then release `acks` to the loop."""
         took = timed(self.durable.save, hs, entries, meta)
         if acks:
-            self._loop.call_soon_threadsafe(self._send_acks, acks)
+            rest: tuple[AnyMessage, ...] = acks
+            if not (self._stopping or self.failed or self.halted is not None):
+                rest = tuple(self.transport.send_from_thread(acks))
+            self._loop.call_soon_threadsafe(self._send_acks, acks, rest)
         return took
 
-    def _send_acks(self, acks: tuple[AnyMessage, ...]) -> None:
-        if self._stopping or self.failed or self.halted is not None:
+    def _send_acks(self, acks: tuple[AnyMessage, ...], rest: tuple[AnyMessage, ...]) -> None:
+        """Loop thread: count the acks, and send those the writer thread could not."""
+        sent = len(acks) - len(rest)
+        if sent:
+            self.metrics.sent(acks if not rest else tuple(m for m in acks if m not in rest))
+        if not rest or self._stopping or self.failed or self.halted is not None:
             return  # nothing is acknowledged after a failure (the save itself was durable)
-        self.metrics.sent(acks)
-        self.transport.send(acks, now=True)
+        self.metrics.sent(rest)
+        self.transport.send(rest, now=True)

@@ -18,14 +18,24 @@ Rules:
 - TLS: with a `PeerTls`, the connection is mutual TLS using the client context current at
   dial time; the peer's certificate must name `peer_id` (URI SAN), else the connection is
   closed and the reason logged, as for a failed TLS handshake.
+- Writes from another thread (`write_from_thread`, the driver's WAL thread sending the acks
+  it just made durable, issue 12): plain TCP only, on a dup of the socket, under `_wlock`,
+  and only when the loop has nothing queued for the connection (no pending messages, an
+  empty write buffer) — so frames never interleave. Every loop-side write takes the same lock.
+  A partial write leaves its tail to the loop, which writes it before anything else on that
+  connection (and drops it with the connection). The dup is closed before the loop's
+  transport is aborted, so closing still resets the connection as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import socket
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 
 from structlog.typing import FilteringBoundLogger
@@ -43,6 +53,7 @@ from raftkv.transport._common import TransportTuning, set_nodelay
 from raftkv.transport.tls import PeerTls, describe_tls_error, node_ids_of
 
 _PING = encode_frame(Ping())
+_TCP = (socket.AF_INET, socket.AF_INET6)
 
 
 class OutboundPeer:
@@ -82,6 +93,9 @@ class OutboundPeer:
         self._redial_now = True  # the next attempt skips the backoff sleep (so does the first)
         self._was_connected = False  # for one "lost" log line per outage, not per attempt
         self._closed = False  # set by close(); the loop also checks it, in case a cancel is lost
+        self._wlock = threading.Lock()  # every write to the connection (loop or writer thread)
+        self._fd = -1  # a dup of the plain-TCP socket while connected: for write_from_thread
+        self._tail: tuple[asyncio.StreamWriter, bytes] | None = None  # a thread's unsent rest
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -149,9 +163,66 @@ class OutboundPeer:
                     limit=self._max_frame_bytes,
                 )
         if buf:
-            writer.write(buf)
+            self._write(writer, buf)
             self._last_write = asyncio.get_running_loop().time()
         return True
+
+    def _write(self, writer: asyncio.StreamWriter, data: bytes | bytearray) -> None:
+        """Loop thread: write after any tail a thread left, under the write lock."""
+        with self._wlock:
+            self._push_tail_locked(writer)
+            writer.write(data)
+
+    def _push_tail_locked(self, writer: asyncio.StreamWriter) -> None:
+        tail, self._tail = self._tail, None
+        if tail is not None and tail[0] is writer and not writer.transport.is_closing():
+            writer.write(tail[1])
+
+    def _push_tail(self) -> None:
+        with self._wlock:
+            writer = self.writer
+            if writer is None:
+                self._tail = None
+            else:
+                self._push_tail_locked(writer)
+
+    def write_from_thread(self, data: bytes, loop: asyncio.AbstractEventLoop) -> bool:
+        """Any thread: write `data` (whole frames) now; False if the loop must send it instead
+        (TLS, not connected, or the loop has something queued for this connection)."""
+        with self._wlock:
+            writer, fd = self.writer, self._fd
+            if fd < 0 or writer is None or self._tail is not None or self.pending:
+                return False
+            transport = writer.transport
+            if transport.is_closing() or transport.get_write_buffer_size():
+                return False
+            try:
+                sent = os.write(fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return False  # nothing was written; the loop path reports the broken link
+            if sent < len(data):
+                self._tail = (writer, data[sent:])
+                loop.call_soon_threadsafe(self._push_tail)
+            return True
+
+    def _attach(self, writer: asyncio.StreamWriter) -> None:
+        """Publish a connected writer (Hello already written), with a dup for thread writes."""
+        fd = -1
+        sock = writer.get_extra_info("socket")
+        if self._tls is None and sock is not None and sock.family in _TCP:
+            fd = os.dup(sock.fileno())
+        with self._wlock:
+            self.writer, self._fd = writer, fd
+
+    def _detach(self) -> None:
+        with self._wlock:
+            fd, self._fd = self._fd, -1
+            self.writer = None
+            self._tail = None
+        if fd >= 0:
+            os.close(fd)
 
     def keepalive(self, now: float, interval: float) -> None:
         """Write a Ping if the connection wrote nothing for `interval` seconds."""
@@ -160,7 +231,7 @@ class OutboundPeer:
             return
         if writer.transport.get_write_buffer_size() > 0:
             return  # bytes are still leaving: the link is not idle
-        writer.transport.write(_PING)  # what StreamWriter.write does, minus the message path
+        self._write(writer, _PING)
         self._last_write = now
 
     # ---- connection loop -------------------------------------------------------------------
@@ -188,7 +259,7 @@ class OutboundPeer:
             try:
                 await self._serve(reader, writer, addr)
             finally:
-                self.writer = None
+                self._detach()  # the dup first: the abort below then closes the socket
                 writer.transport.abort()
                 # Not suppressing CancelledError: a close() landing here must end the task.
                 with contextlib.suppress(OSError):
@@ -253,7 +324,7 @@ class OutboundPeer:
         """Hand the connection to writers and wait until it is lost."""
         set_nodelay(writer)
         writer.write(self._hello)
-        self.writer = writer
+        self._attach(writer)
         self._was_connected = True
         self._log.info("peer_connected", host=addr[0], port=addr[1])
         try:

@@ -11,6 +11,8 @@ Rules:
   (what was queued before it first, so a peer's messages never overtake each other): for a
   batch already gathered (a Ready's messages), waiting for the end of the turn only adds
   latency (issue 12: the leader's appends left ~60 µs later, behind its WAL hand-off).
+  `send_from_thread` (any thread) writes append acks and vote replies at once when the
+  connection is plain TCP and idle (`_outbound.py`), and hands back what the loop must send.
 - Callbacks (`on_unreachable`, `on_snapshot_status`) run from their own loop callbacks, never
   inside `send`, so a driver can call back into the core without re-entering its Ready handling.
   `on_message` is called from the connection's reader task, one message at a time, in order.
@@ -46,8 +48,18 @@ from typing import Any
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from raftkv.codec.wire import MAX_FRAME_BYTES, SNAPSHOT_REJECTED_SINCE_FORMAT, SnapshotRejected
-from raftkv.raft.messages import AnyMessage, InstallSnapshot
+from raftkv.codec.wire import (
+    MAX_FRAME_BYTES,
+    SNAPSHOT_REJECTED_SINCE_FORMAT,
+    SnapshotRejected,
+    append_frame,
+)
+from raftkv.raft.messages import (
+    AnyMessage,
+    AppendEntriesResponse,
+    InstallSnapshot,
+    RequestVoteResponse,
+)
 from raftkv.raft.types import NodeId
 from raftkv.transport._common import TransportTuning
 from raftkv.transport._handshake import HELLO_MAX_BYTES
@@ -57,6 +69,10 @@ from raftkv.transport._snapshot import remove_stale_partials, stream_snapshot
 from raftkv.transport.tls import PeerTls
 
 __all__ = ["HELLO_MAX_BYTES", "PeerTransport", "TransportTuning"]
+
+
+# Small replies the driver's WAL thread may write itself (send_from_thread).
+_THREAD_SENDABLE = (AppendEntriesResponse, RequestVoteResponse)
 
 
 def _ignore_unreachable(peer: NodeId) -> None:
@@ -178,6 +194,7 @@ class PeerTransport:
             sockname = sock.getsockname()
             self._spawn(self._accept_tls(sock), "raftkv-transport-accept")
         self._bound = (str(sockname[0]), int(sockname[1]))
+        self._loop = asyncio.get_running_loop()
         self._running = True
         self._in.running = True
         for peer_id in sorted(self._addrs):
@@ -299,6 +316,31 @@ class PeerTransport:
                 self._flush()
             elif self._dirty and self._flush_handle is None:
                 self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def send_from_thread(self, msgs: Iterable[AnyMessage]) -> list[AnyMessage]:
+        """Any thread: write replies (append acks, vote replies) at once, without waiting for
+        the loop; returns those that must go through `send` on the loop instead (TLS, peer
+        not connected, something queued for it: `OutboundPeer.write_from_thread`)."""
+        rest: list[AnyMessage] = []
+        by_peer: dict[NodeId, list[AnyMessage]] = {}
+        for msg in msgs:
+            if isinstance(msg, _THREAD_SENDABLE) and msg.to != self._node_id:
+                by_peer.setdefault(msg.to, []).append(msg)
+            else:
+                rest.append(msg)
+        for to, group in by_peer.items():
+            peer = self._peers.get(to)
+            buf = bytearray()
+            for msg in group:
+                append_frame(buf, msg)
+            if (
+                not self._running
+                or peer is None
+                or len(buf) > self._max_frame_bytes
+                or not peer.write_from_thread(bytes(buf), self._loop)
+            ):
+                rest.extend(group)
+        return rest
 
     def _enqueue(self, msg: AnyMessage) -> None:
         to = msg.to

@@ -1,6 +1,6 @@
 """A follower acknowledges an append only once it is durable (Raft §3.8, raft-rs's split).
 
-Since issue 12 the writer thread hands the acks to the loop itself, right after the save
+Since issue 12 the writer thread sends the acks itself (plain TCP), right after the save
 returned, instead of the Ready's coroutine sending them when it resumes. These tests hold the
 follower's save in its writer thread and play the leader over real TCP:
 
@@ -138,6 +138,15 @@ async def test_the_ack_leaves_only_after_the_save_returned(tmp_path: Path) -> No
                 order.append("saved")
 
         d.durable.save = held_save  # type: ignore[method-assign]
+        real_send = d.transport.send_from_thread
+        handed_back: list[list[Any]] = []
+
+        def recorded(msgs: Any) -> list[Any]:
+            rest = real_send(msgs)
+            handed_back.append(rest)
+            return rest
+
+        d.transport.send_from_thread = recorded  # type: ignore[method-assign]
         await leader.send(port, append(1))
         await wait_for(entered)
         await turns(200)  # an ack sent early would have crossed loopback by now
@@ -149,6 +158,7 @@ async def test_the_ack_leaves_only_after_the_save_returned(tmp_path: Path) -> No
                 await leader.got_ack.wait()
         order.append("ack")
         assert order == ["saved", "ack"]
+        assert handed_back and handed_back[0] == []  # the writer thread sent it itself
         assert d.raw.status().last_index == 1
 
 
