@@ -1,4 +1,5 @@
-"""The Raft protocol state machine: elections, replication, commit, ReadIndex, transfer.
+"""The Raft protocol state machine: replication, commit, membership, transfer; elections in
+`election.py`, ReadIndex and leases in `readindex.py` (mixins of `Raft`).
 
 Rules:
 - Pure and deterministic: time is `tick()`, randomness the injected rng, I/O the driver's job.
@@ -22,6 +23,7 @@ import msgspec
 from raftkv.raft import quorum
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
+from raftkv.raft.election import Elections
 from raftkv.raft.errors import (
     Compacted,
     ConfChangeRefused,
@@ -68,7 +70,7 @@ class Rng(Protocol):
     def randrange(self, start: int, stop: int, /) -> int: ...
 
 
-class Raft(ReadOnly):
+class Raft(ReadOnly, Elections):
     def __init__(self, config: RaftConfig, storage: LogView, rng: Rng) -> None:
         self.id = config.id
         self.cfg = config
@@ -252,84 +254,6 @@ class Raft(ReadOnly):
             self.conf.voters
         )
 
-    # -- elections ----------------------------------------------------------------------------
-    def hup(self, *, transfer: bool) -> None:
-        if self.role is Role.LEADER or not self.promotable():
-            return
-        if not transfer and self._lease_promised():
-            return  # §6.4.1: our own vote would break the promise too
-        if self._has_unapplied_conf_change():
-            return  # etcd's rule: the conf we would campaign with may be about to change
-        if self.cfg.pre_vote and not transfer:
-            self._campaign_pre_vote()
-        else:
-            self._campaign(transfer=transfer)
-
-    def _has_unapplied_conf_change(self) -> bool:
-        if self.log.committed <= self.log.applied:
-            return False
-        try:
-            pending = self.log.slice(
-                Index(self.log.applied + 1), Index(self.log.committed + 1), 1 << 62
-            )
-        except Compacted:
-            return False
-        return any(e.kind is EntryKind.CONF_CHANGE for e in pending)
-
-    def _campaign_pre_vote(self) -> None:
-        self.become_pre_candidate()
-        # Thesis §9.6: ask for votes in the term we would campaign in, without entering it.
-        self._request_votes(Term(self.term + 1), pre_vote=True, transfer=False)
-
-    def _campaign(self, *, transfer: bool) -> None:
-        self.become_candidate()
-        self._request_votes(self.term, pre_vote=False, transfer=transfer)
-        # §5.2: the randomized timeout is the time to wait for votes, so it starts when the
-        # requests leave, after our fsync of term and vote. Counted from now, an fsync slower
-        # than the timeout (a loaded disk) ends the election before anyone was asked; the
-        # grants that come later are ignored by the pre-candidate we fell back to, and a
-        # TimeoutNow transfer (§3.10) loses its bypass of the others' lease promise.
-        self.votes_unsent = self.role is Role.CANDIDATE
-
-    def hard_state_persisted(self, term: Term) -> None:
-        """The hard state of `term` is durable and the Ready's persisted messages are sent."""
-        if self.votes_unsent and term == self.term:
-            self.votes_unsent = False
-            self.election_elapsed = 0
-
-    def _request_votes(self, term: Term, *, pre_vote: bool, transfer: bool) -> None:
-        self.votes[self.id] = True
-        if self._tally():
-            return  # a single-voter cluster wins at once
-        last_index, last_term = self.log.last_index(), self.log.last_term()
-        for node in self.conf.voters:
-            if node != self.id:
-                self._send(
-                    RequestVote(
-                        term,
-                        self.id,
-                        node,
-                        last_index,
-                        last_term,
-                        pre_vote=pre_vote,
-                        transfer=transfer,
-                    )
-                )
-
-    def _tally(self) -> bool:
-        """Act on the votes so far; True if the election ended."""
-        result = quorum.vote_result(self.conf.voters, self.votes)
-        if result is None:
-            return False
-        if result:
-            if self.role is Role.PRE_CANDIDATE:
-                self._campaign(transfer=False)
-            else:
-                self.become_leader()
-        else:
-            self.become_follower(self.term, None)
-        return True
-
     # -- step ---------------------------------------------------------------------------------
     def step(self, msg: AnyMessage) -> None:
         if msg.to != self.id or msg.from_ == self.id:
@@ -350,25 +274,6 @@ class Raft(ReadOnly):
                     self._step_follower(msg)
                 else:
                     self._step_candidate(msg)
-
-    def _in_lease(self) -> bool:
-        """Thesis §4.2.3: we heard from a leader within the minimum election timeout."""
-        return (
-            self.cfg.check_quorum
-            and self.leader is not None
-            and self.election_elapsed < self.cfg.election_ticks
-        )
-
-    def _lease_promised(self) -> bool:
-        """Thesis §6.4.1: we may have echoed a leader's lease round within the last election
-        timeout (or restarted since): vote for, and become, no other candidate until it ends."""
-        return (
-            self.cfg.lease_ticks > 0
-            and self.cfg.check_quorum
-            and self.role is not Role.LEADER
-            and self.heard_elapsed < self.cfg.election_ticks
-            and self.conf.voters != (self.id,)
-        )
 
     def _step_higher_term(self, msg: AnyMessage) -> bool:
         """Handle a message from a higher term; False if it must be ignored."""
@@ -397,35 +302,6 @@ class Raft(ReadOnly):
                 self._send(RequestVoteResponse(self.term, self.id, msg.from_, False, pre_vote=True))
             case _:
                 pass  # §5.1: stale messages are ignored
-
-    def _handle_vote_request(self, msg: RequestVote) -> None:
-        can_vote = (
-            self.vote == msg.from_
-            or (self.vote is None and self.leader is None)
-            or (msg.pre_vote and msg.term > self.term)
-        )
-        if not msg.transfer and self.vote != msg.from_ and self._lease_promised():
-            can_vote = False  # §6.4.1: a leader may still be serving reads on our promise
-        # §5.4.1: grant only to a candidate whose log is at least as up-to-date as ours.
-        granted = can_vote and self.log.is_up_to_date(msg.last_log_index, msg.last_log_term)
-        if granted and not msg.pre_vote:
-            self.election_elapsed = 0
-            self.vote = msg.from_
-        term = msg.term if (msg.pre_vote and granted) else self.term
-        self._send(RequestVoteResponse(term, self.id, msg.from_, granted, pre_vote=msg.pre_vote))
-
-    def _step_candidate(self, msg: AnyMessage) -> None:
-        match msg:
-            case RequestVoteResponse(pre_vote=pre, granted=granted):
-                if pre == (self.role is Role.PRE_CANDIDATE) and msg.from_ in self.conf.voters:
-                    self.votes.setdefault(msg.from_, granted)
-                    self._tally()
-            case AppendEntries() | Heartbeat() | InstallSnapshot():
-                # §5.2: a leader of our term exists; return to follower.
-                self.become_follower(msg.term, msg.from_)
-                self._step_follower(msg)
-            case _:
-                pass
 
     # -- follower -----------------------------------------------------------------------------
     def _step_follower(self, msg: AnyMessage) -> None:
