@@ -19,7 +19,7 @@ from pathlib import Path
 
 from raftkv.bench.clusters import LocalCluster, cpu_seconds
 from raftkv.bench.spec import LoadSpec
-from raftkv.bench.stats import median
+from raftkv.bench.stats import column_medians, median
 from raftkv.bench.wrk import run_wrk
 
 
@@ -77,7 +77,7 @@ def main() -> None:
         cluster.stop()
     print(f"load average at end: {os.getloadavg()}", flush=True)
     summary: dict[str, object] = {
-        t: {k: round(median([r[k] for r in rs]), 2) for k in rs[0]} for t, rs in runs.items()
+        t: {k: round(v, 2) for k, v in column_medians(rs).items()} for t, rs in runs.items()
     }
     ratios = [
         f["throughput"] / ld["throughput"]

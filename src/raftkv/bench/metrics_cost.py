@@ -25,7 +25,7 @@ from typing import Any
 
 from raftkv.bench.clusters import LocalCluster, cpu_seconds, free_ports
 from raftkv.bench.spec import LoadSpec
-from raftkv.bench.stats import median
+from raftkv.bench.stats import column_medians, median
 from raftkv.bench.wrk import run_wrk
 
 
@@ -84,9 +84,7 @@ def main() -> None:
     finally:
         for c in clusters.values():
             c.stop()
-    summary = {
-        tag: {k: median([r[k] for r in rs]) for k in rs[0]} for tag, rs in runs.items() if rs
-    }
+    summary = {tag: column_medians(rs) for tag, rs in runs.items() if rs}
     on, off = summary["on"], summary["off"]
     summary["cost_pct"] = {
         "throughput": 100 * (1 - on["throughput"] / off["throughput"]),

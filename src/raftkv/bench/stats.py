@@ -145,6 +145,11 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
+def column_medians(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per key, the median over `rows` (one dict of figures per round, all with the same keys)."""
+    return {k: median([r[k] for r in rows]) for k in rows[0]} if rows else {}
+
+
 def ratio(ours: float, theirs: float) -> float:
     """ours / theirs, NaN when theirs is zero or either is NaN."""
     if theirs == 0 or math.isnan(theirs) or math.isnan(ours):

@@ -29,7 +29,7 @@ import aiohttp
 
 from raftkv.bench.clusters import LocalCluster, cpu_seconds
 from raftkv.bench.spec import LoadSpec, keyspace_keys
-from raftkv.bench.stats import median
+from raftkv.bench.stats import column_medians
 from raftkv.bench.wrk import run_wrk
 from raftkv.transport.certs import CertLayout, init_certs
 
@@ -125,10 +125,6 @@ def _round(cluster: LocalCluster, args: argparse.Namespace, mode: str) -> dict[s
     }
 
 
-def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {k: median([r[k] for r in runs]) for k in runs[0]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--layer", choices=LAYERS, default="http")
@@ -159,11 +155,11 @@ def main() -> None:
         for c in clusters.values():
             c.stop()
     summary: dict[str, object] = {"layer": args.layer}
-    summary.update({name: _medians(rs) for name, rs in runs.items() if rs})
+    summary.update({name: column_medians(rs) for name, rs in runs.items() if rs})
     for mode in MODES:
         plain, tls_runs = runs[f"{mode} plain"], runs[f"{mode} tls"]
         if plain and tls_runs:
-            p, t = _medians(plain), _medians(tls_runs)
+            p, t = column_medians(plain), column_medians(tls_runs)
             summary[f"{mode} tls/plain"] = {
                 k: t[k] / p[k] for k in ("throughput", "cpu_us_per_request", "p50_ms") if p[k]
             }

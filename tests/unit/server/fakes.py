@@ -235,6 +235,16 @@ def closed_port() -> int:
     return port
 
 
+async def read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    """The body that follows a request `head`, by its Content-Length (0 without one)."""
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return await reader.readexactly(length)
+
+
 class DroppingServer:
     """A raw TCP "leader" that reads one whole request, counts it, and closes without replying."""
 
@@ -249,13 +259,7 @@ class DroppingServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            await reader.readexactly(length)
+            await read_body(reader, await reader.readuntil(b"\r\n\r\n"))
             self.requests += 1
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

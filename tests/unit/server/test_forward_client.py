@@ -17,7 +17,7 @@ from aiohttp.test_utils import make_mocked_request
 from raftkv.server.errors import ApiError
 from raftkv.server.forward import Forwarder
 from raftkv.server.forward_client import LeaderClient, MaybeSent, NotSent, request_head
-from tests.unit.server.fakes import aio, client_for, closed_port, make_settings
+from tests.unit.server.fakes import aio, client_for, closed_port, make_settings, read_body
 from tests.unit.server.test_server_forward import follower_of
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -74,12 +74,7 @@ class RawLeader:
                 except ConnectionError:
                     self.closed.set()
                     return
-                length = 0
-                for line in head.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                await reader.readexactly(length)
+                await read_body(reader, head)
                 n = len(self.requests)
                 self.requests.append(head)
                 self.received.set()

@@ -9,6 +9,7 @@ import pytest
 from raftkv.bench.stats import (
     LoadResult,
     Sample,
+    column_medians,
     latency_summary,
     median,
     merge_errors,
@@ -90,3 +91,9 @@ def test_median_ratio_and_merge() -> None:
     assert math.isnan(ratio(float("nan"), 1.0))
     merged = merge_errors([{"a": 1, "b": 0}, {"a": 2, "c": 1}])
     assert merged == {"a": 3, "c": 1}
+
+
+def test_column_medians_take_each_key_over_the_rounds() -> None:
+    rows = [{"rps": 3.0, "p50": 9.0}, {"rps": 1.0, "p50": 7.0}, {"rps": 2.0, "p50": 8.0}]
+    assert column_medians(rows) == {"rps": 2.0, "p50": 8.0}
+    assert column_medians([]) == {}
