@@ -45,3 +45,6 @@ class NodeOptions:
     # (format, command set) claimed in the Hello and /cluster/local; None: what this code
     # understands (runtime/features.OWN_VERSIONS). Tests set less to play an older node.
     advertise_versions: tuple[int, int] | None = None
+    # server.forward_over_peer: announce write forwarding over peer links (codec/forward.py)
+    # in the Hello and offer the transport to the server (RaftKVNode.forward_link).
+    peer_forwarding: bool = False
