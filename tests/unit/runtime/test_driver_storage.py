@@ -126,3 +126,28 @@ async def test_stop_waits_for_a_snapshot_build_in_its_thread(tmp_path: Path) -> 
     release.set()
     await stopping
     assert closed_before_build == [False]
+
+
+@aio
+async def test_old_snapshots_are_removed_off_the_loop_thread(tmp_path: Path) -> None:
+    """A large snapshot file's unlink is tens of milliseconds of file-system work: never on the
+    event loop's thread, where it would delay ticks and heartbeats."""
+    node = await started(tmp_path, snapshot_every=3)
+    d = node.driver
+    loop_thread = threading.get_ident()
+    real_prune = d._prune_snapshots
+    pruned_on: list[int] = []
+
+    def recorded(keep: int) -> None:
+        pruned_on.append(threading.get_ident())
+        real_prune(keep)
+
+    d._prune_snapshots = recorded  # type: ignore[method-assign]
+    for i in range(12):
+        await node.put(f"k{i}", "v")
+    async with asyncio.timeout(10):
+        while len(pruned_on) < 3 or d._snapshotting:
+            await asyncio.sleep(0.01)
+    assert loop_thread not in pruned_on
+    assert len(sorted((d.opts.data_dir / "snapshots").glob("snap-*.snap"))) == 2
+    await node.stop()
