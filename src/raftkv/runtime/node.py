@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import msgspec
@@ -43,6 +44,7 @@ from raftkv.runtime.inspect import NodeInspector
 from raftkv.runtime.membership import MembershipManager
 from raftkv.runtime.metrics import RuntimeMetrics
 from raftkv.runtime.options import NodeOptions
+from raftkv.storage.state_lmdb import LmdbState
 
 T = TypeVar("T")
 
@@ -134,13 +136,30 @@ class RaftKVNode:
         min_revision: int = 0,
         lease: bool = False,
     ) -> T:
+        await self.read_fence(linearizable=linearizable, min_revision=min_revision, lease=lease)
+        return self.driver.sm.read(fn)
+
+    def is_halted(self) -> bool:
+        return self.driver.halted is not None
+
+    def state_dir(self) -> Path | None:
+        """The LMDB state's directory (other processes may read it), None for other backends."""
+        sm = self.driver.sm
+        return sm.path if isinstance(sm, LmdbState) else None
+
+    async def read_fence(
+        self, *, linearizable: bool, min_revision: int = 0, lease: bool = False
+    ) -> int:
+        """Wait until a read may run on the applied state; return the applied index then.
+        A read issued now and run on a state applied at least this far is as `read` makes it
+        (the HTTP read workers run it on their own view of the state: server/read_workers.py)."""
         if self.driver.halted is not None:  # its state never moves again: no reads at all
             raise NodeHalted(self.driver.halted)
         if min_revision > 0:
             await self.driver.wait_applied(min_revision)
         if linearizable:
             await self.driver.read_barrier(lease=lease)
-        return self.driver.sm.read(fn)
+        return self.driver.sm.applied_index
 
     def local_status(self) -> LocalStatus:
         st = self.driver.status()
