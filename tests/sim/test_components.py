@@ -124,7 +124,7 @@ def test_stale_read_fails_linearizability() -> None:
 def test_a_quiet_run_converges_and_serves_clients() -> None:
     from raftkv.sim.faults import FaultOptions
 
-    quiet = FaultOptions(weights=(0.0,) * 9 + (1.0,), flap_prob=0.0)  # only forced campaigns
+    quiet = FaultOptions(weights=(0.0,) * 9 + (1.0, 0.0), flap_prob=0.0)  # only forced campaigns
     r = run_seed(3, 3000, SimOptions(faults=quiet))
     assert r.ok, r.violations
     assert r.stats["ops_ok"] > 50

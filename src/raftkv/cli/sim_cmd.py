@@ -153,10 +153,17 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option(help="Leader leases on every seed, half the gets as lease reads."),
         ] = False,
+        depose: Annotated[
+            bool,
+            typer.Option(
+                help="Leases, and faults aimed at them: leaders cut off while a follower "
+                "campaigns at once, busy lease readers."
+            ),
+        ] = False,
     ) -> None:
         """Deterministic cluster simulation: faults, clients, invariants after every event."""
         console = Console(highlight=False)
-        options = SimOptions(membership=membership, leases=leases)
+        options = SimOptions(membership=membership, leases=leases, depose=depose)
         if seed is not None:
             raise typer.Exit(_replay(console, seed, events, trace, options))
         if bench:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from raftkv.codec.forward import ForwardBatch, ForwardReplies, InvalidForward, check_forward
 from raftkv.codec.wire import FrameError, Hello, Ping, SnapshotChunk, SnapshotRejected, WireMessage
 from raftkv.raft.messages import (
     AppendEntries,
@@ -121,6 +122,7 @@ def check_message(msg: WireMessage, *, max_snapshot_bytes: int = LIMIT - 1) -> N
                 ("protocol version", version),
                 ("format version", msg.format_version),
                 ("command set", msg.command_set),
+                ("forwarding version", msg.forwarding),
             ):
                 if not 0 <= value < 1 << 16:
                     raise InvalidMessage(f"Hello {name} {value} out of range")
@@ -134,6 +136,12 @@ def check_message(msg: WireMessage, *, max_snapshot_bytes: int = LIMIT - 1) -> N
             _node("Hello node id", node_id)
             return
         case Ping():
+            return
+        case ForwardBatch() | ForwardReplies():
+            try:
+                check_forward(msg)
+            except InvalidForward as exc:
+                raise InvalidMessage(f"{type(msg).__name__}: {exc}") from None
             return
         case SnapshotRejected(index=index, term=term, reason=reason):
             _in_range("snapshot index", index)

@@ -4,8 +4,9 @@ Rules:
 - A frame is a 4-byte big-endian payload length followed by the payload; the payload is one
   wire-format version byte (`WIRE_VERSION`) then the msgpack encoding of one `WireMessage`.
 - `WireMessage` is a msgspec tagged union (tag = class name) of the Raft messages
-  (`raftkv.raft.messages.AnyMessage`) and the transport frames `Hello`, `SnapshotChunk`, `Ping`
-  and `SnapshotRejected`; the core's classes are the wire classes, there is no conversion layer.
+  (`raftkv.raft.messages.AnyMessage`), the transport frames `Hello`, `SnapshotChunk`, `Ping`
+  and `SnapshotRejected`, and the write-forwarding frames (`codec/forward.py`); the core's
+  classes are the wire classes, there is no conversion layer.
 - Types are checked here; values (ranges, combinations) in `raftkv.codec.validate`.
 - One module-level Encoder and Decoder are reused (msgspec is faster that way); both are used
   from the event-loop thread only.
@@ -22,6 +23,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from raftkv.codec.forward import ForwardBatch, ForwardReplies
 from raftkv.raft.messages import AnyMessage
 from raftkv.raft.types import Index, NodeId, Term
 
@@ -49,13 +51,16 @@ class Hello(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
 
     `format_version` and `command_set` are the highest data format and command-set version the
     sender understands (`raftkv.runtime.features`); appended fields, so a Hello of an older node
-    (which has neither) decodes with 1 and 1, and an older node ignores them."""
+    (which has neither) decodes with 1 and 1, and an older node ignores them. `forwarding`
+    (appended later, the same way; 0 from an older node) is the version of the forward frames
+    (`codec/forward.py`) the sender accepts; 0: none, forward to it over HTTP."""
 
     protocol_version: int
     cluster_name: str
     node_id: NodeId
     format_version: int = 1
     command_set: int = 1
+    forwarding: int = 0
 
 
 class SnapshotChunk(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
@@ -93,7 +98,9 @@ class SnapshotRejected(msgspec.Struct, frozen=True, array_like=True, tag=True, g
 SNAPSHOT_REJECTED_SINCE_FORMAT = 4
 """The first data format whose code knows `SnapshotRejected` (storage/format.py)."""
 
-WireMessage = AnyMessage | Hello | SnapshotChunk | Ping | SnapshotRejected
+WireMessage = (
+    AnyMessage | Hello | SnapshotChunk | Ping | SnapshotRejected | ForwardBatch | ForwardReplies
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[WireMessage] = msgspec.msgpack.Decoder(WireMessage)

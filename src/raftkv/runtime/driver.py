@@ -43,6 +43,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from raftkv.codec.forward import FORWARDING_VERSION
 from raftkv.kv.quota import alarm_flags, space_figures
 from raftkv.raft.confchange import conf_after
 from raftkv.raft.config import RaftConfig
@@ -204,6 +205,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
             is_member=self._admits,  # the Hello check: see _admits
             tls=self.opts.peer_tls,
             advertise=self.opts.advertise_versions or OWN_VERSIONS,  # runtime/features.py
+            forwarding=FORWARDING_VERSION if self.opts.peer_forwarding else 0,
         )
         await self.transport.start()
         self._tasks.append(asyncio.create_task(self._ready_loop(), name=f"ready-{self.id}"))

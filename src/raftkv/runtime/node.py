@@ -45,6 +45,7 @@ from raftkv.runtime.membership import MembershipManager
 from raftkv.runtime.metrics import RuntimeMetrics
 from raftkv.runtime.options import NodeOptions
 from raftkv.storage.state_lmdb import LmdbState
+from raftkv.transport.tcp import PeerTransport
 
 T = TypeVar("T")
 
@@ -202,6 +203,13 @@ class RaftKVNode:
         if not record:
             return {n: _addr(a) for n, a in self.opts.peers_raft.items()}
         return {n: m.raft_address for n, m in record.items()}
+
+    def forward_link(self) -> PeerTransport | None:
+        """The peer transport, for forwarding writes over peer links (server/peer_forward.py),
+        when `peer_forwarding` is on and the node runs; else None (forward over HTTP)."""
+        if not self.opts.peer_forwarding:
+            return None
+        return getattr(self.driver, "transport", None)
 
     def inspector(self) -> NodeInspector:
         """Read-only views for the /debug endpoints (runtime/inspect.py)."""

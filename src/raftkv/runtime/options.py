@@ -27,7 +27,7 @@ class NodeOptions:
     tick_ms: float = 25.0  # the heartbeat interval is one tick
     election_ticks: int = 4
     lease_ticks: int = 0  # leader lease (raft/lease.py); 0: `consistency=lease` is ReadIndex
-    snapshot_every: int = 10_000  # applied entries between automatic snapshots
+    snapshot_every: int = 100_000  # applied entries between automatic snapshots (etcd: 100k)
     snapshot_keep_entries: int = 1_000  # entries kept behind a snapshot for slow followers
     leader_wait_s: float = 2.0  # how long a request waits for a leader to appear
     request_timeout_s: float = 5.0  # proposals / reads not done by then: outcome unknown
@@ -45,3 +45,6 @@ class NodeOptions:
     # (format, command set) claimed in the Hello and /cluster/local; None: what this code
     # understands (runtime/features.OWN_VERSIONS). Tests set less to play an older node.
     advertise_versions: tuple[int, int] | None = None
+    # server.forward_over_peer: announce write forwarding over peer links (codec/forward.py)
+    # in the Hello and offer the transport to the server (RaftKVNode.forward_link).
+    peer_forwarding: bool = False

@@ -96,7 +96,7 @@ class RaftSection(_Section, frozen=True, kw_only=True):
     heartbeat_timeout_ms: Annotated[int, _ms("heartbeat interval = the Raft tick")] = 25
     snapshot_every: Annotated[
         int, Meta(ge=1, description="applied entries between automatic snapshots + compaction")
-    ] = 10_000
+    ] = 100_000
     snapshot_keep_entries: Annotated[
         int,
         Meta(

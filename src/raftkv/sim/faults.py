@@ -4,7 +4,9 @@ Faults: crash (losing unsynced writes) and later restart; pause (SIGSTOP) and re
 isolation; random symmetric splits; one-way link cuts; membership changes (add a learner,
 promote it, remove a node, add a removed node back); compaction (snapshot the applied state and
 drop the log, so lagging nodes need InstallSnapshot); leadership transfer; forced campaigns;
-a frozen leader (paused while cut off, waking up still cut off: the stale-read window).
+a frozen leader (paused while cut off, waking up still cut off: the stale-read window);
+with leader leases, a deposed leader (cut off, and at once a follower is made to campaign: the
+moment a lease is only as good as the followers' promise not to elect anyone else, §6.4.1).
 Reactive: a new leader may be cut off or crashed within a few message delays of winning
 ("flap"); in churn mode every flap isolates the new leader and heals the previous one, so
 leaders with partial, uncommitted tails rotate — what Figure 8 needs.
@@ -45,13 +47,16 @@ FAULTS = (
     "compact",
     "transfer",
     "campaign",
+    "depose",
 )
 
 
 @dataclass(frozen=True, slots=True)
 class FaultOptions:
     interval: int = 3 * TICK  # mean time between faults
-    weights: tuple[float, ...] = (3.0, 1.5, 2.0, 1.5, 1.5, 1.0, 1.5, 3.0, 1.0, 0.5)  # per FAULTS
+    # Per FAULTS. `depose` is off by default (a zero weight last leaves every existing run's
+    # draws as they were); lease runs turn it on (runner.lease_faults).
+    weights: tuple[float, ...] = (3.0, 1.5, 2.0, 1.5, 1.5, 1.0, 1.5, 3.0, 1.0, 0.5, 0.0)
     flap_prob: float = 0.25  # chance a new leader is cut off or crashed as soon as it wins
     flap_within: int = 6  # strike within this many mean one-way message delays
     churn: bool = False  # flaps only isolate, and each heals the previous one: leaders rotate
@@ -286,6 +291,28 @@ class FaultInjector:
         lead.the_core().transfer_leader(to)
         c.touch(lead)
         return f"{lead.id} -> {to}"
+
+    def _depose(self, c: Cluster) -> str:
+        """Cut the leader off and make one of its followers campaign at once. A correct
+        follower refuses while it may still owe the old leader its lease promise (thesis
+        §6.4.1), so the old leader's lease reads stay linearizable; one that campaigns anyway,
+        or votes for it, elects a new leader while the old one still serves from its lease."""
+        lead = c.leader()
+        if lead is None:
+            return "no leader"
+        voters = lead.the_core().status().conf.voters
+        followers = [n for n in c.running() if n.id != lead.id and n.id in voters]
+        # The follower with the longest log: the one that could win (§5.4.1), so the run
+        # tests the promise rather than the log check.
+        target = max(followers, key=lambda n: n.the_core().status().last_index, default=None)
+        pid = c.net.isolate(lead.id, list(c.nodes), inbound=True, outbound=True)
+        self._timed_heal(c, pid)
+        c.count("partitions")
+        if target is None:
+            return f"isolate {lead.id} (partition {pid}), no follower running"
+        target.the_core().campaign()
+        c.touch(target)
+        return f"isolate {lead.id} (partition {pid}), {target.id} campaigns"
 
     def _campaign(self, c: Cluster) -> str:
         target = self._pick(c.running())

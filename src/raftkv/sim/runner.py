@@ -47,6 +47,7 @@ class SimOptions:
     factory: NodeFactory | None = None  # builds each RawNode (tests plant bugs here)
     membership: bool = False  # faults drawn by `membership_faults` (when `faults` is None)
     leases: bool = False  # every drawn shape gets leader leases (`with_leases`)
+    depose: bool = False  # leases, and faults aimed at deposed leaders (`depose_run`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,30 @@ def with_leases(shape: ClusterOptions, lease_ratio: float = 0.5) -> ClusterOptio
     )
 
 
+def depose_run(seed: int) -> tuple[ClusterOptions, FaultOptions]:
+    """Shape and faults aimed at one moment of leader leases (thesis §6.4.1): the leader is
+    cut off and at once its most up-to-date follower campaigns (`FaultInjector._depose`),
+    while clients keep reading through leases. A correct cluster refuses that election until
+    the followers' promise runs out, so the old leader's lease reads stay linearizable; a
+    follower that does not keep its promise elects a new leader whose writes the old one's
+    lease reads then miss. A quiet network and busy clients make the window reachable: under
+    the general faults it is too rare to meet (tests/sim/test_lease_sim.py)."""
+    rng = random.Random(f"{seed}/depose")
+    shape = ClusterOptions(
+        nodes=3,
+        net=NetProfile(mean_jitter=rng.choice((50, 150)), drop_prob=0.0, slow_prob=0.0),
+        disk=DiskProfile(fsync_mean=rng.choice((60, 250))),
+        workload=WorkloadOptions(clients=rng.choice((6, 8)), think=TICK // 4),
+        election_ticks=rng.choice((4, 5, 8, 10)),
+    )
+    weights = dict.fromkeys(FAULTS, 0.0)
+    weights.update(depose=3.0, crash=0.5, pause=0.5)
+    faults = FaultOptions(
+        interval=4 * TICK, weights=tuple(weights[f] for f in FAULTS), flap_prob=0.0
+    )
+    return with_leases(shape, lease_ratio=0.9), faults
+
+
 def draw_faults(seed: int) -> FaultOptions:
     """Half the seeds churn leaders (every new leader is cut off soon after it wins)."""
     rng = random.Random(f"{seed}/faults")
@@ -138,13 +163,18 @@ def run_seed(
     caller that has to abandon a stuck run still knows where it was."""
     opt = options or SimOptions()
     shape = opt.cluster or draw_cluster(seed)
-    if opt.leases and not shape.lease_ticks:
+    drawn_faults: FaultOptions | None = None
+    if opt.depose and opt.cluster is None:
+        shape, drawn_faults = depose_run(seed)
+    if (opt.leases or opt.depose) and not shape.lease_ticks:
         shape = with_leases(shape)
     cluster = Cluster(seed, shape, opt.factory)
     if tail is None:
         tail = deque(maxlen=TAIL)
     cluster.trace_lines = [] if opt.trace else None
-    faults = opt.faults or (membership_faults(seed) if opt.membership else draw_faults(seed))
+    faults = opt.faults or drawn_faults
+    if faults is None:
+        faults = membership_faults(seed) if opt.membership else draw_faults(seed)
     injector = FaultInjector(cluster.rng("nemesis"), faults)
     injector.start(cluster)
     cluster.workload.start()

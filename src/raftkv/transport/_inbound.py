@@ -13,6 +13,14 @@ Rules:
 - Every frame after the Hello is type-checked (`codec.wire`), value-checked
   (`codec.validate.check_message`), and must come from the connection's peer (`from_`) to us
   (`to`) BEFORE it reaches `on_message`. Anything wrong drops the connection, logged.
+- Forward frames (`codec/forward.py`) go to `on_forward` with the connection's peer id (they
+  carry no sender of their own: the connection is the sender). A `ForwardBatch` from a peer we
+  did not announce forwarding to is a protocol violation (dropped connection); one that arrives
+  while no handler is installed (`on_forward` returns False) is dropped and logged.
+- `features[peer]` is the forwarding version the peer announced on its LIVE connection (cleared
+  when it closes, so a peer restarted as an older version is never assumed to know more), and
+  `on_peer_down(peer)` is called when a live connection of a peer ends (replies to forwarded
+  requests may have been lost with it).
 - Nothing a peer sends can raise out of a handler task; an exception from `on_message` is
   logged. Every refusal is logged once with its reason (`inbound_refused`, `inbound_dropped_*`).
 """
@@ -29,6 +37,7 @@ from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
+from raftkv.codec.forward import ForwardBatch, ForwardReplies
 from raftkv.codec.validate import check_message
 from raftkv.codec.wire import (
     FrameError,
@@ -70,6 +79,9 @@ class InboundSide:
         is_member: Callable[[NodeId], bool],
         on_message: Callable[[AnyMessage], None],
         on_peer_up: Callable[[NodeId], None],
+        on_peer_down: Callable[[NodeId], None],
+        on_forward: Callable[[NodeId, ForwardBatch | ForwardReplies], bool],
+        forwarding: int,
         on_snapshot_rejected: Callable[[NodeId, SnapshotRejected], None],
         snapshot_dir: Path | None,
         max_frame_bytes: int,
@@ -82,6 +94,9 @@ class InboundSide:
         self._is_member = is_member
         self._on_message = on_message
         self._on_peer_up = on_peer_up
+        self._on_peer_down = on_peer_down
+        self._on_forward = on_forward
+        self._forwarding = forwarding  # the forwarding version we announce (0: none)
         self._on_snapshot_rejected = on_snapshot_rejected
         self._snapshot_dir = snapshot_dir
         self._max_frame_bytes = max_frame_bytes
@@ -91,6 +106,7 @@ class InboundSide:
         self.running = False
         self.live: dict[NodeId, _Live] = {}
         self.versions: dict[NodeId, tuple[int, int]] = {}  # (format, command set) per peer
+        self.features: dict[NodeId, int] = {}  # forwarding version per LIVE peer connection
         self.tasks: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
         self._handshaking = 0
         self._last_overload_log = -1e9
@@ -207,6 +223,7 @@ class InboundSide:
             self.live[peer_id] = live
             # What the peer understands, for the leader's feature gate (runtime/features.py).
             self.versions[peer_id] = (hello.format_version, hello.command_set)
+            self.features[peer_id] = hello.forwarding
             log.info("inbound_connected")
             self._on_peer_up(peer_id)
             if self._snapshot_dir is not None:
@@ -247,6 +264,11 @@ class InboundSide:
                 live_now = self.live.get(peer_id)
                 if live_now is not None and live_now.writer is writer:
                     del self.live[peer_id]
+                    self.features.pop(peer_id, None)
+                    try:
+                        self._on_peer_down(peer_id)
+                    except Exception:
+                        log.exception("on_peer_down_failed")
             writer.transport.abort()
             del self.tasks[task]
 
@@ -301,6 +323,17 @@ class InboundSide:
                 return
             case Hello():
                 raise ProtocolViolation("second Hello on a connection")
+            case ForwardBatch() | ForwardReplies():
+                if isinstance(msg, ForwardBatch) and self._forwarding < 1:
+                    raise ProtocolViolation("ForwardBatch, but we did not announce forwarding")
+                try:
+                    taken = self._on_forward(peer_id, msg)
+                except Exception:
+                    self._log.exception("on_forward_failed", msg_type=type(msg).__name__)
+                    return
+                if not taken:
+                    self._log.warning("forward_frame_dropped_no_handler", peer=peer_id)
+                return
             case _:
                 pass
         if msg.from_ != peer_id:

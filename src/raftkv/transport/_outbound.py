@@ -13,6 +13,8 @@ Rules:
 - Writes: messages queued by `enqueue` during one loop turn go out in ONE `writer.write` when
   the transport flushes; a frame larger than `max_frame_bytes` is dropped here, since the
   receiver would drop the whole connection for it.
+- `on_down(peer)` is called each time a connected link ends (frames written to it may not have
+  arrived: the forwarding client fails what it sent on it as outcome-unknown).
 - Keepalive: `keepalive` (called by the transport each interval) writes a `Ping` if nothing
   was written for an interval, so the acceptor can tell a live idle link from a half-open one.
 - TLS: with a `PeerTls`, the connection is mutual TLS using the client context current at
@@ -74,12 +76,17 @@ class OutboundPeer:
         logger: FilteringBoundLogger,
         tls: PeerTls | None = None,
         advertise: tuple[int, int] = (1, 1),
+        forwarding: int = 0,
+        on_down: Callable[[NodeId], None] | None = None,
     ) -> None:
         self.peer_id = peer_id
+        self._on_down = on_down
         self._tls = tls
         self._last_write = 0.0  # loop time of the last write (keepalive)
         self.addr = addr  # where to connect next; update_peer changes it
-        self._hello = encode_frame(Hello(PROTOCOL_VERSION, cluster_name, node_id, *advertise))
+        self._hello = encode_frame(
+            Hello(PROTOCOL_VERSION, cluster_name, node_id, *advertise, forwarding)
+        )
         self._source_host = source_host
         self._max_frame_bytes = max_frame_bytes
         self._tuning = tuning
@@ -137,8 +144,9 @@ class OutboundPeer:
 
     # ---- writing ---------------------------------------------------------------------------
 
-    def flush(self, extra: Sequence[WireMessage] = ()) -> bool:
-        """Write all pending messages (then `extra`) with one write; False if they were dropped."""
+    def flush(self, extra: Sequence[WireMessage] = (), *, raw: bytes = b"") -> bool:
+        """Write all pending messages (then `extra`, then `raw`: whole encoded frames) with one
+        write; False if they were dropped."""
         msgs = self.pending
         self.pending = []
         writer = self.writer
@@ -162,6 +170,7 @@ class OutboundPeer:
                     size=length,
                     limit=self._max_frame_bytes,
                 )
+        buf += raw
         if buf:
             self._write(writer, buf)
             self._last_write = asyncio.get_running_loop().time()
@@ -261,6 +270,11 @@ class OutboundPeer:
             finally:
                 self._detach()  # the dup first: the abort below then closes the socket
                 writer.transport.abort()
+                if self._on_down is not None:
+                    try:
+                        self._on_down(self.peer_id)
+                    except Exception:
+                        self._log.exception("on_down_failed")
                 # Not suppressing CancelledError: a close() landing here must end the task.
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()

@@ -70,7 +70,7 @@ def test_defaults_and_derived_values(tmp_path: Path) -> None:
     assert s.raft_listen == s.raft_address
     assert s.http_listen == s.http_address
     assert (s.tick_ms, s.heartbeat_ticks, s.election_ticks) == (25, 1, 4)
-    assert s.snapshot_every == 10_000
+    assert s.snapshot_every == 100_000
     assert s.max_value_bytes == 1 << 20
     assert (s.leader_wait_ms, s.request_timeout_ms) == (2000, 5000)
     assert s.log_format == "console"
