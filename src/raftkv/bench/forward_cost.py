@@ -7,6 +7,7 @@ request (utime+stime from /proc), so the follower's forwarding cost and the lead
 forwarded request show apart. The load average is printed at the start and the end.
 
     python -m raftkv.bench.forward_cost [--rounds 3] [--duration 8] [--concurrency 64]
+        [--server forward_over_peer=true]   # `server:` keys of the members' config (JSON values)
 """
 
 from __future__ import annotations
@@ -60,11 +61,24 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/raftkv-forward-cost"))
+    ap.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="a `server:` key of the members' config, e.g. forward_over_peer=true (repeatable)",
+    )
     args = ap.parse_args()
+    server: dict[str, bool | int | str] = {}
+    for item in args.server:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--server {item!r}: expected KEY=JSON")
+        server[key] = json.loads(value)
     shutil.rmtree(args.workdir, ignore_errors=True)
-    cluster = LocalCluster(args.workdir)
+    cluster = LocalCluster(args.workdir, server=server)
     runs: dict[str, list[dict[str, float]]] = {"leader": [], "follower": []}
-    print(f"load average at start: {os.getloadavg()}", flush=True)
+    print(f"load average at start: {os.getloadavg()}; server: {server}", flush=True)
     try:
         cluster.start()
         for i in range(args.rounds):

@@ -81,6 +81,7 @@ def node_options(s: Settings, initial_voters: tuple[str, ...] | None = None) -> 
         initial_voters=tuple(NodeId(v) for v in initial_voters) if initial_voters else None,
         auto_promote=s.config.cluster.auto_promote,
         peer_tls=PeerTls(s.tls_peer) if s.tls_peer is not None else None,
+        peer_forwarding=s.config.server.forward_over_peer,
     )
 
 

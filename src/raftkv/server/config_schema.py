@@ -187,6 +187,14 @@ class ServerSection(_Section, frozen=True, kw_only=True):
             "everything else on aiohttp (same port, same replies); `aiohttp`: all on aiohttp"
         ),
     ] = "fast"
+    forward_over_peer: Annotated[
+        bool,
+        Meta(
+            description="a follower forwards PUT/DELETE `/kv/{key}` to the leader as frames on "
+            "the peer connection (batched per loop turn) instead of HTTP requests; only to a "
+            "leader that announced it (else HTTP, as before)"
+        ),
+    ] = False
     read_workers: Annotated[
         Annotated[int, Meta(ge=0, le=64)] | Literal["auto"],
         Meta(

@@ -35,6 +35,9 @@ Rules:
   connect: nothing was sent.
 - A forwarded request carries FORWARDED_HEADER; a node receiving one never forwards it again
   (a leader that just lost leadership answers 503 `not_leader`): no forwarding loops.
+- With `server.forward_over_peer`, PUT and DELETE /kv/{key} travel as peer frames instead
+  (`peer_forward.py`) under the same rules; this module is the fallback for anything the link
+  did not send, and the transport of a session write's one re-send (`resend=True`).
 - Outgoing connections bind their source address to this node's host, so per-address network
   partitions (nftables on 127.0.0.x) cut forwarding like they cut Raft traffic.
 """
@@ -45,6 +48,7 @@ import asyncio
 import ipaddress
 import socket
 import ssl
+from collections.abc import Iterable
 from typing import Final
 
 import aiohttp
@@ -143,8 +147,16 @@ class Forwarder:
         await self._client.close()
 
     async def forward(
-        self, request: web.Request, body: bytes, leader_id: str, leader_http: str
+        self,
+        request: web.Request,
+        body: bytes,
+        leader_id: str,
+        leader_http: str,
+        *,
+        resend: bool = False,
     ) -> web.Response:
+        """`resend`: this is the one re-send of a session write that may have been sent over
+        the peer link (peer_forward.py): on a fresh connection, and never re-sent again."""
         headers = [(FORWARDED_HEADER, self._node_id)]
         req_headers = request.headers
         for name in FORWARDED_REQUEST_HEADERS:
@@ -154,7 +166,7 @@ class Forwarder:
         if body or method not in _NO_BODY_METHODS:
             headers.append(("Content-Length", str(len(body))))
         try:
-            head = request_head(method, _target(request), leader_http, headers)
+            head = request_head(method, request_target(request), leader_http, headers)
         except ValueError as exc:
             raise _unreachable(leader_id, leader_http, f"bad request to forward: {exc}") from exc
         # Deduplicated by the leader's session table, so a second send cannot apply twice.
@@ -163,11 +175,13 @@ class Forwarder:
         client = self._client
         try:
             try:
-                reply = await client.request(leader_http, head, body, deadline=deadline)
+                reply = await client.request(
+                    leader_http, head, body, deadline=deadline, fresh=resend
+                )
             except TimedOut:
                 raise  # the request's time is up: nothing is re-sent
             except MaybeSent as exc:
-                if not has_session:
+                if not has_session or resend:
                     raise
                 log.info("re-sending a session write", leader=leader_id, error=str(exc))
                 try:
@@ -177,31 +191,43 @@ class Forwarder:
                 except NotSent as again:
                     raise exc from again  # the first send may have applied
         except NotSent as exc:
+            if resend:  # the first send (over the peer link) may have applied
+                raise outcome_unknown(leader_id, leader_http, exc) from exc
             raise _unreachable(leader_id, leader_http, str(exc)) from exc
         except MaybeSent as exc:
-            log.warning("forwarding failed after sending", leader=leader_id, error=repr(exc))
-            raise ApiError(
-                504,
-                "outcome_unknown",
-                "connection to the leader failed after the request was sent; "
-                "the write may or may not have been applied",
-                leader=leader_id,
-                leader_http=leader_http,
-            ) from exc
-        passed = {
-            name: value
-            for name, value in reply.headers
-            if (lower := name.lower()) in _PASSED_BACK_HEADERS
-            or lower.startswith(_PASSED_BACK_PREFIX)
-        }
-        return web.Response(status=reply.status, body=reply.body, headers=passed)
+            raise outcome_unknown(leader_id, leader_http, exc) from exc
+        return web.Response(
+            status=reply.status, body=reply.body, headers=passed_back(reply.headers)
+        )
 
 
-def _target(request: web.Request) -> str:
+def passed_back(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The leader's reply headers a follower passes back to the client (see the rules)."""
+    return {
+        name: value
+        for name, value in headers
+        if (lower := name.lower()) in _PASSED_BACK_HEADERS or lower.startswith(_PASSED_BACK_PREFIX)
+    }
+
+
+def request_target(request: web.Request) -> str:
     """The request target to send: path and query exactly as the client encoded them."""
     if isinstance(request, FastRequest):
         return request.raw_path_qs  # as received, without building a URL
     return request.rel_url.raw_path_qs
+
+
+def outcome_unknown(leader_id: str, leader_http: str, exc: Exception) -> ApiError:
+    """504 `outcome_unknown`: a forward may have been sent and no answer came."""
+    log.warning("forwarding failed after sending", leader=leader_id, error=repr(exc))
+    return ApiError(
+        504,
+        "outcome_unknown",
+        "connection to the leader failed after the request was sent; "
+        "the write may or may not have been applied",
+        leader=leader_id,
+        leader_http=leader_http,
+    )
 
 
 def _unreachable(leader_id: str, leader_http: str, detail: str) -> ApiError:

@@ -12,6 +12,9 @@ Rules:
 - Replies match the seed README byte for byte where it shows them (field names, messages).
 - Writes on a follower are forwarded once to the leader (`forward.py`); a request that was
   itself forwarded (by a member that proved it, `tls.forwarded_by`) is never forwarded again.
+  With `server.forward_over_peer`, PUT and DELETE /kv/{key} go as frames on the peer link
+  when the leader announced it (`peer_forward.py`), else over HTTP; HTTP also carries what
+  the link did not send, and a session write's one re-send.
   Reads are served locally: a linearizable read is
   the runtime's ReadIndex, which works on any node.
 - Every node call runs under `server.request_timeout_ms`. Outcome mapping (`_call`):
@@ -30,6 +33,7 @@ import functools
 from collections.abc import AsyncIterator, Awaitable
 from typing import Final, TypeVar
 
+import structlog
 from aiohttp import web
 
 from raftkv.kv.commands import Command
@@ -56,7 +60,8 @@ from raftkv.server.errors import (
     json_response,
 )
 from raftkv.server.fast_routes import FAST_ROUTES, FastRoutes
-from raftkv.server.forward import Forwarder, resolve_source_ip
+from raftkv.server.forward import Forwarder, outcome_unknown, resolve_source_ip
+from raftkv.server.forward_client import MaybeSent, NotSent, TimedOut
 from raftkv.server.inputs import (
     check_content_length,
     key_from_request,
@@ -67,6 +72,7 @@ from raftkv.server.kv_routes import KvRoutes
 from raftkv.server.limits import BodyGate
 from raftkv.server.members_routes import add_member_routes
 from raftkv.server.metrics_routes import HttpMetrics, add_metrics_routes
+from raftkv.server.peer_forward import PeerForwarding, has_session, peer_forwardable
 from raftkv.server.retention import retention_task
 from raftkv.server.runner import server_kwargs
 from raftkv.server.status import StatusProbe, cluster_status, local_status_json
@@ -74,6 +80,7 @@ from raftkv.server.tls import forwarded_by, node_client_context
 from raftkv.server.txn_routes import TxnRoutes
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 STORED_MESSAGE: Final = "Key-value pair stored successfully"
 DELETED_MESSAGE: Final = "Key deleted successfully"
@@ -140,8 +147,9 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
         app.router.add_route(method, path, handler, expect_handler=api.expect_continue)
     add_inspect_routes(app, node, enabled=settings.debug_endpoints)
     api.http_metrics = add_metrics_routes(app, node)
-    # The same handlers for the fast engine (server.http_engine: fast, see runner.py).
-    fast = app[FAST_ROUTES] = FastRoutes(
+    # The same handlers for the fast engine (server.http_engine: fast, see runner.py) and for
+    # writes forwarded over the peer link (peer_forward.py).
+    fast = app[FAST_ROUTES] = api.fast_routes = FastRoutes(
         {"PUT": kv.put, "GET": kv.get, "DELETE": kv.delete},
         gate,
         api.http_metrics,
@@ -179,6 +187,8 @@ class _Api:
         self._timeout_s = settings.request_timeout_ms / 1000
         self._forwarder: Forwarder | None = None  # set while the app runs
         self._probe: StatusProbe | None = None  # set while the app runs
+        self._peer: PeerForwarding | None = None  # forward_over_peer, while the app runs
+        self.fast_routes: FastRoutes | None = None  # set by create_app
         self.http_metrics: HttpMetrics | None = None  # None: metrics off
 
     async def client_sessions(self, _app: web.Application) -> AsyncIterator[None]:
@@ -195,9 +205,18 @@ class _Api:
             idle_timeout_s=min(15.0, self._settings.http_limits.keepalive_timeout_ms / 2000),
         )
         self._probe = StatusProbe(source_ip=source_ip, ssl_context=ssl_context)
+        forward_link = getattr(self._node, "forward_link", None)  # RaftKVNode's, when on
+        link = forward_link() if forward_link is not None else None
+        if link is not None and self.fast_routes is not None:
+            self._peer = PeerForwarding(
+                link, self.fast_routes, total_timeout_s=self._timeout_s + FORWARD_GRACE_S
+            )
         try:
             yield
         finally:
+            if self._peer is not None:
+                await self._peer.close()
+                self._peer = None
             await self._forwarder.close()
             await self._probe.close()
             self._forwarder = self._probe = None
@@ -302,17 +321,48 @@ class _Api:
             raise ApiError(
                 503, "no_leader", "no leader is known; retry later", headers={"Retry-After": "1"}
             )
-        if self._forwarder is None:
-            raise _stopping()
+        via: list[bool] = []  # _send appends True once the peer link carried the request
         try:
-            resp = await self._forwarder.forward(request, body, leader_id, leader_http)
+            resp = await self._send(request, body, leader_id, leader_http, via)
         except ApiError as failed:
             if self.http_metrics is not None:
-                self.http_metrics.forwarded(failed.status)
+                self.http_metrics.forwarded(failed.status, over_peer=bool(via))
             raise
         if self.http_metrics is not None:
-            self.http_metrics.forwarded(resp.status)
+            self.http_metrics.forwarded(resp.status, over_peer=bool(via))
         return resp
+
+    async def _send(
+        self,
+        request: web.Request,
+        body: bytes,
+        leader_id: str,
+        leader_http: str,
+        via: list[bool],
+    ) -> web.Response:
+        """Over the peer link when it can carry `request` (peer_forward.py), else over HTTP.
+        At most once either way: HTTP only if the link sent nothing, or, for a session
+        write, as its one re-send."""
+        forwarder, peer = self._forwarder, self._peer
+        if forwarder is None:
+            raise _stopping()
+        if peer is not None and peer_forwardable(request) and peer.client.usable(leader_id):
+            try:
+                resp = await peer.client.forward(request, body, leader_id)
+                via.append(True)
+                return resp
+            except NotSent:
+                pass  # nothing left this node: HTTP below, as if the link were not there
+            except TimedOut as exc:  # the request's time is up: never re-sent
+                via.append(True)
+                raise outcome_unknown(leader_id, leader_http, exc) from exc
+            except MaybeSent as exc:
+                via.append(True)
+                if not has_session(request):
+                    raise outcome_unknown(leader_id, leader_http, exc) from exc
+                log.info("re-sending a session write", leader=leader_id, error=str(exc))
+                return await forwarder.forward(request, body, leader_id, leader_http, resend=True)
+        return await forwarder.forward(request, body, leader_id, leader_http)
 
 
 async def call_node(operation: Awaitable[T], timeout_s: float, *, write: bool) -> T:

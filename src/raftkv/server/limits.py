@@ -86,20 +86,10 @@ class BodyGate:
         self.max_body_bytes = max_body_bytes
         self.in_flight = 0  # bytes reserved by requests whose handler has not finished
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.body_exists:
-            return await handler(request)
-        encoding = request.headers.get("Content-Encoding", "").strip().lower()
-        if encoding not in IDENTITY:
-            raise ApiError(
-                415,
-                "unsupported_content_encoding",
-                "request bodies must not be compressed (Content-Encoding: identity only)",
-                content_encoding=encoding,
-                headers={"Accept-Encoding": "identity"},
-            )
-        length = request.content_length
+    def admit(self, length: int | None) -> int:
+        """Reserve a body of `length` bytes (None: unknown, the largest allowed) until the
+        caller gives it back (`in_flight -= reserved`); raises 413 `request_too_large` or 503
+        `server_busy`. Returns the bytes reserved."""
         if length is not None and length > self.max_body_bytes:
             raise ApiError(
                 413,
@@ -116,6 +106,23 @@ class BodyGate:
                 headers={"Retry-After": "1"},
             )
         self.in_flight += reserve
+        return reserve
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.body_exists:
+            return await handler(request)
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in IDENTITY:
+            raise ApiError(
+                415,
+                "unsupported_content_encoding",
+                "request bodies must not be compressed (Content-Encoding: identity only)",
+                content_encoding=encoding,
+                headers={"Accept-Encoding": "identity"},
+            )
+        length = request.content_length
+        reserve = self.admit(length)
         try:
             try:
                 async with asyncio.timeout(self.limits.body_timeout_ms / 1000):

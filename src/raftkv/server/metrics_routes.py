@@ -67,6 +67,7 @@ class HttpMetrics(Collector):
         self._routes: dict[AbstractRoute, _RouteStats] = {}
         self._named: dict[str, _RouteStats] = {}  # the fast engine's routes (fast_routes.py)
         self._forwarded: dict[int, int] = {}
+        self._over_peer: dict[int, int] = {}  # of those, answered over the peer link
         self._registry.register(self)
 
     @web.middleware
@@ -94,8 +95,10 @@ class HttpMetrics(Collector):
             stats = self._named[route] = _RouteStats(route)
         stats.by_status[status].observe(seconds)
 
-    def forwarded(self, status: int) -> None:
+    def forwarded(self, status: int, *, over_peer: bool = False) -> None:
         self._forwarded[status] = self._forwarded.get(status, 0) + 1
+        if over_peer:
+            self._over_peer[status] = self._over_peer.get(status, 0) + 1
 
     async def scrape(self, request: web.Request) -> web.StreamResponse:
         return web.Response(
@@ -123,6 +126,14 @@ class HttpMetrics(Collector):
         for code, count in sorted(self._forwarded.items()):
             fwd.add_metric([str(code)], count)
         yield fwd
+        peer = CounterMetricFamily(
+            "raftkv_http_forwarded_over_peer",
+            "Of the forwarded writes, those the peer link carried (server.forward_over_peer)",
+            labels=["status"],
+        )
+        for code, count in sorted(self._over_peer.items()):
+            peer.add_metric([str(code)], count)
+        yield peer
 
 
 def _route_name(route: AbstractRoute) -> str:

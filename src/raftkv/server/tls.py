@@ -21,6 +21,9 @@ Rules:
   peer TLS there is nothing to check a claim against, so the header is believed as before;
   that is the documented limit of running without TLS. The header grants no rights in either
   case: a forwarded write carries the client's own Authorization, checked by the leader.
+  A write forwarded over the peer link (peer_forward.py) is believed forwarded by the link's
+  member, whose id the transport authenticated (Hello against the membership, and the
+  certificate with peer TLS); it grants no rights either.
 """
 
 from __future__ import annotations
@@ -160,6 +163,9 @@ def verified_node_ids(request: web.BaseRequest) -> list[str]:
 
 def forwarded_by(request: web.BaseRequest, settings: Settings) -> str | None:
     """The member that forwarded `request`, if the claim in FORWARDED_HEADER is to be believed."""
+    peer = getattr(request, "forwarded_by_peer", None)
+    if isinstance(peer, str):
+        return peer  # it came over that member's authenticated peer link (peer_forward.py)
     claimed = request.headers.get(FORWARDED_HEADER)
     if claimed is None:
         return None

@@ -189,6 +189,11 @@ class PeerTransport:
         self._forward_handler = on_forward
         self._link_down_handler = on_link_down
 
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest frame payload a peer accepts from us (the same limit as ours)."""
+        return self._max_frame_bytes
+
     def forwarding_version(self, peer: NodeId) -> int:
         """The forwarding version `peer` announced on its live connection to us (0: none, or
         not connected)."""

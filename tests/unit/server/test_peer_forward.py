@@ -1,0 +1,289 @@
+"""Writes forwarded over the peer link (server/peer_forward.py): same replies as over HTTP, and
+forward.py's at-most-once rules on this path too. Two real apps, two real peer transports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from raftkv.codec.forward import FORWARDING_VERSION
+from raftkv.raft.types import NodeId
+from raftkv.server.peer_forward import reply_of
+from raftkv.transport._common import TransportTuning
+from raftkv.transport.tcp import PeerTransport
+from tests.unit.server.fakes import Client, FakeNode, aio, client_for, closed_port, make_settings
+from tests.unit.server.test_server_auth import ROOT, AuthFakeNode, auth_client, basic
+from tests.unit.transport.transport_helpers import Node, eventually
+
+L, F = NodeId("node-1"), NodeId("node-2")
+FAST = TransportTuning(backoff_initial=0.005, backoff_max=0.05, stable_after=0.2)
+
+
+class LinkedNode(FakeNode):
+    """A FakeNode that offers its peer transport for forwarding, as RaftKVNode.forward_link;
+    `gate`, when set, holds every write until it is set."""
+
+    link: PeerTransport | None = None
+    gate: asyncio.Event | None = None
+
+    def forward_link(self) -> PeerTransport | None:
+        return self.link
+
+    async def _enter(self, *call: object, write: bool) -> None:
+        await super()._enter(*call, write=write)
+        if write and self.gate is not None:
+            await self.gate.wait()
+
+
+class LinkedAuthNode(AuthFakeNode, LinkedNode):
+    pass
+
+
+async def link(leader: LinkedNode, follower: LinkedNode, **kw: Any) -> tuple[Node, Node]:
+    """Real peer transports between the two fakes, both announcing forwarding."""
+    a = await Node(L, forwarding=FORWARDING_VERSION, tuning=FAST).start()
+    b = await Node(F, forwarding=FORWARDING_VERSION, tuning=FAST, **kw).start()
+    a.transport.update_peer(F, b.addr)
+    b.transport.update_peer(L, a.addr)
+    leader.link, follower.link = a.transport, b.transport
+    await eventually(lambda: b.transport.forwarding_version(L) == FORWARDING_VERSION)
+    await eventually(lambda: a.transport.forwarding_version(F) == FORWARDING_VERSION)
+    return a, b
+
+
+@contextlib.asynccontextmanager
+async def pair(
+    tmp_path: Path,
+    *,
+    http_to_leader: bool = False,
+    auth: bool = False,
+    peer: bool = True,
+    **settings: Any,
+) -> AsyncIterator[tuple[LinkedNode, LinkedNode, Client, Client]]:
+    """A leader and a follower app linked by peer transports (unless not `peer`). Unless
+    `http_to_leader`, the follower's HTTP route to the leader is a closed port: a reply then
+    proves the peer link carried it."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cls = LinkedAuthNode if auth else LinkedNode
+    leader = cls("node-1")
+    follower = cls("node-2", leader_id="node-1")
+    async with contextlib.AsyncExitStack() as stack:
+        if peer:  # before the apps start: they take the link then
+            a, b = await link(leader, follower)
+            stack.push_async_callback(a.stop)
+            stack.push_async_callback(b.stop)
+        if auth:
+            leader_client = await stack.enter_async_context(auth_client(tmp_path, leader))  # type: ignore[arg-type]
+        else:
+            leader_settings = make_settings(tmp_path, "node-1", **settings)
+            leader_client = await stack.enter_async_context(client_for(leader, leader_settings))
+        leader_http = leader_client.address if http_to_leader else f"127.0.0.1:{closed_port()}"
+        follower.http_peers["node-1"] = leader_http
+        if auth:
+            settings = {"auth_enabled": True, **settings}
+        follower_settings = make_settings(tmp_path, "node-2", **settings)
+        client = await stack.enter_async_context(client_for(follower, follower_settings))
+        yield leader, follower, leader_client, client
+
+
+async def reply(resp: aiohttp.ClientResponse) -> tuple[int, dict[str, str], bytes]:
+    """Status, the headers a forwarded reply may differ in removed (Date), body."""
+    headers = {k.lower(): v for k, v in resp.headers.items() if k.lower() != "date"}
+    return resp.status, headers, await resp.read()
+
+
+OCTETS = "application/octet-stream"
+REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("PUT", "/kv/company", {"json": {"value": "Distributed Systems Corp"}}),
+    ("PUT", "/kv/a%2Fb%3Ac", {"data": b"raw \xc3\xa9"}),
+    (
+        "PUT",
+        "/kv/bin",
+        {"data": b"\x00\xff", "headers": {"Content-Type": "application/octet-stream"}},
+    ),
+    ("PUT", "/kv/company", {"data": b"x", "headers": {"If-Match": '"9"'}}),  # 412, the key's rev
+    ("PUT", "/kv/fresh", {"data": b"x", "headers": {"If-None-Match": "*"}}),
+    ("PUT", "/kv/bad", {"data": b'{"value": 1}', "headers": {"Content-Type": "application/json"}}),
+    ("PUT", "/kv/big", {"data": b"x" * 2000}),  # 413 from the leader's own limit
+    ("PUT", "/kv/s", {"data": b"x", "headers": {"Raftkv-Session": "9", "Raftkv-Seq": "1"}}),
+    ("DELETE", "/kv/missing", {}),
+    ("DELETE", "/kv/a%2Fb%3Ac", {}),
+]
+
+
+@aio
+async def test_replies_are_the_replies_of_http_forwarding(tmp_path: Path) -> None:
+    """Every reply -- successes, the leader's errors, headers that matter -- is the same over
+    the peer link as over HTTP forwarding, from identical leaders."""
+    got: dict[str, list[tuple[int, dict[str, str], bytes]]] = {}
+    for mode in ("peer", "http"):
+        over_http = mode == "http"
+        async with pair(
+            tmp_path / mode, http_to_leader=over_http, peer=not over_http, max_value_bytes=1000
+        ) as (leader, _, _, client):
+            got[mode] = [
+                await reply(await client.request(method, path, **kw))
+                for method, path, kw in REQUESTS
+            ]
+            assert leader.data.get("company") == "Distributed Systems Corp"
+    assert got["peer"] == got["http"]
+    statuses = [status for status, _, _ in got["peer"]]
+    assert statuses == [200, 200, 200, 412, 200, 400, 413, 409, 404, 200]
+    assert got["peer"][0][1]["etag"] == '"1"'
+
+
+@aio
+async def test_the_peer_link_is_used_and_batched(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (leader, _, _, client):
+        sent: list[int] = []
+
+        async def put(i: int) -> int:
+            resp = await client.put(f"/kv/k{i}", data=b"v")
+            return resp.status
+
+        link = leader.link
+        assert link is not None
+        handler = link._forward_handler
+        assert handler is not None
+
+        def counting(peer: NodeId, frame: Any) -> None:
+            sent.append(len(frame.requests))
+            handler(peer, frame)
+
+        link._forward_handler = counting
+        assert await asyncio.gather(*(put(i) for i in range(20))) == [200] * 20
+        assert sum(sent) == 20 and len(sent) < 20  # several requests per frame
+        assert {f"k{i}" for i in range(20)} <= set(leader.data)
+
+
+@aio
+async def test_link_lost_after_sending_is_504_and_not_resent(tmp_path: Path) -> None:
+    async with pair(tmp_path, http_to_leader=True) as (leader, _, _, client):
+        leader.gate = asyncio.Event()
+        pending = asyncio.ensure_future(client.put("/kv/k", data=b"v"))
+        await eventually(lambda: ("put", "k", "v") in leader.calls)
+        assert leader.link is not None
+        await leader.link.stop()  # the link ends with the write in the leader's hands
+        resp = await pending
+        assert resp.status == 504
+        assert (await resp.json())["code"] == "outcome_unknown"
+        assert leader.calls.count(("put", "k", "v")) == 1  # never re-sent without a session
+
+
+@aio
+async def test_link_lost_session_write_is_resent_once_over_http(tmp_path: Path) -> None:
+    async with pair(tmp_path, http_to_leader=True) as (leader, _, _, client):
+        leader.gate = asyncio.Event()
+        session = {"Raftkv-Session": "5", "Raftkv-Seq": "1"}
+        pending = asyncio.ensure_future(client.put("/kv/k", data=b"v", headers=session))
+        await eventually(lambda: len(leader.calls) == 1)
+        assert leader.link is not None
+        await leader.link.stop()
+        await eventually(lambda: len(leader.calls) == 2)  # the re-send, over HTTP
+        leader.gate.set()
+        resp = await pending
+        assert resp.status == 409  # the fake has no session 5: the leader's own answer
+        assert (await resp.json())["code"] == "session_expired"
+        assert len(leader.calls) == 2
+
+
+@aio
+async def test_no_reply_by_the_deadline_is_504_even_for_a_session(tmp_path: Path) -> None:
+    settings = {"request_timeout_ms": 300, "leader_wait_ms": 100}
+    async with pair(tmp_path, http_to_leader=True, **settings) as (leader, _, _, client):
+        assert leader.link is not None
+        leader.link._forward_handler = lambda peer, frame: None  # the leader never answers
+        session = {"Raftkv-Session": "5", "Raftkv-Seq": "1"}
+        resp = await client.put("/kv/k", data=b"v", headers=session)
+        assert resp.status == 504
+        assert (await resp.json())["code"] == "outcome_unknown"
+        assert [c for c in leader.calls if c[0] != "read"] == []  # nor re-sent over HTTP
+
+
+@aio
+async def test_what_the_link_cannot_carry_goes_over_http(tmp_path: Path) -> None:
+    """A frame the link refuses (here: larger than its frame limit) was never sent: HTTP."""
+    async with pair(tmp_path, http_to_leader=True) as (leader, follower, _, client):
+        assert follower.link is not None
+        follower.link._max_frame_bytes = 4096
+        resp = await client.put("/kv/big", data=b"x" * 10_000)
+        assert resp.status == 200
+        assert leader.data["big"] == "x" * 10_000
+
+
+@aio
+async def test_a_node_that_lost_leadership_answers_not_leader_never_forwards(
+    tmp_path: Path,
+) -> None:
+    async with pair(tmp_path) as (leader, _, _, client):
+        leader.leader_id = "node-3"  # it thinks node-3 leads now
+        resp = await client.put("/kv/k", data=b"v")
+        assert resp.status == 503
+        body = await resp.json()
+        assert body["code"] == "not_leader" and body["leader"] == "node-3"
+        assert resp.headers["Retry-After"] == "1"
+
+
+@aio
+async def test_the_leader_checks_the_clients_credentials(tmp_path: Path) -> None:
+    """The leader authenticates and authorizes the client itself: a follower whose copy of the
+    users is behind (it still grants bob a role the leader revoked) does not decide."""
+    async with pair(tmp_path, auth=True) as (leader, follower, leader_client, client):
+        for method, path, body in (
+            ("POST", "/auth/roles", {"name": "app"}),
+            ("PUT", "/auth/roles/app/permissions", {"prefix": "", "permission": "readwrite"}),
+            ("POST", "/auth/users", {"name": "bob", "password": "pw", "roles": ["app"]}),
+        ):
+            resp = await leader_client.request(method, path, json=body, headers=ROOT)
+            assert resp.status in (200, 201), await resp.text()
+        follower.state = copy.deepcopy(leader.state)  # the follower's replica, as of now
+        resp = await leader_client.delete("/auth/users/bob/roles/app", headers=ROOT)
+        assert resp.status == 200, await resp.text()
+        bob = basic("bob", "pw")
+        resp = await client.put("/kv/k", data=b"v", headers=bob)
+        assert resp.status == 403  # the follower let it through; the leader refused it
+        assert (await resp.json())["code"] == "permission_denied"
+        resp = await client.put("/kv/k", data=b"v", headers={"Authorization": "Bearer x.y"})
+        assert resp.status == 401
+        assert "k" not in leader.data
+        resp = await client.put("/kv/k", data=b"v", headers=ROOT)
+        assert resp.status == 200
+        assert leader.data["k"] == "v"
+
+
+def test_reply_mapping_keeps_what_matters() -> None:
+    resp = web.Response(
+        status=503,
+        body=b'{"code":"no_leader"}',
+        content_type="application/json",
+        headers={
+            "Retry-After": "1",
+            "ETag": '"4"',
+            "Raftkv-Revision": "4",
+            "WWW-Authenticate": "Basic",
+            "X-Other": "dropped",
+            "Server": "dropped",
+        },
+    )
+    mapped = reply_of(7, resp)
+    assert mapped.id == 7 and mapped.status == 503 and mapped.body == b'{"code":"no_leader"}'
+    assert dict(mapped.headers) == {
+        "Retry-After": "1",
+        "ETag": '"4"',
+        "Raftkv-Revision": "4",
+        "WWW-Authenticate": "Basic",
+        "Content-Type": "application/json",
+    }
+    assert all(type(n) is str for n, _ in mapped.headers)  # encodable (istr is not)
+    raw = reply_of(1, web.Response(body=b"\x00"))
+    assert dict(raw.headers)["Content-Type"] == "application/octet-stream"
+    broken = reply_of(2, web.StreamResponse())
+    assert broken.status == 500 and json.loads(broken.body)["code"] == "internal_error"
