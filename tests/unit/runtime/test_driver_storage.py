@@ -2,7 +2,8 @@
 
 - A storage error while saving the log stops the node (fatal = StorageFailure); the write that
   hit it is not acknowledged, and `stop()` writes nothing afterwards (no save, sync or close).
-- A storage error while building a snapshot stops the node and nothing is compacted (hole 2).
+- A storage error while building a snapshot stops the node and nothing is compacted (hole 2);
+  from then on the node takes no request (its Ready loop still runs until the stop).
 - `stop()` waits for a snapshot build still running in its thread before closing LMDB (hole 9).
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from raftkv.raft.types import NodeId
-from raftkv.runtime.api import OperationTimeout
+from raftkv.runtime.api import NodeStopping, OperationTimeout
 from raftkv.runtime.node import RaftKVNode
 from raftkv.runtime.options import NodeOptions
 from raftkv.storage.failure import StorageFailure
@@ -96,6 +97,12 @@ async def test_snapshot_build_failure_stops_node_without_compaction(tmp_path: Pa
         exc = await d.fatal
     assert isinstance(exc, StorageFailure) and "snapshot build" in str(exc)
     assert d.durable.stats().snapshot_index == 0  # the log was not compacted
+    # Nothing is taken after the failure: no write acknowledged, no read served.
+    with pytest.raises(NodeStopping):
+        await node.put("after", "x")
+    with pytest.raises(NodeStopping):
+        await node.get("k0", linearizable=True)
+    assert node.driver.sm.get("after") is None
     await node.stop()
 
 
@@ -143,11 +150,16 @@ async def test_old_snapshots_are_removed_off_the_loop_thread(tmp_path: Path) -> 
         real_prune(keep)
 
     d._prune_snapshots = recorded  # type: ignore[method-assign]
-    for i in range(12):
-        await node.put(f"k{i}", "v")
-    async with asyncio.timeout(10):
+    # Writes until three snapshots were pruned: on a loaded box builds coalesce (none starts
+    # while one runs), so a fixed number of writes may make fewer than three.
+    i = 0
+    async with asyncio.timeout(30):
         while len(pruned_on) < 3 or d._snapshotting:
-            await asyncio.sleep(0.01)
+            if len(pruned_on) < 3:
+                await node.put(f"k{i}", "v")
+                i += 1
+            else:
+                await asyncio.sleep(0.01)
     assert loop_thread not in pruned_on
     assert len(sorted((d.opts.data_dir / "snapshots").glob("snap-*.snap"))) == 2
     await node.stop()
