@@ -607,6 +607,19 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
         except TimeoutError:
             raise NoLeaderError("no leader elected within the wait time") from None
 
+    def leader_elsewhere(self) -> NotLeaderError | None:
+        """On a follower that knows its leader: the NotLeaderError `propose` would raise, found
+        without proposing (no admission slot, no core call). None when `propose` must run: this
+        node leads, no leader is known, or it is stopping or halted (those answers are
+        propose's own)."""
+        if self.halted is not None or self._stopping or self.draining:
+            return None
+        raft = self.raw.raft
+        leader = raft.leader
+        if raft.role is Role.LEADER or leader is None or leader == self.id:
+            return None
+        return NotLeaderError(leader, self.leader_http(leader))
+
     def leader_http(self, leader: NodeId | None) -> str | None:
         return self.opts.peers_http.get(leader) if leader is not None else None
 

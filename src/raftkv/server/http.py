@@ -318,6 +318,14 @@ class _Api:
                 waiting_for=exc.waiting_for,
             ) from exc
 
+    def leader_elsewhere(self) -> NotLeaderError | None:
+        """The node's `leader_elsewhere` (RaftKVNode), if it has one; None otherwise."""
+        check = getattr(self._node, "leader_elsewhere", None)
+        if check is None:
+            return None
+        elsewhere = check()
+        return elsewhere if isinstance(elsewhere, NotLeaderError) else None
+
     async def propose(self, request: web.Request, cmd: Command) -> object:
         """Propose `cmd` (auth management); on a follower, forward the request to the leader
         (raises `Forwarded` with the leader's reply)."""

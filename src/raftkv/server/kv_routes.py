@@ -93,6 +93,8 @@ class NodeCalls(Protocol):
         self, request: web.Request, body: bytes, exc: NotLeaderError
     ) -> web.StreamResponse: ...
 
+    def leader_elsewhere(self) -> NotLeaderError | None: ...
+
 
 async def submit(
     node: KVNode, calls: NodeCalls, request: web.Request, body: bytes, cmd: Command
@@ -104,6 +106,11 @@ async def submit(
             raise ApiError(400, "invalid_session", "this request cannot use a session")
         sid, seq, ack = session
         cmd = SessionRequest(sid, seq, ack, 0, cmd)
+    # A follower that knows the leader forwards at once: what `write` would answer anyway,
+    # without its propose attempt (an admission slot, the core's refusal).
+    elsewhere = calls.leader_elsewhere()
+    if elsewhere is not None:
+        return await calls.forward(request, body, elsewhere)
     try:
         result = await calls.call(node.write(cmd), write=True)
     except NotLeaderError as exc:
