@@ -194,7 +194,7 @@ class ServerSection(_Section, frozen=True, kw_only=True):
             "the peer connection (batched per loop turn) instead of HTTP requests; only to a "
             "leader that announced it (else HTTP, as before)"
         ),
-    ] = False
+    ] = True
 
     def validate(self) -> None:
         if self.max_value_bytes > (largest := largest_value_bytes()):
