@@ -4,7 +4,9 @@ Rules:
 - Writes become `kv.commands` in log entries; they return once committed AND applied here.
 - `get(linearizable=True)` runs a ReadIndex barrier (thesis §6.4) on any node, followers
   included, then reads local applied state; `linearizable=False` reads local state at once.
-- Readiness: a leader is known and this node has applied everything it knows committed.
+- Readiness: a leader is known and this node has applied what it knows committed, give or
+  take `READY_APPLY_LAG` entries (`caught_up`): a follower under a steady write load learns a
+  commit index a loop turn before it applies it, and /ready must not flap with each write.
 - A halted node (runtime/halt.py) refuses every read, stale ones included (`NodeHalted`), is
   never ready, and reports role "Halted" with its `HaltReport`.
 - Peer addresses are the live, replicated membership record (runtime/members.py), not the
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import msgspec
@@ -43,9 +46,19 @@ from raftkv.runtime.inspect import NodeInspector
 from raftkv.runtime.membership import MembershipManager
 from raftkv.runtime.metrics import RuntimeMetrics
 from raftkv.runtime.options import NodeOptions
+from raftkv.storage.state_lmdb import LmdbState
 from raftkv.transport.tcp import PeerTransport
 
 T = TypeVar("T")
+
+READY_APPLY_LAG = 1000
+"""Committed entries a node may still have to apply and be ready: one apply pass of a loaded
+follower, far below the backlog of a node that is catching up after a restart or partition."""
+
+
+def caught_up(commit: int, applied: int) -> bool:
+    """Readiness' apply condition (module rules)."""
+    return commit - applied <= READY_APPLY_LAG
 
 
 def _addr(host_port: tuple[str, int]) -> str:
@@ -140,13 +153,30 @@ class RaftKVNode:
         min_revision: int = 0,
         lease: bool = False,
     ) -> T:
+        await self.read_fence(linearizable=linearizable, min_revision=min_revision, lease=lease)
+        return self.driver.sm.read(fn)
+
+    def is_halted(self) -> bool:
+        return self.driver.halted is not None
+
+    def state_dir(self) -> Path | None:
+        """The LMDB state's directory (other processes may read it), None for other backends."""
+        sm = self.driver.sm
+        return sm.path if isinstance(sm, LmdbState) else None
+
+    async def read_fence(
+        self, *, linearizable: bool, min_revision: int = 0, lease: bool = False
+    ) -> int:
+        """Wait until a read may run on the applied state; return the applied index then.
+        A read issued now and run on a state applied at least this far is as `read` makes it
+        (the HTTP read workers run it on their own view of the state: server/read_workers.py)."""
         if self.driver.halted is not None:  # its state never moves again: no reads at all
             raise NodeHalted(self.driver.halted)
         if min_revision > 0:
             await self.driver.wait_applied(min_revision)
         if linearizable:
             await self.driver.read_barrier(lease=lease)
-        return self.driver.sm.read(fn)
+        return self.driver.sm.applied_index
 
     def local_status(self) -> LocalStatus:
         st = self.driver.status()
@@ -174,9 +204,7 @@ class RaftKVNode:
         st = self.driver.status()
         if st.leader is None or self.driver.halted is not None:
             return False
-        if st.role is Role.LEADER:
-            return True
-        return self.driver.sm.applied_index >= st.commit
+        return st.role is Role.LEADER or caught_up(st.commit, self.driver.sm.applied_index)
 
     def peer_http_addresses(self) -> Mapping[str, str]:
         record = self.driver.table.record.members

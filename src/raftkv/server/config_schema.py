@@ -195,6 +195,15 @@ class ServerSection(_Section, frozen=True, kw_only=True):
             "leader that announced it (else HTTP, as before)"
         ),
     ] = True
+    read_workers: Annotated[
+        Annotated[int, Meta(ge=0, le=64)] | Literal["auto"],
+        Meta(
+            description="processes serving `GET /kv/{key}` beside the node, from its LMDB state "
+            "(linearizable reads ask the node for a read fence); `auto`: 1 on a machine with "
+            "more than one core, else 0. Used with the `fast` engine, without `tls.http` and "
+            "`auth.enabled` (docs/http-engine.md)"
+        ),
+    ] = 0
 
     def validate(self) -> None:
         if self.max_value_bytes > (largest := largest_value_bytes()):

@@ -63,6 +63,11 @@ class _HandOff(Exception):
     """Raised from a parser callback: this request is aiohttp's (the parser stops there)."""
 
 
+class HandBack(Exception):
+    """Raised by a read worker's node (`read_worker.py`): the node itself must answer this
+    request; the connection goes back to it with this request's bytes and all after them."""
+
+
 class FastRequest(HeadersMixin):
     """The part of aiohttp's `web.Request` the hot handlers use (method, headers, query, raw
     path, body, transport, a per-request dict); content_type and content_length are
@@ -89,6 +94,7 @@ class FastRequest(HeadersMixin):
         self.body = b""
         self.reserved = 0  # body bytes reserved in the gate until the reply
         self.keep_alive = True
+        self.raw = b""  # the request's bytes, kept in a read worker only (HandBack)
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
@@ -178,8 +184,12 @@ def serialize(resp: web.StreamResponse, keep_alive: bool) -> bytes:
 class FastProtocol(asyncio.Protocol):
     """One client connection (see the module rules)."""
 
-    def __init__(self, server: FastServer) -> None:
+    def __init__(self, server: FastServer, initial: bytes = b"", *, returned: bool = False) -> None:
         self._server = server
+        # `initial`: bytes read before this protocol got the connection (a read worker handoff).
+        self._initial = initial
+        # Only a connection's first request may move it to a read worker, and never back again.
+        self._fresh = not returned and server.workers is not None
         self._loop = server.loop
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -194,6 +204,7 @@ class FastProtocol(asyncio.Protocol):
         self._serving: FastRequest | None = None  # the request _task answers
         self._writing_paused = False  # the client does not read its replies: wait
         self._handing_off = False
+        self._to_worker: int | None = None  # the read worker the handoff goes to
         self._closing = False  # answer what is in flight, then close
         self._reading_paused = False
         self._idle_since = 0.0
@@ -205,7 +216,8 @@ class FastProtocol(asyncio.Protocol):
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's are not asyncio.Transport subclasses
-        cap = self._server.at_capacity()
+        # A connection coming back from a read worker was admitted already: never refused.
+        cap = None if self._initial else self._server.at_capacity()
         if cap is not None:
             log.warning("connection refused: too many connections", limit=cap)
             transport.write(too_many_connections(cap))
@@ -214,6 +226,9 @@ class FastProtocol(asyncio.Protocol):
         self.transport = transport
         self._server.connections.add(self)
         self._idle()
+        if self._initial:
+            initial, self._initial = self._initial, b""
+            self.data_received(initial)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._server.forget(self)
@@ -318,6 +333,12 @@ class FastProtocol(asyncio.Protocol):
         method = parser.get_method().decode("ascii")
         if content_length and (method != "PUT" or not server.reserve(content_length)):
             raise _HandOff  # aiohttp answers 413 / 503 server_busy, or reads the odd body
+        if self._fresh:
+            self._fresh = False
+            if method == "GET" and server.workers is not None:
+                self._to_worker = server.workers.choose()
+                if self._to_worker is not None:
+                    raise _HandOff
         req = FastRequest(
             method,
             path.decode("utf-8", "surrogateescape"),
@@ -348,6 +369,9 @@ class FastProtocol(asyncio.Protocol):
         if self._content_length:
             req.body = bytes(stream[body_at:end])
         self._front = end
+        if self._server.hand_back is not None:
+            req.raw = bytes(stream[start:end])
+        self._fresh = False
         self._queue.append(req)  # served once the whole chunk parsed (data_received)
 
     # -- serving -----------------------------------------------------------------------------
@@ -374,6 +398,10 @@ class FastProtocol(asyncio.Protocol):
     async def _serve(self, req: FastRequest) -> None:
         try:
             resp = await self._server.routes.handle(req)
+        except HandBack:
+            self._release(req)
+            self._hand_back(req)
+            return
         except Exception:  # handle() answers every error itself: this is a bug of ours
             log.exception("unexpected error", method=req.method, path=req.path)
             resp = error_response(500, "internal_error", "internal server error")
@@ -518,10 +546,41 @@ class FastProtocol(asyncio.Protocol):
         self._stream = b""
         self.transport = None
         self._server.forget(self)
+        server = self._server
+        if self._to_worker is not None and server.workers is not None:
+            if server.workers.offer(self._to_worker, transport, rest):
+                transport.close()  # the worker holds its own descriptor of the connection
+                return
+            # Not sent (the worker is busy or gone): this node serves it after all.
+            if self._reading_paused:
+                transport.resume_reading()
+            transport.set_protocol(FastProtocol(server, rest, returned=True))
+            transport.get_protocol().connection_made(transport)
+            return
+        if server.hand_back is not None:  # a read worker: everything else is the node's
+            server.hand_back(transport, rest)
+            return
         if self._reading_paused:  # first: aiohttp may pause it again while it takes `rest`
             transport.resume_reading()
-        handler = self._server.aiohttp_handler()
+        make_handler = self._server.aiohttp_handler
+        assert make_handler is not None  # only a read worker has none, and it has hand_back
+        handler = make_handler()
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if rest:
             handler.data_received(rest)
+
+    def _hand_back(self, req: FastRequest) -> None:
+        """A read worker: `req` and what follows it go back to the node (HandBack)."""
+        rest = b"".join([req.raw, *(q.raw for q in self._queue), self._stream])
+        for queued in self._queue:
+            self._release(queued)
+        self._queue.clear()
+        self._task = self._serving = None
+        transport, hand_back = self.transport, self._server.hand_back
+        self._stream = b""
+        self.transport = None
+        self._cancel_timers()
+        self._server.forget(self)
+        if transport is not None and hand_back is not None:
+            hand_back(transport, rest)

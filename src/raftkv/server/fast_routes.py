@@ -18,20 +18,29 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from raftkv.server.auth import Authenticator
 from raftkv.server.errors import Handler, error_reply
-from raftkv.server.fast_http import FastProtocol, FastRequest
+from raftkv.server.fast_http import FastProtocol, FastRequest, HandBack
 from raftkv.server.limits import BodyGate
-from raftkv.server.metrics_routes import CANCELLED, HttpMetrics
+from raftkv.server.metrics_routes import CANCELLED
+
+if TYPE_CHECKING:
+    from raftkv.server.read_workers import ReadWorkers
 
 ENGINES: Final = ("aiohttp", "fast")
 _KEY_ROUTE: Final = "/kv/{key}"  # the canonical name of the app's key route (metrics)
 _now: Final = time.perf_counter
+
+
+class Observer(Protocol):
+    """Where a served request is counted (`HttpMetrics`; a read worker's own batcher)."""
+
+    def observe(self, route: str, status: int, seconds: float) -> None: ...
 
 
 class FastRoutes:
@@ -41,7 +50,7 @@ class FastRoutes:
         self,
         handlers: Mapping[str, Handler],
         gate: BodyGate,
-        metrics: HttpMetrics | None,
+        metrics: Observer | None,
         auth: Authenticator | None,
     ) -> None:
         self._handlers = dict(handlers)
@@ -50,6 +59,7 @@ class FastRoutes:
         self._metrics = metrics
         self._auth = auth
         self._names = {m: f"{m} {_KEY_ROUTE}" for m in handlers}
+        self.node: object = None  # the node served (create_app sets it: read workers)
 
     async def handle(self, req: FastRequest) -> web.StreamResponse:
         # The handlers use only what FastRequest has (fast_http.py; both engines run the
@@ -63,6 +73,8 @@ class FastRoutes:
                     resp = await self._auth.middleware(request, handler)
                 else:
                     resp = await handler(request)
+            except HandBack:
+                raise  # a read worker's: the node answers it (and counts it)
             except Exception as exc:  # CancelledError is a BaseException: it passes
                 resp = error_reply(exc, request)
         except asyncio.CancelledError:
@@ -85,7 +97,7 @@ class FastServer:
     def __init__(
         self,
         routes: FastRoutes,
-        aiohttp_handler: Callable[[], RequestHandler],
+        aiohttp_handler: Callable[[], RequestHandler] | None,
         *,
         keepalive_s: float,
         body_timeout_s: float,
@@ -106,10 +118,17 @@ class FastServer:
         self.max_connections: int | None = None
         self.other_connections: Callable[[], int] = lambda: 0  # aiohttp's (handed off)
         self._drained: asyncio.Event | None = None  # set by shutdown
+        self.ended = 0  # connections closed or handed on so far (a read worker reports it)
+        # The node's read workers, when it has any (read_workers.py).
+        self.workers: ReadWorkers | None = None
+        # In a read worker: gives a connection (and its unanswered bytes) back to the node.
+        self.hand_back: Callable[[asyncio.Transport, bytes], None] | None = None
 
     def forget(self, conn: FastProtocol) -> None:
         """`conn` is closed or handed off."""
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.remove(conn)
+            self.ended += 1
         if self._drained is not None and not self.connections:
             self._drained.set()
 
@@ -119,7 +138,10 @@ class FastServer:
     def at_capacity(self) -> int | None:
         """The cap when it is reached (fast and handed-off connections together), else None."""
         cap = self.max_connections
-        if cap is not None and len(self.connections) + self.other_connections() >= cap:
+        held = len(self.connections) + self.other_connections()
+        if self.workers is not None:
+            held += self.workers.connections()
+        if cap is not None and held >= cap:
             return cap
         return None
 

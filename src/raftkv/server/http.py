@@ -28,7 +28,6 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable
 from typing import Final, TypeVar
@@ -46,6 +45,7 @@ from raftkv.runtime.api import (
     OperationTimeout,
 )
 from raftkv.runtime.membership import MembershipManager
+from raftkv.runtime.waiters import run_within
 from raftkv.server.alarms import SpaceNode, alarm_task, disk_status, space_json
 from raftkv.server.auth import Authenticator, AuthNode
 from raftkv.server.auth_routes import Forwarded, add_auth_routes
@@ -149,12 +149,13 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
     api.http_metrics = add_metrics_routes(app, node)
     # The same handlers for the fast engine (server.http_engine: fast, see runner.py) and for
     # writes forwarded over the peer link (peer_forward.py).
-    app[FAST_ROUTES] = api.fast_routes = FastRoutes(
+    fast = app[FAST_ROUTES] = api.fast_routes = FastRoutes(
         {"PUT": kv.put, "GET": kv.get, "DELETE": kv.delete},
         gate,
         api.http_metrics,
         auth if settings.auth_enabled else None,
     )
+    fast.node = node  # its read workers ask it for read fences (read_workers.py)
     membership = getattr(node, "membership", None)
     if isinstance(membership, MembershipManager):
         add_member_routes(app, membership, settings)
@@ -293,30 +294,7 @@ class _Api:
     # -- helpers ---------------------------------------------------------------------------
 
     async def call(self, operation: Awaitable[T], *, write: bool) -> T:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await operation
-        except NoLeaderError as exc:
-            raise ApiError(
-                503, "no_leader", "no leader is known; retry later", headers={"Retry-After": "1"}
-            ) from exc
-        except (OperationTimeout, TimeoutError) as exc:
-            words = "the write may or may not have been applied" if write else "the read failed"
-            raise ApiError(504, "timeout", f"request timed out; {words}") from exc
-        except NodeStopping as exc:
-            raise _stopping() from exc
-        except FeatureNotEnabled as exc:
-            # Nothing was proposed: safe to retry once every member runs the newer version.
-            raise ApiError(
-                503,
-                "feature_not_enabled",
-                str(exc),
-                headers={"Retry-After": "5"},
-                kind=exc.kind,
-                needs_command_set=exc.needs,
-                cluster_command_set=exc.cluster_command_set,
-                waiting_for=exc.waiting_for,
-            ) from exc
+        return await call_node(operation, self._timeout_s, write=write)
 
     def leader_elsewhere(self) -> NotLeaderError | None:
         """The node's `leader_elsewhere` (RaftKVNode), if it has one; None otherwise."""
@@ -393,6 +371,33 @@ class _Api:
                 log.info("re-sending a session write", leader=leader_id, error=str(exc))
                 return await forwarder.forward(request, body, leader_id, leader_http, resend=True)
         return await forwarder.forward(request, body, leader_id, leader_http)
+
+
+async def call_node(operation: Awaitable[T], timeout_s: float, *, write: bool) -> T:
+    """Await a node call under the request timeout, its failures mapped to API errors (rules)."""
+    try:
+        return await run_within(operation, timeout_s)  # as asyncio.timeout, but cheaper
+    except NoLeaderError as exc:
+        raise ApiError(
+            503, "no_leader", "no leader is known; retry later", headers={"Retry-After": "1"}
+        ) from exc
+    except (OperationTimeout, TimeoutError) as exc:
+        words = "the write may or may not have been applied" if write else "the read failed"
+        raise ApiError(504, "timeout", f"request timed out; {words}") from exc
+    except NodeStopping as exc:
+        raise _stopping() from exc
+    except FeatureNotEnabled as exc:
+        # Nothing was proposed: safe to retry once every member runs the newer version.
+        raise ApiError(
+            503,
+            "feature_not_enabled",
+            str(exc),
+            headers={"Retry-After": "5"},
+            kind=exc.kind,
+            needs_command_set=exc.needs,
+            cluster_command_set=exc.cluster_command_set,
+            waiting_for=exc.waiting_for,
+        ) from exc
 
 
 def _key_not_found(key: str) -> ApiError:

@@ -40,6 +40,7 @@ from raftkv.server.errors import error_response, http_error_code
 from raftkv.server.fast_routes import FAST_ROUTES, FastRoutes, FastServer
 from raftkv.server.inputs import MAX_KEY_BYTES
 from raftkv.server.limits import too_many_connections
+from raftkv.server.read_workers import ReadWorkers, make_read_workers
 from raftkv.server.tls import scheme, server_context
 
 log = structlog.get_logger(__name__)
@@ -203,6 +204,7 @@ class _FastSite(web.TCPSite):
         self._fast_routes = fast
         self._settings = settings
         self._fast: FastServer | None = None
+        self._workers: ReadWorkers | None = None
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site; TCPSite.start would listen
@@ -220,6 +222,11 @@ class _FastSite(web.TCPSite):
         fast.max_connections = server.max_connections
         fast.other_connections = server.connection_count
         server.fast = self._fast = fast
+        make_workers = make_read_workers(self._fast_routes.node, self._settings, fast)
+        if make_workers is not None:
+            self._workers = make_workers()
+            await self._workers.start()
+            fast.workers = self._workers
         self._server = await asyncio.get_running_loop().create_server(
             fast,
             self._host,
@@ -233,6 +240,8 @@ class _FastSite(web.TCPSite):
 
     async def stop(self) -> None:
         await super().stop()  # the listener closes
+        if self._workers is not None:  # their connections come back or close first
+            await self._workers.stop()
         if self._fast is not None:
             await self._fast.shutdown(SHUTDOWN_TIMEOUT_S)
 
