@@ -67,7 +67,13 @@ from raftkv.raft.types import (
 )
 from raftkv.runtime import testhooks, votelog
 from raftkv.runtime.admission import TurnGate
-from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
+from raftkv.runtime.api import (
+    NodeHalted,
+    NodeStopping,
+    NoLeaderError,
+    NotLeaderError,
+    OperationTimeout,
+)
 from raftkv.runtime.features import OWN_VERSIONS
 from raftkv.runtime.halt import HaltSteps
 from raftkv.runtime.member_table import MemberTable, NodeRemoved, initial_conf, load_record
@@ -612,7 +618,9 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
         without proposing (no admission slot, no core call). None when `propose` must run: this
         node leads, no leader is known, or it is stopping or halted (those answers are
         propose's own)."""
-        if self.halted is not None or self._stopping or self.draining:
+        try:
+            self.check_serving()  # the same test as propose's, so the two cannot drift
+        except (NodeHalted, NodeStopping):
             return None
         raft = self.raw.raft
         leader = raft.leader

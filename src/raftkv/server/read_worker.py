@@ -136,6 +136,9 @@ class _Calls:
     ) -> web.StreamResponse:
         raise HandBack  # a worker serves reads only: never reached
 
+    def leader_elsewhere(self) -> NotLeaderError | None:
+        return None  # a worker proposes nothing (writes are handed back to the node)
+
 
 class _Served:
     """Requests served, batched for the node's /metrics (`Stats`)."""
