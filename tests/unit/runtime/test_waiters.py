@@ -1,4 +1,5 @@
-"""ProposalWaiters: a reused index fails the displaced waiter at once (hole 10)."""
+"""ProposalWaiters: a reused index fails the displaced waiter at once (hole 10); ReadWaiters:
+whether a ReadIndex round is still being asked (the driver holds the next batch meanwhile)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import pytest
 
 from raftkv.raft.types import Index, Term
-from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, await_within
+from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, ReadWaiters, await_within
 from tests.unit.server.fakes import aio
 
 
@@ -45,3 +46,24 @@ async def test_await_within_fails_the_waiter_after_the_delay() -> None:
     with pytest.raises(TimeoutError):
         await await_within(late, 0.01)
     waiters.applied(Index(7), Term(1), "too late")  # must not raise InvalidStateError
+
+
+@aio
+async def test_a_round_is_asking_until_answered_or_a_tick_passed() -> None:
+    w = ReadWaiters(b"n1")
+    assert not w.asking(10.0, 0.025)
+    fut, first, _ = w.join()
+    assert not w.asking(10.0, 0.025)  # the open batch is not asked yet
+    w.close_batch(10.0)
+    assert w.asking(10.01, 0.025)  # asked and unanswered: the next batch waits
+    assert not w.asking(10.03, 0.025)  # a tick later: its answer may be lost, ask anyway
+    _, second, _ = w.join()
+    assert w.asking(10.01, 0.025)  # the open second batch does not count, the first does
+    w.read_state(first.context, Index(3), Index(3))
+    assert fut.done()
+    assert not w.asking(10.01, 0.025)  # answered: the held batch goes now
+    w.close_batch(10.02)
+    assert w.asking(10.03, 0.025)
+    for f in second.futures:
+        f.cancel()  # every reader of the asked batch left: nothing to wait for
+    assert not w.asking(10.03, 0.025)
