@@ -94,6 +94,9 @@ class HaltSteps:
         _reads: ReadWaiters
         _applied_waiters: AppliedWaiters
 
+        @property
+        def failed(self) -> bool: ...
+
     halted: HaltReport | None = None  # set once, by _halt; never cleared in this process
     _step_out: asyncio.Task[None] | None = None  # closing the transport after a halt
 
@@ -101,7 +104,10 @@ class HaltSteps:
         """Raise NodeHalted or NodeStopping if this node may not take a request now."""
         if self.halted is not None:
             raise NodeHalted(self.halted)
-        if self._stopping or self.draining:
+        # After a storage failure too: the node is on its way out and acknowledges nothing
+        # more, even while parts of it (a leader's Ready loop when a snapshot build failed)
+        # still run until the stop (a request let in then waited out the server's shutdown).
+        if self._stopping or self.draining or self.failed:
             raise NodeStopping("node is shutting down")
 
     def _halt(self, exc: UndecodableEntryError) -> None:

@@ -4,7 +4,9 @@ Rules:
 - Writes become `kv.commands` in log entries; they return once committed AND applied here.
 - `get(linearizable=True)` runs a ReadIndex barrier (thesis §6.4) on any node, followers
   included, then reads local applied state; `linearizable=False` reads local state at once.
-- Readiness: a leader is known and this node has applied everything it knows committed.
+- Readiness: a leader is known and this node has applied what it knows committed, give or
+  take `READY_APPLY_LAG` entries (`caught_up`): a follower under a steady write load learns a
+  commit index a loop turn before it applies it, and /ready must not flap with each write.
 - A halted node (runtime/halt.py) refuses every read, stale ones included (`NodeHalted`), is
   never ready, and reports role "Halted" with its `HaltReport`.
 - Peer addresses are the live, replicated membership record (runtime/members.py), not the
@@ -48,6 +50,15 @@ from raftkv.storage.state_lmdb import LmdbState
 from raftkv.transport.tcp import PeerTransport
 
 T = TypeVar("T")
+
+READY_APPLY_LAG = 1000
+"""Committed entries a node may still have to apply and be ready: one apply pass of a loaded
+follower, far below the backlog of a node that is catching up after a restart or partition."""
+
+
+def caught_up(commit: int, applied: int) -> bool:
+    """Readiness' apply condition (module rules)."""
+    return commit - applied <= READY_APPLY_LAG
 
 
 def _addr(host_port: tuple[str, int]) -> str:
@@ -188,9 +199,7 @@ class RaftKVNode:
         st = self.driver.status()
         if st.leader is None or self.driver.halted is not None:
             return False
-        if st.role is Role.LEADER:
-            return True
-        return self.driver.sm.applied_index >= st.commit
+        return st.role is Role.LEADER or caught_up(st.commit, self.driver.sm.applied_index)
 
     def peer_http_addresses(self) -> Mapping[str, str]:
         record = self.driver.table.record.members

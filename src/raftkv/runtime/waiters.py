@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -40,6 +41,38 @@ async def await_within(fut: asyncio.Future[T], delay: float) -> T:
 def _expire(fut: asyncio.Future[T]) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError())
+
+
+async def run_within(operation: Awaitable[T], delay: float) -> T:
+    """`await operation`, cancelling it and raising TimeoutError after `delay` seconds: what
+    `asyncio.timeout` does (a cancellation from elsewhere still propagates as one), with one
+    timer handle and no context manager: ~2 µs instead of ~3-4.5 µs under uvloop here, on
+    every client request (issue 12)."""
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("run_within needs a running task")
+    deadline = _Deadline(task)
+    timer = asyncio.get_running_loop().call_later(delay, deadline)
+    try:
+        return await operation
+    except asyncio.CancelledError:
+        if deadline.fired and task.uncancel() == 0:
+            raise TimeoutError from None  # ours, and nobody else asked to cancel the task
+        raise
+    finally:
+        timer.cancel()
+
+
+class _Deadline:
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.task.cancel()
 
 
 class ProposalLost(Exception):

@@ -29,7 +29,6 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable
 from typing import Final, TypeVar
@@ -47,6 +46,7 @@ from raftkv.runtime.api import (
     OperationTimeout,
 )
 from raftkv.runtime.membership import MembershipManager
+from raftkv.runtime.waiters import run_within
 from raftkv.server.alarms import SpaceNode, alarm_task, disk_status, space_json
 from raftkv.server.auth import Authenticator, AuthNode
 from raftkv.server.auth_routes import Forwarded, add_auth_routes
@@ -372,8 +372,7 @@ async def call_node(operation: Awaitable[T], timeout_s: float | None, *, write: 
     try:
         if timeout_s is None:
             return await operation
-        async with asyncio.timeout(timeout_s):
-            return await operation
+        return await run_within(operation, timeout_s)  # as asyncio.timeout, but cheaper
     except NoLeaderError as exc:
         raise ApiError(
             503, "no_leader", "no leader is known; retry later", headers={"Retry-After": "1"}

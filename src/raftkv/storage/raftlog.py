@@ -28,6 +28,12 @@ Rules:
   entry of `MemoryStorage`, and entries after it are servable. Rows starting at 1 mean nothing
   was compacted (base = (0, 0)); rows starting right after the snapshot mean nothing was kept
   (base = the snapshot's point). `LoadedLog.entries` are the entries after `base`.
+- Compaction is bounded work per save: recording a snapshot makes the rows below its
+  compaction point due, and each save (that one included) deletes at most
+  `COMPACT_ROWS_PER_SAVE` of the oldest, in its own transaction. Dropping 99k rows at once
+  held the writer thread (every commit behind it) for 0.27 s. Rows still due are entries kept
+  behind the snapshot, which the invariant above allows; after a restart the next snapshot
+  makes them due again.
 - Threads: `open`/`load` run once at startup; `save`/`compact` run on ONE writer thread (never
   the event loop: COMMIT blocks on fsync); `stats`/`read_entries` may run on any thread (the
   inspector). All of them serialize on one lock around the shared connection
@@ -40,9 +46,7 @@ import contextlib
 import itertools
 import os
 import sqlite3
-import struct
 import threading
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,54 +59,20 @@ from raftkv.raft.types import Entry, EntryKind, HardState, Index, SnapshotMeta, 
 from raftkv.storage.errors import CorruptLogError, StorageError
 from raftkv.storage.failure import StorageFailure, classify
 from raftkv.storage.fsutil import fsync_dir
+from raftkv.storage.logformat import SCHEMA, state_crc
+from raftkv.storage.logformat import entry_crc as entry_crc  # re-exported (ops, tests)
+from raftkv.storage.logformat import log_base as log_base  # re-exported (ops/offline.py)
 from raftkv.storage.walcheck import WalDamage, check_wal
 
 SCHEMA_VERSION = 1
+COMPACT_ROWS_PER_SAVE = 1024  # ~2.8 ms of SQLite work here (module rules)
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS entries (
-    idx  INTEGER PRIMARY KEY,   -- the Raft index (rowid alias: ordered, no extra index)
-    term INTEGER NOT NULL,
-    kind INTEGER NOT NULL,
-    data BLOB    NOT NULL,
-    crc  INTEGER NOT NULL       -- crc32 over (term, index, kind, data), see entry_crc
-)""",
-    """CREATE TABLE IF NOT EXISTS state (
-    name  TEXT PRIMARY KEY,     -- 'hard_state' | 'snapshot'
-    value BLOB    NOT NULL,     -- msgspec msgpack of HardState / SnapshotMeta
-    crc   INTEGER NOT NULL      -- crc32 over (name, value)
-)""",
-)
-
-_ENTRY_HEADER = struct.Struct("<QQB")  # term, index, kind: the fixed part covered by the CRC
 _HARD_STATE = "hard_state"
 _SNAPSHOT = "snapshot"
 
 _encoder = msgspec.msgpack.Encoder()
 _hs_decoder = msgspec.msgpack.Decoder(HardState)
 _snap_decoder = msgspec.msgpack.Decoder(SnapshotMeta)
-
-
-def entry_crc(term: int, index: int, kind: int, data: bytes) -> int:
-    """The CRC32 stored with an entry: over its header (term, index, kind) then its data."""
-    return zlib.crc32(data, zlib.crc32(_ENTRY_HEADER.pack(term, index, kind)))
-
-
-def _state_crc(name: str, value: bytes) -> int:
-    return zlib.crc32(value, zlib.crc32(name.encode()))
-
-
-def log_base(first: tuple[int, int] | None, snap: SnapshotMeta | None) -> tuple[int, int]:
-    """The log's compaction point (index, term) given its first stored row (index, term) and
-    snapshot record (see the module rules). Also used by the offline reader (ops/offline.py)."""
-    start = (int(snap.index), int(snap.term)) if snap is not None else (0, 0)
-    if first is None or first[0] == start[0] + 1:
-        return start  # nothing stored, or nothing kept behind the snapshot
-    if first[0] == 1:
-        return (0, 0)  # nothing was ever compacted
-    if snap is not None and first[0] <= snap.index:
-        return first  # kept behind the snapshot: the first row is the compaction point
-    return start  # entries missing at the head: DurableLog refuses such a log
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +112,7 @@ class DurableLog:
         self._hard_state = HardState()
         self._last_index = Index(0)  # last_index >= snapshot index; == it when the log is empty
         self._base = (Index(0), Term(0))  # compaction point: base index <= snapshot index
+        self._compact_below = 0  # rows below this index are due for deletion (0: none)
         self._loaded: LoadedLog | None = None  # what open() verified, handed out by load()
 
     # -- startup ------------------------------------------------------------------------------
@@ -185,7 +156,7 @@ class DurableLog:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:  # not executescript(): it would COMMIT the BEGIN
+            for statement in SCHEMA:  # not executescript(): it would COMMIT the BEGIN
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -205,7 +176,7 @@ class DurableLog:
         hard_state = HardState()
         snapshot: SnapshotMeta | None = None
         for name, value, crc in self._conn.execute("SELECT name, value, crc FROM state"):
-            if _state_crc(name, value) != crc:
+            if state_crc(name, value) != crc:
                 raise self._corrupt(f"{name} record: CRC mismatch")
             try:
                 if name == _HARD_STATE:
@@ -340,8 +311,9 @@ class DurableLog:
                 snap = self._snapshot
                 last = self._last_index
                 base = self._base
+                due = self._compact_below
                 if snapshot is not None and (snap is None or snapshot.index >= snap.index):
-                    last = self._record_snapshot(snapshot, last, keep_entries)
+                    last, due = self._record_snapshot(snapshot, last, keep_entries)
                     snap = snapshot
                     found = self._base_of(self._first_row(), snap)
                     base = (Index(found[0]), Term(found[1]))
@@ -371,6 +343,8 @@ class DurableLog:
                     last = todo[-1].index
                 if hard_state is not None:
                     self._put_state(_HARD_STATE, _encoder.encode(hard_state))
+                if due:
+                    base, due = self._compact_step(due, snap)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
@@ -381,9 +355,23 @@ class DurableLog:
             self._last_index = last
             if hard_state is not None:
                 self._hard_state = hard_state
+            self._compact_below = due
 
-    def _record_snapshot(self, snapshot: SnapshotMeta, last: Index, keep: int) -> Index:
-        """Record `snapshot` inside the open transaction; returns the new last index."""
+    def _compact_step(self, due: int, snap: SnapshotMeta | None) -> tuple[tuple[Index, Term], int]:
+        """Delete at most COMPACT_ROWS_PER_SAVE of the rows below `due`, oldest first, inside
+        the open transaction; returns the new compaction point and `due` (0 once done)."""
+        first = self._first_row()
+        if first is not None and first[0] < due:
+            upto = min(due, first[0] + COMPACT_ROWS_PER_SAVE)
+            self._conn.execute("DELETE FROM entries WHERE idx < ?", (upto,))
+            first = self._first_row()
+        found = self._base_of(first, snap)
+        left = first is not None and first[0] < due
+        return (Index(found[0]), Term(found[1])), due if left else 0
+
+    def _record_snapshot(self, snapshot: SnapshotMeta, last: Index, keep: int) -> tuple[Index, int]:
+        """Record `snapshot` inside the open transaction; returns the new last index and the
+        index below which rows are due for deletion (0: none)."""
         current = self._snapshot
         if current is not None and (current.index, current.term) == (snapshot.index, snapshot.term):
             matches = True  # the same point recorded again (e.g. a repeated bootstrap)
@@ -395,22 +383,20 @@ class DurableLog:
             # §7: our log holds the snapshot's last entry, so what follows it still matches,
             # and so does what precedes it (Log Matching, §5.3): up to `keep` entries before
             # it stay, above the row at index - keep (the compaction point).
-            if keep > 0:
-                self._conn.execute("DELETE FROM entries WHERE idx < ?", (snapshot.index - keep,))
-            else:
-                self._conn.execute("DELETE FROM entries WHERE idx <= ?", (snapshot.index,))
+            # Due from now on, deleted a bounded number per save (module rules).
+            due = snapshot.index - keep if keep > 0 else snapshot.index + 1
             new_last = max(last, snapshot.index)
         else:
             # Our log diverges from (or falls short of) the snapshot: none of it can be kept.
             self._conn.execute("DELETE FROM entries")
-            new_last = snapshot.index
+            due, new_last = 0, snapshot.index
         self._put_state(_SNAPSHOT, _encoder.encode(snapshot))
-        return Index(new_last)
+        return Index(new_last), due
 
     def _put_state(self, name: str, value: bytes) -> None:
         self._conn.execute(
             "INSERT OR REPLACE INTO state (name, value, crc) VALUES (?, ?, ?)",
-            (name, value, _state_crc(name, value)),
+            (name, value, state_crc(name, value)),
         )
 
     def compact(self, upto: Index) -> None:

@@ -17,6 +17,10 @@ Rules:
   aborts on error, so a bad file leaves the state as it was.
 - Files are written to `<dest>.tmp`, fsynced, renamed over `dest`, and the directory fsynced: a
   crash leaves either no file or a complete one, never a torn one under the final name.
+- While writing, the file is fdatasynced every `SYNC_EVERY_BYTES`: on ext4 (data=ordered) a
+  log commit's fdatasync waits for the journal, which waits for every dirty page newly
+  allocated to a file, so one fsync of a 200 MB snapshot at the end held the nodes' WAL
+  commits for 50-140 ms. Flushing as it goes bounds what a commit can be stuck behind.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ FORMAT_VERSION = 1
 MAGIC = b"RKVSNAP" + bytes([FORMAT_VERSION])
 MAX_FRAME_BYTES = 64 << 20  # a larger length field is corruption, not a frame to allocate
 CHUNK_BYTES = 256 << 10  # target payload per chunk: big enough to amortize, small to stream
+SYNC_EVERY_BYTES = 8 << 20  # written between two fdatasyncs of a snapshot being written
 _FRAME = struct.Struct("<II")  # payload length, crc32 of payload
 
 
@@ -190,8 +195,15 @@ def write_snapshot_file(
     try:
         with open(tmp, "wb") as f:
             writer = SnapshotWriter(f, header)
+            chunks = synced = 0
             for key, value in records:
                 writer.add(key, value)
+                if writer.chunks != chunks:  # a chunk was written: time to flush?
+                    chunks = writer.chunks
+                    if f.tell() - synced >= SYNC_EVERY_BYTES:
+                        f.flush()
+                        os.fdatasync(f.fileno())  # bounded dirty data (module rules)
+                        synced = f.tell()
             writer.finish()
             f.flush()
             os.fsync(f.fileno())

@@ -158,7 +158,10 @@ async def test_the_ack_leaves_only_after_the_save_returned(tmp_path: Path) -> No
                 await leader.got_ack.wait()
         order.append("ack")
         assert order == ["saved", "ack"]
-        assert handed_back and handed_back[0] == []  # the writer thread sent it itself
+        # The writer thread offered it to the transport (which sends it at once unless the
+        # loop has a frame queued for that peer: then the loop sends it, still after the save;
+        # that case is timing-dependent, so it is not asserted here).
+        assert handed_back
         assert d.raw.status().last_index == 1
 
 

@@ -2,7 +2,8 @@
 
 - A storage error while saving the log stops the node (fatal = StorageFailure); the write that
   hit it is not acknowledged, and `stop()` writes nothing afterwards (no save, sync or close).
-- A storage error while building a snapshot stops the node and nothing is compacted (hole 2).
+- A storage error while building a snapshot stops the node and nothing is compacted (hole 2);
+  from then on the node takes no request (its Ready loop still runs until the stop).
 - `stop()` waits for a snapshot build still running in its thread before closing LMDB (hole 9).
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from raftkv.raft.types import NodeId
-from raftkv.runtime.api import OperationTimeout
+from raftkv.runtime.api import NodeStopping, OperationTimeout
 from raftkv.runtime.node import RaftKVNode
 from raftkv.runtime.options import NodeOptions
 from raftkv.storage.failure import StorageFailure
@@ -96,6 +97,12 @@ async def test_snapshot_build_failure_stops_node_without_compaction(tmp_path: Pa
         exc = await d.fatal
     assert isinstance(exc, StorageFailure) and "snapshot build" in str(exc)
     assert d.durable.stats().snapshot_index == 0  # the log was not compacted
+    # Nothing is taken after the failure: no write acknowledged, no read served.
+    with pytest.raises(NodeStopping):
+        await node.put("after", "x")
+    with pytest.raises(NodeStopping):
+        await node.get("k0", linearizable=True)
+    assert node.driver.sm.get("after") is None
     await node.stop()
 
 
@@ -126,3 +133,33 @@ async def test_stop_waits_for_a_snapshot_build_in_its_thread(tmp_path: Path) -> 
     release.set()
     await stopping
     assert closed_before_build == [False]
+
+
+@aio
+async def test_old_snapshots_are_removed_off_the_loop_thread(tmp_path: Path) -> None:
+    """A large snapshot file's unlink is tens of milliseconds of file-system work: never on the
+    event loop's thread, where it would delay ticks and heartbeats."""
+    node = await started(tmp_path, snapshot_every=3)
+    d = node.driver
+    loop_thread = threading.get_ident()
+    real_prune = d._prune_snapshots
+    pruned_on: list[int] = []
+
+    def recorded(keep: int) -> None:
+        pruned_on.append(threading.get_ident())
+        real_prune(keep)
+
+    d._prune_snapshots = recorded  # type: ignore[method-assign]
+    # Writes until three snapshots were pruned: on a loaded box builds coalesce (none starts
+    # while one runs), so a fixed number of writes may make fewer than three.
+    i = 0
+    async with asyncio.timeout(30):
+        while len(pruned_on) < 3 or d._snapshotting:
+            if len(pruned_on) < 3:
+                await node.put(f"k{i}", "v")
+                i += 1
+            else:
+                await asyncio.sleep(0.01)
+    assert loop_thread not in pruned_on
+    assert len(sorted((d.opts.data_dir / "snapshots").glob("snap-*.snap"))) == 2
+    await node.stop()

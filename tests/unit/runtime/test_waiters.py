@@ -8,7 +8,13 @@ import asyncio
 import pytest
 
 from raftkv.raft.types import Index, Term
-from raftkv.runtime.waiters import ProposalLost, ProposalWaiters, ReadWaiters, await_within
+from raftkv.runtime.waiters import (
+    ProposalLost,
+    ProposalWaiters,
+    ReadWaiters,
+    await_within,
+    run_within,
+)
 from tests.unit.server.fakes import aio
 
 
@@ -46,6 +52,55 @@ async def test_await_within_fails_the_waiter_after_the_delay() -> None:
     with pytest.raises(TimeoutError):
         await await_within(late, 0.01)
     waiters.applied(Index(7), Term(1), "too late")  # must not raise InvalidStateError
+
+
+@aio
+async def test_run_within_returns_the_result_and_leaves_no_timer() -> None:
+    async def quick() -> str:
+        await asyncio.sleep(0)
+        return "done"
+
+    assert await run_within(quick(), 5.0) == "done"
+    await asyncio.sleep(0.02)  # a timer left armed would cancel this task here
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+@aio
+async def test_run_within_cancels_the_operation_and_raises_timeout_error() -> None:
+    cancelled = asyncio.Event()
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(TimeoutError):
+        await run_within(slow(), 0.01)
+    assert cancelled.is_set()
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # the task goes on, uncancelled
+    await asyncio.sleep(0)
+
+
+@aio
+async def test_run_within_lets_a_cancellation_from_elsewhere_through() -> None:
+    started = asyncio.Event()
+
+    async def caller() -> None:
+        async def slow() -> None:
+            started.set()
+            await asyncio.sleep(10)
+
+        await run_within(slow(), 5.0)
+
+    task = asyncio.create_task(caller())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 @aio

@@ -328,7 +328,9 @@ async def test_session_write_dropped_twice_is_sent_exactly_twice(tmp_path: Path)
 @aio
 async def test_total_timeout_after_sending_is_504_and_sent_once() -> None:
     async with RawLeader(lambda n: HANG) as leader:
-        f = Forwarder("node-2", source_ip=None, connect_timeout_s=0.1, total_timeout_s=0.3)
+        # Generous timeouts (a loaded box's local connect can take 0.1 s: then
+        # nothing was sent, a 503); the hanging leader makes the total timeout fire after it.
+        f = Forwarder("node-2", source_ip=None, connect_timeout_s=0.9, total_timeout_s=1.0)
         # With a session too: a timeout ends the forward, it is not a failure that re-sends.
         req = make_mocked_request(
             "PUT", "/kv/k", headers={"Raftkv-Session": "7", "Raftkv-Seq": "1"}

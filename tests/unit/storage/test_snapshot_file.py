@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -11,6 +12,7 @@ import msgspec
 import pytest
 
 from raftkv.raft.types import ConfState, Index, NodeId, Term
+from raftkv.storage import snapshot_file
 from raftkv.storage.errors import CorruptSnapshotError
 from raftkv.storage.snapshot_file import (
     MAGIC,
@@ -139,3 +141,20 @@ def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="disk full"):
         write_snapshot_file(dest, HEADER, records())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_large_snapshot_is_flushed_to_disk_as_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One fsync of a whole large file at the end held other files' commits behind it (ext4
+    data=ordered): the writer fdatasyncs every SYNC_EVERY_BYTES, then fsyncs at the end."""
+    monkeypatch.setattr(snapshot_file, "SYNC_EVERY_BYTES", 512 << 10)
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    records = [(b"k%03d" % i, bytes([i]) * 100_000) for i in range(30)]  # ~3 MB, 12 chunks
+    dest = tmp_path / "snap"
+    info = write_snapshot_file(dest, HEADER, records)
+    assert len(synced) >= 5  # every ~512 KiB (two chunks), before the final fsync
+    assert read_all(dest.read_bytes()) == (HEADER, records)
+    assert info.size == dest.stat().st_size
