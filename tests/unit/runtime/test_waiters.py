@@ -9,10 +9,12 @@ import pytest
 
 from raftkv.raft.types import Index, Term
 from raftkv.runtime.waiters import (
+    SWEEP_S,
     ProposalLost,
     ProposalWaiters,
     ReadWaiters,
     await_within,
+    deadlines,
     run_within,
 )
 from tests.unit.server.fakes import aio
@@ -37,7 +39,9 @@ async def test_await_within_returns_the_result_and_cancels_its_timer() -> None:
     fut: asyncio.Future[object] = loop.create_future()
     loop.call_soon(fut.set_result, "applied")
     assert await await_within(fut, 10.0) == "applied"
-    # The timer is gone: nothing is scheduled 10 s ahead any more (a leak per request).
+    # Nothing stays registered (a leak per request), and the sweep timer stops once idle.
+    assert len(deadlines()) == 0
+    await asyncio.sleep(3 * SWEEP_S)
     assert not [h for h in getattr(loop, "_scheduled", []) if not h.cancelled()]
 
 
@@ -101,6 +105,25 @@ async def test_run_within_lets_a_cancellation_from_elsewhere_through() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+@aio
+async def test_coarse_deadlines_never_fire_early_and_share_one_timer() -> None:
+    loop = asyncio.get_running_loop()
+    futs: list[asyncio.Future[object]] = [loop.create_future() for _ in range(50)]
+    start = loop.time()
+    waits = [asyncio.ensure_future(await_within(f, 0.05 + i * 0.001)) for i, f in enumerate(futs)]
+    await asyncio.sleep(0)
+    assert len(deadlines()) == 50
+    scheduled = [h for h in getattr(loop, "_scheduled", []) if not h.cancelled()]
+    assert len(scheduled) <= 1  # one sweep timer for all of them (asyncio's loop shows it)
+    futs[0].set_result("early")
+    assert await waits[0] == "early"
+    for w in waits[1:]:
+        with pytest.raises(TimeoutError):
+            await w
+    assert loop.time() - start >= 0.05 + 49 * 0.001  # the last one: not before its deadline
+    assert len(deadlines()) == 0
 
 
 @aio
