@@ -118,6 +118,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
         self._applied_waiters = AppliedWaiters()
         self.gate = TurnGate(opts.requests_per_turn)  # bounded work per loop turn (admission.py)
         self._reads_need_leader: list[bytes] = []
+        self._read_hold_s = opts.tick_ms / 1000  # the longest a read batch waits for the last
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self.draining = False  # graceful stop under way: refuse new requests
@@ -591,8 +592,14 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
         pending = list(dict.fromkeys(self._reads_need_leader))
         self._reads_need_leader = []
         if batch is not None:
-            self._reads.close_batch(asyncio.get_running_loop().time())
-            pending.append(batch.context)
+            now = asyncio.get_running_loop().time()
+            # One ReadIndex round in flight at a time (as etcd's read loop): reads arriving
+            # while one is asked wait for the next, issued as soon as it is answered (or after
+            # a tick, should its answer be lost), so a read load costs fewer heartbeat rounds.
+            # Each read is still fenced by a round asked after it arrived (thesis §6.4).
+            if not self._reads.asking(now, self._read_hold_s):
+                self._reads.close_batch(now)
+                pending.append(batch.context)
         for ctx in pending:
             try:
                 self.raw.read_index(ctx)
