@@ -26,11 +26,14 @@ class Writer:
     refused: int = 0  # answered with an error that says "not applied" (503 no_leader ...)
 
 
-def run_writer(c: Cluster, w: Writer, stop: threading.Event) -> None:
+def run_writer(
+    c: Cluster, w: Writer, stop: threading.Event, nodes: tuple[str, ...] = NODE_IDS
+) -> None:
+    """Unique keys, each sent once, round-robin over `nodes` (test_forward_over_peer too)."""
     i = 0
     while not stop.is_set():
         key, value = f"w{w.n}:{i}", f"value-{w.n}-{i}"
-        node = NODE_IDS[(w.n + i) % 3]
+        node = nodes[(w.n + i) % len(nodes)]
         try:
             reply = c.put(node, key, value)
         except HttpError as exc:

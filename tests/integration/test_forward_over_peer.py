@@ -12,7 +12,6 @@ import re
 import ssl
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,14 @@ from raftkv.transport.certs import init_certs
 from tests.integration.cluster import (
     NODE_IDS,
     Cluster,
-    HttpError,
     MakeCluster,
     Node,
     Reply,
     kv_path,
     wait_for,
 )
+from tests.integration.test_client_security import ROOT_PASSWORD, SecureCluster
+from tests.integration.test_crash_recovery import Writer, run_writer
 
 ON: Mapping[str, object] = {"forward_over_peer": True}
 WRITERS = 4
@@ -76,37 +76,6 @@ def test_forwarded_writes_are_acknowledged_and_readable_on_every_node(
             assert reply.json["version"] == 1
 
 
-@dataclass
-class Writer:
-    n: int
-    nodes: list[str]
-    acked: dict[str, str] = field(default_factory=dict)
-    unknown: dict[str, str] = field(default_factory=dict)
-    refused: int = 0
-
-
-def run_writer(c: Cluster, w: Writer, stop: threading.Event) -> None:
-    i = 0
-    while not stop.is_set():
-        key, value = f"w{w.n}:{i}", f"value-{w.n}-{i}"
-        node = w.nodes[(w.n + i) % len(w.nodes)]
-        i += 1
-        try:
-            reply = c.put(node, key, value)
-        except HttpError as exc:
-            if exc.sent:
-                w.unknown[key] = value
-            else:
-                w.refused += 1
-            continue
-        if reply.status == 200:
-            w.acked[key] = value
-        elif reply.status == 503:  # no_leader, not_leader, leader_unreachable: not applied
-            w.refused += 1
-        else:  # 504 outcome_unknown / timeout
-            w.unknown[key] = value
-
-
 def test_leader_killed_under_forwarded_load_loses_no_acked_write_and_applies_none_twice(
     make_cluster: MakeCluster,
 ) -> None:
@@ -117,9 +86,11 @@ def test_leader_killed_under_forwarded_load_loses_no_acked_write_and_applies_non
     c.start()
     leader = c.wait_ready()
     followers = [n for n in NODE_IDS if n != leader]
-    writers = [Writer(n, followers) for n in range(WRITERS)]
+    writers = [Writer(n) for n in range(WRITERS)]
     stop = threading.Event()
-    threads = [threading.Thread(target=run_writer, args=(c, w, stop)) for w in writers]
+    threads = [
+        threading.Thread(target=run_writer, args=(c, w, stop, tuple(followers))) for w in writers
+    ]
     for t in threads:
         t.start()
     try:
@@ -151,31 +122,6 @@ def test_leader_killed_under_forwarded_load_loses_no_acked_write_and_applies_non
                 assert reply.json["value"] == value and reply.json["version"] == 1, (key, reply)
 
 
-ROOT_PASSWORD = "fwd-root-pw"
-
-
-class SecureCluster(Cluster):
-    """HTTPS for the API, mutual TLS on the peer link, auth on, forwarding over the link."""
-
-    def config(self) -> dict[str, object]:
-        conf = super().config()
-        certs = self.root / "certs"
-        conf["tls"] = {
-            "http": {
-                "cert": f"{certs}/{{node_id}}/http.crt",
-                "key": f"{certs}/{{node_id}}/http.key",
-            },
-            "peer": {
-                "cert": f"{certs}/{{node_id}}/peer.crt",
-                "key": f"{certs}/{{node_id}}/peer.key",
-                "ca": f"{certs}/ca.crt",
-            },
-        }
-        conf["auth"] = {"enabled": True}
-        conf["server"] = dict(ON)
-        return conf
-
-
 def https(
     ctx: ssl.SSLContext,
     node: Node,
@@ -204,7 +150,7 @@ def basic(name: str, password: str) -> str:
 def test_the_leader_checks_the_clients_credentials_with_tls_on_the_peer_link(
     tmp_path: Path,
 ) -> None:
-    c = SecureCluster(tmp_path / "secure")
+    c = SecureCluster(tmp_path / "secure")  # forward_over_peer: on by default
     try:
         hosts = sorted({n.host for n in c.nodes.values()} | {"localhost"})
         init_certs(c.root / "certs", list(NODE_IDS), hosts)
@@ -273,13 +219,13 @@ def test_the_leader_checks_the_clients_credentials_with_tls_on_the_peer_link(
 
 
 class OldLeaderCluster(Cluster):
-    """node-1 runs without `forward_over_peer` -- its Hello announces no forwarding frames,
+    """node-1 runs with `forward_over_peer: false` -- its Hello announces no forwarding frames,
     exactly as an older release's -- the others with it."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         old = self.config()
-        old.pop("server", None)
+        old["server"] = {"forward_over_peer": False}
         self.old_config = self.root / "old.yaml"
         self.old_config.write_text(yaml.safe_dump(old, sort_keys=False))
 

@@ -156,7 +156,9 @@ class KVNode(Protocol):
     ) -> T:
         """`fn` over one consistent instant of the local applied state, once it has applied
         `min_revision` and (if linearizable) every write acknowledged before the call;
-        `lease` (with linearizable) may confirm that from the leader's lease instead."""
+        `lease` (with linearizable) may confirm that from the leader's lease instead.
+        Bounded by the node's request timeout (then OperationTimeout, or NoLeaderError): the
+        HTTP layer arms no timer of its own around a single-key read."""
         ...
 
     def local_status(self) -> LocalStatus: ...

@@ -67,7 +67,13 @@ from raftkv.raft.types import (
 )
 from raftkv.runtime import testhooks, votelog
 from raftkv.runtime.admission import TurnGate
-from raftkv.runtime.api import NodeStopping, NoLeaderError, NotLeaderError, OperationTimeout
+from raftkv.runtime.api import (
+    NodeHalted,
+    NodeStopping,
+    NoLeaderError,
+    NotLeaderError,
+    OperationTimeout,
+)
 from raftkv.runtime.features import OWN_VERSIONS
 from raftkv.runtime.halt import HaltSteps
 from raftkv.runtime.member_table import MemberTable, NodeRemoved, initial_conf, load_record
@@ -112,6 +118,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
         self._applied_waiters = AppliedWaiters()
         self.gate = TurnGate(opts.requests_per_turn)  # bounded work per loop turn (admission.py)
         self._reads_need_leader: list[bytes] = []
+        self._read_hold_s = opts.tick_ms / 1000  # the longest a read batch waits for the last
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self.draining = False  # graceful stop under way: refuse new requests
@@ -585,8 +592,14 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
         pending = list(dict.fromkeys(self._reads_need_leader))
         self._reads_need_leader = []
         if batch is not None:
-            self._reads.close_batch(asyncio.get_running_loop().time())
-            pending.append(batch.context)
+            now = asyncio.get_running_loop().time()
+            # One ReadIndex round in flight at a time (as etcd's read loop): reads arriving
+            # while one is asked wait for the next, issued as soon as it is answered (or after
+            # a tick, should its answer be lost), so a read load costs fewer heartbeat rounds.
+            # Each read is still fenced by a round asked after it arrived (thesis §6.4).
+            if not self._reads.asking(now, self._read_hold_s):
+                self._reads.close_batch(now)
+                pending.append(batch.context)
         for ctx in pending:
             try:
                 self.raw.read_index(ctx)
@@ -606,6 +619,21 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
             await asyncio.wait_for(self._leader_known.wait(), max(0.0, deadline - loop.time()))
         except TimeoutError:
             raise NoLeaderError("no leader elected within the wait time") from None
+
+    def leader_elsewhere(self) -> NotLeaderError | None:
+        """On a follower that knows its leader: the NotLeaderError `propose` would raise, found
+        without proposing (no admission slot, no core call). None when `propose` must run: this
+        node leads, no leader is known, or it is stopping or halted (those answers are
+        propose's own)."""
+        try:
+            self.check_serving()  # the same test as propose's, so the two cannot drift
+        except (NodeHalted, NodeStopping):
+            return None
+        raft = self.raw.raft
+        leader = raft.leader
+        if raft.role is Role.LEADER or leader is None or leader == self.id:
+            return None
+        return NotLeaderError(leader, self.leader_http(leader))
 
     def leader_http(self, leader: NodeId | None) -> str | None:
         return self.opts.peers_http.get(leader) if leader is not None else None

@@ -38,7 +38,7 @@ from raftkv.kv.mvcc import MVCCStore
 from raftkv.kv.quota import SpaceRecord, space, usage
 from raftkv.kv.registry import BASE_COMMAND_SET, kind_of
 from raftkv.raft.types import Role
-from raftkv.runtime.api import ROLE_HALTED, LocalStatus, NodeHalted
+from raftkv.runtime.api import ROLE_HALTED, LocalStatus, NodeHalted, NotLeaderError
 from raftkv.runtime.backup import Backups
 from raftkv.runtime.driver import RaftDriver
 from raftkv.runtime.features import OWN_VERSIONS, ClusterVersions, check_enabled, cluster_versions
@@ -115,6 +115,11 @@ class RaftKVNode:
         result = await self.driver.propose(encode_command(cmd))
         assert result is not None  # a command entry always has a result
         return result  # type: ignore[return-value]  # propose returns the apply result
+
+    def leader_elsewhere(self) -> NotLeaderError | None:
+        """What `write` would raise at once on a follower that knows its leader, without
+        proposing; None when `write` must run (RaftDriver.leader_elsewhere)."""
+        return self.driver.leader_elsewhere()
 
     # Shorthands for tests and tools (the server uses `write`/`read`).
     async def propose_command(self, cmd: Command) -> object:

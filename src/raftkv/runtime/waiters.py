@@ -254,6 +254,14 @@ class ReadWaiters:
                 out.append(ctx)
         return out
 
+    def asking(self, now: float, within: float) -> bool:
+        """A batch asked less than `within` seconds ago still waits for its ReadState."""
+        since = now - within
+        return any(
+            b is not self.open_batch and b.asked_at > since and not all(f.done() for f in b.futures)
+            for b in self._awaiting_state.values()
+        )
+
     def drop_done(self) -> None:
         for ctx in [c for c, b in self._awaiting_state.items() if all(f.done() for f in b.futures)]:
             del self._awaiting_state[ctx]

@@ -194,7 +194,7 @@ class ServerSection(_Section, frozen=True, kw_only=True):
             "the peer connection (batched per loop turn) instead of HTTP requests; only to a "
             "leader that announced it (else HTTP, as before)"
         ),
-    ] = False
+    ] = True
     read_workers: Annotated[
         Annotated[int, Meta(ge=0, le=64)] | Literal["auto"],
         Meta(

@@ -17,7 +17,8 @@ Rules:
   the link did not send, and a session write's one re-send.
   Reads are served locally: a linearizable read is
   the runtime's ReadIndex, which works on any node.
-- Every node call runs under `server.request_timeout_ms`. Outcome mapping (`_call`):
+- Every node call runs under `server.request_timeout_ms` (a single-key read is bounded by the
+  node itself: `KVNode.read`, no second timer). Outcome mapping (`call_node`):
   NoLeaderError -> 503 no_leader (nothing was proposed; Retry-After: 1); OperationTimeout or our
   timeout -> 504 timeout (a write's outcome is unknown); NodeStopping -> 503 node_stopping;
   FeatureNotEnabled -> 503 feature_not_enabled (nothing proposed; Retry-After: 5).
@@ -293,8 +294,16 @@ class _Api:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    async def call(self, operation: Awaitable[T], *, write: bool) -> T:
-        return await call_node(operation, self._timeout_s, write=write)
+    async def call(self, operation: Awaitable[T], *, write: bool, timed: bool = True) -> T:
+        return await call_node(operation, self._timeout_s if timed else None, write=write)
+
+    def leader_elsewhere(self) -> NotLeaderError | None:
+        """The node's `leader_elsewhere` (RaftKVNode), if it has one; None otherwise."""
+        check = getattr(self._node, "leader_elsewhere", None)
+        if check is None:
+            return None
+        elsewhere = check()
+        return elsewhere if isinstance(elsewhere, NotLeaderError) else None
 
     async def propose(self, request: web.Request, cmd: Command) -> object:
         """Propose `cmd` (auth management); on a follower, forward the request to the leader
@@ -365,9 +374,12 @@ class _Api:
         return await forwarder.forward(request, body, leader_id, leader_http)
 
 
-async def call_node(operation: Awaitable[T], timeout_s: float, *, write: bool) -> T:
-    """Await a node call under the request timeout, its failures mapped to API errors (rules)."""
+async def call_node(operation: Awaitable[T], timeout_s: float | None, *, write: bool) -> T:
+    """Await a node call under the request timeout (None: the call bounds itself), its
+    failures mapped to API errors (rules)."""
     try:
+        if timeout_s is None:
+            return await operation
         return await run_within(operation, timeout_s)  # as asyncio.timeout, but cheaper
     except NoLeaderError as exc:
         raise ApiError(

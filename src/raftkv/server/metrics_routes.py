@@ -118,22 +118,23 @@ class HttpMetrics(Collector):
             ("route", "status"),
             sorted(merged.items()),
         )
-        fwd = CounterMetricFamily(
+        yield _by_status(
             "raftkv_http_forwarded",
             "Writes this node forwarded to the leader, by the status the client got",
-            labels=["status"],
+            self._forwarded,
         )
-        for code, count in sorted(self._forwarded.items()):
-            fwd.add_metric([str(code)], count)
-        yield fwd
-        peer = CounterMetricFamily(
+        yield _by_status(
             "raftkv_http_forwarded_over_peer",
             "Of the forwarded writes, those the peer link carried (server.forward_over_peer)",
-            labels=["status"],
+            self._over_peer,
         )
-        for code, count in sorted(self._over_peer.items()):
-            peer.add_metric([str(code)], count)
-        yield peer
+
+
+def _by_status(name: str, documentation: str, counts: dict[int, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=["status"])
+    for code, count in sorted(counts.items()):
+        family.add_metric([str(code)], count)
+    return family
 
 
 def _route_name(route: AbstractRoute) -> str:

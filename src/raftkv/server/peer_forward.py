@@ -50,7 +50,6 @@ from raftkv.raft.types import NodeId
 from raftkv.server.errors import ApiError, error_response
 from raftkv.server.fast_http import FastRequest
 from raftkv.server.forward import (
-    FORWARDED_HEADER,
     FORWARDED_REQUEST_HEADERS,
     passed_back,
     request_target,
@@ -275,7 +274,6 @@ class PeerForwardServer:
             if canonical is not None:  # the client's headers that forwarding carries, only
                 headers.add(canonical, value)
         headers[hdrs.CONTENT_LENGTH] = str(len(req.body))
-        headers[FORWARDED_HEADER] = peer
         gate = self._routes.gate
         length = len(req.body)
         try:

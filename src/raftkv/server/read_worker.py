@@ -35,6 +35,7 @@ from aiohttp import web
 
 from raftkv.kv.mvcc import MVCCStore
 from raftkv.runtime.api import KVNode, NotLeaderError
+from raftkv.runtime.waiters import await_within
 from raftkv.server import read_channel as ch
 from raftkv.server.config import LogFormat, Settings
 from raftkv.server.fast_http import FastProtocol, HandBack
@@ -58,13 +59,15 @@ _APPLIED: Final = struct.Struct("<QQ")
 class WorkerNode:
     """The part of a node `KvRoutes.get` calls (`read`), over the worker's LMDB view."""
 
-    def __init__(self, env: lmdb.Environment, channel: ch.Channel) -> None:
+    def __init__(self, env: lmdb.Environment, channel: ch.Channel, timeout_s: float) -> None:
         self._env = env
+        self._timeout_s = timeout_s  # the node's request timeout: a fence waits no longer
         self._dbs = open_dbs(env, env.open_db(b"meta", create=False))
         self._channel = channel
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[int]] = {}
         self._batch: list[tuple[int, bool, int, bool]] = []
+        self._asked: set[int] = set()  # ids of the Fence in flight (one at a time)
         self._loop = asyncio.get_running_loop()
         self.serving = False  # stale reads allowed (the node's Serving)
 
@@ -93,21 +96,26 @@ class WorkerNode:
         rid = next(self._ids)
         fut: asyncio.Future[int] = self._loop.create_future()
         self._waiting[rid] = fut
-        if not self._batch:
+        if not self._batch and not self._asked:
             self._loop.call_soon(self._send_batch)
         self._batch.append((rid, linearizable, min_revision, lease))
         try:
-            return await fut
+            return await await_within(fut, self._timeout_s)  # 504, as the node's own read
         finally:
             self._waiting.pop(rid, None)
 
     def _send_batch(self) -> None:
+        # One Fence in flight at a time (as etcd's read loop): the reads arriving meanwhile go
+        # in the next one, asked once this one is answered, so the node runs fewer, fuller
+        # rounds. Each read is still fenced by a round asked after it arrived.
         batch, self._batch = self._batch, []
         if batch:
+            self._asked = {rid for rid, *_ in batch}
             self._channel.send(ch.Fence(batch))
 
     def fenced(self, reads: list[tuple[int, int, int]]) -> None:
         for rid, status, applied in reads:
+            self._asked.discard(rid)
             fut = self._waiting.get(rid)
             if fut is None or fut.done():
                 continue  # its request timed out or its client left
@@ -115,6 +123,8 @@ class WorkerNode:
                 fut.set_result(applied)
             else:
                 fut.set_exception(HandBack())
+        if not self._asked:
+            self._send_batch()
 
     def abort(self) -> None:
         for fut in self._waiting.values():
@@ -128,13 +138,17 @@ class _Calls:
     def __init__(self, timeout_s: float) -> None:
         self._timeout_s = timeout_s
 
-    async def call(self, operation: Awaitable[T], *, write: bool) -> T:
-        return await call_node(operation, self._timeout_s, write=write)
+    async def call(self, operation: Awaitable[T], *, write: bool, timed: bool = True) -> T:
+        # WorkerNode.read bounds its fence itself, as the node's read does (timed=False).
+        return await call_node(operation, self._timeout_s if timed else None, write=write)
 
     async def forward(
         self, request: web.Request, body: bytes, exc: NotLeaderError
     ) -> web.StreamResponse:
         raise HandBack  # a worker serves reads only: never reached
+
+    def leader_elsewhere(self) -> NotLeaderError | None:
+        return None  # a worker proposes nothing (writes are handed back to the node)
 
 
 class _Served:
@@ -189,7 +203,7 @@ class Worker:
             subdir=True,
             map_size=init.map_size,
         )
-        self._node = WorkerNode(env, self.channel)
+        self._node = WorkerNode(env, self.channel, init.request_timeout_ms / 1000)
         self._node.serving = self._serving
         calls = _Calls(init.request_timeout_ms / 1000)
         # KvRoutes.get reads no settings (only writes check value sizes): none are passed.

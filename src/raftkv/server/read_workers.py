@@ -113,6 +113,8 @@ class ReadWorkers:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         self.given_up = False  # too many deaths: the node serves everything itself
+        self.fences = 0  # Fence messages answered (a batch each)
+        self.fenced_reads = 0  # reads in them
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -168,6 +170,7 @@ class ReadWorkers:
     async def stop(self) -> None:
         """Stop every worker (replies in progress finish); kill those that do not exit."""
         self._stopping = True
+        log.info("read workers stopping", fences=self.fences, fenced_reads=self.fenced_reads)
         workers = [w for w in self._workers if w is not None]
         for w in workers:
             if w.channel is not None:
@@ -298,6 +301,8 @@ class ReadWorkers:
                 worker.channel.close()
 
     def _fence(self, worker: _Worker, reads: list[tuple[int, bool, int, bool]]) -> None:
+        self.fences += 1
+        self.fenced_reads += len(reads)
         groups: dict[tuple[bool, int, bool], list[int]] = {}
         for rid, linearizable, min_revision, lease in reads:
             groups.setdefault((linearizable, max(0, min_revision), lease), []).append(rid)

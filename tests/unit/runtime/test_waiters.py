@@ -1,4 +1,5 @@
-"""ProposalWaiters: a reused index fails the displaced waiter at once (hole 10)."""
+"""ProposalWaiters: a reused index fails the displaced waiter at once (hole 10); ReadWaiters:
+whether a ReadIndex round is still being asked (the driver holds the next batch meanwhile)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from raftkv.runtime.waiters import (
     SWEEP_S,
     ProposalLost,
     ProposalWaiters,
+    ReadWaiters,
     await_within,
     deadlines,
     run_within,
@@ -122,3 +124,24 @@ async def test_coarse_deadlines_never_fire_early_and_share_one_timer() -> None:
             await w
     assert loop.time() - start >= 0.05 + 49 * 0.001  # the last one: not before its deadline
     assert len(deadlines()) == 0
+
+
+@aio
+async def test_a_round_is_asking_until_answered_or_a_tick_passed() -> None:
+    w = ReadWaiters(b"n1")
+    assert not w.asking(10.0, 0.025)
+    fut, first, _ = w.join()
+    assert not w.asking(10.0, 0.025)  # the open batch is not asked yet
+    w.close_batch(10.0)
+    assert w.asking(10.01, 0.025)  # asked and unanswered: the next batch waits
+    assert not w.asking(10.03, 0.025)  # a tick later: its answer may be lost, ask anyway
+    _, second, _ = w.join()
+    assert w.asking(10.01, 0.025)  # the open second batch does not count, the first does
+    w.read_state(first.context, Index(3), Index(3))
+    assert fut.done()
+    assert not w.asking(10.01, 0.025)  # answered: the held batch goes now
+    w.close_batch(10.02)
+    assert w.asking(10.03, 0.025)
+    for f in second.futures:
+        f.cancel()  # every reader of the asked batch left: nothing to wait for
+    assert not w.asking(10.03, 0.025)

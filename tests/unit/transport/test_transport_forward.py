@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from raftkv.codec.forward import (
@@ -37,17 +38,21 @@ class Recorder:
         )
 
 
-async def _pair(a_fwd: int, b_fwd: int) -> tuple[Node, Node]:
+@contextlib.asynccontextmanager
+async def _pair(a_fwd: int, b_fwd: int) -> AsyncIterator[tuple[Node, Node]]:
     a = await Node("a", forwarding=a_fwd).start()
     b = await Node("b", forwarding=b_fwd).start()
-    await wire([a, b])
-    return a, b
+    try:
+        await wire([a, b])
+        yield a, b
+    finally:
+        await a.stop()
+        await b.stop()
 
 
 def test_batch_and_replies_travel_between_nodes_that_announced(run: Run) -> None:
     async def scenario() -> None:
-        a, b = await _pair(FORWARDING_VERSION, FORWARDING_VERSION)
-        try:
+        async with _pair(FORWARDING_VERSION, FORWARDING_VERSION) as (a, b):
             at_a, at_b = Recorder(a), Recorder(b)
             await eventually(lambda: a.transport.forwarding_version(B) == FORWARDING_VERSION)
             a.transport.send([hb("a", "b", 1)])  # queued this turn: goes out first
@@ -58,75 +63,55 @@ def test_batch_and_replies_travel_between_nodes_that_announced(run: Run) -> None
             assert at_b.frames == [(A, batch(1, 2)), (A, batch(3))]
             assert b.transport.send_forward(A, replies(2, 1))
             await eventually(lambda: at_a.frames == [(B, replies(2, 1))])
-        finally:
-            await a.stop()
-            await b.stop()
 
     run(scenario())
 
 
 def test_no_batch_to_a_peer_that_did_not_announce(run: Run) -> None:
     async def scenario() -> None:
-        a, b = await _pair(FORWARDING_VERSION, 0)  # b plays an older node
-        try:
+        async with _pair(FORWARDING_VERSION, 0) as (a, b):  # b plays an older node
             Recorder(b)
             await eventually(lambda: A in b.transport.inbound_peers())
             await eventually(lambda: B in a.transport.inbound_peers())
             assert a.transport.forwarding_version(B) == 0
             assert not a.transport.send_forward(B, batch(1))
-        finally:
-            await a.stop()
-            await b.stop()
 
     run(scenario())
 
 
 def test_a_batch_to_a_node_that_did_not_announce_drops_the_link(run: Run) -> None:
     async def scenario() -> None:
-        a, b = await _pair(FORWARDING_VERSION, 0)
-        try:
+        async with _pair(FORWARDING_VERSION, 0) as (a, b):
             at_a, at_b = Recorder(a), Recorder(b)
             peer = a.transport._peers[B]
             assert peer.flush(raw=encode_frame(batch(1)))  # past the gate, as a rogue peer
             await eventually(lambda: A in at_b.down)  # b dropped a's connection
             await eventually(lambda: B in at_a.down)  # and a saw its link end
             assert at_b.frames == []
-        finally:
-            await a.stop()
-            await b.stop()
 
     run(scenario())
 
 
 def test_link_ends_are_told_and_the_gate_closes_with_the_link(run: Run) -> None:
     async def scenario() -> None:
-        a, b = await _pair(FORWARDING_VERSION, FORWARDING_VERSION)
-        at_a = Recorder(a)
-        try:
+        async with _pair(FORWARDING_VERSION, FORWARDING_VERSION) as (a, b):
+            at_a = Recorder(a)
             await eventually(lambda: a.transport.forwarding_version(B) == FORWARDING_VERSION)
-        finally:
-            await b.stop()
-        try:
+            await b.stop()  # (stopping again on the way out does nothing)
             await eventually(lambda: at_a.down.count(B) >= 2)  # our link out, and b's link in
             assert a.transport.forwarding_version(B) == 0
             assert not a.transport.send_forward(B, batch(1))
-        finally:
-            await a.stop()
 
     run(scenario())
 
 
 def test_frames_without_a_handler_are_dropped_not_the_link(run: Run) -> None:
     async def scenario() -> None:
-        a, b = await _pair(FORWARDING_VERSION, FORWARDING_VERSION)
-        try:
+        async with _pair(FORWARDING_VERSION, FORWARDING_VERSION) as (a, b):
             await eventually(lambda: a.transport.forwarding_version(B) == FORWARDING_VERSION)
             assert a.transport.send_forward(B, batch(1))
             a.transport.send([hb("a", "b", 5)])
             assert await b.next() == hb("a", "b", 5)  # the link survived the dropped frame
             assert A in b.transport.inbound_peers()
-        finally:
-            await a.stop()
-            await b.stop()
 
     run(scenario())
