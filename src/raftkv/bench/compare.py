@@ -121,6 +121,21 @@ class CompareOptions:
         return tuple(t for t in TESTS if not self.only or t.name in self.only)
 
 
+def cost_options(args: Any) -> tuple[list[LoadTest], CompareOptions]:
+    """The loads and options of an A/B cost benchmark (engine_cost, read_workers_cost) from its
+    --tests, --rounds, --duration and --workdir arguments; the workdir is emptied."""
+    tests = [t for t in TESTS if t.name in args.tests.split(",")]
+    opts = CompareOptions(
+        rounds=args.rounds,
+        duration_s=args.duration,
+        failovers=0,
+        stability_s=1.0,
+        workdir=args.workdir,
+    )
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    return tests, opts
+
+
 def machine_info() -> dict[str, str]:
     model = "unknown"
     try:

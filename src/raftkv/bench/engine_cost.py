@@ -16,12 +16,11 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from raftkv.bench.clusters import EtcdCluster, LocalCluster
-from raftkv.bench.compare import TESTS, CompareOptions, load_run
+from raftkv.bench.compare import cost_options, load_run
 from raftkv.bench.runner import fill_keyspace
 from raftkv.bench.spec import System
 from raftkv.bench.stats import median
@@ -37,15 +36,7 @@ def main() -> None:
     ap.add_argument("--no-etcd", action="store_true")
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/raftkv-engine-cost"))
     args = ap.parse_args()
-    tests = [t for t in TESTS if t.name in args.tests.split(",")]
-    opts = CompareOptions(
-        rounds=args.rounds,
-        duration_s=args.duration,
-        failovers=0,
-        stability_s=1.0,
-        workdir=args.workdir,
-    )
-    shutil.rmtree(args.workdir, ignore_errors=True)
+    tests, opts = cost_options(args)
     systems = SYSTEMS[:2] if args.no_etcd else SYSTEMS
     clusters: dict[str, LocalCluster | EtcdCluster] = {
         name: (
