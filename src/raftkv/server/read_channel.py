@@ -178,12 +178,14 @@ class Channel:
             return False
         return True
 
-    def _try_send(self, data: bytes, fd: int) -> bool:
+    def _try_send(self, data: bytes, fd: int, *, queued: bool = False) -> bool:
+        """True: sent, or dropped. `fd` is closed exactly once: here, or (the channel closing
+        with it still queued) by `close`."""
         try:
             sent = self._sendmsg(data, fd)
         except OSError as exc:
-            if fd >= 0:
-                os.close(fd)  # ours since `send`; never queued, so `close` would not see it
+            if fd >= 0 and (not queued or exc.errno == errno.EMSGSIZE):
+                os.close(fd)  # not queued, or popped by `_writable` without closing it
             if exc.errno == errno.EMSGSIZE:
                 # One message over the socket's datagram limit (wmem_default, ~208 KiB: a
                 # connection handed back with many pipelined requests): that connection is
@@ -198,7 +200,7 @@ class Channel:
     def _writable(self) -> None:
         while self._queue and not self.closed:
             data, fd = self._queue[0]
-            if not self._try_send(data, fd):
+            if not self._try_send(data, fd, queued=True):
                 return
             if self._queue:
                 self._queue.popleft()

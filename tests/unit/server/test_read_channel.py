@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import os
 import socket
 
@@ -168,3 +169,26 @@ async def test_a_message_over_the_datagram_limit_drops_its_connection_not_the_ch
         client.close()
         worker.channel.close()
         node.channel.close()
+
+
+@aio
+async def test_a_queued_connection_is_closed_once_when_the_other_end_goes() -> None:
+    a, b = ch.pair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    node = _End(a)
+    client, server = socket.socketpair()
+    try:
+        filler = ch.encode(ch.Fenced([(1, ch.FENCE_OK, 1)] * 8))
+        with contextlib.suppress(BlockingIOError):
+            while True:  # fill the socket past the channel: its next message is queued first
+                a.send(filler)
+        node.channel.send(ch.Conn(b"GET"), server.fileno())
+        assert len(node.channel._queue) == 1
+        server.close()
+        b.close()  # the worker is gone: the queued send fails, the channel closes
+        async with asyncio.timeout(10):
+            await node.closed.wait()
+        # The queued connection's descriptor (the last one) was closed: the client sees EOF.
+        assert client.recv(16) == b""
+    finally:
+        client.close()
