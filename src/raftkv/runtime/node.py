@@ -202,8 +202,8 @@ class RaftKVNode:
 
     def is_ready(self) -> bool:
         st = self.driver.status()
-        if st.leader is None or self.driver.halted is not None:
-            return False
+        if st.leader is None or self.driver.halted is not None or self.driver.failed:
+            return False  # failed: on its way out after a storage failure, taking nothing
         return st.role is Role.LEADER or caught_up(st.commit, self.driver.sm.applied_index)
 
     def peer_http_addresses(self) -> Mapping[str, str]:

@@ -73,6 +73,18 @@ def peer_forwardable(request: web.Request) -> bool:
     return request.method in ("PUT", "DELETE") and request_target(request).startswith("/kv/")
 
 
+def _utf8(target: str, headers: Iterable[tuple[str, str]]) -> bool:
+    """Can the target and header values travel as msgpack strings (UTF-8)? A client's
+    non-UTF-8 bytes arrive as lone surrogates (surrogateescape), which cannot."""
+    try:
+        target.encode()
+        for _, value in headers:
+            value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _size(headers: Iterable[tuple[str, str]], *parts: str | bytes) -> int:
     return _OVERHEAD + sum(len(n) + len(v) for n, v in headers) + sum(len(p) for p in parts)
 
@@ -113,9 +125,12 @@ class PeerForwardClient:
             for name in FORWARDED_REQUEST_HEADERS
             if (value := req_headers.get(name)) is not None
         )
-        fwd = ForwardedRequest(
-            next(self._ids), request.method, request_target(request), headers, body
-        )
+        target = request_target(request)
+        if not _utf8(target, headers):
+            # msgpack strings are UTF-8; the HTTP path passes the client's bytes through as
+            # they came (surrogateescape). Nothing was sent: HTTP takes it.
+            raise NotSent("a header value or the target is not UTF-8")
+        fwd = ForwardedRequest(next(self._ids), request.method, target, headers, body)
         pending = _Pending(self._loop.create_future(), leader_id)
         self._queued.setdefault(leader_id, []).append((fwd, pending))
         if self._flush_handle is None:
@@ -153,7 +168,12 @@ class PeerForwardClient:
         if not live:
             return
         batch = ForwardBatch(tuple(req for req, _ in live))
-        if not self._link.send_forward(NodeId(leader), batch):
+        try:
+            taken = self._link.send_forward(NodeId(leader), batch)
+        except Exception as exc:  # encoding fails before any byte is written: none was sent
+            log.warning("forward batch not encodable", leader=leader, error=repr(exc))
+            taken = False
+        if not taken:
             for _, p in live:
                 p.future.set_exception(NotSent("the peer link to the leader took no frame"))
             return

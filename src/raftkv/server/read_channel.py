@@ -23,6 +23,7 @@ import array
 import asyncio
 import collections
 import contextlib
+import errno
 import os
 import socket
 from collections.abc import Callable
@@ -180,7 +181,14 @@ class Channel:
     def _try_send(self, data: bytes, fd: int) -> bool:
         try:
             sent = self._sendmsg(data, fd)
-        except OSError:
+        except OSError as exc:
+            if fd >= 0:
+                os.close(fd)  # ours since `send`; never queued, so `close` would not see it
+            if exc.errno == errno.EMSGSIZE:
+                # One message over the socket's datagram limit (wmem_default, ~208 KiB: a
+                # connection handed back with many pipelined requests): that connection is
+                # dropped, not the channel and every connection the worker serves.
+                return True
             self.close()
             return True  # dropped with the channel
         if sent and fd >= 0:

@@ -103,6 +103,7 @@ async def test_snapshot_build_failure_stops_node_without_compaction(tmp_path: Pa
     with pytest.raises(NodeStopping):
         await node.get("k0", linearizable=True)
     assert node.driver.sm.get("after") is None
+    assert not node.is_ready()  # /ready 503: load balancers stop sending it requests
     await node.stop()
 
 

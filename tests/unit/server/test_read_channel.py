@@ -146,3 +146,25 @@ async def test_the_other_end_closing_is_seen() -> None:
         await worker.closed.wait()
     assert worker.channel.closed
     worker.channel.send(ch.Ready())  # a no-op once closed
+
+
+@aio
+async def test_a_message_over_the_datagram_limit_drops_its_connection_not_the_channel() -> None:
+    a, b = ch.pair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # a small limit, whatever the box
+    worker, node = _End(a), _End(b)
+    client, server = socket.socketpair()
+    try:
+        # A connection handed back with more unanswered bytes than one datagram holds.
+        worker.channel.send(ch.Back(b"G" * 65536), server.fileno())
+        server.close()
+        assert not worker.channel.closed  # the worker keeps serving its other connections
+        client.settimeout(5)
+        assert client.recv(16) == b""  # its connection was closed: no descriptor leaked open
+        worker.channel.send(ch.Stats([], 1))
+        await node.wait(1)
+        assert node.got == [(ch.Stats([], 1), -1)]
+    finally:
+        client.close()
+        worker.channel.close()
+        node.channel.close()
