@@ -36,7 +36,8 @@ Rules:
   to the peer is up and -- for a batch -- the peer's live inbound connection announced
   forwarding (`forwarding_version`); it says whether the frame was handed to the socket.
   Inbound forward frames go to the handler set with `set_forward_handlers`, and so does
-  every end of a live link in either direction (`on_link_down`).
+  every end of a live link in either direction (`on_link_down`); up to _MAX_EARLY_BATCHES
+  batches that arrive before the first handler is set wait for it (`_forwarding.py`).
   This node announces `forwarding` in its Hello.
 - `stop` cancels and awaits every task it started and closes every socket: no leaks.
 - Works on the default asyncio loop and on uvloop.
@@ -55,7 +56,6 @@ from typing import Any
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from raftkv.codec.forward import ForwardBatch, ForwardReplies
 from raftkv.codec.wire import (
     MAX_FRAME_BYTES,
     SNAPSHOT_REJECTED_SINCE_FORMAT,
@@ -70,6 +70,7 @@ from raftkv.raft.messages import (
 )
 from raftkv.raft.types import NodeId
 from raftkv.transport._common import TransportTuning
+from raftkv.transport._forwarding import ForwardingSide
 from raftkv.transport._handshake import HELLO_MAX_BYTES
 from raftkv.transport._inbound import InboundSide
 from raftkv.transport._outbound import OutboundPeer
@@ -95,7 +96,7 @@ def _ignore_snapshot_rejected(peer: NodeId, msg: SnapshotRejected) -> None:
     pass
 
 
-class PeerTransport:
+class PeerTransport(ForwardingSide):
     """Sends Raft messages to peers and delivers theirs to `on_message`."""
 
     def __init__(
@@ -124,9 +125,7 @@ class PeerTransport:
     ) -> None:
         self._node_id = node_id
         self._forwarding = forwarding  # the forwarding version we announce (0: none)
-        self._forward_handler: Callable[[NodeId, ForwardBatch | ForwardReplies], None] | None
-        self._forward_handler = None
-        self._link_down_handler: Callable[[NodeId], None] | None = None
+        self._init_forwarding()
         self._advertise = advertise  # (format, command set) we understand, sent in our Hello
         self._cluster_name = cluster_name
         self._listen = listen
@@ -177,54 +176,6 @@ class PeerTransport:
     def peer_versions(self) -> Mapping[NodeId, tuple[int, int]]:
         """(format, command set) each peer advertised in its latest accepted Hello."""
         return self._in.versions
-
-    # ---- write forwarding (codec/forward.py) ------------------------------------------------
-
-    def set_forward_handlers(
-        self,
-        on_forward: Callable[[NodeId, ForwardBatch | ForwardReplies], None] | None,
-        on_link_down: Callable[[NodeId], None] | None,
-    ) -> None:
-        """Where inbound forward frames and link ends go (None: frames are dropped, logged)."""
-        self._forward_handler = on_forward
-        self._link_down_handler = on_link_down
-
-    @property
-    def max_frame_bytes(self) -> int:
-        """The largest frame payload a peer accepts from us (the same limit as ours)."""
-        return self._max_frame_bytes
-
-    def forwarding_version(self, peer: NodeId) -> int:
-        """The forwarding version `peer` announced on its live connection to us (0: none, or
-        not connected)."""
-        return self._in.features.get(peer, 0)
-
-    def send_forward(self, to: NodeId, frame: ForwardBatch | ForwardReplies) -> bool:
-        """Write `frame` to `to` now (behind anything queued for it). False: nothing was handed
-        to the socket (not running, `to` not connected, a batch to a peer that did not
-        announce forwarding, over the frame limit, or the write buffer full)."""
-        peer = self._peers.get(to)
-        if not self._running or peer is None or not peer.connected:
-            return False
-        if isinstance(frame, ForwardBatch) and self.forwarding_version(to) < 1:
-            return False
-        buf = bytearray()
-        if append_frame(buf, frame) > self._max_frame_bytes:
-            return False
-        self._dirty.pop(to, None)
-        return peer.flush(raw=bytes(buf))
-
-    def _take_forward(self, peer: NodeId, frame: ForwardBatch | ForwardReplies) -> bool:
-        handler = self._forward_handler
-        if handler is None:
-            return False
-        handler(peer, frame)
-        return True
-
-    def _link_down(self, peer: NodeId) -> None:
-        handler = self._link_down_handler
-        if handler is not None:
-            handler(peer)
 
     def report_snapshot_rejected(self, to: NodeId, msg: SnapshotRejected) -> bool:
         """Tell `to` that the snapshot it sent us was discarded; False if not sent (`to` is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -105,7 +106,7 @@ def test_link_ends_are_told_and_the_gate_closes_with_the_link(run: Run) -> None:
     run(scenario())
 
 
-def test_frames_without_a_handler_are_dropped_not_the_link(run: Run) -> None:
+def test_a_frame_before_any_handler_keeps_the_link(run: Run) -> None:
     async def scenario() -> None:
         async with _pair(FORWARDING_VERSION, FORWARDING_VERSION) as (a, b):
             await eventually(lambda: a.transport.forwarding_version(B) == FORWARDING_VERSION)
@@ -113,5 +114,27 @@ def test_frames_without_a_handler_are_dropped_not_the_link(run: Run) -> None:
             a.transport.send([hb("a", "b", 5)])
             assert await b.next() == hb("a", "b", 5)  # the link survived the dropped frame
             assert A in b.transport.inbound_peers()
+
+    run(scenario())
+
+
+def test_batches_before_the_handler_wait_for_it_and_none_after_it_is_removed(run: Run) -> None:
+    async def scenario() -> None:
+        async with _pair(FORWARDING_VERSION, FORWARDING_VERSION) as (a, b):
+            await eventually(lambda: a.transport.forwarding_version(B) == FORWARDING_VERSION)
+            assert a.transport.send_forward(B, batch(1))  # b's server has not started yet
+            a.transport.send([hb("a", "b", 1)])
+            assert await b.next() == hb("a", "b", 1)  # so the batch has arrived
+            at_b = Recorder(b)
+            await eventually(lambda: at_b.frames == [(A, batch(1))])
+            b.transport.set_forward_handlers(None, None)  # b's server stops
+            assert a.transport.send_forward(B, batch(2))
+            a.transport.send([hb("a", "b", 2)])
+            assert await b.next() == hb("a", "b", 2)
+            late = Recorder(b)  # batch 2 was dropped while no handler was set, not kept
+            a.transport.send([hb("a", "b", 3)])
+            assert await b.next() == hb("a", "b", 3)
+            await asyncio.sleep(0)  # a replay would be a call_soon away: let it run
+            assert late.frames == [] and at_b.frames == [(A, batch(1))]
 
     run(scenario())
