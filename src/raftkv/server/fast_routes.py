@@ -25,7 +25,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from raftkv.server.auth import Authenticator
 from raftkv.server.errors import Handler, error_reply
-from raftkv.server.fast_http import FastProtocol, FastRequest, HandBack
+from raftkv.server.fast_http import FastProtocol
+from raftkv.server.fast_request import FastRequest, HandBack
 from raftkv.server.limits import BodyGate
 from raftkv.server.metrics_routes import CANCELLED
 

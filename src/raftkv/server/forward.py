@@ -56,7 +56,7 @@ import structlog
 from aiohttp import web
 
 from raftkv.server.errors import ApiError
-from raftkv.server.fast_http import FastRequest
+from raftkv.server.fast_request import FastRequest
 from raftkv.server.forward_client import (
     LeaderClient,
     MaybeSent,

@@ -48,7 +48,7 @@ from raftkv.codec.forward import (
 )
 from raftkv.raft.types import NodeId
 from raftkv.server.errors import ApiError, error_response
-from raftkv.server.fast_http import FastRequest
+from raftkv.server.fast_request import FastRequest
 from raftkv.server.forward import (
     FORWARDED_REQUEST_HEADERS,
     passed_back,

@@ -38,7 +38,8 @@ from raftkv.runtime.api import KVNode, NotLeaderError
 from raftkv.runtime.waiters import await_within
 from raftkv.server import read_channel as ch
 from raftkv.server.config import LogFormat, Settings
-from raftkv.server.fast_http import FastProtocol, HandBack
+from raftkv.server.fast_http import FastProtocol
+from raftkv.server.fast_request import HandBack
 from raftkv.server.fast_routes import FastRoutes, FastServer
 from raftkv.server.http import call_node
 from raftkv.server.inputs import max_body_bytes
