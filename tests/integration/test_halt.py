@@ -12,14 +12,25 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
+
 from tests.integration.cluster import MakeCluster, wait_for
 
 
-def test_a_halting_leader_steps_out_and_an_upgrade_resumes(make_cluster: MakeCluster) -> None:
-    c = make_cluster()
+@pytest.mark.parametrize("read_workers", [0, 1])
+def test_a_halting_leader_steps_out_and_an_upgrade_resumes(
+    make_cluster: MakeCluster, read_workers: int
+) -> None:
+    # With a read worker (server.read_workers), half the fresh GET connections below reach
+    # it: it must answer exactly as the node (node_halted), for stale reads too.
+    c = make_cluster(server_extra={"read_workers": read_workers})
     c.start_node("node-1", env={"RAFTKV_TEST_UNDECODABLE": "poison-key"})
     c.start(["node-2", "node-3"])
     c.wait_ready()
+    if read_workers:
+        wait_for(
+            "node-1's read worker", lambda: "read worker ready" in c.nodes["node-1"].log_text()
+        )
 
     def node1_leads() -> bool:
         leader = c.leader()
@@ -61,7 +72,9 @@ def test_a_halting_leader_steps_out_and_an_upgrade_resumes(make_cluster: MakeClu
     seen = c.status(new_leader)["nodes"]["node-1"]
     assert seen["state"] == "Halted" and seen["halted"]["index"] == idx, seen
     assert not seen["is_leader"], seen
-    assert c.get("node-1", "before").json["code"] == "node_halted"
+    for consistency in (None, "stale", None, "stale", None, "stale"):
+        got = c.get("node-1", "before", consistency)
+        assert got.status == 503 and got.json["code"] == "node_halted", got
     metrics = c.req("node-1", "GET", "/metrics")
     assert metrics.status == 200 and b'raftkv_alarm{alarm="halted"} 1.0' in metrics.body, metrics
     out = c.nodes["node-1"].log_text()
