@@ -80,14 +80,15 @@ def _worker_cluster(make_cluster: object) -> tuple[Cluster, str, str]:
 
 
 def _worker_connections(cluster: Cluster, node_id: str, n: int) -> list[_KeepAlive]:
-    """`n` connections to `node_id`, each started with a GET; at least one is a worker's."""
+    """`n` connections to `node_id`, each started with a stale GET (only those move to a
+    worker); at least one is a worker's, and keeps serving every request sent on it."""
     node = cluster.nodes[node_id]
     assert node.proc is not None
     (worker,) = _children(node.proc.pid)
     before = _sockets(worker)
     conns = [_KeepAlive(node.http) for _ in range(n)]
     for conn in conns:
-        assert conn.send("GET", kv_path("absent"))[0] == 404
+        assert conn.send("GET", kv_path("absent", "consistency=stale"))[0] == 404
     assert _sockets(worker) > before, "no connection reached the read worker"
     return conns
 

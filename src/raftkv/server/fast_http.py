@@ -25,7 +25,7 @@ Rules:
   the in-flight body bytes (BodyGate's own counter, reserved from headers to reply), and a
   request whose client disconnects is cancelled. Pipelined requests are answered in order; at
   most MAX_PIPELINED wait before reading pauses.
-- Read workers (`read_workers.py`): a connection whose first request is a GET may move to a
+- Read workers (`read_workers.py`): a connection whose first request is a stale GET may move to a
   worker process (its descriptor and the bytes since that request; the node keeps a share).
   In a worker, whatever it does not serve goes back to the node instead of to aiohttp
   (`FastServer.hand_back`), and a handler raising `HandBack` sends the connection back with
@@ -56,6 +56,7 @@ MAX_HEADERS: Final = 128  # aiohttp's parser refuses more (handed off, so it doe
 MAX_PIPELINED: Final = 16  # parsed requests waiting for their turn before reading pauses
 _KV: Final = b"/kv/"
 _CRLFCRLF: Final = b"\r\n\r\n"
+_STALE: Final = b"consistency=stale"
 # Request headers that make a request aiohttp's (see the rules).
 _HANDED_OFF_HEADERS: Final = frozenset(
     {b"expect", b"content-encoding", b"transfer-encoding", b"upgrade"}
@@ -220,7 +221,10 @@ class FastProtocol(asyncio.Protocol):
             raise _HandOff  # aiohttp answers 413 / 503 server_busy, or reads the odd body
         if self._fresh:
             self._fresh = False
-            if method == "GET" and server.workers is not None:
+            # Only a stale read moves a connection: a linearizable one served by a worker waits
+            # for this node's fence anyway, so it gains nothing (docs/http-engine.md). A
+            # routing hint only: a worker serves any read on its connections correctly.
+            if method == "GET" and server.workers is not None and _STALE in query:
                 self._to_worker = server.workers.choose()
                 if self._to_worker is not None:
                     raise _HandOff

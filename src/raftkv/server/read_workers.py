@@ -4,7 +4,7 @@ Rules:
 - Only with the fast engine, plain HTTP (no `tls.http`: a TLS session cannot move between
   processes) and `auth.enabled` off (the workers check no tokens), on the LMDB state backend.
   Otherwise the node serves everything itself, as with `read_workers: 0`.
-- A connection whose FIRST request is a fast-path GET is handed to a worker (round robin): its
+- A connection whose FIRST request is a fast-path stale GET is handed to a worker (round robin): its
   descriptor and the bytes read so far go over the worker's channel (`read_channel.py`), and the
   node closes its own descriptor. A connection that starts with anything else stays here, so
   write loads never pass through a worker. A worker hands a connection back (with the bytes of
