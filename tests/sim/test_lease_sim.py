@@ -52,18 +52,16 @@ def test_lease_reads_on_every_seed_stay_linearizable() -> None:
     assert served > len(seeds) and fell_back > len(seeds), (served, fell_back, ok)
 
 
-@pytest.mark.parametrize("bug", sorted(FIRST_CAUGHT))
-def test_planted_lease_bug_is_caught(bug: str) -> None:
-    seed = FIRST_CAUGHT[bug]
-    results = sweep(
-        [seed],
-        EVENTS,
-        jobs=1,
-        options=SimOptions(factory=LEASE_BUGS[bug], leases=True),
-        timeout=TIMEOUT,
-    )
+def assert_caught(bug: str, seed: int, options: SimOptions) -> None:
+    """The planted `bug` breaks linearizability on `seed` under `options`."""
+    results = sweep([seed], EVENTS, jobs=1, options=options, timeout=TIMEOUT)
     kinds = {v.kind for v in results[0].violations}
     assert kinds & {"stale_read", "not_linearizable"}, f"{bug} not caught at seed {seed}: {kinds}"
+
+
+@pytest.mark.parametrize("bug", sorted(FIRST_CAUGHT))
+def test_planted_lease_bug_is_caught(bug: str) -> None:
+    assert_caught(bug, FIRST_CAUGHT[bug], SimOptions(factory=LEASE_BUGS[bug], leases=True))
 
 
 @pytest.mark.slow
@@ -93,13 +91,4 @@ def test_lease_reads_stay_linearizable_when_leaders_are_deposed() -> None:
 
 @pytest.mark.parametrize("bug", sorted(DEPOSE_CAUGHT))
 def test_planted_lease_bug_is_caught_when_leaders_are_deposed(bug: str) -> None:
-    seed = DEPOSE_CAUGHT[bug]
-    results = sweep(
-        [seed],
-        EVENTS,
-        jobs=1,
-        options=SimOptions(factory=LEASE_BUGS[bug], depose=True),
-        timeout=TIMEOUT,
-    )
-    kinds = {v.kind for v in results[0].violations}
-    assert kinds & {"stale_read", "not_linearizable"}, f"{bug} not caught at seed {seed}: {kinds}"
+    assert_caught(bug, DEPOSE_CAUGHT[bug], SimOptions(factory=LEASE_BUGS[bug], depose=True))

@@ -62,6 +62,13 @@ class _End:
                 await self.arrived.wait()
 
 
+async def _still_carries(sender: _End, receiver: _End) -> None:
+    """A message from `sender` arrives at `receiver`, alone: the channel still works."""
+    sender.channel.send(ch.Stats([], 1))
+    await receiver.wait(1)
+    assert receiver.got == [(ch.Stats([], 1), -1)]
+
+
 @aio
 async def test_a_connection_travels_with_its_bytes_and_stays_usable() -> None:
     a, b = ch.pair()
@@ -76,10 +83,7 @@ async def test_a_connection_travels_with_its_bytes_and_stays_usable() -> None:
         with socket.socket(fileno=fd) as moved:
             moved.sendall(b"reply")
             assert client.recv(16) == b"reply"
-        # and back, through the queueing send
-        worker.channel.send(ch.Stats([], 1))
-        await node.wait(1)
-        assert node.got[0] == (ch.Stats([], 1), -1)
+        await _still_carries(worker, node)  # and back, through the queueing send
     finally:
         client.close()
         node.channel.close()
@@ -162,9 +166,7 @@ async def test_a_message_over_the_datagram_limit_drops_its_connection_not_the_ch
         assert not worker.channel.closed  # the worker keeps serving its other connections
         client.settimeout(5)
         assert client.recv(16) == b""  # its connection was closed: no descriptor leaked open
-        worker.channel.send(ch.Stats([], 1))
-        await node.wait(1)
-        assert node.got == [(ch.Stats([], 1), -1)]
+        await _still_carries(worker, node)
     finally:
         client.close()
         worker.channel.close()
