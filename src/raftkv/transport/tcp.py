@@ -153,9 +153,8 @@ class PeerTransport(ForwardingSide):
         self._snapshot_tasks: dict[NodeId, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()  # tasks we created, for stop()
         self._tls = tls
-        # Inbound handler tasks are created by asyncio.start_server. stop() ends them by closing
-        # their connection, not by cancelling: 3.11's StreamReaderProtocol logs a spurious
-        # "Exception in callback" for a cancelled client_connected_cb task.
+        # Inbound connections are protocols (_inbound_conn.py); stop() aborts them and waits
+        # until each has ended (and finished a snapshot file operation it was in).
         self._in = InboundSide(
             node_id=node_id,
             cluster_name=cluster_name,
@@ -197,7 +196,8 @@ class PeerTransport(ForwardingSide):
             await asyncio.to_thread(remove_stale_partials, self._snapshot_dir)
         host, port = self._listen
         if self._tls is None:
-            self._server = await asyncio.start_server(self._in.handle, host, port)
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(self._in.connection, host, port)
             sockname = self._server.sockets[0].getsockname()
         else:
             # TLS: our own accept loop, so each handshake uses the context current at accept
@@ -241,8 +241,9 @@ class PeerTransport(ForwardingSide):
         self._peers.clear()
         self._dirty.clear()
         await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)
-        while self._tasks or self._in.tasks:
-            await asyncio.gather(*self._tasks, *self._in.tasks, return_exceptions=True)
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._in.wait_closed()
         if self._server is not None:
             await self._server.wait_closed()
         self._log.info("transport_stopped")
