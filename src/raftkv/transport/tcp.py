@@ -15,13 +15,14 @@ Rules:
   connection is plain TCP and idle (`_outbound.py`), and hands back what the loop must send.
 - Callbacks (`on_unreachable`, `on_snapshot_status`) run from their own loop callbacks, never
   inside `send`, so a driver can call back into the core without re-entering its Ready handling.
-  `on_message` is called from the connection's reader task, one message at a time, in order.
+  `on_message` is called from the connection's `data_received` (a Protocol, no reader task),
+  one message at a time, in order.
 - Inbound (`_inbound.py`, `_handshake.py`): the connector's first frame must be `Hello` with our
   protocol version and cluster name and a node id that `is_member` accepts (the driver passes
   the LIVE configuration; by default: the peers this transport knows addresses for); with TLS
   its certificate must name that id. A Hello never displaces a live connection. Every later
   frame is type- and value-checked (`codec.validate`) before `on_message`; anything wrong is
-  logged and the connection dropped. Nothing a peer sends can raise out of the reader task.
+  logged and the connection dropped. Nothing a peer sends can raise out of a protocol callback.
 - Housekeeping, every `keepalive_interval`: idle outbound connections send a `Ping`; inbound
   ones silent for `idle_timeout` are dropped (half-open).
 - TLS (`tls`, a `PeerTls`): both directions are mutual TLS with the cluster CA; the dialled
