@@ -92,12 +92,40 @@ def _size(headers: Iterable[tuple[str, str]], *parts: str | bytes) -> int:
 
 
 class _Pending:
-    __slots__ = ("future", "leader", "timer")
+    __slots__ = ("batch", "future", "leader")
 
     def __init__(self, future: asyncio.Future[web.Response], leader: str) -> None:
         self.future = future
         self.leader = leader
+        self.batch: _Batch | None = None  # set once sent
+
+
+class _Batch:
+    """The requests of one sent frame: they share a deadline, so they share ONE timer (a timer
+    per request cost a loop timer handle each on the loaded follower), cancelled once every
+    request of the frame is finished."""
+
+    __slots__ = ("left", "pending", "timer")
+
+    def __init__(self, pending: list[_Pending]) -> None:
+        self.pending = pending
+        self.left = len(pending)  # requests of the frame not finished yet
         self.timer: asyncio.TimerHandle | None = None
+
+    def finished_one(self) -> None:
+        self.left -= 1
+        if self.left == 0 and self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            self.pending = []
+
+    def expire(self) -> None:
+        self.timer = None
+        for pending in self.pending:
+            if not pending.future.done():
+                pending.future.set_exception(
+                    TimedOut("no reply from the leader before the request's deadline")
+                )
 
 
 class PeerForwardClient:
@@ -140,8 +168,8 @@ class PeerForwardClient:
         try:
             return await pending.future
         finally:
-            if pending.timer is not None:
-                pending.timer.cancel()
+            if pending.batch is not None:
+                pending.batch.finished_one()
             self._in_flight.pop(fwd.id, None)
 
     def _flush(self) -> None:
@@ -179,16 +207,11 @@ class PeerForwardClient:
             for _, p in live:
                 p.future.set_exception(NotSent("the peer link to the leader took no frame"))
             return
+        sent = _Batch([p for _, p in live])
         for req, p in live:
             self._in_flight[req.id] = p
-            p.timer = self._loop.call_at(deadline, self._expire, p)
-
-    @staticmethod
-    def _expire(pending: _Pending) -> None:
-        if not pending.future.done():
-            pending.future.set_exception(
-                TimedOut("no reply from the leader before the request's deadline")
-            )
+            p.batch = sent
+        sent.timer = self._loop.call_at(deadline, sent.expire)
 
     def take_replies(self, peer: str, frame: ForwardReplies) -> None:
         for reply in frame.replies:

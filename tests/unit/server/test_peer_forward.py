@@ -9,14 +9,17 @@ import copy
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
+import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
-from raftkv.codec.forward import FORWARDING_VERSION
+from raftkv.codec.forward import FORWARDING_VERSION, ForwardBatch, ForwardedReply, ForwardReplies
 from raftkv.raft.types import NodeId
-from raftkv.server.peer_forward import reply_of
+from raftkv.server.forward_client import TimedOut
+from raftkv.server.peer_forward import PeerForwardClient, reply_of
 from raftkv.transport._common import TransportTuning
 from raftkv.transport.tcp import PeerTransport
 from tests.unit.server.fakes import Client, FakeNode, aio, client_for, closed_port, make_settings
@@ -320,3 +323,69 @@ async def test_a_header_that_is_not_utf8_neither_hangs_nor_holds_up_the_turn(
             10,
         )
     assert all(r.startswith(b"HTTP/1.1 200 ") for r in got), got
+
+
+class _FakeLink:
+    """What PeerForwardClient uses of the transport; every frame is taken."""
+
+    max_frame_bytes = 1 << 20
+
+    def __init__(self) -> None:
+        self.frames: list[ForwardBatch] = []
+
+    def forwarding_version(self, peer: NodeId) -> int:
+        return FORWARDING_VERSION
+
+    def send_forward(self, to: NodeId, frame: ForwardBatch) -> bool:
+        self.frames.append(frame)
+        return True
+
+
+@aio
+async def test_a_batch_shares_one_deadline_timer_and_each_request_keeps_its_outcome() -> None:
+    """One timer per sent frame, not per request: a request of the frame answered in time
+    gets its reply, one not answered gets TimedOut at the deadline; a frame answered in full
+    leaves no timer behind (fails against a batch timer that is never cancelled, or that
+    expires answered requests)."""
+    loop = asyncio.get_running_loop()
+    scheduled: list[asyncio.TimerHandle] = []
+    call_at = loop.call_at
+
+    def counting_call_at(
+        when: float, callback: Any, *args: Any, **kwargs: Any
+    ) -> asyncio.TimerHandle:
+        handle = call_at(when, callback, *args, **kwargs)
+        if getattr(callback, "__module__", "") == "raftkv.server.peer_forward":
+            scheduled.append(handle)  # the forwarding client's (not a sleep's or a timeout's)
+        return handle
+
+    link = _FakeLink()
+    client = PeerForwardClient(cast("PeerTransport", link), total_timeout_s=0.05)
+    loop.call_at = counting_call_at  # type: ignore[method-assign]
+    try:
+        async with asyncio.timeout(5):  # a lost outcome fails here, never hangs
+            first = [
+                asyncio.ensure_future(
+                    client.forward(make_mocked_request("PUT", f"/kv/{k}"), b"v", L)
+                )
+                for k in ("a", "b")
+            ]
+            await eventually(lambda: len(link.frames) == 1)
+            ids = [req.id for req in link.frames[0].requests]
+            client.take_replies(L, ForwardReplies((ForwardedReply(ids[0], 200, (), b"ok"),)))
+            answered = await first[0]
+            assert answered.status == 200 and answered.body == b"ok"
+            with pytest.raises(TimedOut):
+                await first[1]
+            assert len(scheduled) == 1  # one timer for the frame's two requests
+            second = asyncio.ensure_future(
+                client.forward(make_mocked_request("PUT", "/kv/c"), b"v", L)
+            )
+            await eventually(lambda: len(link.frames) == 2)
+            (req,) = link.frames[1].requests
+            client.take_replies(L, ForwardReplies((ForwardedReply(req.id, 204, (), b""),)))
+            assert (await second).status == 204
+            assert len(scheduled) == 2 and scheduled[1].cancelled()  # answered in full: cancelled
+    finally:
+        loop.call_at = call_at  # type: ignore[method-assign]
+        client.close()
