@@ -5,6 +5,8 @@ would wait, and the coroutine's exceptions after the future completed."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -34,8 +36,9 @@ def _value(key: str) -> object:
     return read
 
 
-@aio
-async def test_soon_calls_answer_as_the_coroutines(tmp_path: Path) -> None:
+@asynccontextmanager
+async def three_nodes(tmp_path: Path) -> AsyncIterator[dict[NodeId, RaftKVNode]]:
+    """Three started RaftKVNodes that all know the same leader; stopped at the end."""
     ids = [NodeId("n1"), NodeId("n2"), NodeId("n3")]
     ports = dict(zip(ids, _ports(3), strict=True))
     nodes = {n: RaftKVNode(_options(tmp_path, ports, n)) for n in ids}
@@ -48,6 +51,15 @@ async def test_soon_calls_answer_as_the_coroutines(tmp_path: Path) -> None:
             return len(leaders) == 1 and None not in leaders
 
         await _until("a leader every node knows", agreed)
+        yield nodes
+    finally:
+        for node in nodes.values():
+            await node.stop()
+
+
+@aio
+async def test_soon_calls_answer_as_the_coroutines(tmp_path: Path) -> None:
+    async with three_nodes(tmp_path) as nodes:
         lead = next(n for n in nodes.values() if n.driver.status().role is Role.LEADER)
         follower = next(n for n in nodes.values() if n is not lead)
         assert isinstance(lead, SoonNode)
@@ -102,9 +114,6 @@ async def test_soon_calls_answer_as_the_coroutines(tmp_path: Path) -> None:
         with pytest.raises(NodeStopping):
             lead.read_soon(linearizable=True)
         lead.driver.draining = False
-    finally:
-        for node in nodes.values():
-            await node.stop()
 
 
 @aio
