@@ -22,6 +22,8 @@ Rules:
   `stop()` then writes nothing more (no hard-state save, no sync, no close that checkpoints).
 - Snapshot build, verification of a received snapshot and its install live in
   `runtime/snapshots.py` (a mixin of the driver), with their crash-safe step order.
+- `propose` and `read_barrier` also exist without a coroutine (`runtime/soon.py`, a mixin:
+  the same steps up to the await, for the fast HTTP engine).
 - Work on the state machine off the loop thread (snapshot build, install, sync) runs on ONE
   executor (`_sm_worker`) that `stop()` drains before closing LMDB: no transaction outlives
   the environment.
@@ -82,6 +84,7 @@ from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.persist import PersistSteps, notices_only
 from raftkv.runtime.snapshots import SnapshotSteps
+from raftkv.runtime.soon import SoonCalls
 from raftkv.runtime.ticks import TickLoop
 from raftkv.runtime.waiters import (
     AppliedWaiters,
@@ -103,7 +106,7 @@ _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
 
 
-class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
+class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps, SoonCalls):
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.id = opts.node_id

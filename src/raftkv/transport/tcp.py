@@ -390,9 +390,11 @@ class PeerTransport(ForwardingSide):
 
     def _flush(self) -> None:
         self._flush_handle = None
+        if self._before_flush:
+            self._run_before_flush()  # _forwarding.py: frames joining this write
         dirty, self._dirty = self._dirty, {}
         for peer in dirty.values():
-            if peer.pending:
+            if peer.pending or peer.pending_raw:
                 peer.flush()
 
     def _start_snapshot(self, peer: OutboundPeer, msg: InstallSnapshot) -> None:
