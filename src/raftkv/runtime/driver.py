@@ -341,8 +341,8 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps, SoonCalls):
         leader added meanwhile catch it up, and the cluster CA's certificate proves the id
         (`check_hello` compares them). Without TLS an unknown id is refused, because nothing
         tells it from a made-up one (the `mallory` attack of issue 10,
-        tests/integration/test_peer_attacks.py) -- unless a member we know lists it
-        (`table.vouched`, runtime/member_table.py)."""
+        tests/integration/test_peer_attacks.py) -- unless a member we know, or the record at a
+        restart's `--join` URL that lists us, lists it (`table.vouched`, member_table.py)."""
         if not self.table.accepts(node):
             return False
         if node in self.table.record.members or node in self.opts.peers_raft:
