@@ -4,7 +4,9 @@ Rules (crash safety; storage/recovery.py finishes or undoes whatever a crash int
 - Build: LMDB sync -> write `building.tmp` (tmp + fsync + rename + dir fsync) -> rename to
   `snap-T-I.snap` -> dir fsync -> record in the log (which compacts it, keeping
   `snapshot_keep_entries` entries behind the snapshot, durably and in memory alike) -> prune
-  old files.
+  old files. `building.tmp` is written by the node's builder process by default
+  (snapshot_process.py: the loop awaits a pipe, no thread of ours holds the GIL meanwhile), or
+  on the state-machine worker with `snapshot_builder: thread`; the steps around it are the same.
 - Install of a received snapshot: verify the whole file BEFORE Raft sees the message (a corrupt
   one is discarded, the sender is told with a `SnapshotRejected` frame, and the node keeps
   running) -> move it into snapshots/ -> dir fsync -> install into LMDB (synced) -> the caller
@@ -41,10 +43,11 @@ from raftkv.raft.messages import AnyMessage, InstallSnapshot
 from raftkv.raft.types import ConfState, Index, NodeId, Snapshot, Term
 from raftkv.runtime import testhooks
 from raftkv.runtime.member_table import load_record
+from raftkv.runtime.snapshot_process import SnapshotBuilder
 from raftkv.storage.errors import CorruptSnapshotError
 from raftkv.storage.fsutil import fsync_dir
 from raftkv.storage.recovery import snapshot_path
-from raftkv.storage.snapshot_file import verify_snapshot_file
+from raftkv.storage.snapshot_file import SnapshotInfo, verify_snapshot_file
 
 if TYPE_CHECKING:
     from raftkv.raft.rawnode import RawNode
@@ -63,6 +66,8 @@ RECHECK_INTERVAL_S = 10.0  # a peer's reports cannot make us re-read one file mo
 
 
 class SnapshotSteps:
+    _builder: SnapshotBuilder | None = None  # started at the first build (process builder)
+
     if TYPE_CHECKING:
         opts: NodeOptions
         id: NodeId
@@ -156,7 +161,7 @@ class SnapshotSteps:
             testhooks.crash_point("snapshot-build:synced")
             tmp = self.opts.data_dir / "snapshots" / "building.tmp"
             started = time.perf_counter()
-            info = await self._io("snapshot build", tmp, w, self.sm.build_snapshot, tmp)
+            info = await self._build_file(tmp)
             self.metrics.snapshot_done("build", time.perf_counter() - started, info.size)
             testhooks.crash_point("snapshot-build:written")
             dest = snapshot_path(self.opts.data_dir, Term(info.term), Index(info.index))
@@ -192,6 +197,23 @@ class SnapshotSteps:
             self._die(exc)
         finally:
             self._snapshotting = False
+
+    async def _build_file(self, tmp: Path) -> SnapshotInfo:
+        """The snapshot file, built by the builder process (`opts.snapshot_builder`
+        "process": off this process's GIL, snapshot_process.py) or on the state-machine
+        worker thread ("thread"). Either way a failure is a StorageFailure."""
+        if self.opts.snapshot_builder == "thread":
+            info: SnapshotInfo = await self._io(
+                "snapshot build", tmp, self._sm_worker, self.sm.build_snapshot, tmp
+            )
+            return info
+        if self._builder is None:
+            self._builder = SnapshotBuilder(self.sm.path)
+        return await self._builder.build(tmp)
+
+    async def _close_builder(self) -> None:
+        if self._builder is not None:
+            await self._builder.close()
 
     def _on_snapshot_rejected(self, peer: NodeId, msg: SnapshotRejected) -> None:
         """`peer` discarded the snapshot we sent as corrupt: re-verify our file (module rules)."""

@@ -1,4 +1,5 @@
-"""The driver and storage failures, on one in-process node (no child processes).
+"""The driver and storage failures, on one in-process node (snapshots built on its thread; the
+builder process: test_snapshot_process.py).
 
 - A storage error while saving the log stops the node (fatal = StorageFailure); the write that
   hit it is not acknowledged, and `stop()` writes nothing afterwards (no save, sync or close).
@@ -84,7 +85,7 @@ async def test_log_save_failure_stops_node_and_nothing_written_after(tmp_path: P
 
 @aio
 async def test_snapshot_build_failure_stops_node_without_compaction(tmp_path: Path) -> None:
-    node = await started(tmp_path, snapshot_every=5)
+    node = await started(tmp_path, snapshot_every=5, snapshot_builder="thread")
     d = node.driver
     d.sm.build_snapshot = eio  # type: ignore[method-assign,assignment]
     for i in range(5):
@@ -109,7 +110,7 @@ async def test_snapshot_build_failure_stops_node_without_compaction(tmp_path: Pa
 
 @aio
 async def test_stop_waits_for_a_snapshot_build_in_its_thread(tmp_path: Path) -> None:
-    node = await started(tmp_path, snapshot_every=3)
+    node = await started(tmp_path, snapshot_every=3, snapshot_builder="thread")
     d = node.driver
     real_build = d.sm.build_snapshot
     entered, release = threading.Event(), threading.Event()
