@@ -161,6 +161,11 @@ class Elections:
             and self.conf.voters != (self.id,)
         )
 
+    def vote_facts(self) -> tuple[bool, bool]:
+        """(in_lease, lease_promised) as the vote rules see them now: read-only, for the
+        runtime's election log, which must state the facts without reaching into the core."""
+        return self._in_lease(), self._lease_promised()
+
     def _handle_vote_request(self, msg: RequestVote) -> None:
         can_vote = (
             self.vote == msg.from_

@@ -22,6 +22,7 @@ log = structlog.get_logger("raftkv.runtime")
 
 
 def _facts(raft: Raft) -> dict[str, object]:
+    in_lease, lease_promised = raft.vote_facts()
     return {
         "term": int(raft.term),
         "role": raft.role.value,
@@ -30,8 +31,8 @@ def _facts(raft: Raft) -> dict[str, object]:
         "last_index": int(raft.log.last_index()),
         "last_term": int(raft.log.last_term()),
         "heard_elapsed": raft.heard_elapsed,
-        "lease_promised": raft._lease_promised(),
-        "in_lease": raft._in_lease(),
+        "lease_promised": lease_promised,
+        "in_lease": in_lease,
     }
 
 
