@@ -163,27 +163,35 @@ class FrameParser:
     and the parser must not be fed again.
     """
 
-    __slots__ = ("_buf", "_max_frame_bytes")
+    __slots__ = ("_buf", "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int) -> None:
         self._buf = bytearray()
-        self._max_frame_bytes = max_frame_bytes
+        # The limit for the frames not yet parsed: a transport raises it after the handshake
+        # (a Hello is held to a smaller one than the frames behind it).
+        self.max_frame_bytes = max_frame_bytes
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
         return len(self._buf)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[WireMessage]:
+    def feed(
+        self, data: bytes | bytearray | memoryview, max_frames: int | None = None
+    ) -> list[WireMessage]:
+        """The complete frames received so far (at most `max_frames`: the rest stay buffered,
+        unchecked, for the next `feed`, which may pass b"")."""
         buf = self._buf
         buf += data
         out: list[WireMessage] = []
         pos = 0
         end_of_data = len(buf)
+        left = -1 if max_frames is None else max_frames
         # The memoryview must be released before the bytearray is resized below.
         with memoryview(buf) as view:
-            while end_of_data - pos >= LENGTH_PREFIX_BYTES:
-                length = frame_length(view[pos : pos + LENGTH_PREFIX_BYTES], self._max_frame_bytes)
+            while left != 0 and end_of_data - pos >= LENGTH_PREFIX_BYTES:
+                left -= 1
+                length = frame_length(view[pos : pos + LENGTH_PREFIX_BYTES], self.max_frame_bytes)
                 frame_end = pos + LENGTH_PREFIX_BYTES + length
                 if frame_end > end_of_data:
                     break

@@ -95,7 +95,12 @@ def check_content_length(request: web.BaseRequest, max_value_bytes: int) -> None
 async def read_body(request: web.Request, max_value_bytes: int) -> bytes:
     check_content_length(request, max_value_bytes)
     # limits.BodyGate has already read (and cached) the body, bounded by client_max_size.
-    body = await request.read()
+    return checked_body(request, await request.read(), max_value_bytes)
+
+
+def checked_body(request: web.Request, body: bytes, max_value_bytes: int) -> bytes:
+    """`read_body` for a body read already (the fast engine's): the same checks."""
+    check_content_length(request, max_value_bytes)
     if len(body) > body_limit(request, max_value_bytes):
         raise _value_too_large(max_value_bytes)
     return body

@@ -25,7 +25,9 @@ Rules (forward.py's rules hold; these say how they hold on this path):
   (413 `request_too_large`, 503 `server_busy` as for HTTP); at most MAX_IN_FLIGHT per peer
   (then 503 `server_busy`). The replies finished during one loop turn go back as one
   `ForwardReplies` frame per peer: status, body and the headers forward.py passes back, so the
-  follower answers the client exactly as the leader would have.
+  follower answers the client exactly as the leader would have. The frame is queued on the
+  link (`queue_forward`) at the start of the link's flush of that turn, so it leaves in the
+  same socket write as the Raft messages to that peer (issue 12: one write per turn, not two).
 """
 
 from __future__ import annotations
@@ -268,7 +270,8 @@ class PeerForwardServer:
         self._routes = routes
         self._loop = asyncio.get_running_loop()
         self._replies: dict[str, list[ForwardedReply]] = {}
-        self._flush_handle: asyncio.Handle | None = None
+        self._flush_due = False  # a before_flush hook is registered with the link
+        self._closed = False
         self._in_flight: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -309,11 +312,16 @@ class PeerForwardServer:
 
     def _reply(self, peer: str, reply: ForwardedReply) -> None:
         self._replies.setdefault(peer, []).append(reply)
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+        if not self._flush_due:
+            # At the start of the link's flush of this turn, so the frame leaves in the same
+            # write as the Raft messages to that peer (the commit notices, typically).
+            self._flush_due = True
+            self._link.before_flush(self._flush)
 
     def _flush(self) -> None:
-        self._flush_handle = None
+        self._flush_due = False
+        if self._closed:
+            return
         replies, self._replies = self._replies, {}
         budget = self._link.max_frame_bytes // 2
         for peer, items in replies.items():
@@ -325,7 +333,7 @@ class PeerForwardServer:
                     if end > start and size > budget:
                         break
                     end += 1
-                if not self._link.send_forward(
+                if not self._link.queue_forward(
                     NodeId(peer), ForwardReplies(tuple(items[start:end]))
                 ):
                     # The follower fails them as outcome-unknown (link end or deadline).
@@ -333,9 +341,7 @@ class PeerForwardServer:
                 start = end
 
     async def close(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

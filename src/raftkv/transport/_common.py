@@ -63,8 +63,8 @@ class PeerRefused(Exception):
     handshakes); the message says why, for the log line."""
 
 
-def set_nodelay(writer: asyncio.StreamWriter) -> None:
+def set_nodelay(conn: asyncio.StreamWriter | asyncio.BaseTransport) -> None:
     """TCP_NODELAY: Raft traffic is small latency-bound frames; Nagle would add delay."""
-    sock = writer.get_extra_info("socket")
+    sock = conn.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -10,11 +10,19 @@ Rules:
   arrive before the first handler is set (we announce forwarding from the start; the server
   installs its handler a moment later) wait for it; once a handler was set and removed
   (stopping), frames are dropped (the inbound side logs it).
+- Coalescing (issue 12): `queue_forward` puts a frame behind the Raft messages queued for the
+  same peer, so they leave in ONE write at the end of the turn; `before_flush(hook)` runs
+  `hook` at the start of that flush (scheduling one if none is), so what a turn produced up to
+  then -- e.g. the replies finished while the commit notices wait -- joins the same write. The
+  frame is encoded when queued (an unencodable one is refused there, never inside the flush);
+  a queued frame is dropped only with the Raft messages beside it (link down, buffer full),
+  which its receiver sees as a lost link or a deadline, as for a written frame.
 - Only the members declared under TYPE_CHECKING are used from the transport.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -23,6 +31,8 @@ from raftkv.codec.wire import append_frame
 from raftkv.raft.types import NodeId
 
 if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
     from raftkv.transport._inbound import InboundSide
     from raftkv.transport._outbound import OutboundPeer
 
@@ -38,8 +48,11 @@ class ForwardingSide:
         _dirty: dict[NodeId, OutboundPeer]
         _in: InboundSide
         _max_frame_bytes: int
+        _flush_handle: asyncio.Handle | None
+        _log: FilteringBoundLogger
 
         def _call_soon(self, callback: Callable[..., None], *args: Any) -> None: ...
+        def _flush(self) -> None: ...
 
     def _init_forwarding(self) -> None:
         self._forward_handler: Callable[[NodeId, ForwardBatch | ForwardReplies], None] | None
@@ -48,6 +61,7 @@ class ForwardingSide:
         # Batches received before the first set_forward_handlers, and whether it happened.
         self._early_batches: list[tuple[NodeId, ForwardBatch]] = []
         self._forwarding_started = False
+        self._before_flush: list[Callable[[], None]] = []  # run at the start of the next flush
 
     def set_forward_handlers(
         self,
@@ -89,6 +103,42 @@ class ForwardingSide:
             return False
         self._dirty.pop(to, None)
         return peer.flush(raw=bytes(buf))
+
+    def queue_forward(self, to: NodeId, frame: ForwardBatch | ForwardReplies) -> bool:
+        """Queue `frame` for `to` behind this turn's Raft messages to it (one write at the end
+        of the turn). False as for `send_forward`, or if the frame cannot be encoded."""
+        peer = self._peers.get(to)
+        if not self._running or peer is None or not peer.connected:
+            return False
+        if isinstance(frame, ForwardBatch) and self.forwarding_version(to) < 1:
+            return False
+        buf = bytearray()
+        try:
+            if append_frame(buf, frame) > self._max_frame_bytes:
+                return False
+        except Exception:  # e.g. a string msgpack cannot carry: nothing was queued
+            return False
+        peer.pending_raw += buf
+        self._dirty[to] = peer
+        self._schedule_flush()
+        return True
+
+    def before_flush(self, hook: Callable[[], None]) -> None:
+        """Run `hook` at the start of this turn's flush (scheduled now if none is)."""
+        self._before_flush.append(hook)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and self._running:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _run_before_flush(self) -> None:
+        hooks, self._before_flush = self._before_flush, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:  # the Raft messages of the turn still go out
+                self._log.exception("before_flush_hook_failed")
 
     def _take_forward(self, peer: NodeId, frame: ForwardBatch | ForwardReplies) -> bool:
         handler = self._forward_handler

@@ -95,6 +95,7 @@ class OutboundPeer:
         self._log = logger.bind(peer=peer_id)
         self.writer: asyncio.StreamWriter | None = None  # set only while connected, Hello sent
         self.pending: list[WireMessage] = []  # queued this loop turn, written at flush
+        self.pending_raw = bytearray()  # whole encoded frames queued behind them (forwarding)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # cuts a backoff sleep short (address changed)
         self._redial_now = True  # the next attempt skips the backoff sleep (so does the first)
@@ -120,6 +121,7 @@ class OutboundPeer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.pending.clear()
+        self.pending_raw = bytearray()
 
     def peer_is_up(self) -> None:
         """The peer just connected to us, so it is listening: if we are waiting out a backoff,
@@ -145,10 +147,13 @@ class OutboundPeer:
     # ---- writing ---------------------------------------------------------------------------
 
     def flush(self, extra: Sequence[WireMessage] = (), *, raw: bytes = b"") -> bool:
-        """Write all pending messages (then `extra`, then `raw`: whole encoded frames) with one
-        write; False if they were dropped."""
+        """Write all pending messages (then `extra`, then the whole encoded frames of
+        `pending_raw`, then `raw`) with one write; False if they were dropped."""
         msgs = self.pending
         self.pending = []
+        queued_raw = self.pending_raw
+        if queued_raw:
+            self.pending_raw = bytearray()
         writer = self.writer
         if writer is None or writer.transport.is_closing():
             self._report_unreachable(self.peer_id)
@@ -170,6 +175,7 @@ class OutboundPeer:
                     size=length,
                     limit=self._max_frame_bytes,
                 )
+        buf += queued_raw
         buf += raw
         if buf:
             self._write(writer, buf)
@@ -200,7 +206,13 @@ class OutboundPeer:
         (TLS, not connected, or the loop has something queued for this connection)."""
         with self._wlock:
             writer, fd = self.writer, self._fd
-            if fd < 0 or writer is None or self._tail is not None or self.pending:
+            if (
+                fd < 0
+                or writer is None
+                or self._tail is not None
+                or self.pending
+                or self.pending_raw
+            ):
                 return False
             transport = writer.transport
             if transport.is_closing() or transport.get_write_buffer_size():

@@ -15,13 +15,14 @@ Rules:
   connection is plain TCP and idle (`_outbound.py`), and hands back what the loop must send.
 - Callbacks (`on_unreachable`, `on_snapshot_status`) run from their own loop callbacks, never
   inside `send`, so a driver can call back into the core without re-entering its Ready handling.
-  `on_message` is called from the connection's reader task, one message at a time, in order.
+  `on_message` is called from the connection's `data_received` (a Protocol, no reader task),
+  one message at a time, in order.
 - Inbound (`_inbound.py`, `_handshake.py`): the connector's first frame must be `Hello` with our
   protocol version and cluster name and a node id that `is_member` accepts (the driver passes
   the LIVE configuration; by default: the peers this transport knows addresses for); with TLS
   its certificate must name that id. A Hello never displaces a live connection. Every later
   frame is type- and value-checked (`codec.validate`) before `on_message`; anything wrong is
-  logged and the connection dropped. Nothing a peer sends can raise out of the reader task.
+  logged and the connection dropped. Nothing a peer sends can raise out of a protocol callback.
 - Housekeeping, every `keepalive_interval`: idle outbound connections send a `Ping`; inbound
   ones silent for `idle_timeout` are dropped (half-open).
 - TLS (`tls`, a `PeerTls`): both directions are mutual TLS with the cluster CA; the dialled
@@ -153,9 +154,8 @@ class PeerTransport(ForwardingSide):
         self._snapshot_tasks: dict[NodeId, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()  # tasks we created, for stop()
         self._tls = tls
-        # Inbound handler tasks are created by asyncio.start_server. stop() ends them by closing
-        # their connection, not by cancelling: 3.11's StreamReaderProtocol logs a spurious
-        # "Exception in callback" for a cancelled client_connected_cb task.
+        # Inbound connections are protocols (_inbound_conn.py); stop() aborts them and waits
+        # until each has ended (and finished a snapshot file operation it was in).
         self._in = InboundSide(
             node_id=node_id,
             cluster_name=cluster_name,
@@ -197,7 +197,8 @@ class PeerTransport(ForwardingSide):
             await asyncio.to_thread(remove_stale_partials, self._snapshot_dir)
         host, port = self._listen
         if self._tls is None:
-            self._server = await asyncio.start_server(self._in.handle, host, port)
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(self._in.connection, host, port)
             sockname = self._server.sockets[0].getsockname()
         else:
             # TLS: our own accept loop, so each handshake uses the context current at accept
@@ -241,8 +242,9 @@ class PeerTransport(ForwardingSide):
         self._peers.clear()
         self._dirty.clear()
         await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)
-        while self._tasks or self._in.tasks:
-            await asyncio.gather(*self._tasks, *self._in.tasks, return_exceptions=True)
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._in.wait_closed()
         if self._server is not None:
             await self._server.wait_closed()
         self._log.info("transport_stopped")
@@ -388,9 +390,11 @@ class PeerTransport(ForwardingSide):
 
     def _flush(self) -> None:
         self._flush_handle = None
+        if self._before_flush:
+            self._run_before_flush()  # _forwarding.py: frames joining this write
         dirty, self._dirty = self._dirty, {}
         for peer in dirty.values():
-            if peer.pending:
+            if peer.pending or peer.pending_raw:
                 peer.flush()
 
     def _start_snapshot(self, peer: OutboundPeer, msg: InstallSnapshot) -> None:

@@ -246,7 +246,7 @@ def test_connections_in_their_handshake_are_capped(run: Run) -> None:
                 w.close()
                 await w.wait_closed()
             # once they are gone, a member connects again
-            await eventually(lambda: a.transport._in._handshaking == 0)
+            await eventually(lambda: a.transport._in.handshaking == 0)
             _r, w = await asyncio.open_connection(*a.addr)
             w.write(encode_frames([hello("c"), hb("c", "a", 1)]))
             assert await a.next() == hb("c", "a", 1)

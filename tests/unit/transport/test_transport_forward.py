@@ -14,7 +14,7 @@ from raftkv.codec.forward import (
     ForwardedRequest,
     ForwardReplies,
 )
-from raftkv.codec.wire import encode_frame
+from raftkv.codec.wire import encode_frame, encode_frames
 from raftkv.raft.types import NodeId
 from tests.unit.transport.transport_helpers import Node, eventually, hb, wire
 
@@ -136,5 +136,54 @@ def test_batches_before_the_handler_wait_for_it_and_none_after_it_is_removed(run
             assert await b.next() == hb("a", "b", 3)
             await asyncio.sleep(0)  # a replay would be a call_soon away: let it run
             assert late.frames == [] and at_b.frames == [(A, batch(1))]
+
+    run(scenario())
+
+
+def test_queued_frames_leave_in_one_write_behind_the_turns_raft_messages(run: Run) -> None:
+    """queue_forward and before_flush (issue 12): a turn's Raft messages, the frames queued
+    during it and those a hook queues at the flush go out in ONE write, in that order."""
+
+    async def scenario() -> None:
+        async with _pair(FORWARDING_VERSION, FORWARDING_VERSION) as (a, b):
+            at_b = Recorder(b)
+            await eventually(lambda: a.transport.forwarding_version(B) == FORWARDING_VERSION)
+            peer = a.transport._peers[B]
+            writes: list[bytes] = []
+            write = peer._write
+
+            def spy(writer: asyncio.StreamWriter, data: bytes | bytearray) -> None:
+                writes.append(bytes(data))
+                write(writer, data)
+
+            peer._write = spy  # type: ignore[method-assign]
+            a.transport.before_flush(lambda: a.transport.queue_forward(B, replies(2)))
+            a.transport.send([hb("a", "b", 1)])
+            assert a.transport.queue_forward(B, replies(1))
+            assert writes == []  # nothing leaves before the end of the turn
+            assert await b.next() == hb("a", "b", 1)
+            await eventually(lambda: len(at_b.frames) == 2)
+            assert at_b.frames == [(A, replies(1)), (A, replies(2))]
+            assert writes == [encode_frames([hb("a", "b", 1), replies(1), replies(2)])]
+
+    run(scenario())
+
+
+def test_an_unencodable_queued_frame_is_refused_and_the_turn_still_goes_out(run: Run) -> None:
+    async def scenario() -> None:
+        async with _pair(FORWARDING_VERSION, FORWARDING_VERSION) as (a, b):
+            at_b = Recorder(b)
+            await eventually(lambda: a.transport.forwarding_version(B) == FORWARDING_VERSION)
+            bad = ForwardReplies((ForwardedReply(1, 200, (("X", "\udc80"),), b""),))
+
+            def failing_hook() -> None:
+                raise RuntimeError("planted")
+
+            a.transport.before_flush(failing_hook)
+            a.transport.send([hb("a", "b", 1)])
+            assert not a.transport.queue_forward(B, bad)
+            assert a.transport.queue_forward(B, replies(3))
+            assert await b.next() == hb("a", "b", 1)
+            await eventually(lambda: at_b.frames == [(A, replies(3))])
 
     run(scenario())
