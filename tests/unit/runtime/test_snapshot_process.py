@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from raftkv.runtime.api import NodeStopping, OperationTimeout
+from raftkv.runtime.api import NodeStopping
 from raftkv.runtime.node import RaftKVNode
 from raftkv.storage.failure import StorageFailure
 from raftkv.storage.snapshot_builder import PAUSE_ENV
 from raftkv.storage.snapshot_file import verify_snapshot_file
-from tests.unit.runtime.test_driver_storage import options, started
+from tests.unit.runtime.test_driver_storage import options, started, write_until_fatal
 from tests.unit.server.fakes import aio
 
 
@@ -64,14 +64,7 @@ async def test_a_builder_error_stops_the_node_naming_operation_file_and_errno(
     node = await started(tmp_path, snapshot_every=5)
     d = node.driver
     (d.opts.data_dir / "snapshots" / "building.tmp.tmp").mkdir()  # open(..., "wb"): EISDIR
-    for i in range(5):
-        try:
-            await node.put(f"k{i}", "v")
-        except OperationTimeout:
-            break
-    assert d.fatal is not None
-    async with asyncio.timeout(10):
-        exc = await d.fatal
+    exc = await write_until_fatal(node, 5)
     assert isinstance(exc, StorageFailure)
     assert "storage failure: snapshot build " in str(exc), exc
     assert "building.tmp: EISDIR (Is a directory)" in str(exc), exc
