@@ -248,6 +248,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps, SoonCalls):
         # Threads still inside LMDB or SQLite finish before anything is closed.
         await asyncio.to_thread(self._sm_worker.shutdown, True)
         await asyncio.to_thread(self._writer.shutdown, True)
+        await self._close_builder()
         if self.failed:
             # After a storage failure nothing is written again (no retried fsync, no
             # checkpoint on close): the process exits and the next start recovers.
