@@ -7,13 +7,16 @@ Its record has no address for the new leader, and without peer TLS it refuses a 
 id it does not know (the `mallory` rule, test_peer_attacks.py): before the fix it refused the
 leader forever. Now it learns the members it lacks from a member it knows
 (server/members_routes.py, runtime/member_table.py). Here that member is a learner, so the
-leader is certainly one of the nodes the lagging member has never heard of.
+leader is certainly one of the nodes the lagging member has never heard of. When every member
+it knows was removed, the `--join` URL its restart names is the one left to ask (second test).
 """
 
 from __future__ import annotations
 
 import json
 import signal
+
+import pytest
 
 from tests.integration.cluster import Cluster, MakeCluster, Reply, wait_for
 from tests.integration.test_membership import Writer, members, wait_voter
@@ -80,3 +83,64 @@ def test_member_down_while_the_cluster_changed_catches_up_from_an_unknown_leader
     )
     assert "members learned from a peer's record" in c.nodes["node-3"].log_text()
     w.check("node-3")
+
+
+@pytest.mark.parametrize("catch_up", ["log", "snapshot"])
+def test_member_whose_every_known_peer_was_removed_catches_up_through_its_join_url(
+    make_cluster: MakeCluster, catch_up: str
+) -> None:
+    """The chaos membership run's stuck member (seed 1): node-4 is down while node-5 and node-6
+    join and every member it knows (node-1..3) is removed and stopped. Restarted with `--join`
+    naming node-5, it has nobody left to vouch for the new leader: before the fix it refused
+    node-5 and node-6 for good (no peer TLS) and held none of the later writes. Now the join
+    URL's `/cluster/config`, which lists it as a member at its address, vouches for them; the
+    new configuration then reaches it in the leader's log entries, or (`snapshot`: the leader
+    compacted them away) in a snapshot, and it adopts node-5 and node-6 from there."""
+    raft = {"snapshot_every": 20, "snapshot_keep_entries": 0} if catch_up == "snapshot" else {}
+    c = make_cluster(raft_extra=raft)
+    c.start()
+    first = c.wait_ready()
+    w = Writer(c)
+    w.write(10)
+    c.new_node("node-4", join_via=first)
+    c.start_node("node-4")
+    wait_voter(c, "node-4", first)
+    w.write(5)
+
+    c.kill("node-4", signal.SIGKILL)
+    for new in ("node-5", "node-6"):
+        leader = c.wait_leader([n.id for n in c.running()])
+        c.new_node(new, join_via=leader)
+        c.start_node(new)
+        wait_voter(c, new, leader)
+        w.write(5)
+    for gone in ("node-1", "node-2", "node-3"):
+        remove(c, gone)
+    leader = c.wait_leader(["node-5", "node-6"])
+    w.write(10)
+    assert sorted(members(c, leader)) == ["node-4", "node-5", "node-6"]
+
+    # node-4's record and member.yaml name node-1..4 only: all removed, all stopped.
+    c.start_node("node-4", args=["--join", f"http://{c.nodes['node-5'].http}"])
+    c.wait_caught_up("node-4", leader, deadline_s=30.0)
+    wait_for(
+        "node-4 to know the new configuration",
+        lambda: sorted(c.status("node-4")["nodes"]) == ["node-4", "node-5", "node-6"],
+        30.0,
+        c.dump_logs,
+    )
+    assert c.status("node-4")["cluster_size"] == 3
+    log = c.nodes["node-4"].log_text().split("start #2 of node-4")[1]
+    assert "members learned from a peer's record" in log and 'src="--join http' in log
+    assert ("installed snapshot" in log) == (catch_up == "snapshot")
+    wait_for(
+        "the leader to see node-4 healthy",
+        lambda: members(c, leader)["node-4"]["healthy"] is True,
+        30.0,
+        c.dump_logs,
+    )
+    for key, value in w.acked.items():  # held by node-4 itself: a stale read answers locally
+        reply = c.get("node-4", key, consistency="stale")
+        assert reply.status == 200 and reply.json["value"] == value, (key, reply)
+    w.write(5)  # and the cluster of three goes on, node-4 included
+    c.wait_caught_up("node-4", c.wait_leader(["node-4", "node-5", "node-6"]))

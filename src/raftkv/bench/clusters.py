@@ -29,7 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -84,6 +84,21 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     # After the ")" the 1st field is the state (field 3); utime, stime are fields 14, 15.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def family(pids: Iterable[int]) -> list[int]:
+    """`pids` and their children: a node's helper processes (snapshot builder, read workers)
+    work for it, so their CPU is the node's CPU."""
+    out = list(pids)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid in out:
+                out.append(int(entry.name))
+    return out
 
 
 class _Procs:

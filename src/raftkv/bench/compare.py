@@ -39,6 +39,7 @@ from raftkv.bench.clusters import (
     LocalCluster,
     b64,
     cpu_seconds,
+    family,
     http_json,
 )
 from raftkv.bench.runner import LeaderWatch, fill_keyspace, leader_changes
@@ -167,7 +168,9 @@ def _first_line(argv: list[str]) -> str:
 
 
 def _server_cpu(cluster: Cluster) -> float:
-    return sum(cpu_seconds(pid) for pid in cluster.pids().values())
+    """utime+stime of the members and their children (raftkv's snapshot builder and read
+    workers; etcd has none)."""
+    return sum(cpu_seconds(pid) for pid in family(cluster.pids().values()))
 
 
 def _url(cluster: Cluster, member: str) -> str:

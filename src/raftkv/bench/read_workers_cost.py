@@ -20,24 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raftkv.bench.clusters import ClusterError, LocalCluster, cpu_seconds
+from raftkv.bench.clusters import ClusterError, LocalCluster, cpu_seconds, family
 from raftkv.bench.compare import cost_options, load_run
 from raftkv.bench.runner import fill_keyspace
 from raftkv.bench.stats import median
-
-
-def _family(cluster: LocalCluster) -> list[int]:
-    """The members' pids and their children's (read workers)."""
-    pids = list(cluster.pids().values())
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid in pids:
-                pids.append(int(entry.name))
-    return pids
 
 
 def _wait_workers(cluster: LocalCluster, leader: str, timeout_s: float = 60.0) -> None:
@@ -77,7 +63,7 @@ def main() -> None:
             order = names if rnd % 2 == 0 else names[::-1]
             for test in tests:
                 for name in order:
-                    pids = _family(clusters[name])
+                    pids = family(clusters[name].pids().values())
                     cpu0 = sum(cpu_seconds(p) for p in pids)
                     r = load_run(clusters[name], "raftkv", test, opts, args.duration)
                     cpu = sum(cpu_seconds(p) for p in pids) - cpu0

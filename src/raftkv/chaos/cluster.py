@@ -186,7 +186,8 @@ class NodeProcess:
     """One node's process across kills and restarts.
 
     `args` (default: `serve --config CONFIG --node-id ID`) is asked again at every start, so a
-    joining node's command can name a member that is up at that time."""
+    joining node's command can name a member that is up at that time; `restart_args`, when set
+    and not answering None, replaces it for the starts after the first."""
 
     def __init__(
         self,
@@ -200,6 +201,8 @@ class NodeProcess:
         self._prefix = list(cmd)
         self._args = args or (lambda: ["serve", "--config", str(config), "--node-id", spec.node_id])
         self._cmd = [*self._prefix, *self._args()]
+        # For starts after the first, when set: the args instead (None: the usual ones).
+        self.restart_args: Callable[[], list[str] | None] | None = None
         self._log = log
         self._proc: subprocess.Popen[bytes] | None = None
         self.paused = False
@@ -219,7 +222,8 @@ class NodeProcess:
     def start(self) -> None:
         if self.running or self.leaving:
             return
-        self._cmd = [*self._prefix, *self._args()]
+        again = self.restart_args() if self.starts and self.restart_args is not None else None
+        self._cmd = [*self._prefix, *(again or self._args())]
         with self._log.open("ab") as out:
             stamp = datetime.now(UTC).isoformat(timespec="microseconds")
             out.write(f"---- {stamp} start {self.starts + 1}: {' '.join(self._cmd)}\n".encode())

@@ -16,6 +16,11 @@ Rules:
   addresses, or the removal of a removed id, is answered as done). Any other answer (a 400, a
   404, a 500) is an anomaly: reported, and the conductor stops changing the membership.
 - A step not done within `step_timeout_s` is a stuck change: an anomaly.
+- Every restart (a kill fault's undo) names a live member with `--join`, the original members'
+  too (`_rejoin_args`), as docs/membership.md tells operators to: a member down while every
+  member it knew was removed has nobody else to learn the new members from, and without peer
+  TLS it refuses the new leader for good (seen: an original member, restarted from the config
+  file, missing 108 acknowledged ledger writes).
 - A joining node's process is watched here until the leader lists it (`NodeProcess.joining`):
   a join refused on the way (`serve --join` exits 2, e.g. on a 409 while another change is
   pending) is started again, and counted as a retry. After that, its exits are crashes.
@@ -29,6 +34,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections import Counter
@@ -42,6 +48,7 @@ import msgspec
 from raftkv.chaos import httpclient
 from raftkv.chaos.cluster import Cluster, NodeSpec
 from raftkv.chaos.ledger import LedgerResult
+from raftkv.server.joining import MEMBER_FILE
 
 STEP_TIMEOUT_S: Final = 300.0  # a loaded 2-core box takes 10-40 s to start a node
 CALL_TIMEOUT_S: Final = 10.0  # a removal of the leader waits for a handover, then a commit
@@ -120,6 +127,8 @@ class Conductor:
         self.cycles = 0
         self.leaders: list[str] = []  # each leader seen, in order (a change appends one)
         self._next = max(int(n.rsplit("-", 1)[-1]) for n in cluster.nodes) + 1
+        for node_id in cluster.ids:
+            cluster.nodes[node_id].restart_args = functools.partial(self._rejoin_args, node_id)
 
     # -- the plan -----------------------------------------------------------------------------
     async def run(self, finish: asyncio.Event) -> None:
@@ -242,6 +251,21 @@ class Conductor:
             "--join", f"http://{contact.host}:{contact.http_port}",
             "--raft-address", f"{spec.host}:{spec.raft_port}",
             "--http-address", f"{spec.host}:{spec.http_port}",
+            "--data-dir", str(self.data_root),
+        ]  # fmt: skip
+
+    def _rejoin_args(self, node_id: str) -> list[str] | None:
+        """An original member's restart, as a joined one's: `serve --node-id ID --data-dir ROOT
+        --join <a live member>` (module rules). None (the config file) until its member files
+        exist: before that, --join would join it as a new node."""
+        via = self._via(avoid=node_id)
+        if via is None or not (self.data_root / node_id / MEMBER_FILE).exists():
+            return None
+        contact = self.cluster.specs[via]
+        return [
+            "serve",
+            "--node-id", node_id,
+            "--join", f"http://{contact.host}:{contact.http_port}",
             "--data-dir", str(self.data_root),
         ]  # fmt: skip
 

@@ -74,6 +74,7 @@ def node_options(s: Settings, initial_voters: tuple[str, ...] | None = None) -> 
         lease_ticks=s.lease_ticks,
         snapshot_every=s.snapshot_every,
         snapshot_keep_entries=s.snapshot_keep_entries,
+        snapshot_builder=s.config.raft.snapshot_builder,
         max_snapshot_bytes=s.max_snapshot_bytes,
         leader_wait_s=s.leader_wait_ms / 1000.0,
         request_timeout_s=s.request_timeout_ms / 1000.0,

@@ -43,11 +43,17 @@ class TurnGate:
     def __len__(self) -> int:
         return len(self._waiters)
 
-    async def enter(self) -> None:
-        """Return when this request may go on (possibly at once)."""
+    def try_enter(self) -> bool:
+        """Enter at once if the budget allows it (True); else nothing changes (False: `enter`)."""
         if self._used < self.per_turn and not self._waiters:
             self._used += 1
             self._schedule()
+            return True
+        return False
+
+    async def enter(self) -> None:
+        """Return when this request may go on (possibly at once)."""
+        if self.try_enter():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)

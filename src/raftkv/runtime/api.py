@@ -21,16 +21,25 @@ Rules:
   stamped by the runtime; whatever the caller put in `time_ms` is replaced.
 - Callers may cancel `write`/`read` (the server applies its own request timeout); the
   runtime must treat a cancelled wait like a timeout: the proposal may still commit.
+- `SoonNode` (optional, RaftKVNode has it) is the same `read`/`write` without a coroutine, for
+  the fast HTTP engine's hot path (issue 12): `*_soon` does the synchronous part at once and
+  returns the runtime's own waiter future (or None: a read may run now), or raises `MustWait`
+  when only the coroutine can wait for what is missing (then nothing was proposed or joined);
+  the caller passes the completed future to `*_settled`, which raises what `read`/`write` would
+  have raised (a cancelled future: CancelledError, like a cancelled `read`/`write`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar, runtime_checkable
 
 from raftkv.kv.commands import Command, Result
 from raftkv.kv.mvcc import MVCCStore
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 
@@ -96,6 +105,16 @@ class NotLeaderError(Exception):
         super().__init__(f"not the leader (leader: {leader_id or 'unknown'})")
         self.leader_id = leader_id
         self.leader_http = leader_http  # the leader's HTTP "host:port", when known
+
+
+class MustWait(Exception):
+    """`SoonNode`: this call can only be made by the coroutine (`read`/`write`); nothing was
+    done (no proposal, no read joined)."""
+
+
+class RetryWrite(Exception):
+    """`SoonNode.write_settled`: the proposal was overwritten by another leader's entry
+    (definitely not applied); `write` would have proposed it again: do so with `write`."""
 
 
 class NoLeaderError(Exception):
@@ -173,4 +192,34 @@ class KVNode(Protocol):
 
     def peer_raft_addresses(self) -> Mapping[str, str]:
         """Node id -> Raft "host:port", for every node of the cluster (this one included)."""
+        ...
+
+
+@runtime_checkable
+class SoonNode(Protocol):
+    """`read`/`write` without a coroutine (module rules), for the fast HTTP engine."""
+
+    def read_soon(
+        self, *, linearizable: bool, min_revision: int = 0, lease: bool = False
+    ) -> asyncio.Future[None] | None:
+        """None: a read may run on the applied state now (`read_applied`); else the future to
+        wait for first (then `read_settled`). Raises MustWait, or what `read` raises at once."""
+        ...
+
+    def read_settled(self, fut: asyncio.Future[None]) -> None:
+        """After `fut` completed: return (read now, `read_applied`) or raise as `read`."""
+        ...
+
+    def read_applied(self, fn: Callable[[MVCCStore], T]) -> T:
+        """`fn` over one consistent instant of the applied state, now."""
+        ...
+
+    def write_soon(self, cmd: Command) -> asyncio.Future[object]:
+        """`cmd` proposed; the future completes when it is applied (then `write_settled`).
+        Raises MustWait, or what `write` raises at once."""
+        ...
+
+    def write_settled(self, fut: asyncio.Future[object]) -> Result:
+        """After `fut` completed: the apply result, or raises as `write` (RetryWrite: call
+        `write` with the same command)."""
         ...

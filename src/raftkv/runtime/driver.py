@@ -22,6 +22,8 @@ Rules:
   `stop()` then writes nothing more (no hard-state save, no sync, no close that checkpoints).
 - Snapshot build, verification of a received snapshot and its install live in
   `runtime/snapshots.py` (a mixin of the driver), with their crash-safe step order.
+- `propose` and `read_barrier` also exist without a coroutine (`runtime/soon.py`, a mixin:
+  the same steps up to the await, for the fast HTTP engine).
 - Work on the state machine off the loop thread (snapshot build, install, sync) runs on ONE
   executor (`_sm_worker`) that `stop()` drains before closing LMDB: no transaction outlives
   the environment.
@@ -82,6 +84,7 @@ from raftkv.runtime.metrics import DisabledMetrics, NodeSample, RuntimeMetrics
 from raftkv.runtime.options import NodeOptions
 from raftkv.runtime.persist import PersistSteps, notices_only
 from raftkv.runtime.snapshots import SnapshotSteps
+from raftkv.runtime.soon import SoonCalls
 from raftkv.runtime.ticks import TickLoop
 from raftkv.runtime.waiters import (
     AppliedWaiters,
@@ -103,7 +106,7 @@ _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
 log = structlog.get_logger("raftkv.runtime")
 
 
-class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
+class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps, SoonCalls):
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.id = opts.node_id
@@ -245,6 +248,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
         # Threads still inside LMDB or SQLite finish before anything is closed.
         await asyncio.to_thread(self._sm_worker.shutdown, True)
         await asyncio.to_thread(self._writer.shutdown, True)
+        await self._close_builder()
         if self.failed:
             # After a storage failure nothing is written again (no retried fsync, no
             # checkpoint on close): the process exits and the next start recovers.
@@ -338,8 +342,8 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps):
         leader added meanwhile catch it up, and the cluster CA's certificate proves the id
         (`check_hello` compares them). Without TLS an unknown id is refused, because nothing
         tells it from a made-up one (the `mallory` attack of issue 10,
-        tests/integration/test_peer_attacks.py) -- unless a member we know lists it
-        (`table.vouched`, runtime/member_table.py)."""
+        tests/integration/test_peer_attacks.py) -- unless a member we know, or the record at a
+        restart's `--join` URL that lists us, lists it (`table.vouched`, member_table.py)."""
         if not self.table.accepts(node):
             return False
         if node in self.table.record.members or node in self.opts.peers_raft:

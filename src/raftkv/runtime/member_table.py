@@ -16,7 +16,8 @@ Rules:
   record has no address for it), and without peer TLS the driver refuses a Hello from an id it
   does not know. So members another member's record lists, and that ours does not (neither as
   a member nor as removed), are `vouched` for (`vouch`, from the removal watch that asks the
-  others while no leader is known, server/members_routes.py): admitted and dialled at the
+  others -- and the `--join` URL a restart names, whose record must list this node -- while no
+  leader is known, server/members_routes.py): admitted and dialled at the
   address that record gives, until our own record catches up (`adopt` forgets them). Without
   that, such a member stays at its old configuration forever, missing every later write (issue
   13's chaos run: an original member at `cluster_size` 4 of 3, 99 acknowledged writes missing).

@@ -17,6 +17,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,7 +39,7 @@ from raftkv.kv.mvcc import MVCCStore
 from raftkv.kv.quota import SpaceRecord, space, usage
 from raftkv.kv.registry import BASE_COMMAND_SET, kind_of
 from raftkv.raft.types import Role
-from raftkv.runtime.api import ROLE_HALTED, LocalStatus, NodeHalted, NotLeaderError
+from raftkv.runtime.api import ROLE_HALTED, LocalStatus, MustWait, NodeHalted, NotLeaderError
 from raftkv.runtime.backup import Backups
 from raftkv.runtime.driver import RaftDriver
 from raftkv.runtime.features import OWN_VERSIONS, ClusterVersions, check_enabled, cluster_versions
@@ -115,6 +116,34 @@ class RaftKVNode:
         result = await self.driver.propose(encode_command(cmd))
         assert result is not None  # a command entry always has a result
         return result  # type: ignore[return-value]  # propose returns the apply result
+
+    # -- SoonNode (runtime/api.py): the same calls without a coroutine (runtime/soon.py) ------
+
+    def write_soon(self, cmd: Command) -> asyncio.Future[object]:
+        if isinstance(cmd, OpenSession | SessionRequest):
+            raise MustWait  # stamped with the clock by `write`; not a hot-path command
+        self._check_feature(cmd)
+        return self.driver.propose_nowait(encode_command(cmd))
+
+    def write_settled(self, fut: asyncio.Future[object]) -> Result:
+        result = self.driver.proposal_settled(fut)
+        assert result is not None  # a command entry always has a result
+        return result  # type: ignore[return-value]  # the apply result of a command
+
+    def read_soon(
+        self, *, linearizable: bool, min_revision: int = 0, lease: bool = False
+    ) -> asyncio.Future[None] | None:
+        if self.driver.halted is not None:  # as read_fence
+            raise NodeHalted(self.driver.halted)
+        if min_revision > self.driver.sm.applied_index:
+            raise MustWait  # read_fence's wait_applied
+        return self.driver.read_barrier_nowait(lease=lease) if linearizable else None
+
+    def read_settled(self, fut: asyncio.Future[None]) -> None:
+        self.driver.read_settled(fut)
+
+    def read_applied(self, fn: Callable[[MVCCStore], T]) -> T:
+        return self.driver.sm.read(fn)
 
     def leader_elsewhere(self) -> NotLeaderError | None:
         """What `write` would raise at once on a follower that knows its leader, without

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from raftkv.raft.types import NodeId
 from raftkv.transport.tls import PeerTls
@@ -29,6 +30,9 @@ class NodeOptions:
     lease_ticks: int = 0  # leader lease (raft/lease.py); 0: `consistency=lease` is ReadIndex
     snapshot_every: int = 100_000  # applied entries between automatic snapshots (etcd: 100k)
     snapshot_keep_entries: int = 1_000  # entries kept behind a snapshot for slow followers
+    # raft.snapshot_builder: "process" builds snapshot files in a builder process (off this
+    # process's GIL: runtime/snapshot_process.py), "thread" on the state-machine worker thread.
+    snapshot_builder: Literal["process", "thread"] = "process"
     leader_wait_s: float = 2.0  # how long a request waits for a leader to appear
     request_timeout_s: float = 5.0  # proposals / reads not done by then: outcome unknown
     max_append_bytes: int = 4 << 20

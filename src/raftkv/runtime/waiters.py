@@ -100,6 +100,17 @@ async def await_within(fut: asyncio.Future[T], delay: float) -> T:
         timers.remove(fut)
 
 
+def bound(fut: asyncio.Future[T], delay: float) -> None:
+    """`await_within` without the await: fail `fut` with TimeoutError after `delay` seconds
+    (up to SWEEP_S later) unless `unbound(fut)` is called first (the caller's callback
+    must call it once `fut` is done, as await_within's `finally` does)."""
+    deadlines().add(fut, delay, _expire, fut)
+
+
+def unbound(fut: asyncio.Future[T]) -> None:
+    deadlines().remove(fut)
+
+
 def _expire(fut: asyncio.Future[T]) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError())

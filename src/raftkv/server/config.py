@@ -153,6 +153,9 @@ class Settings:
     auth_enabled: bool = False  # auth.enabled: users, roles, tokens (server/auth*.py)
     token_ttl_s: int = 600  # auth.token_ttl_s: lifetime of a bearer token
     http_engine: str = "fast"  # server.http_engine: "fast" or "aiohttp" (server/runner.py)
+    # `serve --join URL` (with its scheme), also on a restart from the member files: a source
+    # the operator named that may vouch for members ours lacks (server/members_routes.py).
+    join_url: str | None = None
     # RAFTKV_ROOT_PASSWORD: the leader creates user root with it if absent. Never printed.
     root_password: str | None = field(default=None, repr=False)
 

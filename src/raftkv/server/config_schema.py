@@ -105,6 +105,14 @@ class RaftSection(_Section, frozen=True, kw_only=True):
             "so a slightly lagging follower catches up by log, not by a full snapshot",
         ),
     ] = 1_000
+    snapshot_builder: Annotated[
+        Literal["process", "thread"],
+        Meta(
+            description="`process`: snapshot files are written by a helper process of the "
+            "node (read-only on its LMDB state, lower CPU priority), so the build never holds "
+            "the node's interpreter lock; `thread`: on a worker thread of the node"
+        ),
+    ] = "process"
     max_snapshot_bytes: Annotated[
         Annotated[int, Meta(ge=1 << 20, le=(1 << 63) - 1)] | None,
         Meta(

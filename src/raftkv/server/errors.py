@@ -20,7 +20,14 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from raftkv.runtime.api import HaltReport, NodeHalted
+from raftkv.runtime.api import (
+    FeatureNotEnabled,
+    HaltReport,
+    NodeHalted,
+    NodeStopping,
+    NoLeaderError,
+    OperationTimeout,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +101,37 @@ def http_error_code(status: int, reason: str) -> tuple[str, str]:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def node_failure(exc: BaseException, *, write: bool) -> ApiError | None:
+    """The API error for a node call's failure (`http.call_node`'s mapping, module rules of
+    http.py); None for anything else (NodeHalted, bugs: `error_reply` answers those)."""
+    if isinstance(exc, NoLeaderError):
+        return ApiError(
+            503, "no_leader", "no leader is known; retry later", headers={"Retry-After": "1"}
+        )
+    if isinstance(exc, OperationTimeout | TimeoutError):
+        words = "the write may or may not have been applied" if write else "the read failed"
+        return ApiError(504, "timeout", f"request timed out; {words}")
+    if isinstance(exc, NodeStopping):
+        return stopping_error()
+    if isinstance(exc, FeatureNotEnabled):
+        # Nothing was proposed: safe to retry once every member runs the newer version.
+        return ApiError(
+            503,
+            "feature_not_enabled",
+            str(exc),
+            headers={"Retry-After": "5"},
+            kind=exc.kind,
+            needs_command_set=exc.needs,
+            cluster_command_set=exc.cluster_command_set,
+            waiting_for=exc.waiting_for,
+        )
+    return None
+
+
+def stopping_error() -> ApiError:
+    return ApiError(503, "node_stopping", "the node is shutting down", headers={"Retry-After": "1"})
 
 
 def halted_error(report: HaltReport) -> ApiError:

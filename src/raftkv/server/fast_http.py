@@ -12,7 +12,8 @@ Rules:
   segments, `Expect`, `Content-Encoding`, `Transfer-Encoding`, `Upgrade`, a body on GET/DELETE,
   a body over the app's bound or past the in-flight cap, over-long lines or header blocks,
   and anything the parser refuses. So every error the fast path does not make itself is
-  aiohttp's own, byte for byte. Replies to requests before it on the connection go out first.
+  aiohttp's own, byte for byte. Replies to requests before it on the connection go out first
+  (the handing on itself: fast_handoff.py).
 - A reply carries exactly the headers aiohttp sends (the handler's, in order, then
   Content-Length, Content-Type default, Date, Server, `Connection: close`), checked by a test
   that compares both engines' bytes.
@@ -25,6 +26,11 @@ Rules:
   the in-flight body bytes (BodyGate's own counter, reserved from headers to reply), and a
   request whose client disconnects is cancelled. Pipelined requests are answered in order; at
   most MAX_PIPELINED wait before reading pauses.
+- One request is answered at a time, in order, by one of three paths (`FastRoutes`): at once
+  inside `data_received` (a stale GET: no task, no coroutine), from a done-callback of the
+  node's own waiter future (a linearizable GET, PUT, DELETE: `Pending`), or by a task running
+  the coroutine handler (everything else). The next request is taken after the reply is
+  written.
 - Read workers (`read_workers.py`): a connection whose first request is a stale GET may move to a
   worker process (its descriptor and the bytes since that request; the node keeps a share).
   In a worker, whatever it does not serve goes back to the node instead of to aiohttp
@@ -37,14 +43,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 import structlog
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from raftkv.server.errors import error_response
-from raftkv.server.fast_request import FastRequest, HandBack, serialize
+from raftkv.server.fast_handoff import HandOffs
+from raftkv.server.fast_request import FastRequest, HandBack, JsonReply, Pending, serialize
 from raftkv.server.limits import too_many_connections
 
 if TYPE_CHECKING:
@@ -57,6 +65,7 @@ MAX_PIPELINED: Final = 16  # parsed requests waiting for their turn before readi
 _KV: Final = b"/kv/"
 _CRLFCRLF: Final = b"\r\n\r\n"
 _STALE: Final = b"consistency=stale"
+_METHODS: Final = {b"GET": "GET", b"PUT": "PUT", b"DELETE": "DELETE"}  # as str, once
 # Request headers that make a request aiohttp's (see the rules).
 _HANDED_OFF_HEADERS: Final = frozenset(
     {b"expect", b"content-encoding", b"transfer-encoding", b"upgrade"}
@@ -67,7 +76,15 @@ class _HandOff(Exception):
     """Raised from a parser callback: this request is aiohttp's (the parser stops there)."""
 
 
-class FastProtocol(asyncio.Protocol):
+def _internal_error(req: FastRequest) -> web.Response:
+    """The reply when a handler's error could not be answered: a bug of ours (logged)."""
+    log.exception("unexpected error", method=req.method, path=req.path)
+    resp = error_response(500, "internal_error", "internal server error")
+    resp.force_close()  # as aiohttp does after a handler's exception
+    return resp
+
+
+class FastProtocol(HandOffs, asyncio.Protocol):
     """One client connection (see the module rules)."""
 
     def __init__(self, server: FastServer, initial: bytes = b"", *, returned: bool = False) -> None:
@@ -87,7 +104,8 @@ class FastProtocol(asyncio.Protocol):
         self._content_length = 0
         self._queue: collections.deque[FastRequest] = collections.deque()
         self._task: asyncio.Task[None] | None = None
-        self._serving: FastRequest | None = None  # the request _task answers
+        self._pending: Pending | None = None  # or a node future's callback answers it
+        self._serving: FastRequest | None = None  # the request being answered
         self._writing_paused = False  # the client does not read its replies: wait
         self._handing_off = False
         self._to_worker: int | None = None  # the read worker the handoff goes to
@@ -124,7 +142,9 @@ class FastProtocol(asyncio.Protocol):
         self._cancel_timers()
         if self._task is not None:
             self._task.cancel()  # the client went away (aiohttp's handler_cancellation)
-        if self._serving is not None:  # its task may be cancelled before it ever ran
+        if self._pending is not None:
+            self._pending.future.cancel()  # the same for a callback (`_settled` counts it)
+        elif self._serving is not None:  # its task may be cancelled before it ever ran
             self._release(self._serving)
         for req in self._queue:
             self._release(req)
@@ -161,7 +181,7 @@ class FastProtocol(asyncio.Protocol):
             else:
                 self._stream = self._stream[self._front :]
             self._front = 0
-        if self._task is None and self._queue:
+        if self._serving is None and self._queue:
             self._next()
         if len(self._queue) >= MAX_PIPELINED:
             self._pause_reading()
@@ -188,11 +208,12 @@ class FastProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         server = self._server
         parser = self._parser
-        handler_ok = parser.get_method() in server.methods
+        method = _METHODS.get(parser.get_method())  # only the hot routes' methods
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         path, _, query = url.partition(b"?")
         if (
-            not handler_ok
+            method is None
+            or method not in server.methods
             or self._handing_off
             or self._closing
             or not path.startswith(_KV)
@@ -216,7 +237,6 @@ class FastProtocol(asyncio.Protocol):
             pairs.append(
                 (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
             )
-        method = parser.get_method().decode("ascii")
         if content_length and (method != "PUT" or not server.reserve(content_length)):
             raise _HandOff  # aiohttp answers 413 / 503 server_busy, or reads the odd body
         if self._fresh:
@@ -266,23 +286,59 @@ class FastProtocol(asyncio.Protocol):
     # -- serving -----------------------------------------------------------------------------
 
     def _next(self) -> None:
-        self._task = self._serving = None
-        if self._writing_paused:  # resume_writing calls again
-            self._pause_reading()
-            return
-        if self._reading_paused and not self._handing_off and len(self._queue) < MAX_PIPELINED:
-            self._resume_reading()
-        if self._queue and self.transport is not None:
+        """Serve the queued requests in order: at once where the handler can (a stale GET),
+        else through a node future's callback or a task; the next one after its reply."""
+        self._task = self._serving = self._pending = None
+        while True:
+            if self._writing_paused:  # resume_writing calls again
+                self._pause_reading()
+                return
+            if self._reading_paused and not self._handing_off and len(self._queue) < MAX_PIPELINED:
+                self._resume_reading()
+            if not self._queue or self.transport is None:
+                break
             req = self._queue.popleft()
             self._serving = req
-            self._task = self._loop.create_task(self._serve(req))
+            try:
+                out = self._server.routes.handle_soon(req)
+            except Exception:  # as in _serve: an error reply that cannot be made
+                out = _internal_error(req)
+            if out is None:
+                self._task = self._loop.create_task(self._serve(req))
+                return
+            if isinstance(out, Pending):
+                self._pending = out
+                out.future.add_done_callback(self._settled)
+                return
+            self._release(req)
+            if not self._reply(req, out):
+                return
+            self._serving = None
+        if self._handing_off:
+            self._hand_off()
+        elif self._closing:
+            self._close()
         else:
-            if self._handing_off:
-                self._hand_off()
-            elif self._closing:
-                self._close()
-            else:
-                self._idle()
+            self._idle()
+
+    def _settled(self, fut: asyncio.Future[Any]) -> None:
+        pending, req = self._pending, self._serving
+        if pending is None or req is None or pending.future is not fut:
+            return  # cannot happen (one request in progress at a time); be safe
+        self._pending = None
+        try:
+            resp = self._server.routes.settle(req, pending)
+        except Exception:  # as in _serve
+            resp = _internal_error(req)
+        if resp is None and not fut.cancelled() and self.transport is not None:
+            # RetryWrite: the coroutine proposes it again (and releases the body).
+            self._task = self._loop.create_task(self._serve(req))
+            return
+        self._release(req)
+        if resp is None:  # cancelled: the client went away, or an abort: nothing to send
+            self._serving = None
+        elif self.transport is not None and self._reply(req, resp):
+            self._next()
 
     async def _serve(self, req: FastRequest) -> None:
         try:
@@ -292,16 +348,24 @@ class FastProtocol(asyncio.Protocol):
             self._hand_back(req)
             return
         except Exception:  # handle() answers every error itself: this is a bug of ours
-            log.exception("unexpected error", method=req.method, path=req.path)
-            resp = error_response(500, "internal_error", "internal server error")
+            resp = _internal_error(req)
         finally:
             self._release(req)
+        if self.transport is not None and self._reply(req, resp):
+            self._next()
+
+    def _reply(self, req: FastRequest, resp: web.StreamResponse | JsonReply) -> bool:
+        """Send `resp`; False when the connection closes after it (or is gone)."""
         transport = self.transport
         if transport is None:
-            return
+            return False
         keep_alive = req.keep_alive and not self._closing and resp.keep_alive is not False
         try:
-            data = serialize(resp, keep_alive)
+            data = (
+                resp.render(keep_alive)
+                if isinstance(resp, JsonReply)
+                else serialize(resp, keep_alive)
+            )
         except (TypeError, ValueError):
             log.exception("cannot send a reply", method=req.method, path=req.path)
             data = serialize(error_response(500, "internal_error", "internal server error"), False)
@@ -310,8 +374,7 @@ class FastProtocol(asyncio.Protocol):
         if not keep_alive:
             self._task = self._serving = None
             self._close()
-            return
-        self._next()
+        return keep_alive
 
     def _release(self, req: FastRequest) -> None:
         if req.reserved:
@@ -335,7 +398,7 @@ class FastProtocol(asyncio.Protocol):
         if self.transport is None:
             return
         now = self._loop.time()
-        if self._task is not None or self._current is not None or self._queue:
+        if self._serving is not None or self._current is not None or self._queue:
             self._keepalive = self._loop.call_at(now + self._server.keepalive_s, self._check_idle)
             return
         close_at = self._idle_since + self._server.keepalive_s
@@ -366,7 +429,7 @@ class FastProtocol(asyncio.Protocol):
         ms = self._server.body_timeout_s * 1000
         resp = error_response(408, "body_timeout", f"request body not received within {ms:.0f} ms")
         self._server.routes.observe(req.method, 408, self._loop.time() - self._body_started)
-        if self._task is None:  # else the reply in progress goes first; the 408 is dropped
+        if self._serving is None:  # else the reply in progress goes first; the 408 is dropped
             transport.write(serialize(resp, False))
         self._close()
 
@@ -379,7 +442,7 @@ class FastProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._task is None and self.transport is not None:
+        if self._serving is None and self.transport is not None:
             self._next()
 
     def _pause_reading(self) -> None:
@@ -400,12 +463,14 @@ class FastProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """Stop taking requests: close now if idle, else after the reply in progress."""
         self._closing = True
-        if self._task is None and not self._queue:
+        if self._serving is None and not self._queue:
             self._close()
 
     def abort(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self._pending is not None:
+            self._pending.future.cancel()
         if self.transport is not None:
             self.transport.abort()
 
@@ -420,56 +485,9 @@ class FastProtocol(asyncio.Protocol):
             self._current = None
         self._cancel_timers()
         self._pause_reading()
-        if self._task is None:
+        if self._serving is None:
             self._next()  # hands off now, or once the replies before it are out
 
-    def _hand_off(self) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        stream = self._stream
-        start = self._front
-        while start < len(stream) and stream[start] in b"\r\n":
-            start += 1
-        rest = bytes(stream[start:])
-        self._stream = b""
-        self.transport = None
-        self._server.forget(self)
-        server = self._server
-        if self._to_worker is not None and server.workers is not None:
-            if server.workers.offer(self._to_worker, transport, rest):
-                transport.close()  # the worker holds its own descriptor of the connection
-                return
-            # Not sent (the worker is busy or gone): this node serves it after all.
-            if self._reading_paused:
-                transport.resume_reading()
-            transport.set_protocol(FastProtocol(server, rest, returned=True))
-            transport.get_protocol().connection_made(transport)
-            return
-        if server.hand_back is not None:  # a read worker: everything else is the node's
-            server.hand_back(transport, rest)
-            return
-        if self._reading_paused:  # first: aiohttp may pause it again while it takes `rest`
-            transport.resume_reading()
-        make_handler = self._server.aiohttp_handler
-        assert make_handler is not None  # only a read worker has none, and it has hand_back
-        handler = make_handler()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        if rest:
-            handler.data_received(rest)
-
-    def _hand_back(self, req: FastRequest) -> None:
-        """A read worker: `req` and what follows it go back to the node (HandBack)."""
-        rest = b"".join([req.raw, *(q.raw for q in self._queue), self._stream])
-        for queued in self._queue:
-            self._release(queued)
-        self._queue.clear()
-        self._task = self._serving = None
-        transport, hand_back = self.transport, self._server.hand_back
-        self._stream = b""
-        self.transport = None
-        self._cancel_timers()
-        self._server.forget(self)
-        if transport is not None and hand_back is not None:
-            hand_back(transport, rest)
+    def _returned(self, rest: bytes) -> FastProtocol:
+        """This connection back from a read worker that could not take it (fast_handoff.py)."""
+        return FastProtocol(self._server, rest, returned=True)

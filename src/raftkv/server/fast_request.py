@@ -7,12 +7,17 @@ Rules:
   request get it through a cast (`fast_routes.py`), so both engines run the same handler code.
 - `serialize` writes what aiohttp would write for the same response to an HTTP/1.1 request,
   header for header (Date aside); `test_server_engines.py` compares both engines' bytes.
+- `JsonReply` is the hot routes' 200 reply without aiohttp's Response (issue 12: building a
+  Response and serializing it cost more than the rest of a stale GET): the same bytes as
+  `serialize(json_response(body, headers={"ETag": etag}))`, from a head cached per second.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import hdrs, web
 from aiohttp.helpers import HeadersMixin, rfc822_formatted_time
@@ -22,6 +27,20 @@ from yarl import URL
 
 if TYPE_CHECKING:
     from raftkv.server.fast_http import FastProtocol
+
+
+class Pending:
+    """A reply that waits for a node future (the callback path, `FastRoutes.handle_soon`):
+    once `future` is done, `finish()` makes the reply or raises as the handler would."""
+
+    __slots__ = ("finish", "future", "start")
+
+    def __init__(
+        self, future: asyncio.Future[Any], finish: Callable[[], web.StreamResponse | JsonReply]
+    ) -> None:
+        self.future = future
+        self.finish = finish
+        self.start = 0.0  # when the request was taken (metrics)
 
 
 class HandBack(Exception):
@@ -112,6 +131,42 @@ class FastRequest(HeadersMixin):
 
     def __setitem__(self, key: object, value: object) -> None:
         self._state[key] = value
+
+
+class JsonReply:
+    """A 200 `application/json` reply with an optional ETag header (module rules)."""
+
+    __slots__ = ("body", "etag")
+    status = 200
+    keep_alive: bool | None = None  # as web.Response: the request's keep-alive decides
+
+    def __init__(self, body: bytes, etag: str | None = None) -> None:
+        self.body = body
+        self.etag = etag
+
+    def render(self, keep_alive: bool) -> bytes:
+        now = int(time.time())
+        if now != _tail[0]:
+            _tail[:] = [now, _tail_of(True), _tail_of(False)]
+        tail = _tail[1] if keep_alive else _tail[2]
+        length = str(len(self.body)).encode("ascii")
+        if self.etag is None:
+            return b"".join((_OK_JSON, length, tail, self.body))
+        # An ETag is a revision made by us ('"<digits>"'): nothing to check or escape.
+        return b"".join((_OK_ETAG, self.etag.encode("ascii"), _ETAG_JSON, length, tail, self.body))
+
+
+_OK_JSON: Final = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+_OK_ETAG: Final = b"HTTP/1.1 200 OK\r\nETag: "
+_ETAG_JSON: Final = b"\r\nContent-Type: application/json\r\nContent-Length: "
+_tail: list[Any] = [0, b"", b""]  # (second, tail with keep-alive, tail closing): per second
+
+
+def _tail_of(keep_alive: bool) -> bytes:
+    close = "" if keep_alive else "\r\nConnection: close"
+    return (
+        f"\r\nDate: {rfc822_formatted_time()}\r\nServer: {SERVER_SOFTWARE}{close}\r\n\r\n".encode()
+    )
 
 
 def serialize(resp: web.StreamResponse, keep_alive: bool) -> bytes:

@@ -7,6 +7,12 @@ Rules:
   cancelled request counted as "cancelled"), then the JSON error mapping (`errors.error_reply`),
   then auth when `auth.enabled` (`Authenticator.middleware`, unchanged). The body gate's checks
   are made by the protocol before a request is taken (`fast_http.py`).
+- `handle_soon` is the same without a coroutine (issue 12's hot path): the handlers' `*_soon`
+  forms (kv_routes.py) answer now (a stale GET), or give a `Pending` reply that `settle` makes
+  once the node's future is done (a linearizable GET, PUT, DELETE), with the same error
+  mapping and metrics; None means "only `handle` can serve it" (auth on, sessions,
+  forwarding, a lease read, a full turn budget...). A write whose proposal another leader's
+  entry replaced is served again by `handle` (it proposes again, as `write` would).
 - `FastServer` is the listener's protocol factory: it counts the fast connections, shares the
   connection cap with aiohttp's server (handed-off connections count there), reserves request
   bodies in the app's `BodyGate`, makes the aiohttp handler a connection is handed to, and on
@@ -23,10 +29,11 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from raftkv.runtime.api import RetryWrite
 from raftkv.server.auth import Authenticator
 from raftkv.server.errors import Handler, error_reply
 from raftkv.server.fast_http import FastProtocol
-from raftkv.server.fast_request import FastRequest, HandBack
+from raftkv.server.fast_request import FastRequest, HandBack, JsonReply, Pending
 from raftkv.server.limits import BodyGate
 from raftkv.server.metrics_routes import CANCELLED
 
@@ -36,6 +43,8 @@ if TYPE_CHECKING:
 ENGINES: Final = ("aiohttp", "fast")
 _KEY_ROUTE: Final = "/kv/{key}"  # the canonical name of the app's key route (metrics)
 _now: Final = time.perf_counter
+# A hot handler without a coroutine (kv_routes.KvRoutes.*_soon): (request, its body).
+SoonHandler = Callable[[web.Request, bytes], web.StreamResponse | JsonReply | Pending | None]
 
 
 class Observer(Protocol):
@@ -53,9 +62,12 @@ class FastRoutes:
         gate: BodyGate,
         metrics: Observer | None,
         auth: Authenticator | None,
+        soon: Mapping[str, SoonHandler] | None = None,
     ) -> None:
         self._handlers = dict(handlers)
-        self.methods = frozenset(m.encode("ascii") for m in handlers)
+        # Auth's checks may wait (scrypt in a thread): with auth on, `handle` serves all.
+        self._soon = dict(soon or {}) if auth is None else {}
+        self.methods = frozenset(handlers)
         self.gate = gate
         self._metrics = metrics
         self._auth = auth
@@ -82,6 +94,40 @@ class FastRoutes:
             self.observe(req.method, CANCELLED, _now() - start)
             raise
         self.observe(req.method, resp.status, _now() - start)
+        return resp
+
+    def handle_soon(self, req: FastRequest) -> web.StreamResponse | JsonReply | Pending | None:
+        """`handle` without a coroutine, when the handler can (module rules)."""
+        soon = self._soon.get(req.method)
+        if soon is None:
+            return None
+        request = cast(web.Request, req)
+        start = _now()
+        try:
+            out = soon(request, req.body)
+        except Exception as exc:
+            out = error_reply(exc, request)
+        if out is None:
+            return None
+        if isinstance(out, Pending):
+            out.start = start
+            return out
+        self.observe(req.method, out.status, _now() - start)
+        return out
+
+    def settle(self, req: FastRequest, pending: Pending) -> web.StreamResponse | JsonReply | None:
+        """The reply of `pending`, its future done; None: nothing to send (cancelled: the
+        client went away), or `handle` must serve `req` (RetryWrite)."""
+        try:
+            resp = pending.finish()
+        except RetryWrite:
+            return None
+        except asyncio.CancelledError:
+            self.observe(req.method, CANCELLED, _now() - pending.start)
+            return None
+        except Exception as exc:
+            resp = error_reply(exc, cast(web.Request, req))
+        self.observe(req.method, resp.status, _now() - pending.start)
         return resp
 
     def observe(self, method: str, status: int, seconds: float) -> None:

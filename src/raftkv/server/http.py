@@ -59,6 +59,8 @@ from raftkv.server.errors import (
     error_response,
     halted_error,
     json_response,
+    node_failure,
+    stopping_error,
 )
 from raftkv.server.fast_routes import FAST_ROUTES, FastRoutes
 from raftkv.server.forward import Forwarder, outcome_unknown, resolve_source_ip
@@ -155,6 +157,7 @@ def create_app(node: KVNode, settings: Settings) -> web.Application:
         gate,
         api.http_metrics,
         auth if settings.auth_enabled else None,
+        {"PUT": kv.put_soon, "GET": kv.get_soon, "DELETE": kv.delete_soon},
     )
     fast.node = node  # its read workers ask it for read fences (read_workers.py)
     membership = getattr(node, "membership", None)
@@ -381,27 +384,10 @@ async def call_node(operation: Awaitable[T], timeout_s: float | None, *, write: 
         if timeout_s is None:
             return await operation
         return await run_within(operation, timeout_s)  # as asyncio.timeout, but cheaper
-    except NoLeaderError as exc:
-        raise ApiError(
-            503, "no_leader", "no leader is known; retry later", headers={"Retry-After": "1"}
-        ) from exc
-    except (OperationTimeout, TimeoutError) as exc:
-        words = "the write may or may not have been applied" if write else "the read failed"
-        raise ApiError(504, "timeout", f"request timed out; {words}") from exc
-    except NodeStopping as exc:
-        raise _stopping() from exc
-    except FeatureNotEnabled as exc:
-        # Nothing was proposed: safe to retry once every member runs the newer version.
-        raise ApiError(
-            503,
-            "feature_not_enabled",
-            str(exc),
-            headers={"Retry-After": "5"},
-            kind=exc.kind,
-            needs_command_set=exc.needs,
-            cluster_command_set=exc.cluster_command_set,
-            waiting_for=exc.waiting_for,
-        ) from exc
+    except (NoLeaderError, OperationTimeout, TimeoutError, NodeStopping, FeatureNotEnabled) as exc:
+        mapped = node_failure(exc, write=write)
+        assert mapped is not None
+        raise mapped from exc
 
 
 def _key_not_found(key: str) -> ApiError:
@@ -420,4 +406,4 @@ def _not_leader(exc: NotLeaderError) -> ApiError:
 
 
 def _stopping() -> ApiError:
-    return ApiError(503, "node_stopping", "the node is shutting down", headers={"Retry-After": "1"})
+    return stopping_error()

@@ -14,7 +14,10 @@ Rules:
   node id and the cluster's initial voters). A restart needs only `--node-id` and `--data-dir`:
   when no config file is named (`--config` / KV_CONFIG) and they exist, they are used and no
   other YAML file is read. Their addresses only seed the transport: the replicated membership
-  record (runtime/members.py) wins once the node runs.
+  record (runtime/members.py) wins once the node runs. A restart that names `--join URL` too
+  keeps the URL (`Settings.join_url`): while the node knows no leader, the cluster there may
+  vouch for members its files and record lack (server/members_routes.py) -- the members it
+  knows may all have been removed while it was down.
 - With a config file, its `nodes` are the INITIAL configuration only (like etcd's
   `--initial-cluster`); after bootstrap the replicated record is the configuration.
 - With security on (docs/security.md): the cluster's `tls` and `auth` sections are shared like
@@ -39,7 +42,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -114,6 +117,8 @@ def resolve(
         node_dir = Path(str(data_root or _DEFAULT_ROOT)) / str(node_id)
         if (node_dir / MEMBER_FILE).exists() and (node_dir / MEMBER_CONFIG).exists():
             settings, initial = _from_member_files(node_dir, overrides, environ)
+            if join is not None:
+                settings = replace(settings, join_url=join_base(join, access or JoinAccess()))
             return Resolved(settings, initial, joined=False)
     if join is not None:
         if node_id is None:
@@ -124,6 +129,7 @@ def resolve(
         settings, initial = join_cluster(
             join, str(node_id), raft_address, http_address, root, overrides, environ, access
         )
+        settings = replace(settings, join_url=join_base(join, access or JoinAccess()))
         return Resolved(settings, initial, joined=True)
     if raft_address is not None or http_address is not None:
         raise ConfigError("--raft-address/--http-address: only with --join")
@@ -203,9 +209,7 @@ def join_cluster(
 ) -> tuple[Settings, tuple[str, ...]]:
     """Ask the cluster at `url` to add this node as a learner; the settings to start with."""
     access = access or JoinAccess()
-    base = url.rstrip("/")
-    if "://" not in base:
-        base = ("https://" if access.tls_asked else "http://") + base
+    base = join_base(url, access)
     raft = str(Address.parse(raft_address, "--raft-address"))
     http = str(Address.parse(http_address, "--http-address"))
     https = base.startswith("https://")
@@ -256,6 +260,14 @@ def join_cluster(
     finally:
         staged.unlink(missing_ok=True)
     return settings, tuple(str(v) for v in info["initial_voters"])
+
+
+def join_base(url: str, access: JoinAccess) -> str:
+    """The --join URL with a scheme (https when a TLS option is given) and no trailing '/'."""
+    base = url.rstrip("/")
+    if "://" not in base:
+        base = ("https://" if access.tls_asked else "http://") + base
+    return base
 
 
 def _member_context(access: JoinAccess, tls: object, node_id: str) -> ssl.SSLContext:

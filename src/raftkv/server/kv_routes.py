@@ -29,9 +29,11 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Final, Protocol, TypeVar
 
+import msgspec
 from aiohttp import web
 
 from raftkv.kv.commands import (
@@ -56,11 +58,18 @@ from raftkv.kv.commands import (
 )
 from raftkv.kv.mvcc import MVCCStore
 from raftkv.kv.quota import NoSpace
-from raftkv.runtime.api import KVNode, NotLeaderError
+from raftkv.runtime.api import KVNode, MustWait, NotLeaderError, RetryWrite, SoonNode
 from raftkv.server.alarms import no_space_error
 from raftkv.server.config import Settings
-from raftkv.server.errors import ApiError, json_response
-from raftkv.server.inputs import MAX_KEY_BYTES, key_from_request, read_body, value_from_body
+from raftkv.server.errors import ApiError, json_response, node_failure
+from raftkv.server.fast_request import JsonReply, Pending
+from raftkv.server.inputs import (
+    MAX_KEY_BYTES,
+    checked_body,
+    key_from_request,
+    read_body,
+    value_from_body,
+)
 from raftkv.server.kv_params import (
     OCTET_STREAM,
     check_revision,
@@ -115,6 +124,11 @@ async def submit(
         result = await calls.call(node.write(cmd), write=True)
     except NotLeaderError as exc:
         return await calls.forward(request, body, exc)
+    return checked(result)
+
+
+def checked(result: Result) -> Result:
+    """A write's result, or the error it stands for (no space, a session's refusal)."""
     if isinstance(result, NoSpace):
         raise no_space_error(result)  # nothing was changed (kv/quota.py)
     if isinstance(result, SessionError):
@@ -152,6 +166,8 @@ class KvRoutes:
         self._node = node
         self._settings = settings
         self._calls = calls
+        # The node's calls without a coroutine, when it has them (the fast engine's hot path).
+        self._soon = node if isinstance(node, SoonNode) else None
 
     def _value(self, request: web.Request, body: bytes) -> Value:
         # aiohttp reports a missing Content-Type as application/octet-stream: only an explicit
@@ -162,25 +178,27 @@ class KvRoutes:
 
     # -- single keys ------------------------------------------------------------------------
 
-    async def put(self, request: web.Request) -> web.StreamResponse:
-        key = key_from_request(request)
-        body = await read_body(request, self._settings.max_value_bytes)
+    def _put_command(self, request: web.Request, key: str, body: bytes) -> tuple[Value, Command]:
         value = self._value(request, body)
         conds = preconditions(request, key)
         cmd: Command = Put(key, value)
         if conds:
             cmd = Txn(conds, [PutOp(key, value)], [GetOp(key)])
+        return value, cmd
+
+    async def put(self, request: web.Request) -> web.StreamResponse:
+        key = key_from_request(request)
+        body = await read_body(request, self._settings.max_value_bytes)
+        value, cmd = self._put_command(request, key, body)
         result = await submit(self._node, self._calls, request, body, cmd)
         if isinstance(result, web.StreamResponse):
             return result
-        revision = _write_revision(key, result)
-        reply: dict[str, object] = {"key": key}
-        value_json(value, reply)
-        reply["message"] = STORED_MESSAGE
-        reply["revision"] = revision
-        return json_response(reply, headers={"ETag": etag(revision)})
+        return _aiohttp(_put_reply(key, value, result))
 
-    async def get(self, request: web.Request) -> web.StreamResponse:
+    def _get_plan(
+        self, request: web.Request
+    ) -> tuple[str, str, int, Callable[[MVCCStore], KeyValue | None]]:
+        """(key, consistency, min_revision, the read) of a GET, its parameters checked."""
         key = key_from_request(request)
         level = consistency(request)
         rev = query_int(request, "revision", minimum=1)
@@ -190,6 +208,10 @@ class KvRoutes:
             at = check_revision(store, rev)
             return store.get(key) if rev is None else store.get_at(key, at)
 
+        return key, level, min_rev, read
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        key, level, min_rev, read = self._get_plan(request)
         op = self._node.read(
             read, linearizable=level != "stale", min_revision=min_rev, lease=level == "lease"
         )
@@ -199,34 +221,91 @@ class KvRoutes:
             kv = await self._calls.call(op, write=False, timed=False)
         except NotLeaderError as exc:  # not expected from the runtime: ReadIndex goes via leader
             raise _not_leader(exc) from exc
-        if kv is None:
-            raise ApiError(404, "key_not_found", "key not found", key=key)
-        headers = {"ETag": etag(kv.mod_revision)}
-        if wants_raw(request):
-            raw = kv.value.encode() if isinstance(kv.value, str) else kv.value
-            return web.Response(body=raw, content_type=OCTET_STREAM, headers=headers)
-        return json_response(kv_json(kv), headers=headers)
+        return _aiohttp(_get_reply(request, key, kv))
 
-    async def delete(self, request: web.Request) -> web.StreamResponse:
-        key = key_from_request(request)
+    def _delete_command(self, request: web.Request, key: str) -> Command:
         conds = preconditions(request, key)
         cmd: Command = Delete(key)
         if conds:
             cmd = Txn(conds, [DeleteOp(key)], [GetOp(key)])
+        return cmd
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        key = key_from_request(request)
+        cmd = self._delete_command(request, key)
         result = await submit(self._node, self._calls, request, b"", cmd)
         if isinstance(result, web.StreamResponse):
             return result
-        revision = _write_revision(key, result)
-        deleted = (
-            result.existed
-            if isinstance(result, DeleteResult)
-            else isinstance(result, TxnResult)
-            and isinstance(result.results[0], DeleteRangeResult)
-            and result.results[0].deleted > 0
-        )
-        if not deleted:
-            raise ApiError(404, "key_not_found", "key not found", key=key)
-        return json_response({"key": key, "message": DELETED_MESSAGE, "revision": revision})
+        return _aiohttp(_delete_reply(key, result))
+
+    # -- the same without a coroutine (the fast engine: fast_routes.FastRoutes.handle_soon) --
+    # Each returns the reply now, a `Pending` reply (a node future, then the same code as the
+    # coroutine after its await), or None: the coroutine must serve it (module rules).
+
+    def put_soon(
+        self, request: web.Request, body: bytes
+    ) -> web.StreamResponse | JsonReply | Pending | None:
+        if self._soon is None:
+            return None
+        key = key_from_request(request)
+        body = checked_body(request, body, self._settings.max_value_bytes)
+        value, cmd = self._put_command(request, key, body)
+        fut = self._write_soon(request, cmd)
+        if fut is None:
+            return None
+        soon = self._soon
+        return Pending(fut, lambda: _put_reply(key, value, _settled_write(soon, fut), True))
+
+    def get_soon(
+        self, request: web.Request, _body: bytes
+    ) -> web.StreamResponse | JsonReply | Pending | None:
+        soon = self._soon
+        if soon is None:
+            return None
+        key, level, min_rev, read = self._get_plan(request)
+        try:
+            fut = soon.read_soon(
+                linearizable=level != "stale", min_revision=min_rev, lease=level == "lease"
+            )
+        except MustWait:
+            return None
+        except Exception as exc:
+            raise _failure(exc, write=False) from exc
+        if fut is None:
+            return _get_reply(request, key, soon.read_applied(read), True)
+
+        def finish() -> web.StreamResponse | JsonReply:
+            try:
+                soon.read_settled(fut)
+            except Exception as exc:
+                raise _failure(exc, write=False) from exc
+            return _get_reply(request, key, soon.read_applied(read), True)
+
+        return Pending(fut, finish)
+
+    def delete_soon(
+        self, request: web.Request, _body: bytes
+    ) -> web.StreamResponse | JsonReply | Pending | None:
+        soon = self._soon
+        if soon is None:
+            return None
+        key = key_from_request(request)
+        fut = self._write_soon(request, self._delete_command(request, key))
+        if fut is None:
+            return None
+        return Pending(fut, lambda: _delete_reply(key, _settled_write(soon, fut), True))
+
+    def _write_soon(self, request: web.Request, cmd: Command) -> asyncio.Future[object] | None:
+        """`submit`'s proposal without a coroutine; None: sessions and forwarding are `submit`'s."""
+        assert self._soon is not None
+        if session_headers(request) is not None or self._calls.leader_elsewhere() is not None:
+            return None
+        try:
+            return self._soon.write_soon(cmd)
+        except MustWait:
+            return None
+        except Exception as exc:
+            raise _failure(exc, write=True) from exc
 
     # -- ranges -----------------------------------------------------------------------------
 
@@ -286,6 +365,75 @@ class KvRoutes:
         if not isinstance(result, DeleteRangeResult):
             raise ApiError(500, "internal_error", "unexpected result")
         return json_response({"deleted": result.deleted, "revision": result.revision})
+
+
+def _json(body: dict[str, object], tag: str | None, fast: bool) -> web.StreamResponse | JsonReply:
+    """`json_response(body)` (with an ETag when given), or its fast engine form (the same
+    bytes: fast_request.JsonReply)."""
+    if fast:
+        return JsonReply(msgspec.json.encode(body), tag)
+    return json_response(body, headers=None if tag is None else {"ETag": tag})
+
+
+def _aiohttp(reply: web.StreamResponse | JsonReply) -> web.StreamResponse:
+    assert isinstance(reply, web.StreamResponse)  # made with fast=False
+    return reply
+
+
+def _put_reply(
+    key: str, value: Value, result: Result, fast: bool = False
+) -> web.StreamResponse | JsonReply:
+    revision = _write_revision(key, result)
+    reply: dict[str, object] = {"key": key}
+    value_json(value, reply)
+    reply["message"] = STORED_MESSAGE
+    reply["revision"] = revision
+    return _json(reply, etag(revision), fast)
+
+
+def _get_reply(
+    request: web.Request, key: str, kv: KeyValue | None, fast: bool = False
+) -> web.StreamResponse | JsonReply:
+    if kv is None:
+        raise ApiError(404, "key_not_found", "key not found", key=key)
+    if wants_raw(request):
+        raw = kv.value.encode() if isinstance(kv.value, str) else kv.value
+        headers = {"ETag": etag(kv.mod_revision)}
+        return web.Response(body=raw, content_type=OCTET_STREAM, headers=headers)
+    return _json(kv_json(kv), etag(kv.mod_revision), fast)
+
+
+def _delete_reply(key: str, result: Result, fast: bool = False) -> web.StreamResponse | JsonReply:
+    revision = _write_revision(key, result)
+    deleted = (
+        result.existed
+        if isinstance(result, DeleteResult)
+        else isinstance(result, TxnResult)
+        and isinstance(result.results[0], DeleteRangeResult)
+        and result.results[0].deleted > 0
+    )
+    if not deleted:
+        raise ApiError(404, "key_not_found", "key not found", key=key)
+    return _json({"key": key, "message": DELETED_MESSAGE, "revision": revision}, None, fast)
+
+
+def _settled_write(soon: SoonNode, fut: asyncio.Future[object]) -> Result:
+    """A `write_soon` future's result as `submit` returns it (RetryWrite passes through)."""
+    try:
+        result = soon.write_settled(fut)
+    except RetryWrite:
+        raise
+    except Exception as exc:
+        raise _failure(exc, write=True) from exc
+    return checked(result)
+
+
+def _failure(exc: Exception, *, write: bool) -> Exception:
+    """What a node call's exception becomes (as `call_node` and `get` map it)."""
+    if isinstance(exc, NotLeaderError) and not write:
+        return _not_leader(exc)
+    mapped = node_failure(exc, write=write)
+    return exc if mapped is None else mapped
 
 
 def _write_revision(key: str, result: Result) -> int:

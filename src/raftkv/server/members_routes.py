@@ -24,6 +24,12 @@ Rules:
   The same answers name the members ours lacks: a node that was down while a member joined
   does not know that member, so could neither admit nor answer it once it leads; it takes
   them from there (`learned_members`, runtime/member_table.py) and is caught up.
+- A restart named with `--join URL` (`Settings.join_url`) asks that URL too: every member the
+  node knows may have been removed (and stopped) while it was down, leaving nobody to vouch for
+  the new ones. The URL is a source the operator configured, not a member we know, so its
+  answer counts only when it is our cluster's record and lists this node -- as removed, or as a
+  member at this node's own Raft address (`join_vouches`); the ids and addresses it vouches for
+  are checked like any other (`_members_of`, `MemberTable.vouch`).
 - Every refusal is a JSON error with a stable code (runtime/membership.py lists them); 400 for a
   malformed body, an id that does not fit node-id rules, or an address that is not host:port.
 """
@@ -129,25 +135,46 @@ class _MemberRoutes:
                 await asyncio.sleep(REMOVAL_CHECK_S)
                 if self._m.leader()[0] is not None:
                     continue
-                me = str(self._settings.node_id)
-                for peer, http in sorted(self._m.record().http_addresses().items()):
-                    if peer == me or not http:
-                        continue
+                for source, url, joined in self._sources(scheme):
                     try:
-                        async with session.get(f"{scheme}://{http}/cluster/config") as resp:
+                        async with session.get(f"{url}/cluster/config") as resp:
                             doc = await resp.json() if resp.status == 200 else {}
                     except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
                         continue
-                    if not isinstance(doc, dict):
+                    seen = self._read(doc, joined)
+                    if seen is None:
                         continue
-                    removed = doc.get("removed")
-                    removed = {str(r) for r in removed} if isinstance(removed, list) else set()
-                    if me in removed:
-                        self._m.learned_removed(f"{peer}'s membership record")
+                    listed, removed = seen
+                    if str(self._settings.node_id) in removed:
+                        self._m.learned_removed(f"{source}'s membership record")
                         return
-                    listed = _members_of(doc.get("members"))
                     if listed:
-                        self._m.learned_members(f"{peer}'s membership record", listed, removed)
+                        self._m.learned_members(f"{source}'s membership record", listed, removed)
+
+    def _sources(self, scheme: str) -> list[tuple[str, str, bool]]:
+        """Whom the watch asks: (name, base URL, is it the --join URL). The members our record
+        knows, then the --join URL a restart named: its members may all be gone."""
+        me = str(self._settings.node_id)
+        found = [
+            (peer, f"{scheme}://{http}", False)
+            for peer, http in sorted(self._m.record().http_addresses().items())
+            if peer != me and http
+        ]
+        if self._settings.join_url is not None:
+            found.append((f"--join {self._settings.join_url}", self._settings.join_url, True))
+        return found
+
+    def _read(self, doc: object, joined: bool) -> tuple[dict[str, MemberInfo], set[str]] | None:
+        """The members and removed ids of a /cluster/config answer; None if it is malformed or,
+        from the --join URL, not the record of OUR cluster (`join_vouches`)."""
+        if not isinstance(doc, dict):
+            return None
+        removed = doc.get("removed")
+        removed = {str(r) for r in removed} if isinstance(removed, list) else set()
+        listed = _members_of(doc.get("members"))
+        if joined and not join_vouches(doc, self._settings, listed, removed):
+            return None
+        return listed, removed
 
     # -- handlers ---------------------------------------------------------------------------
     async def list(self, request: web.Request) -> web.StreamResponse:
@@ -301,6 +328,24 @@ async def _json_body(request: web.Request) -> tuple[dict[str, Any], bytes]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "body must be a JSON object")
     return body, raw
+
+
+def join_vouches(
+    doc: dict[str, Any], settings: Settings, listed: dict[str, MemberInfo], removed: set[str]
+) -> bool:
+    """May the --join URL's answer `doc` vouch for members (or say we were removed)? The
+    operator named that URL, but it is not a member we know: only if it is our cluster's
+    record -- the same cluster name -- and it lists this node as removed, or as a member at
+    this node's own Raft address (the record the leader replicating to us holds)."""
+    config = doc.get("config")
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or cluster.get("name") != settings.cluster_name:
+        return False
+    me = str(settings.node_id)
+    if me in removed:
+        return True
+    mine = listed.get(me)
+    return mine is not None and mine.raft_address == str(settings.raft_address)
 
 
 def _members_of(value: object) -> dict[str, MemberInfo]:

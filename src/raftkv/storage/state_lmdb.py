@@ -201,19 +201,11 @@ class LmdbState:
         return iter(self.read(page))
 
     def build_snapshot(self, dest: Path) -> SnapshotInfo:
-        """Write a snapshot of one consistent instant to `dest` (safe on a worker thread)."""
+        """Write a snapshot of one consistent instant to `dest` (safe on a worker thread).
+        The node's automatic snapshots are built by a separate process instead
+        (`raftkv.storage.snapshot_builder`), from the same function over the same data."""
         with self._env.begin() as txn:  # one read txn: data, index, term and conf agree
-            applied = txn.get(_APPLIED_KEY, db=self._meta)
-            conf = txn.get(_CONF_KEY, db=self._meta)
-            cluster = txn.get(_CLUSTER_KEY, b"", db=self._meta)
-            index, term = _APPLIED.unpack(applied) if applied is not None else (0, 0)
-            header = SnapshotHeader(
-                Index(index),
-                Term(term),
-                _conf_decoder.decode(conf) if conf is not None else ConfState(),
-                bytes(cluster),
-            )
-            return write_snapshot_file(dest, header, lmdb_image(txn, self._dbs))
+            return snapshot_of(txn, self._dbs, dest)
 
     def install_snapshot(self, src: Path) -> SnapshotInfo:
         """Verify `src` while replacing the whole state with it; durable on return.
@@ -248,6 +240,31 @@ class LmdbState:
 
     def close(self) -> None:
         self._env.close()
+
+
+def snapshot_of(
+    txn: lmdb.Transaction[bytes],
+    dbs: Dbs,
+    dest: Path,
+    records: Callable[[Iterator[tuple[bytes, bytes]]], Iterator[tuple[bytes, bytes]]] | None = None,
+) -> SnapshotInfo:
+    """Write the state as of read transaction `txn` to `dest` (atomically: snapshot_file.py).
+
+    Everything comes from `txn`: the applied (index, term), conf and membership record in the
+    header and every record of the image, so the file is one consistent instant. `records`
+    may wrap the record stream (the builder's test hook)."""
+    applied = txn.get(_APPLIED_KEY, db=dbs.meta)
+    conf = txn.get(_CONF_KEY, db=dbs.meta)
+    cluster = txn.get(_CLUSTER_KEY, b"", db=dbs.meta)
+    index, term = _APPLIED.unpack(applied) if applied is not None else (0, 0)
+    header = SnapshotHeader(
+        Index(index),
+        Term(term),
+        _conf_decoder.decode(conf) if conf is not None else ConfState(),
+        bytes(cluster),
+    )
+    image = lmdb_image(txn, dbs)
+    return write_snapshot_file(dest, header, image if records is None else records(image))
 
 
 if TYPE_CHECKING:  # mypy proves the backend fulfils the contract

@@ -273,3 +273,34 @@ def test_the_scenario_is_registered() -> None:
     scenario = SCENARIOS["membership"]
     assert scenario.membership and "kill-leader" in scenario.faults
     assert "isolate-leader" in scenario.faults
+
+
+def test_a_restarted_original_member_names_a_live_member_with_join(tmp_path: Path) -> None:
+    """Every member it knew may have been removed while it was down (docs/membership.md): an
+    original member's restart names a live one with --join, once its member files exist."""
+    cluster = Cluster(specs(3), SLEEPER, tmp_path / "c.yaml", tmp_path / "logs")
+    try:
+        c = Conductor(
+            cluster, [], tmp_path / "data", random.Random(1), time.monotonic, lambda _: None
+        )
+        cluster.start_all()
+        node = cluster.nodes["node-1"]
+        assert node._cmd[len(SLEEPER) :][:2] == ["serve", "--config"]
+        node.kill()
+        node.start()  # no member files yet: --join would join it as a new node
+        assert "--join" not in node._cmd and "--config" in node._cmd
+        (tmp_path / "data" / "node-1").mkdir(parents=True)
+        (tmp_path / "data" / "node-1" / "member.json").write_text("{}")
+        cluster.nodes["node-2"].kill()  # not live: never the one named
+        node.kill()
+        node.start()
+        args = node._cmd[len(SLEEPER) :]
+        assert args == [
+            "serve",
+            "--node-id", "node-1",
+            "--join", "http://127.0.0.3:8003",
+            "--data-dir", str(tmp_path / "data"),
+        ]  # fmt: skip
+        assert c.cycles == 0
+    finally:
+        cluster.stop_all()

@@ -1,4 +1,5 @@
-"""The driver and storage failures, on one in-process node (no child processes).
+"""The driver and storage failures, on one in-process node (snapshots built on its thread; the
+builder process: test_snapshot_process.py).
 
 - A storage error while saving the log stops the node (fatal = StorageFailure); the write that
   hit it is not acknowledged, and `stop()` writes nothing afterwards (no save, sync or close).
@@ -58,6 +59,18 @@ async def started(tmp_path: Path, **kw: Any) -> RaftKVNode:
     return node
 
 
+async def write_until_fatal(node: RaftKVNode, writes: int) -> BaseException:
+    """Write until the node fails (at most `writes`); the failure it stopped on."""
+    for i in range(writes):
+        try:
+            await node.put(f"k{i}", "v")
+        except OperationTimeout:
+            break
+    assert node.driver.fatal is not None
+    async with asyncio.timeout(10):
+        return await node.driver.fatal
+
+
 def eio(*_: object, **__: object) -> None:
     raise OSError(errno.EIO, "Input/output error")
 
@@ -84,17 +97,10 @@ async def test_log_save_failure_stops_node_and_nothing_written_after(tmp_path: P
 
 @aio
 async def test_snapshot_build_failure_stops_node_without_compaction(tmp_path: Path) -> None:
-    node = await started(tmp_path, snapshot_every=5)
+    node = await started(tmp_path, snapshot_every=5, snapshot_builder="thread")
     d = node.driver
     d.sm.build_snapshot = eio  # type: ignore[method-assign,assignment]
-    for i in range(5):
-        try:
-            await node.put(f"k{i}", "v")
-        except OperationTimeout:
-            break
-    assert d.fatal is not None
-    async with asyncio.timeout(10):
-        exc = await d.fatal
+    exc = await write_until_fatal(node, 5)
     assert isinstance(exc, StorageFailure) and "snapshot build" in str(exc)
     assert d.durable.stats().snapshot_index == 0  # the log was not compacted
     # Nothing is taken after the failure: no write acknowledged, no read served.
@@ -109,7 +115,7 @@ async def test_snapshot_build_failure_stops_node_without_compaction(tmp_path: Pa
 
 @aio
 async def test_stop_waits_for_a_snapshot_build_in_its_thread(tmp_path: Path) -> None:
-    node = await started(tmp_path, snapshot_every=3)
+    node = await started(tmp_path, snapshot_every=3, snapshot_builder="thread")
     d = node.driver
     real_build = d.sm.build_snapshot
     entered, release = threading.Event(), threading.Event()

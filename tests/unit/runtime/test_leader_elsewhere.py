@@ -8,27 +8,15 @@ from pathlib import Path
 import pytest
 
 from raftkv.kv.commands import Put
-from raftkv.raft.types import NodeId, Role
+from raftkv.raft.types import Role
 from raftkv.runtime.api import NodeStopping, NotLeaderError
-from raftkv.runtime.node import RaftKVNode
-from tests.unit.runtime.test_features import _options, _ports, _until
+from tests.unit.runtime.test_soon import three_nodes
 from tests.unit.server.fakes import aio
 
 
 @aio
 async def test_a_follower_names_its_leader_as_write_would(tmp_path: Path) -> None:
-    ids = [NodeId("n1"), NodeId("n2"), NodeId("n3")]
-    ports = dict(zip(ids, _ports(3), strict=True))
-    nodes = {n: RaftKVNode(_options(tmp_path, ports, n)) for n in ids}
-    try:
-        for node in nodes.values():
-            await node.start()
-
-        def agreed() -> bool:
-            leaders = {node.driver.status().leader for node in nodes.values()}
-            return len(leaders) == 1 and None not in leaders
-
-        await _until("a leader every node knows", agreed)
+    async with three_nodes(tmp_path) as nodes:
         lead = next(n for n in nodes.values() if n.driver.status().role is Role.LEADER)
         assert lead.leader_elsewhere() is None  # the leader proposes
         for node in nodes.values():
@@ -49,6 +37,3 @@ async def test_a_follower_names_its_leader_as_write_would(tmp_path: Path) -> Non
         assert follower.leader_elsewhere() is None
         with pytest.raises(NodeStopping):
             await follower.write(Put("k", "v"))
-    finally:
-        for node in nodes.values():
-            await node.stop()

@@ -20,7 +20,15 @@ from yarl import URL
 from raftkv.kv.commands import Command, Delete, Put, Result
 from raftkv.kv.machine import apply_command
 from raftkv.kv.mvcc import DictState, MVCCStore
-from raftkv.runtime.api import ROLE_FOLLOWER, ROLE_LEADER, LocalStatus, NotLeaderError
+from raftkv.runtime.api import (
+    ROLE_FOLLOWER,
+    ROLE_LEADER,
+    LocalStatus,
+    MustWait,
+    NotLeaderError,
+    RetryWrite,
+)
+from raftkv.runtime.waiters import ProposalLost
 from raftkv.server.config import Address, Settings, load_settings
 from raftkv.server.http import create_app
 from raftkv.server.runner import run_http
@@ -162,6 +170,94 @@ class FakeNode:
 
     def peer_raft_addresses(self) -> Mapping[str, str]:
         return self.raft_peers
+
+
+class SoonFakeNode(FakeNode):
+    """A FakeNode with the calls without a coroutine (`runtime.api.SoonNode`), as RaftKVNode
+    has them: the fast engine serves stale GETs at once and linearizable GETs, PUTs and
+    DELETEs from a callback of the future; the future completes one loop turn later, with
+    `fail_with` as its exception when set. `hang` and a follower make them MustWait (the
+    coroutine calls then hang or raise as FakeNode's). `soon_calls` counts them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.soon_calls = 0
+        self.delay_s = 0.0  # when > 0: futures complete after this long instead
+        self.fail_once = False  # fail_with fails the next future only (then cleared)
+        self.hold = False  # futures wait for `release()` while set
+        self._held: list[Callable[[], None]] = []
+
+    def _complete(self, fut: asyncio.Future[Any], make: Callable[[], object]) -> None:
+        def done() -> None:
+            if fut.done():
+                return
+            if self.fail_with is not None:
+                fut.set_exception(self.fail_with)
+                if self.fail_once:
+                    self.fail_with, self.fail_once = None, False
+            else:
+                fut.set_result(make())
+
+        loop = asyncio.get_running_loop()
+        if self.hold:
+            self._held.append(done)
+        elif self.delay_s > 0:
+            loop.call_later(self.delay_s, done)
+        else:
+            loop.call_soon(done)
+
+    def release(self) -> None:
+        """Complete the futures held so far (next loop turn)."""
+        held, self._held = self._held, []
+        for done in held:
+            asyncio.get_running_loop().call_soon(done)
+
+    def write_soon(self, cmd: Command) -> asyncio.Future[object]:
+        if self.hang or self.leader_id != self._id:
+            raise MustWait
+        match cmd:
+            case Put(key=key, value=value):
+                self.calls.append(("put", key, value))
+            case Delete(key=key):
+                self.calls.append(("delete", key))
+            case _:
+                self.calls.append((type(cmd).__name__.lower(),))
+        self.soon_calls += 1
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+        def apply() -> object:
+            self.index += 1
+            return apply_command(self.state, cmd, self.index)
+
+        self._complete(fut, apply)
+        return fut
+
+    def write_settled(self, fut: asyncio.Future[object]) -> Result:
+        try:
+            return fut.result()  # type: ignore[return-value]  # what apply_command returned
+        except ProposalLost:
+            raise RetryWrite from None
+
+    def read_soon(
+        self, *, linearizable: bool, min_revision: int = 0, lease: bool = False
+    ) -> asyncio.Future[None] | None:
+        if self.hang:
+            raise MustWait
+        self.calls.append(("read", "lease" if lease else linearizable))
+        self.soon_calls += 1
+        if not linearizable:
+            if self.fail_with is not None:
+                raise self.fail_with
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._complete(fut, lambda: None)
+        return fut
+
+    def read_settled(self, fut: asyncio.Future[None]) -> None:
+        fut.result()
+
+    def read_applied(self, fn: Callable[[MVCCStore], T]) -> T:
+        return fn(self.state)
 
 
 class Client:
