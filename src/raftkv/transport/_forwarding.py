@@ -92,36 +92,42 @@ class ForwardingSide:
     def send_forward(self, to: NodeId, frame: ForwardBatch | ForwardReplies) -> bool:
         """Write `frame` to `to` now (behind anything queued for it). False: nothing was handed
         to the socket (not running, `to` not connected, a batch to a peer that did not
-        announce forwarding, over the frame limit, or the write buffer full)."""
-        peer = self._peers.get(to)
-        if not self._running or peer is None or not peer.connected:
+        announce forwarding, over the frame limit or not encodable, or the write buffer full)."""
+        target = self._encoded_for(to, frame)
+        if target is None:
             return False
-        if isinstance(frame, ForwardBatch) and self.forwarding_version(to) < 1:
-            return False
-        buf = bytearray()
-        if append_frame(buf, frame) > self._max_frame_bytes:
-            return False
+        peer, buf = target
         self._dirty.pop(to, None)
         return peer.flush(raw=bytes(buf))
 
     def queue_forward(self, to: NodeId, frame: ForwardBatch | ForwardReplies) -> bool:
         """Queue `frame` for `to` behind this turn's Raft messages to it (one write at the end
-        of the turn). False as for `send_forward`, or if the frame cannot be encoded."""
-        peer = self._peers.get(to)
-        if not self._running or peer is None or not peer.connected:
+        of the turn). False as for `send_forward`."""
+        target = self._encoded_for(to, frame)
+        if target is None:
             return False
-        if isinstance(frame, ForwardBatch) and self.forwarding_version(to) < 1:
-            return False
-        buf = bytearray()
-        try:
-            if append_frame(buf, frame) > self._max_frame_bytes:
-                return False
-        except Exception:  # e.g. a string msgpack cannot carry: nothing was queued
-            return False
+        peer, buf = target
         peer.pending_raw += buf
         self._dirty[to] = peer
         self._schedule_flush()
         return True
+
+    def _encoded_for(
+        self, to: NodeId, frame: ForwardBatch | ForwardReplies
+    ) -> tuple[OutboundPeer, bytearray] | None:
+        """The connected peer `frame` may go to, and the frame encoded; None if it may not."""
+        peer = self._peers.get(to)
+        if not self._running or peer is None or not peer.connected:
+            return None
+        if isinstance(frame, ForwardBatch) and self.forwarding_version(to) < 1:
+            return None
+        buf = bytearray()
+        try:
+            if append_frame(buf, frame) > self._max_frame_bytes:
+                return None
+        except Exception:  # e.g. a string msgpack cannot carry: nothing is sent
+            return None
+        return peer, buf
 
     def before_flush(self, hook: Callable[[], None]) -> None:
         """Run `hook` at the start of this turn's flush (scheduled now if none is)."""

@@ -36,6 +36,8 @@ Rules:
   `ForwardReplies` at once (behind what is queued for that peer), only while our connection
   to the peer is up and -- for a batch -- the peer's live inbound connection announced
   forwarding (`forwarding_version`); it says whether the frame was handed to the socket.
+  `queue_forward` puts one behind the turn's Raft messages to that peer instead (one write at
+  the end of the turn; `before_flush` lets a caller queue at the start of that flush).
   Inbound forward frames go to the handler set with `set_forward_handlers`, and so does
   every end of a live link in either direction (`on_link_down`); up to _MAX_EARLY_BATCHES
   batches that arrive before the first handler is set wait for it (`_forwarding.py`).
