@@ -200,7 +200,7 @@ class SoonNode(Protocol):
     """`read`/`write` without a coroutine (module rules), for the fast HTTP engine."""
 
     def read_soon(
-        self, *, linearizable: bool, min_revision: int = 0
+        self, *, linearizable: bool, min_revision: int = 0, lease: bool = False
     ) -> asyncio.Future[None] | None:
         """None: a read may run on the applied state now (`read_applied`); else the future to
         wait for first (then `read_settled`). Raises MustWait, or what `read` raises at once."""

@@ -131,13 +131,13 @@ class RaftKVNode:
         return result  # type: ignore[return-value]  # the apply result of a command
 
     def read_soon(
-        self, *, linearizable: bool, min_revision: int = 0
+        self, *, linearizable: bool, min_revision: int = 0, lease: bool = False
     ) -> asyncio.Future[None] | None:
         if self.driver.halted is not None:  # as read_fence
             raise NodeHalted(self.driver.halted)
         if min_revision > self.driver.sm.applied_index:
             raise MustWait  # read_fence's wait_applied
-        return self.driver.read_barrier_nowait() if linearizable else None
+        return self.driver.read_barrier_nowait(lease=lease) if linearizable else None
 
     def read_settled(self, fut: asyncio.Future[None]) -> None:
         self.driver.read_settled(fut)

@@ -6,8 +6,9 @@ Rules:
   `RaftDriver.propose` / `read_barrier` (the same admission gate, `check_serving`, core call,
   waiter, wake-up, coarse deadline), and return the waiter future. Whatever the coroutine
   would have to wait for (a full turn budget, no leader known, a dropped proposal, a lease
-  read) raises `MustWait` BEFORE anything was proposed or joined: the caller then uses the
-  coroutine, which starts from the same state.
+  index not applied yet) raises `MustWait` BEFORE anything was proposed or joined: the
+  caller then uses the coroutine, which starts from the same state. A lease read whose index
+  is applied returns None (read now), counted as `read_barrier` counts it.
 - `proposal_settled` / `read_settled` are the coroutine's code after its `await`: the
   deadline removed, the same metrics, the same exceptions (TimeoutError ->
   OperationTimeout, or NoLeaderError for a read when no leader is known). A proposal lost to
@@ -29,10 +30,12 @@ from raftkv.runtime.waiters import ProposalLost, bound, unbound
 
 if TYPE_CHECKING:
     from raftkv.raft.rawnode import RawNode
+    from raftkv.raft.types import Index
     from raftkv.runtime.admission import TurnGate
     from raftkv.runtime.metrics import DisabledMetrics, RuntimeMetrics
     from raftkv.runtime.options import NodeOptions
     from raftkv.runtime.waiters import ProposalWaiters, ReadWaiters
+    from raftkv.storage.state_lmdb import LmdbState
 
 
 class SoonCalls:
@@ -46,8 +49,11 @@ class SoonCalls:
         _wake: asyncio.Event
         _proposals: ProposalWaiters
         _reads: ReadWaiters
+        sm: LmdbState
 
         def check_serving(self) -> None: ...
+
+        def _lease_read_index(self) -> Index | None: ...
 
         def _schedule_pump(self) -> None: ...
 
@@ -87,9 +93,15 @@ class SoonCalls:
         self.metrics.proposals_committed += 1
         return result
 
-    def read_barrier_nowait(self) -> asyncio.Future[None]:
-        """`read_barrier(lease=False)` up to its await (module rules)."""
+    def read_barrier_nowait(self, *, lease: bool = False) -> asyncio.Future[None] | None:
+        """`read_barrier` up to its await (module rules); None: a lease read may run now
+        (the lease's index is applied already), as `read_barrier` returns at once then."""
         self.check_serving()
+        if lease and (index := self._lease_read_index()) is not None:
+            if self.sm.applied_index < index:
+                raise MustWait  # read_barrier's wait_applied
+            self.metrics.lease_reads += 1
+            return None
         if self.raw.leader is None or not self.gate.try_enter():
             raise MustWait
         fut, _, _ = self._reads.join()

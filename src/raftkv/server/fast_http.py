@@ -65,6 +65,7 @@ MAX_PIPELINED: Final = 16  # parsed requests waiting for their turn before readi
 _KV: Final = b"/kv/"
 _CRLFCRLF: Final = b"\r\n\r\n"
 _STALE: Final = b"consistency=stale"
+_METHODS: Final = {b"GET": "GET", b"PUT": "PUT", b"DELETE": "DELETE"}  # as str, once
 # Request headers that make a request aiohttp's (see the rules).
 _HANDED_OFF_HEADERS: Final = frozenset(
     {b"expect", b"content-encoding", b"transfer-encoding", b"upgrade"}
@@ -207,11 +208,12 @@ class FastProtocol(HandOffs, asyncio.Protocol):
     def on_headers_complete(self) -> None:
         server = self._server
         parser = self._parser
-        handler_ok = parser.get_method() in server.methods
+        method = _METHODS.get(parser.get_method())  # only the hot routes' methods
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         path, _, query = url.partition(b"?")
         if (
-            not handler_ok
+            method is None
+            or method not in server.methods
             or self._handing_off
             or self._closing
             or not path.startswith(_KV)
@@ -235,7 +237,6 @@ class FastProtocol(HandOffs, asyncio.Protocol):
             pairs.append(
                 (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
             )
-        method = parser.get_method().decode("ascii")
         if content_length and (method != "PUT" or not server.reserve(content_length)):
             raise _HandOff  # aiohttp answers 413 / 503 server_busy, or reads the odd body
         if self._fresh:
@@ -329,15 +330,14 @@ class FastProtocol(HandOffs, asyncio.Protocol):
             resp = self._server.routes.settle(req, pending)
         except Exception:  # as in _serve
             resp = _internal_error(req)
-        if resp is None:
-            if self.transport is None:
-                self._release(req)  # cancelled: the connection is gone
-                self._serving = None
-            else:  # a write to propose again: the coroutine's (it releases the body)
-                self._task = self._loop.create_task(self._serve(req))
+        if resp is None and not fut.cancelled() and self.transport is not None:
+            # RetryWrite: the coroutine proposes it again (and releases the body).
+            self._task = self._loop.create_task(self._serve(req))
             return
         self._release(req)
-        if self.transport is not None and self._reply(req, resp):
+        if resp is None:  # cancelled: the client went away, or an abort: nothing to send
+            self._serving = None
+        elif self.transport is not None and self._reply(req, resp):
             self._next()
 
     async def _serve(self, req: FastRequest) -> None:

@@ -67,7 +67,7 @@ class FastRoutes:
         self._handlers = dict(handlers)
         # Auth's checks may wait (scrypt in a thread): with auth on, `handle` serves all.
         self._soon = dict(soon or {}) if auth is None else {}
-        self.methods = frozenset(m.encode("ascii") for m in handlers)
+        self.methods = frozenset(handlers)
         self.gate = gate
         self._metrics = metrics
         self._auth = auth

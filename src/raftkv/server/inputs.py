@@ -49,6 +49,11 @@ def key_from_request(request: web.Request) -> str:
     # absurd keys before decoding them.
     if len(encoded) > 3 * MAX_KEY_BYTES:
         raise _key_too_large(None)
+    if encoded.isascii() and "%" not in encoded:
+        # Nothing to decode (the common key): what the steps below would return, cheaper.
+        if len(encoded) > MAX_KEY_BYTES:
+            raise _key_too_large(len(encoded))
+        return encoded
     if _BAD_ESCAPE.search(encoded):
         raise ApiError(400, "invalid_key", "key has a malformed percent-escape")
     try:

@@ -263,10 +263,10 @@ class KvRoutes:
         if soon is None:
             return None
         key, level, min_rev, read = self._get_plan(request)
-        if level == "lease":
-            return None
         try:
-            fut = soon.read_soon(linearizable=level == "linearizable", min_revision=min_rev)
+            fut = soon.read_soon(
+                linearizable=level != "stale", min_revision=min_rev, lease=level == "lease"
+            )
         except MustWait:
             return None
         except Exception as exc:

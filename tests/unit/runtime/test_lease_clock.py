@@ -46,3 +46,25 @@ async def test_lease_read_on_a_one_voter_cluster_is_served_from_the_lease(
         assert node.driver.metrics.lease_reads == before + 1
     finally:
         await node.stop()
+
+
+@aio
+async def test_a_lease_read_without_a_coroutine_reads_now(tmp_path: Path) -> None:
+    """`read_soon(lease=True)` (runtime/soon.py) with the lease held and its index applied:
+    None (read now), counted as a lease read. (A tick due at that instant gives a ReadIndex
+    fence instead, as read_barrier would: then try again.)"""
+    node = await started(tmp_path, lease_ticks=1)
+    try:
+        await node.put("k", "v")
+        before = node.driver.metrics.lease_reads
+        fence = None
+        for _ in range(100):  # the lease's clock must be current: a tick may be due
+            fence = node.read_soon(linearizable=True, lease=True)
+            if fence is None:
+                break
+            await asyncio.wait([fence])
+            node.read_settled(fence)
+        assert fence is None
+        assert node.driver.metrics.lease_reads == before + 1
+    finally:
+        await node.stop()

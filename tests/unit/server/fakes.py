@@ -239,11 +239,11 @@ class SoonFakeNode(FakeNode):
             raise RetryWrite from None
 
     def read_soon(
-        self, *, linearizable: bool, min_revision: int = 0
+        self, *, linearizable: bool, min_revision: int = 0, lease: bool = False
     ) -> asyncio.Future[None] | None:
         if self.hang:
             raise MustWait
-        self.calls.append(("read", linearizable))
+        self.calls.append(("read", "lease" if lease else linearizable))
         self.soon_calls += 1
         if not linearizable:
             if self.fail_with is not None:

@@ -12,11 +12,12 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 from raftkv.runtime.api import HaltReport, NodeHalted, NoLeaderError, OperationTimeout
 from raftkv.runtime.waiters import ProposalLost
 from raftkv.server.config import Address
-from raftkv.server.fast_routes import FAST_ROUTES, FastRoutes
+from raftkv.server.fast_routes import FAST_ROUTES, FastRoutes, FastServer
 from raftkv.server.http import create_app
 from raftkv.server.metrics_routes import CANCELLED
 from raftkv.server.runner import run_http
@@ -212,3 +213,61 @@ async def _releases_and_counts(node: SoonFakeNode, routes: FastRoutes, port: int
     assert [c for c in node.calls if c[:2] == ("put", "r")] == [("put", "r", "1")] * 2
     assert node.data["r"] == "1"
     assert routes.gate.in_flight == 0
+
+
+class _Transport:
+    """A transport that records what is written; abort/close end the connection (next turn)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.protocol: asyncio.Protocol | None = None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.protocol is not None:
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+            self.protocol = None
+
+    abort = close
+
+
+@aio
+async def test_an_aborted_write_is_not_proposed_again(tmp_path: Path) -> None:
+    """Shutdown aborts a connection whose PUT waits for its proposal: the future is cancelled,
+    the body released, nothing sent and nothing proposed again (a cancelled future is not a
+    RetryWrite). Fails against a protocol that leaves the future alone when the connection
+    goes (the body stays reserved)."""
+    node = SoonFakeNode()
+    node.hold = True
+    app = create_app(node, make_settings(tmp_path))
+    server = FastServer(
+        app[FAST_ROUTES],
+        None,
+        keepalive_s=60,
+        body_timeout_s=10,
+        max_line_bytes=8190,
+        max_field_bytes=8190,
+    )
+    protocol, transport = server(), _Transport()
+    transport.protocol = protocol
+    protocol.connection_made(cast(asyncio.Transport, transport))
+    protocol.data_received(put("k", b"v"))
+    assert node.soon_calls == 1 and server.routes.gate.in_flight == 1
+    protocol.abort()
+    await until(lambda: not server.connections)
+    for _ in range(3):
+        await asyncio.sleep(0)  # a retry, if any, would have run by now
+    assert node.calls == [("put", "k", "v")]  # proposed once
+    assert transport.written == []
+    assert server.routes.gate.in_flight == 0
