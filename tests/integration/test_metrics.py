@@ -68,9 +68,15 @@ def test_metrics_move_on_real_nodes(make_cluster: Callable[..., Cluster]) -> Non
     assert value(after_l, "raftkv_ready_entries_sum", step="apply") >= writes
     assert value(after_l, "raftkv_db_size_bytes", store="log") > 0
     assert value(after_l, "raftkv_db_size_bytes", store="state") > 0
-    # snapshot_every 20: at least one snapshot was built after 31 writes.
-    assert value(after_l, "raftkv_snapshot_duration_seconds_count", step="build", result="ok") >= 1
-    assert value(after_l, "raftkv_snapshot_index") >= 20
+
+    # snapshot_every 20: a snapshot is built after 31 writes. Built (the build's duration is
+    # observed) comes before recorded in the log (the snapshot index moves): wait for both.
+    def snapshot_recorded() -> Samples | None:
+        now = scrape(c, leader)
+        built = value(now, "raftkv_snapshot_duration_seconds_count", step="build", result="ok")
+        return now if built >= 1 and value(now, "raftkv_snapshot_index") >= 20 else None
+
+    wait_for("a snapshot built and recorded on the leader", snapshot_recorded)
 
     after_f = scrape(c, follower)
     assert value(after_f, "raftkv_http_forwarded_total", status="200") == 1
