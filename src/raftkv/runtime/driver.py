@@ -218,6 +218,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps, SoonCalls):
             forwarding=FORWARDING_VERSION if self.opts.peer_forwarding else 0,
         )
         await self.transport.start()
+        self._start_builder()
         self._tasks.append(asyncio.create_task(self._ready_loop(), name=f"ready-{self.id}"))
         self._tasks.append(asyncio.create_task(self._tick_loop(), name=f"tick-{self.id}"))
         if self._bootstrap_until:

@@ -1,25 +1,31 @@
 """The node's side of the snapshot builder process (storage/snapshot_builder.py).
 
 Rules:
-- One builder per node, started at the first build and kept (a Python start with its imports
-  costs ~0.1 s of CPU: paid once, not per snapshot); `close()` ends it when the node stops.
-- The loop awaits the builder's reply on a pipe: no thread, no GIL held while it builds.
+- One builder per node, started in the background when the node starts (`prestart`, on the
+  state-machine worker; a build starts it if that failed) and kept: a Python start with its
+  imports costs ~0.1 s of CPU and 0.3-0.5 s of wall time, paid once, not per snapshot (started
+  lazily, the first snapshot captured a later index than the one that asked for it).
+- Everything here runs on the state-machine worker thread, never on the loop: spawning a
+  process (fork) and the build's request/reply are blocking calls. While the builder builds,
+  that thread waits in `read()` on a pipe, which does not hold the GIL; the loop runs on.
+  `stop()` drains that worker first, so a build in progress finishes (as a thread build did).
+- The builder's parent is that worker thread (PR_SET_PDEATHSIG fires when the thread that
+  spawned it ends): the worker lives as long as the node, and `close()` runs after it drained.
 - One build at a time (a lock; the driver also never starts two).
 - Any failure is a storage failure (storage/failure.py), as a failed build on a thread was:
   the builder's reported error keeps its errno (an injected EIO reads as EIO), and a builder
   that died (killed, crashed) is named with its pid and exit status. The caller stops the node;
   a killed builder left at most a `*.tmp` file, never a file under the final name.
-- `close()` of a busy builder kills it (its half-written `*.tmp` is removed at the next start);
-  an idle one gets EOF and exits by itself.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from raftkv.raft.types import Index, Term
@@ -53,31 +59,32 @@ class SnapshotBuilder:
     def __init__(self, lmdb_dir: Path, nice: int = BUILDER_NICE) -> None:
         self._lmdb_dir = lmdb_dir
         self._nice = nice
-        self._proc: asyncio.subprocess.Process | None = None
-        self._lock = asyncio.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    async def build(self, dest: Path) -> SnapshotInfo:
+    def prestart(self) -> None:
+        """Start the builder ahead of the first build; a failure to start is reported by
+        that build (it tries again), not here."""
+        with self._lock, contextlib.suppress(OSError):
+            if self._proc is None:
+                self._start()
+
+    def build(self, dest: Path) -> SnapshotInfo:
         """Have the builder write a snapshot of the state to `dest`; StorageFailure if not."""
-        async with self._lock:
+        with self._lock:
             try:
-                proc = self._proc or await self._start()
+                proc = self._proc or self._start()
             except OSError as exc:
                 raise StorageFailure(OPERATION, dest, exc) from exc
-            try:
-                line = await self._ask(proc, dest)
-            except BaseException:
-                # Cancelled (the node stops): its reply would answer the next request. Kill it.
-                self._proc = None
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                raise
+            line = self._ask(proc, dest)
             if not line.endswith(b"\n"):
                 self._proc = None
-                died = BuilderFailed(exit_text(proc.pid, await proc.wait()))
+                died = BuilderFailed(exit_text(proc.pid, proc.wait()))
+                self._close_pipes(proc)
                 raise StorageFailure(OPERATION, dest, died)
         reply = reply_codec[1].decode(line)
         if not reply.ok:
@@ -89,41 +96,48 @@ class SnapshotBuilder:
             raise StorageFailure(OPERATION, dest, cause)
         return SnapshotInfo(Index(reply.index), Term(reply.term), reply.conf, dest, reply.size)
 
-    async def _start(self) -> asyncio.subprocess.Process:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "raftkv.storage.snapshot_builder",
-            str(self._lmdb_dir),
-            str(os.getpid()),
-            str(self._nice),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
+    def _start(self) -> subprocess.Popen[bytes]:
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "raftkv.storage.snapshot_builder",
+                str(self._lmdb_dir),
+                str(os.getpid()),
+                str(self._nice),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         return self._proc
 
     @staticmethod
-    async def _ask(proc: asyncio.subprocess.Process, dest: Path) -> bytes:
+    def _ask(proc: subprocess.Popen[bytes], dest: Path) -> bytes:
         """The reply line; b"" (or a line without its end) if the builder went away."""
         assert proc.stdin is not None and proc.stdout is not None
         try:
             proc.stdin.write(request_codec[0].encode(BuildRequest(str(dest))) + b"\n")
-            await proc.stdin.drain()
-            return await proc.stdout.readline()
-        except ConnectionError:
+            proc.stdin.flush()
+            return proc.stdout.readline()
+        except (BrokenPipeError, ConnectionError):
             return b""
 
-    async def close(self) -> None:
-        """Stop the builder (the node stops): EOF when idle, SIGKILL when busy or slow."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
+    @staticmethod
+    def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+    def close(self) -> None:
+        """Stop the builder (the node stops, its worker drained): EOF, then SIGKILL if slow."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is None:
             return
-        if self._lock.locked():
-            proc.kill()  # mid-build: its *.tmp file is removed at the next start
-        elif proc.stdin is not None:
-            proc.stdin.close()
+        self._close_pipes(proc)  # EOF on its requests: it exits
         try:
-            await asyncio.wait_for(proc.wait(), _CLOSE_WAIT_S)
-        except TimeoutError:
+            proc.wait(_CLOSE_WAIT_S)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            await proc.wait()
+            proc.wait()

@@ -5,8 +5,9 @@ Rules (crash safety; storage/recovery.py finishes or undoes whatever a crash int
   `snap-T-I.snap` -> dir fsync -> record in the log (which compacts it, keeping
   `snapshot_keep_entries` entries behind the snapshot, durably and in memory alike) -> prune
   old files. `building.tmp` is written by the node's builder process by default
-  (snapshot_process.py: the loop awaits a pipe, no thread of ours holds the GIL meanwhile), or
-  on the state-machine worker with `snapshot_builder: thread`; the steps around it are the same.
+  (snapshot_process.py: the state-machine worker waits on a pipe, without the GIL, while it
+  builds), or on that worker itself with `snapshot_builder: thread`; the steps around it are
+  the same.
 - Install of a received snapshot: verify the whole file BEFORE Raft sees the message (a corrupt
   one is discarded, the sender is told with a `SnapshotRejected` frame, and the node keeps
   running) -> move it into snapshots/ -> dir fsync -> install into LMDB (synced) -> the caller
@@ -70,7 +71,7 @@ FREE_STEP = 4096  # compacted entries freed per loop turn: ~0.4 ms of deallocati
 
 
 class SnapshotSteps:
-    _builder: SnapshotBuilder | None = None  # started at the first build (process builder)
+    _builder: SnapshotBuilder | None = None  # the builder process (started with the node)
 
     if TYPE_CHECKING:
         opts: NodeOptions
@@ -202,22 +203,29 @@ class SnapshotSteps:
         finally:
             self._snapshotting = False
 
+    def _start_builder(self) -> None:
+        """Start the builder process now, in the background on the state-machine worker
+        (snapshot_process.py), so the first snapshot does not wait for a Python start."""
+        if self.opts.snapshot_builder == "process" and self._builder is None:
+            self._builder = SnapshotBuilder(self.sm.path)
+            self._sm_worker.submit(self._builder.prestart)
+
     async def _build_file(self, tmp: Path) -> SnapshotInfo:
         """The snapshot file, built by the builder process (`opts.snapshot_builder`
         "process": off this process's GIL, snapshot_process.py) or on the state-machine
-        worker thread ("thread"). Either way a failure is a StorageFailure."""
-        if self.opts.snapshot_builder == "thread":
-            info: SnapshotInfo = await self._io(
-                "snapshot build", tmp, self._sm_worker, self.sm.build_snapshot, tmp
-            )
-            return info
+        worker thread ("thread"). Either way on that worker, and a failure is a
+        StorageFailure."""
         if self._builder is None:
-            self._builder = SnapshotBuilder(self.sm.path)
-        return await self._builder.build(tmp)
+            build = self.sm.build_snapshot
+        else:
+            build = self._builder.build
+        info: SnapshotInfo = await self._io("snapshot build", tmp, self._sm_worker, build, tmp)
+        return info
 
     async def _close_builder(self) -> None:
+        """After the state-machine worker drained (stop): no build is in progress."""
         if self._builder is not None:
-            await self._builder.close()
+            await asyncio.to_thread(self._builder.close)
 
     def _on_snapshot_rejected(self, peer: NodeId, msg: SnapshotRejected) -> None:
         """`peer` discarded the snapshot we sent as corrupt: re-verify our file (module rules)."""

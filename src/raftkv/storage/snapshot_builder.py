@@ -28,8 +28,8 @@ Rules:
 - It lowers its own CPU priority (`os.nice(NICE)`, NICE >= 0: never raised), so that where
   the cores are oversubscribed the nodes' event loops run first.
 - Test hook: RAFTKV_TEST_BUILDER_PAUSE=<path>:<n> makes a build, after n records, write its
-  pid to `<path>.paused` and wait until `<path>.go` exists (a test applies writes, or kills
-  the builder, meanwhile).
+  pid to `<path>.paused` and wait until `<path>.go` exists, at most PAUSE_MAX_S (a test applies
+  writes, or kills the builder, meanwhile).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from raftkv.storage.mvcc_lmdb import Dbs, open_dbs
 from raftkv.storage.state_lmdb import DEFAULT_MAP_SIZE, snapshot_of
 
 PAUSE_ENV = "RAFTKV_TEST_BUILDER_PAUSE"
+PAUSE_MAX_S = 60.0
 _PR_SET_PDEATHSIG = 1
 
 Records = Iterator[tuple[bytes, bytes]]
@@ -89,7 +90,8 @@ def _pause_after(n: int, path: str) -> Callable[[Records], Records]:
         for i, rec in enumerate(records):
             if i == n:
                 Path(path + ".paused").write_text(str(os.getpid()))
-                while not os.path.exists(path + ".go"):
+                give_up = time.monotonic() + PAUSE_MAX_S  # a failed test never leaves it here
+                while not os.path.exists(path + ".go") and time.monotonic() < give_up:
                     time.sleep(0.01)  # test hook only: polled, nothing to await in here
             yield rec
 
