@@ -201,12 +201,17 @@ def test_leader_rebuilds_its_own_corrupt_snapshot_file_when_a_follower_reports_i
     leader = c.wait_leader(among=["node-1", "node-2"])
     acked = write_keys(c, leader, [f"r{i}" for i in range(250)])
     data = c.nodes[leader].data_dir
-    wait_for(
-        "the leader's snapshot past 200 recorded",
-        lambda: read_offline(data, limit=0)["snapshot_index"] >= 200,
-        30.0,
-        c.dump_logs,
-    )
+
+    def snapshot_past_200() -> bool:
+        if read_offline(data, limit=0)["snapshot_index"] >= 200:
+            return True
+        # A snapshot is of the index applied when its build starts, which may be well past
+        # the trigger (a builder process starts later than a thread), so the next trigger
+        # may need more writes than 250: write on until a snapshot lands past 200.
+        acked.update(write_keys(c, leader, [f"r{len(acked) + i}" for i in range(25)]))
+        return False
+
+    wait_for("the leader's snapshot past 200 recorded", snapshot_past_200, 30.0, c.dump_logs)
     view = read_offline(data, limit=0)
     snap = snapshot_path(data, view["snapshot_term"], view["snapshot_index"])
     size = snap.stat().st_size

@@ -14,10 +14,11 @@ Rules (forward.py's rules hold; these say how they hold on this path):
   * `TimedOut` — no reply by the deadline (a MaybeSent that is never re-sent).
   Nothing here ever sends a request twice; the caller re-sends a session write once (over
   HTTP, on a fresh connection), exactly as forward.py does. A late reply is dropped.
-- Leader (`PeerForwardServer`): every request of a batch is run at once, each in its own task,
-  through the SAME hot-route handlers and wrapping as an HTTP request (`FastRoutes.handle`:
-  metrics, JSON errors, `auth.enabled`'s checks of the CLIENT's credentials from its own
-  Authorization header), so their proposals share a Ready. The request carries only the
+- Leader (`PeerForwardServer`): every request of a batch is run at once — without a task when
+  the handler can (`FastRoutes.handle_soon`, as on the fast engine), else each in its own
+  task — through the SAME hot-route handlers and wrapping as an HTTP request (metrics, JSON
+  errors, `auth.enabled`'s checks of the CLIENT's credentials from its own Authorization
+  header), so their proposals share a Ready. The request carries only the
   headers of `FORWARDED_REQUEST_HEADERS` (the client's), `Content-Length` of the body, and
   no transport: no client certificate, so no member rights. It is marked forwarded by the
   link's authenticated peer, so a node that lost leadership answers 503 `not_leader` instead
@@ -49,8 +50,8 @@ from raftkv.codec.forward import (
     ForwardReplies,
 )
 from raftkv.raft.types import NodeId
-from raftkv.server.errors import ApiError, error_response
-from raftkv.server.fast_request import FastRequest
+from raftkv.server.errors import JSON_CONTENT_TYPE, ApiError, error_response
+from raftkv.server.fast_request import FastRequest, JsonReply, Pending
 from raftkv.server.forward import (
     FORWARDED_REQUEST_HEADERS,
     passed_back,
@@ -270,9 +271,13 @@ class PeerRequest(FastRequest):
         return None
 
 
-def reply_of(req_id: int, resp: web.StreamResponse) -> ForwardedReply:
+def reply_of(req_id: int, resp: web.StreamResponse | JsonReply) -> ForwardedReply:
     """What the follower needs of the leader's reply: as `fast_http.serialize` would send it,
     reduced to the headers forward.py passes back."""
+    if isinstance(resp, JsonReply):  # json_response's headers, in its order
+        tagged = [] if resp.etag is None else [("ETag", resp.etag)]  # str, not hdrs' istr
+        kept = tuple(passed_back([*tagged, ("Content-Type", JSON_CONTENT_TYPE)]).items())
+        return ForwardedReply(req_id, resp.status, kept, resp.body)
     body = resp.body if isinstance(resp, web.Response) else None
     if not isinstance(body, bytes | bytearray) or resp.chunked or resp.compression:
         log.error("cannot forward a reply back", type=type(resp).__name__)
@@ -297,41 +302,79 @@ class PeerForwardServer:
         self._closed = False
         self._in_flight: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: set[Pending] = set()  # requests waiting for a node future's callback
 
     def take_batch(self, peer: str, frame: ForwardBatch) -> None:
         for req in frame.requests:
-            task = self._loop.create_task(self._run(peer, req))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._take(peer, req)
 
-    async def _run(self, peer: str, req: ForwardedRequest) -> None:
+    def _take(self, peer: str, req: ForwardedRequest) -> None:
+        """Run `req`: answered at once or from its node future's callback when the handler
+        can (`FastRoutes.handle_soon`, as on the fast engine), else in its own task."""
         count = self._in_flight.get(peer, 0)
         self._in_flight[peer] = count + 1
-        try:
-            resp = await self._handle(peer, req, count)
-        finally:
+        admitted = self._admit(peer, req, count)
+        if isinstance(admitted, web.StreamResponse):
+            self._answer(peer, req, admitted, 0)
+            return
+        out = self._routes.handle_soon(admitted)
+        if out is None:
+            self._spawn(peer, req, admitted)
+        elif isinstance(out, Pending):
+            self._pending.add(out)
+            out.future.add_done_callback(lambda _: self._settled(peer, req, admitted, out))
+        else:
+            self._answer(peer, req, out, len(req.body))
+
+    def _settled(self, peer: str, req: ForwardedRequest, admitted: PeerRequest, p: Pending) -> None:
+        self._pending.discard(p)
+        resp = self._routes.settle(admitted, p)
+        if resp is not None:
+            self._answer(peer, req, resp, len(req.body))
+        elif p.future.cancelled() or self._closed:  # closing: no reply, as a cancelled task
+            self._routes.gate.in_flight -= len(req.body)
             self._in_flight[peer] -= 1
+        else:  # RetryWrite: the coroutine proposes it again
+            self._spawn(peer, req, admitted)
+
+    def _spawn(self, peer: str, req: ForwardedRequest, admitted: PeerRequest) -> None:
+        task = self._loop.create_task(self._run(peer, req, admitted))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, peer: str, req: ForwardedRequest, admitted: PeerRequest) -> None:
+        try:
+            resp = await self._routes.handle(admitted)
+        except BaseException:
+            self._routes.gate.in_flight -= len(req.body)
+            self._in_flight[peer] -= 1
+            raise
+        self._answer(peer, req, resp, len(req.body))
+
+    def _answer(
+        self, peer: str, req: ForwardedRequest, resp: web.StreamResponse | JsonReply, length: int
+    ) -> None:
+        self._routes.gate.in_flight -= length
+        self._in_flight[peer] -= 1
         self._reply(peer, reply_of(req.id, resp))
 
-    async def _handle(self, peer: str, req: ForwardedRequest, count: int) -> web.StreamResponse:
+    def _admit(
+        self, peer: str, req: ForwardedRequest, count: int
+    ) -> PeerRequest | web.StreamResponse:
+        """The request as the handlers see it, its body counted in the gate; or the refusal."""
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in req.headers:
             canonical = _ALLOWED.get(name.lower())
             if canonical is not None:  # the client's headers that forwarding carries, only
                 headers.add(canonical, value)
         headers[hdrs.CONTENT_LENGTH] = str(len(req.body))
-        gate = self._routes.gate
-        length = len(req.body)
         try:
             if count >= MAX_IN_FLIGHT:
                 raise _busy("too many forwarded requests in flight from this member; retry")
-            gate.admit(length)
+            self._routes.gate.admit(len(req.body))
         except ApiError as exc:
             return exc.response()
-        try:
-            return await self._routes.handle(PeerRequest(req, CIMultiDictProxy(headers), peer))
-        finally:
-            gate.in_flight -= length
+        return PeerRequest(req, CIMultiDictProxy(headers), peer)
 
     def _reply(self, peer: str, reply: ForwardedReply) -> None:
         self._replies.setdefault(peer, []).append(reply)
@@ -365,6 +408,8 @@ class PeerForwardServer:
 
     async def close(self) -> None:
         self._closed = True
+        for pending in list(self._pending):
+            pending.future.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import aiohttp
+from aiohttp import web
 from yarl import URL
 
 from raftkv.kv.commands import Command, Delete, Put, Result
@@ -267,6 +268,7 @@ class Client:
         self.session = session
         self.host = host
         self.port = port
+        self.app: web.Application | None = None  # the app served (client_for)
         self._responses: list[aiohttp.ClientResponse] = []
 
     @property
@@ -315,6 +317,7 @@ async def client_for(node: FakeNode, settings: Settings) -> AsyncIterator[Client
         host, port = runner.addresses[0][:2]
         async with aiohttp.ClientSession() as session:
             client = Client(session, host, port)
+            client.app = runner.app
             try:
                 yield client
             finally:

@@ -18,11 +18,20 @@ from aiohttp.test_utils import make_mocked_request
 
 from raftkv.codec.forward import FORWARDING_VERSION, ForwardBatch, ForwardedReply, ForwardReplies
 from raftkv.raft.types import NodeId
+from raftkv.server.fast_routes import FAST_ROUTES
 from raftkv.server.forward_client import TimedOut
 from raftkv.server.peer_forward import PeerForwardClient, reply_of
 from raftkv.transport._common import TransportTuning
 from raftkv.transport.tcp import PeerTransport
-from tests.unit.server.fakes import Client, FakeNode, aio, client_for, closed_port, make_settings
+from tests.unit.server.fakes import (
+    Client,
+    FakeNode,
+    SoonFakeNode,
+    aio,
+    client_for,
+    closed_port,
+    make_settings,
+)
 from tests.unit.server.test_server_auth import ROOT, AuthFakeNode, auth_client, basic
 from tests.unit.transport.transport_helpers import Node, eventually
 
@@ -50,6 +59,11 @@ class LinkedAuthNode(AuthFakeNode, LinkedNode):
     pass
 
 
+class LinkedSoonNode(SoonFakeNode, LinkedNode):
+    """A LinkedNode with the calls without a coroutine (the leader then runs forwarded
+    requests without a task: PeerForwardServer._take)."""
+
+
 async def link(leader: LinkedNode, follower: LinkedNode, **kw: Any) -> tuple[Node, Node]:
     """Real peer transports between the two fakes, both announcing forwarding."""
     a = await Node(L, forwarding=FORWARDING_VERSION, tuning=FAST).start()
@@ -69,6 +83,7 @@ async def pair(
     http_to_leader: bool = False,
     auth: bool = False,
     peer: bool = True,
+    soon: bool = False,
     **settings: Any,
 ) -> AsyncIterator[tuple[LinkedNode, LinkedNode, Client, Client]]:
     """A leader and a follower app linked by peer transports (unless not `peer`). Unless
@@ -76,7 +91,7 @@ async def pair(
     proves the peer link carried it."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     cls = LinkedAuthNode if auth else LinkedNode
-    leader = cls("node-1")
+    leader = LinkedSoonNode("node-1") if soon else cls("node-1")
     follower = cls("node-2", leader_id="node-1")
     async with contextlib.AsyncExitStack() as stack:
         if peer:  # before the apps start: they take the link then
@@ -137,6 +152,35 @@ async def test_replies_are_the_replies_of_http_forwarding(tmp_path: Path) -> Non
                 for method, path, kw in REQUESTS
             ]
             assert leader.data.get("company") == "Distributed Systems Corp"
+    assert got["peer"] == got["http"]
+    statuses = [status for status, _, _ in got["peer"]]
+    assert statuses == [200, 200, 200, 412, 200, 400, 413, 409, 404, 200]
+    assert got["peer"][0][1]["etag"] == '"1"'
+
+
+@aio
+async def test_a_leader_without_tasks_replies_the_same(tmp_path: Path) -> None:
+    """A leader whose node has the calls without a coroutine answers forwarded requests from
+    callbacks (the session write still by the coroutine): the same replies as HTTP forwarding
+    to a leader with coroutines only, and every body and in-flight count released after."""
+    got: dict[str, list[tuple[int, dict[str, str], bytes]]] = {}
+    for mode in ("peer", "http"):
+        over_http = mode == "http"
+        async with pair(
+            tmp_path / mode,
+            http_to_leader=over_http,
+            peer=not over_http,
+            soon=not over_http,
+            max_value_bytes=1000,
+        ) as (leader, _, leader_client, client):
+            got[mode] = [
+                await reply(await client.request(method, path, **kw))
+                for method, path, kw in REQUESTS
+            ]
+            if isinstance(leader, SoonFakeNode):
+                assert leader.soon_calls >= 6  # the plain PUTs and DELETEs took the callbacks
+                assert leader_client.app is not None
+                assert leader_client.app[FAST_ROUTES].gate.in_flight == 0
     assert got["peer"] == got["http"]
     statuses = [status for status, _, _ in got["peer"]]
     assert statuses == [200, 200, 200, 412, 200, 400, 413, 409, 404, 200]
