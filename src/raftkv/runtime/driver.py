@@ -246,6 +246,9 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps, SoonCalls):
         if self._step_out is not None:
             await asyncio.shield(self._step_out)  # halted: the transport is closing already
         await self.transport.stop()
+        # A snapshot build waits on the builder process on the state-machine worker; its
+        # task is cancelled above, so end the builder rather than wait for (or on) it.
+        self._kill_builder()
         # Threads still inside LMDB or SQLite finish before anything is closed.
         await asyncio.to_thread(self._sm_worker.shutdown, True)
         await asyncio.to_thread(self._writer.shutdown, True)

@@ -8,7 +8,9 @@ Rules:
 - Everything here runs on the state-machine worker thread, never on the loop: spawning a
   process (fork) and the build's request/reply are blocking calls. While the builder builds,
   that thread waits in `read()` on a pipe, which does not hold the GIL; the loop runs on.
-  `stop()` drains that worker first, so a build in progress finishes (as a thread build did).
+  `stop()` kills the builder first (`kill`: a build in progress reads EOF and fails into a
+  task already cancelled, leaving only its `*.tmp`, which recovery removes), then drains that
+  worker: a stopped or stuck builder must not hold up the node's stop.
 - The builder's parent is that worker thread (PR_SET_PDEATHSIG fires when the thread that
   spawned it ends): the worker lives as long as the node, and `close()` runs after it drained.
 - One build at a time (a lock; the driver also never starts two).
@@ -100,6 +102,7 @@ class SnapshotBuilder:
         self._proc = subprocess.Popen(
             [
                 sys.executable,
+                "-P",  # not the node's working directory first on sys.path: no stray lmdb.py
                 "-m",
                 "raftkv.storage.snapshot_builder",
                 str(self._lmdb_dir),
@@ -128,6 +131,14 @@ class SnapshotBuilder:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+
+    def kill(self) -> None:
+        """The node is stopping: end the builder now, a build in progress too (without the
+        lock, which that build holds; its `_ask` then reads EOF). `close` reaps it."""
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                proc.kill()
 
     def close(self) -> None:
         """Stop the builder (the node stops, its worker drained): EOF, then SIGKILL if slow."""

@@ -222,6 +222,10 @@ class SnapshotSteps:
         info: SnapshotInfo = await self._io("snapshot build", tmp, self._sm_worker, build, tmp)
         return info
 
+    def _kill_builder(self) -> None:
+        if self._builder is not None:
+            self._builder.kill()
+
     async def _close_builder(self) -> None:
         """After the state-machine worker drained (stop): no build is in progress."""
         if self._builder is not None:

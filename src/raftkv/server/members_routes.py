@@ -99,6 +99,22 @@ def add_member_routes(
     app.router.add_get("/cluster/config", routes.config)
 
 
+CONFIG_REPLY_MAX_BYTES: Final = 1 << 20  # a membership record is a few KiB; a peer's answer
+# (or the --join URL's) is untrusted: a bigger one is refused before it is decoded.
+
+
+async def _bounded_json(resp: aiohttp.ClientResponse) -> Any:
+    """The JSON body of a 200 reply of at most CONFIG_REPLY_MAX_BYTES; {} for anything else."""
+    if resp.status != 200:
+        return {}
+    if (resp.content_length or 0) > CONFIG_REPLY_MAX_BYTES:
+        return {}
+    body = await resp.content.read(CONFIG_REPLY_MAX_BYTES + 1)
+    if len(body) > CONFIG_REPLY_MAX_BYTES:
+        return {}
+    return json.loads(body)
+
+
 class _MemberRoutes:
     def __init__(self, membership: MembershipManager, settings: Settings) -> None:
         self._m = membership
@@ -138,7 +154,7 @@ class _MemberRoutes:
                 for source, url, joined in self._sources(scheme):
                     try:
                         async with session.get(f"{url}/cluster/config") as resp:
-                            doc = await resp.json() if resp.status == 200 else {}
+                            doc = await _bounded_json(resp)
                     except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
                         continue
                     seen = self._read(doc, joined)

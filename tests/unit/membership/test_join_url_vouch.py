@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -192,3 +193,43 @@ def test_settings_keep_the_join_url_of_a_restart(tmp_path: Path) -> None:
         dataclasses.replace(again.settings, join_url=None)
         == resolve(flags, join=None, **kw).settings
     )
+
+
+@aio
+async def test_an_oversized_answer_vouches_for_nobody(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer is untrusted: one over CONFIG_REPLY_MAX_BYTES is refused before decoding
+    (here the cap is lowered below the size of an otherwise valid record)."""
+    monkeypatch.setattr(members_routes, "REMOVAL_CHECK_S", 0.1)
+    monkeypatch.setattr(members_routes, "CONFIG_REPLY_MAX_BYTES", 64)
+    asked = 0
+
+    async def config(_request: web.Request) -> web.StreamResponse:
+        nonlocal asked
+        asked += 1
+        # Chunked (no Content-Length): the cap must hold on the bytes read, not the header.
+        resp = web.StreamResponse()
+        resp.content_type = "application/json"
+        await resp.prepare(_request)
+        await resp.write(json.dumps(config_doc()).encode())
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/cluster/config", config)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        d, routes = restarted_node3(tmp_path, url)
+        watch = asyncio.create_task(routes._watch_removal(None, None))
+        try:
+            await until("three answers read", lambda: asked >= 3, watch)
+        finally:
+            watch.cancel()
+        assert not d._admits(N5)
+    finally:
+        await runner.cleanup()

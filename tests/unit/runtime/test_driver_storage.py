@@ -64,7 +64,7 @@ async def write_until_fatal(node: RaftKVNode, writes: int) -> BaseException:
     for i in range(writes):
         try:
             await node.put(f"k{i}", "v")
-        except OperationTimeout:
+        except (OperationTimeout, NodeStopping):  # a write after the failure is refused
             break
     assert node.driver.fatal is not None
     async with asyncio.timeout(10):

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -121,3 +122,33 @@ async def test_a_builder_killed_mid_write_leaves_no_file_under_the_final_name(
         verify_snapshot_file(Path(a.storage.snapshot().data.decode()))
     finally:
         await again.stop()
+
+
+@aio
+async def test_a_stuck_builder_does_not_hold_up_the_nodes_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A builder stopped mid-build (SIGSTOP: it never replies, never reads EOF) is killed by
+    the node's stop, which returns; a stop is not a storage failure."""
+    pause = tmp_path / "pause"
+    monkeypatch.setenv(PAUSE_ENV, f"{pause}:10")
+    node = await started(tmp_path, snapshot_every=20)
+    d = node.driver
+    i = 0
+    while not Path(f"{pause}.paused").exists():
+        if i < 20:
+            await node.put(f"k{i}", f"v{i}")
+            i += 1
+        else:
+            await wait_until("the builder to pause", Path(f"{pause}.paused").exists)
+    pid = int(Path(f"{pause}.paused").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(15):
+            await node.stop()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not d.failed
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)
