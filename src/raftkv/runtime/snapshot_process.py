@@ -16,7 +16,8 @@ Rules:
 - One build at a time (a lock; the driver also never starts two).
 - Any failure is a storage failure (storage/failure.py), as a failed build on a thread was:
   the builder's reported error keeps its errno (an injected EIO reads as EIO), and a builder
-  that died (killed, crashed) is named with its pid and exit status. The caller stops the node;
+  that died (killed, crashed) during a build is named with its pid and exit status; one that
+  died while idle was asked nothing and is replaced (a warning), not a storage failure. The caller stops the node;
   a killed builder left at most a `*.tmp` file, never a file under the final name.
 """
 
@@ -30,11 +31,15 @@ import sys
 import threading
 from pathlib import Path
 
+import structlog
+
 from raftkv.raft.types import Index, Term
 from raftkv.storage.errors import StorageError
 from raftkv.storage.failure import StorageFailure
 from raftkv.storage.snapshot_builder import BuildRequest, reply_codec, request_codec
 from raftkv.storage.snapshot_file import SnapshotInfo
+
+log = structlog.get_logger("raftkv.runtime")
 
 BUILDER_NICE = 10  # the builder's CPU priority below the node's (never above)
 OPERATION = "snapshot build"
@@ -78,8 +83,20 @@ class SnapshotBuilder:
     def build(self, dest: Path) -> SnapshotInfo:
         """Have the builder write a snapshot of the state to `dest`; StorageFailure if not."""
         with self._lock:
+            proc = self._proc
+            if proc is not None and proc.poll() is not None:
+                # It died while idle (killed, OOM): nothing was asked of it, so nothing was
+                # lost and the disk is not to blame. A fresh one builds; a death during a
+                # build (below) is a storage failure.
+                log.warning(
+                    "the idle snapshot builder had ended; starting a new one",
+                    pid=proc.pid,
+                    status=proc.returncode,
+                )
+                self._close_pipes(proc)
+                proc = self._proc = None
             try:
-                proc = self._proc or self._start()
+                proc = proc or self._start()
             except OSError as exc:
                 raise StorageFailure(OPERATION, dest, exc) from exc
             line = self._ask(proc, dest)

@@ -152,3 +152,23 @@ async def test_a_stuck_builder_does_not_hold_up_the_nodes_stop(
     assert not d.failed
     with pytest.raises(ProcessLookupError):  # killed and reaped
         os.kill(pid, 0)
+
+
+@aio
+async def test_a_builder_that_died_while_idle_is_replaced_not_a_storage_failure(
+    tmp_path: Path,
+) -> None:
+    node = await started(tmp_path, snapshot_every=20)
+    d = node.driver
+    await wait_until("the builder started", lambda: d._builder is not None and d._builder.pid)
+    assert d._builder is not None
+    first = d._builder.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    for i in range(20):
+        await node.put(f"k{i}", f"v{i}")
+    await wait_until("a snapshot", lambda: d._last_snapshot_index > 0 and not d._snapshotting)
+    assert not d.failed
+    assert d._builder.pid not in (None, first)
+    verify_snapshot_file(Path(d.storage.snapshot().data.decode()))
+    await node.stop()
