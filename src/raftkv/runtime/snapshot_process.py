@@ -17,8 +17,9 @@ Rules:
 - Any failure is a storage failure (storage/failure.py), as a failed build on a thread was:
   the builder's reported error keeps its errno (an injected EIO reads as EIO), and a builder
   that died (killed, crashed) during a build is named with its pid and exit status; one that
-  died while idle was asked nothing and is replaced (a warning), not a storage failure. The caller stops the node;
-  a killed builder left at most a `*.tmp` file, never a file under the final name.
+  died while idle was asked nothing and is replaced (a warning), not a storage failure. The
+  caller stops the node; a killed builder left at most a `*.tmp` file, never a file under the
+  final name.
 """
 
 from __future__ import annotations
