@@ -290,6 +290,14 @@ def reply_of(req_id: int, resp: web.StreamResponse | JsonReply) -> ForwardedRepl
     return ForwardedReply(req_id, resp.status, kept, bytes(body))
 
 
+def _internal_error(req: ForwardedRequest) -> web.Response:
+    """The reply when a handler failed unexpectedly on a forwarded request (logged)."""
+    log.exception(
+        "unexpected error on a forwarded request", method=req.method, path=req.target.split("?")[0]
+    )
+    return error_response(500, "internal_error", "internal server error")
+
+
 class PeerForwardServer:
     """The leader's side (see the module rules)."""
 
@@ -317,7 +325,11 @@ class PeerForwardServer:
         if isinstance(admitted, web.StreamResponse):
             self._answer(peer, req, admitted, 0)
             return
-        out = self._routes.handle_soon(admitted)
+        try:
+            out = self._routes.handle_soon(admitted)
+        except Exception:  # a bug of ours: answered (as the fast engine does), never leaked
+            self._answer(peer, req, _internal_error(req), len(req.body))
+            return
         if out is None:
             self._spawn(peer, req, admitted)
         elif isinstance(out, Pending):
@@ -328,7 +340,10 @@ class PeerForwardServer:
 
     def _settled(self, peer: str, req: ForwardedRequest, admitted: PeerRequest, p: Pending) -> None:
         self._pending.discard(p)
-        resp = self._routes.settle(admitted, p)
+        try:
+            resp: web.StreamResponse | JsonReply | None = self._routes.settle(admitted, p)
+        except Exception:  # a bug of ours: answered, the gate and in-flight count released
+            resp = _internal_error(req)
         if resp is not None:
             self._answer(peer, req, resp, len(req.body))
         elif p.future.cancelled() or self._closed:  # closing: no reply, as a cancelled task

@@ -18,7 +18,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from raftkv.codec.forward import FORWARDING_VERSION, ForwardBatch, ForwardedReply, ForwardReplies
 from raftkv.raft.types import NodeId
-from raftkv.server.fast_routes import FAST_ROUTES
+from raftkv.server.fast_routes import FAST_ROUTES, FastRoutes
 from raftkv.server.forward_client import TimedOut
 from raftkv.server.peer_forward import PeerForwardClient, reply_of
 from raftkv.transport._common import TransportTuning
@@ -185,6 +185,28 @@ async def test_a_leader_without_tasks_replies_the_same(tmp_path: Path) -> None:
     statuses = [status for status, _, _ in got["peer"]]
     assert statuses == [200, 200, 200, 412, 200, 400, 413, 409, 404, 200]
     assert got["peer"][0][1]["etag"] == '"1"'
+
+
+@pytest.mark.parametrize("broken", ["handle_soon", "settle"])
+@aio
+async def test_a_handler_bug_on_a_forwarded_request_is_a_500_and_leaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str
+) -> None:
+    """A bug in the callback path (simulated) answers the forwarded request 500 with a JSON
+    body, as the fast engine does for a direct request, and releases its body's bytes: before,
+    the follower waited for its deadline (504) and the leader's gate and in-flight count
+    leaked for good."""
+
+    def bug(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(FastRoutes, broken, bug)
+    async with pair(tmp_path, peer=True, soon=True) as (_, _, leader_client, client):
+        resp = await client.put("/kv/k", data=b"v")
+        assert resp.status == 500
+        assert (await resp.json())["code"] == "internal_error"
+        assert leader_client.app is not None
+        assert leader_client.app[FAST_ROUTES].gate.in_flight == 0
 
 
 @aio
