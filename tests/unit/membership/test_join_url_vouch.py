@@ -20,9 +20,10 @@ from aiohttp import web
 from raftkv.raft.types import NodeId
 from raftkv.runtime.driver import RaftDriver
 from raftkv.runtime.members import ClusterRecord, MemberInfo
-from raftkv.server import members_routes
+from raftkv.server import joining, members_routes
 from raftkv.server.joining import resolve, save_member_files
 from raftkv.server.members_routes import _MemberRoutes
+from raftkv.server.tls import HttpTlsFiles
 from tests.unit.membership.test_vouched_members import Dialer
 from tests.unit.security.test_driver_membership import driver
 from tests.unit.server.fakes import aio, closed_port, make_settings
@@ -233,3 +234,26 @@ async def test_an_oversized_answer_vouches_for_nobody(
         assert not d._admits(N5)
     finally:
         await runner.cleanup()
+
+
+def test_a_bare_join_address_on_an_https_cluster_means_https(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart's `--join host:port` on a cluster whose API is HTTPS is asked over https: a
+    plaintext answer (anyone on the path) must not vouch for peers or stop the node."""
+    settings = make_settings(tmp_path, "node-3")
+    save_member_files(settings, ("node-1", "node-2", "node-3"))
+    real = joining._from_member_files
+
+    def with_https(*args: Any) -> Any:
+        s, initial = real(*args)
+        files = HttpTlsFiles(Path("c.crt"), Path("c.key"), None, None)
+        return dataclasses.replace(s, tls_http=files), initial
+
+    monkeypatch.setattr(joining, "_from_member_files", with_https)
+    flags = {"node_id": "node-3", "data_dir": str(settings.data_dir.parent)}
+    kw: dict[str, Any] = {"raft_address": None, "http_address": None, "env": {}}
+    assert resolve(flags, join="127.0.0.5:8005", **kw).settings.join_url == "https://127.0.0.5:8005"
+    # An explicit scheme is the operator's word.
+    explicit = resolve(flags, join="http://127.0.0.5:8005", **kw).settings.join_url
+    assert explicit == "http://127.0.0.5:8005"
