@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ from raftkv.server.tls import HttpTlsFiles
 from tests.unit.membership.test_vouched_members import Dialer
 from tests.unit.security.test_driver_membership import driver
 from tests.unit.server.fakes import aio, closed_port, make_settings
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 N1, N2, N3, N5, N6 = (NodeId(f"node-{i}") for i in (1, 2, 3, 5, 6))
 ME_RAFT = "127.0.0.1:9003"  # node-3's address in the fakes' cluster.yaml
@@ -121,6 +123,13 @@ async def cluster_config(doc: dict[str, Any]) -> AsyncIterator[str]:
     async def config(_request: web.Request) -> web.Response:
         return web.json_response(doc)
 
+    async with config_server(config) as url:
+        yield url
+
+
+@asynccontextmanager
+async def config_server(config: Handler) -> AsyncIterator[str]:
+    """A server answering GET /cluster/config with `config`; yields its base URL."""
     app = web.Application()
     app.router.add_get("/cluster/config", config)
     runner = web.AppRunner(app)
@@ -217,14 +226,7 @@ async def test_an_oversized_answer_vouches_for_nobody(
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_get("/cluster/config", config)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with config_server(config) as url:
         d, routes = restarted_node3(tmp_path, url)
         watch = asyncio.create_task(routes._watch_removal(None, None))
         try:
@@ -232,8 +234,6 @@ async def test_an_oversized_answer_vouches_for_nobody(
         finally:
             watch.cancel()
         assert not d._admits(N5)
-    finally:
-        await runner.cleanup()
 
 
 def test_a_bare_join_address_on_an_https_cluster_means_https(

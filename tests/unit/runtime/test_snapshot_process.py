@@ -36,6 +36,19 @@ async def wait_until(what: str, cond: object, timeout_s: float = 30.0) -> None:
             await asyncio.sleep(0.01)  # polling a file / flag: nothing to await on
 
 
+async def write_until_paused(node: RaftKVNode, pause: Path, writes: int) -> dict[str, str]:
+    """Write up to `writes` keys until the builder pauses (PAUSE_ENV); the acknowledged ones."""
+    acked: dict[str, str] = {}
+    while not Path(f"{pause}.paused").exists():
+        if len(acked) < writes:
+            i = len(acked)
+            await node.put(f"k{i}", f"v{i}")
+            acked[f"k{i}"] = f"v{i}"
+        else:
+            await wait_until("the builder to pause", Path(f"{pause}.paused").exists)
+    return acked
+
+
 def snapshot_files(node: RaftKVNode) -> list[str]:
     return sorted(p.name for p in (node.driver.opts.data_dir / "snapshots").iterdir())
 
@@ -83,15 +96,7 @@ async def test_a_builder_killed_mid_write_leaves_no_file_under_the_final_name(
     monkeypatch.setenv(PAUSE_ENV, f"{pause}:30")  # the builder inherits it
     node = await started(tmp_path, snapshot_every=60)
     d = node.driver
-    acked: dict[str, str] = {}
-    i = 0
-    while not Path(f"{pause}.paused").exists():
-        if i < 60:
-            await node.put(f"k{i}", f"v{i}")
-            acked[f"k{i}"] = f"v{i}"
-            i += 1
-        else:
-            await wait_until("the builder to pause", Path(f"{pause}.paused").exists)
+    acked = await write_until_paused(node, pause, 60)
     pid = int(Path(f"{pause}.paused").read_text())
     assert d._builder is not None and pid == d._builder.pid != os.getpid()
     assert "building.tmp.tmp" in snapshot_files(node)  # it is writing
@@ -134,13 +139,7 @@ async def test_a_stuck_builder_does_not_hold_up_the_nodes_stop(
     monkeypatch.setenv(PAUSE_ENV, f"{pause}:10")
     node = await started(tmp_path, snapshot_every=20)
     d = node.driver
-    i = 0
-    while not Path(f"{pause}.paused").exists():
-        if i < 20:
-            await node.put(f"k{i}", f"v{i}")
-            i += 1
-        else:
-            await wait_until("the builder to pause", Path(f"{pause}.paused").exists)
+    await write_until_paused(node, pause, 20)
     pid = int(Path(f"{pause}.paused").read_text())
     os.kill(pid, signal.SIGSTOP)
     try:
