@@ -429,8 +429,13 @@ class FastProtocol(HandOffs, asyncio.Protocol):
         ms = self._server.body_timeout_s * 1000
         resp = error_response(408, "body_timeout", f"request body not received within {ms:.0f} ms")
         self._server.routes.observe(req.method, 408, self._loop.time() - self._body_started)
-        if self._serving is None:  # else the reply in progress goes first; the 408 is dropped
-            transport.write(serialize(resp, False))
+        if self._serving is not None:
+            # The reply in progress goes first, then the connection closes (`_closing`); the
+            # 408 is dropped, and nothing more is read: the rest of that body has nowhere to go.
+            self._closing = True
+            self._pause_reading()
+            return
+        transport.write(serialize(resp, False))
         self._close()
 
     # -- flow control --------------------------------------------------------------------------

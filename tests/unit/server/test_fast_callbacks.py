@@ -271,3 +271,37 @@ async def test_an_aborted_write_is_not_proposed_again(tmp_path: Path) -> None:
     assert node.calls == [("put", "k", "v")]  # proposed once
     assert transport.written == []
     assert server.routes.gate.in_flight == 0
+
+
+@aio
+async def test_a_body_timeout_behind_a_reply_in_progress_closes_after_that_reply(
+    tmp_path: Path,
+) -> None:
+    """A PUT waits for its proposal while the next pipelined request's body stops coming: the
+    body timer fires, and the connection closes after the PUT's reply, not before it (before,
+    it closed at once: the PUT was applied and its client never heard)."""
+    node = SoonFakeNode()
+    node.hold = True
+    app = create_app(node, make_settings(tmp_path))
+    server = FastServer(
+        app[FAST_ROUTES],
+        None,
+        keepalive_s=60,
+        body_timeout_s=0.05,
+        max_line_bytes=8190,
+        max_field_bytes=8190,
+    )
+    protocol, transport = server(), _Transport()
+    transport.protocol = protocol
+    protocol.connection_made(cast(asyncio.Transport, transport))
+    protocol.data_received(put("k", b"v"))
+    assert node.soon_calls == 1
+    protocol.data_received(b"PUT /kv/j HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+    await until(lambda: server.routes.gate.in_flight == 1)  # the second body's bytes released
+    assert transport.protocol is not None  # still open: the PUT's reply is owed
+    node.hold = False
+    node.release()
+    await until(lambda: transport.protocol is None)  # closed, after...
+    got = replies(b"".join(transport.written))
+    assert [status for status, _ in got] == [200]  # ...the PUT's reply
+    assert server.routes.gate.in_flight == 0
