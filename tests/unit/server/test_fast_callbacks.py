@@ -17,6 +17,7 @@ from typing import cast
 from raftkv.runtime.api import HaltReport, NodeHalted, NoLeaderError, OperationTimeout
 from raftkv.runtime.waiters import ProposalLost
 from raftkv.server.config import Address
+from raftkv.server.fast_http import FastProtocol
 from raftkv.server.fast_routes import FAST_ROUTES, FastRoutes, FastServer
 from raftkv.server.http import create_app
 from raftkv.server.metrics_routes import CANCELLED
@@ -242,6 +243,25 @@ class _Transport:
     abort = close
 
 
+def connected(
+    tmp_path: Path, node: FakeNode, *, body_timeout_s: float
+) -> tuple[FastServer, FastProtocol, _Transport]:
+    """The fast engine's protocol for one connection over a recording transport."""
+    app = create_app(node, make_settings(tmp_path))
+    server = FastServer(
+        app[FAST_ROUTES],
+        None,
+        keepalive_s=60,
+        body_timeout_s=body_timeout_s,
+        max_line_bytes=8190,
+        max_field_bytes=8190,
+    )
+    protocol, transport = server(), _Transport()
+    transport.protocol = protocol
+    protocol.connection_made(cast(asyncio.Transport, transport))
+    return server, protocol, transport
+
+
 @aio
 async def test_an_aborted_write_is_not_proposed_again(tmp_path: Path) -> None:
     """Shutdown aborts a connection whose PUT waits for its proposal: the future is cancelled,
@@ -250,18 +270,7 @@ async def test_an_aborted_write_is_not_proposed_again(tmp_path: Path) -> None:
     goes (the body stays reserved)."""
     node = SoonFakeNode()
     node.hold = True
-    app = create_app(node, make_settings(tmp_path))
-    server = FastServer(
-        app[FAST_ROUTES],
-        None,
-        keepalive_s=60,
-        body_timeout_s=10,
-        max_line_bytes=8190,
-        max_field_bytes=8190,
-    )
-    protocol, transport = server(), _Transport()
-    transport.protocol = protocol
-    protocol.connection_made(cast(asyncio.Transport, transport))
+    server, protocol, transport = connected(tmp_path, node, body_timeout_s=10)
     protocol.data_received(put("k", b"v"))
     assert node.soon_calls == 1 and server.routes.gate.in_flight == 1
     protocol.abort()
@@ -282,18 +291,7 @@ async def test_a_body_timeout_behind_a_reply_in_progress_closes_after_that_reply
     it closed at once: the PUT was applied and its client never heard)."""
     node = SoonFakeNode()
     node.hold = True
-    app = create_app(node, make_settings(tmp_path))
-    server = FastServer(
-        app[FAST_ROUTES],
-        None,
-        keepalive_s=60,
-        body_timeout_s=0.05,
-        max_line_bytes=8190,
-        max_field_bytes=8190,
-    )
-    protocol, transport = server(), _Transport()
-    transport.protocol = protocol
-    protocol.connection_made(cast(asyncio.Transport, transport))
+    server, protocol, transport = connected(tmp_path, node, body_timeout_s=0.05)
     protocol.data_received(put("k", b"v"))
     assert node.soon_calls == 1
     protocol.data_received(b"PUT /kv/j HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
