@@ -118,12 +118,11 @@ def resolve(
         if (node_dir / MEMBER_FILE).exists() and (node_dir / MEMBER_CONFIG).exists():
             settings, initial = _from_member_files(node_dir, overrides, environ)
             if join is not None:
-                base = join_base(join, access or JoinAccess())
                 if "://" not in join and settings.tls_http is not None:
                     # This cluster's API is HTTPS: a bare host:port means https, never a
                     # plaintext request whose answer could vouch or stop this node.
-                    base = "https://" + base.split("://", 1)[1]
-                settings = replace(settings, join_url=base)
+                    join = "https://" + join
+                settings = replace(settings, join_url=join_base(join, access or JoinAccess()))
             return Resolved(settings, initial, joined=False)
     if join is not None:
         if node_id is None:
