@@ -44,6 +44,7 @@ from raftkv.runtime.api import (
     NoLeaderError,
     NotLeaderError,
     OperationTimeout,
+    RetryWrite,
 )
 from raftkv.runtime.membership import MembershipManager
 from raftkv.runtime.waiters import run_within
@@ -62,6 +63,7 @@ from raftkv.server.errors import (
     node_failure,
     stopping_error,
 )
+from raftkv.server.fast_request import JsonReply, Pending
 from raftkv.server.fast_routes import FAST_ROUTES, FastRoutes
 from raftkv.server.forward import Forwarder, outcome_unknown, resolve_source_ip
 from raftkv.server.forward_client import MaybeSent, NotSent, TimedOut
@@ -75,7 +77,7 @@ from raftkv.server.kv_routes import KvRoutes
 from raftkv.server.limits import BodyGate
 from raftkv.server.members_routes import add_member_routes
 from raftkv.server.metrics_routes import HttpMetrics, add_metrics_routes
-from raftkv.server.peer_forward import PeerForwarding, has_session, peer_forwardable
+from raftkv.server.peer_forward import PeerForwarding, has_session, peer_forwardable, relayed
 from raftkv.server.retention import retention_task
 from raftkv.server.runner import server_kwargs
 from raftkv.server.status import StatusProbe, cluster_status, local_status_json
@@ -343,6 +345,49 @@ class _Api:
         if self.http_metrics is not None:
             self.http_metrics.forwarded(resp.status, over_peer=bool(via))
         return resp
+
+    def forward_soon(
+        self, request: web.Request, body: bytes, exc: NotLeaderError
+    ) -> Pending | None:
+        """`forward` over the peer link without a coroutine (the fast engine's hot path,
+        issue 12): the leader's reply once the link brings it. None: `forward` must serve it
+        (no usable link, a session's possible re-send, a request forwarded to us, an unknown
+        leader: its own answers). As `forward`, at most once: a frame that may have been sent
+        is never sent again (504 `outcome_unknown`); one that was not goes to `forward`."""
+        peer = self._peer
+        leader_id, leader_http = exc.leader_id, exc.leader_http
+        if (
+            peer is None
+            or self._forwarder is None
+            or leader_id is None
+            or leader_http is None
+            or leader_id == self._node.node_id
+            or has_session(request)
+            or not peer_forwardable(request)
+            or forwarded_by(request, self._settings) is not None
+            or not peer.client.usable(leader_id)
+        ):
+            return None
+        client, metrics = peer.client, self.http_metrics
+        try:
+            sent = client.send_soon(request, body, leader_id)
+        except NotSent:
+            return None
+
+        def finish() -> web.StreamResponse | JsonReply:
+            try:
+                reply = client.settled(sent)
+            except NotSent:
+                raise RetryWrite from None  # nothing left this node: `forward` serves it
+            except MaybeSent as failed:  # TimedOut too; no session: never sent again
+                if metrics is not None:
+                    metrics.forwarded(504, over_peer=True)
+                raise outcome_unknown(leader_id, leader_http, failed) from failed
+            if metrics is not None:
+                metrics.forwarded(reply.status, over_peer=True)
+            return relayed(reply)
+
+        return Pending(sent.future, finish)
 
     async def _send(
         self,

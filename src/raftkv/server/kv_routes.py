@@ -104,6 +104,10 @@ class NodeCalls(Protocol):
 
     def leader_elsewhere(self) -> NotLeaderError | None: ...
 
+    def forward_soon(
+        self, request: web.Request, body: bytes, exc: NotLeaderError
+    ) -> Pending | None: ...
+
 
 async def submit(
     node: KVNode, calls: NodeCalls, request: web.Request, body: bytes, cmd: Command
@@ -250,9 +254,9 @@ class KvRoutes:
         key = key_from_request(request)
         body = checked_body(request, body, self._settings.max_value_bytes)
         value, cmd = self._put_command(request, key, body)
-        fut = self._write_soon(request, cmd)
-        if fut is None:
-            return None
+        fut = self._write_soon(request, cmd, body)
+        if not isinstance(fut, asyncio.Future):
+            return fut  # forwarded (a Pending reply), or None
         soon = self._soon
         return Pending(fut, lambda: _put_reply(key, value, _settled_write(soon, fut), True))
 
@@ -290,16 +294,22 @@ class KvRoutes:
         if soon is None:
             return None
         key = key_from_request(request)
-        fut = self._write_soon(request, self._delete_command(request, key))
-        if fut is None:
-            return None
+        fut = self._write_soon(request, self._delete_command(request, key), b"")
+        if not isinstance(fut, asyncio.Future):
+            return fut  # forwarded (a Pending reply), or None
         return Pending(fut, lambda: _delete_reply(key, _settled_write(soon, fut), True))
 
-    def _write_soon(self, request: web.Request, cmd: Command) -> asyncio.Future[object] | None:
-        """`submit`'s proposal without a coroutine; None: sessions and forwarding are `submit`'s."""
+    def _write_soon(
+        self, request: web.Request, cmd: Command, body: bytes
+    ) -> asyncio.Future[object] | Pending | None:
+        """`submit` without a coroutine: the proposal's future, or on a follower the forwarded
+        reply (`NodeCalls.forward_soon`); None: `submit` must serve it (sessions, ...)."""
         assert self._soon is not None
-        if session_headers(request) is not None or self._calls.leader_elsewhere() is not None:
+        if session_headers(request) is not None:
             return None
+        elsewhere = self._calls.leader_elsewhere()
+        if elsewhere is not None:  # as `submit`: a follower that knows the leader forwards
+            return self._calls.forward_soon(request, body, elsewhere)
         try:
             return self._soon.write_soon(cmd)
         except MustWait:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, cast
 
@@ -69,6 +70,7 @@ log = structlog.get_logger(__name__)
 MAX_IN_FLIGHT: Final = 4096  # forwarded requests in flight per leader (follower) / peer (leader)
 _OVERHEAD: Final = 64  # per request or reply in a frame: the id, status, msgpack headers
 _ALLOWED: Final = {name.lower(): name for name in FORWARDED_REQUEST_HEADERS}
+_REVISION_TAG: Final = re.compile(r'"[0-9]{1,20}"\Z')  # kv_params.etag's form
 
 
 def peer_forwardable(request: web.Request) -> bool:
@@ -92,12 +94,16 @@ def _size(headers: Iterable[tuple[str, str]], *parts: str | bytes) -> int:
     return _OVERHEAD + sum(len(n) + len(v) for n, v in headers) + sum(len(p) for p in parts)
 
 
-class _Pending:
-    __slots__ = ("batch", "future", "leader")
+class SentForward:
+    """One request handed to `PeerForwardClient.send_soon`: its reply future (the leader's
+    `ForwardedReply`, or NotSent/MaybeSent/TimedOut), until `PeerForwardClient.settled`."""
 
-    def __init__(self, future: asyncio.Future[web.Response], leader: str) -> None:
+    __slots__ = ("batch", "future", "id", "leader")
+
+    def __init__(self, future: asyncio.Future[ForwardedReply], leader: str, req_id: int) -> None:
         self.future = future
         self.leader = leader
+        self.id = req_id
         self.batch: _Batch | None = None  # set once sent
 
 
@@ -108,7 +114,7 @@ class _Batch:
 
     __slots__ = ("left", "pending", "timer")
 
-    def __init__(self, pending: list[_Pending]) -> None:
+    def __init__(self, pending: list[SentForward]) -> None:
         self.pending = pending
         self.left = len(pending)  # requests of the frame not finished yet
         self.timer: asyncio.TimerHandle | None = None
@@ -137,9 +143,9 @@ class PeerForwardClient:
         self._total_timeout_s = total_timeout_s
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
-        self._queued: dict[str, list[tuple[ForwardedRequest, _Pending]]] = {}
+        self._queued: dict[str, list[tuple[ForwardedRequest, SentForward]]] = {}
         self._flush_handle: asyncio.Handle | None = None
-        self._in_flight: dict[int, _Pending] = {}  # sent, reply due
+        self._in_flight: dict[int, SentForward] = {}  # sent, reply due
         self._closed = False
 
     def usable(self, leader_id: str) -> bool:
@@ -148,6 +154,17 @@ class PeerForwardClient:
     async def forward(self, request: web.Request, body: bytes, leader_id: str) -> web.Response:
         """Send `request` to `leader_id` in this turn's batch; its reply as the client gets
         it. Raises NotSent, MaybeSent or TimedOut."""
+        sent = self.send_soon(request, body, leader_id)
+        try:
+            reply = await sent.future
+        finally:
+            self._forget(sent)
+        return relayed_response(reply)
+
+    def send_soon(self, request: web.Request, body: bytes, leader_id: str) -> SentForward:
+        """`forward` without a coroutine (the fast engine's hot path, `http._Api.forward_soon`):
+        `request` joins this turn's batch. Raises NotSent (nothing queued); the caller must
+        call `settled` once the future is done, whatever its outcome."""
         if self._closed or len(self._in_flight) >= MAX_IN_FLIGHT:
             raise NotSent("no room for another forward over the peer link")
         req_headers = request.headers
@@ -162,16 +179,25 @@ class PeerForwardClient:
             # they came (surrogateescape). Nothing was sent: HTTP takes it.
             raise NotSent("a header value or the target is not UTF-8")
         fwd = ForwardedRequest(next(self._ids), request.method, target, headers, body)
-        pending = _Pending(self._loop.create_future(), leader_id)
-        self._queued.setdefault(leader_id, []).append((fwd, pending))
+        sent = SentForward(self._loop.create_future(), leader_id, fwd.id)
+        self._queued.setdefault(leader_id, []).append((fwd, sent))
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
+        return sent
+
+    def settled(self, sent: SentForward) -> ForwardedReply:
+        """The leader's reply to `sent` (its future done), or its NotSent, MaybeSent, TimedOut
+        or CancelledError; `sent` is forgotten (its frame's timer, the in-flight slot)."""
         try:
-            return await pending.future
+            return sent.future.result()
         finally:
-            if pending.batch is not None:
-                pending.batch.finished_one()
-            self._in_flight.pop(fwd.id, None)
+            self._forget(sent)
+
+    def _forget(self, sent: SentForward) -> None:
+        if sent.batch is not None:
+            sent.batch.finished_one()
+            sent.batch = None  # counted once
+        self._in_flight.pop(sent.id, None)
 
     def _flush(self) -> None:
         """Start of the next turn: one frame per leader for everything queued in the last."""
@@ -193,7 +219,7 @@ class PeerForwardClient:
                 start = end
 
     def _send(
-        self, leader: str, items: list[tuple[ForwardedRequest, _Pending]], deadline: float
+        self, leader: str, items: list[tuple[ForwardedRequest, SentForward]], deadline: float
     ) -> None:
         live = [(req, p) for req, p in items if not p.future.done()]  # cancelled: not sent
         if not live:
@@ -223,11 +249,7 @@ class PeerForwardClient:
                 log.debug("late or unknown forward reply dropped", peer=peer, id=reply.id)
                 continue
             if not pending.future.done():
-                pending.future.set_result(
-                    web.Response(
-                        status=reply.status, body=reply.body, headers=passed_back(reply.headers)
-                    )
-                )
+                pending.future.set_result(reply)
 
     def link_down(self, peer: str) -> None:
         """A link to or from `peer` ended: what we sent it may or may not have arrived."""
@@ -288,6 +310,26 @@ def reply_of(req_id: int, resp: web.StreamResponse | JsonReply) -> ForwardedRepl
     # str(): aiohttp's header names are multidict `istr`, which the encoder does not take.
     kept = tuple((str(name), str(value)) for name, value in passed_back(headers).items())
     return ForwardedReply(req_id, resp.status, kept, bytes(body))
+
+
+def relayed_response(reply: ForwardedReply) -> web.Response:
+    """The leader's reply as the follower answers its client (forward.py passes the same)."""
+    return web.Response(status=reply.status, body=reply.body, headers=passed_back(reply.headers))
+
+
+def relayed(reply: ForwardedReply) -> web.Response | JsonReply:
+    """`relayed_response`, as a `JsonReply` (the same bytes, without building an aiohttp
+    Response) when the reply is the hot routes' 200: exactly `reply_of`'s JSON headers, its
+    ETag a revision tag. Anything else, from any peer, takes the checked path."""
+    if reply.status == 200:
+        match reply.headers:
+            case (("Content-Type", "application/json"),):
+                return JsonReply(reply.body)
+            case (("ETag", str(tag)), ("Content-Type", "application/json")) if _REVISION_TAG.match(
+                tag
+            ):
+                return JsonReply(reply.body, tag)
+    return relayed_response(reply)
 
 
 def _internal_error(req: ForwardedRequest) -> web.Response:

@@ -39,7 +39,7 @@ from raftkv.runtime.waiters import await_within
 from raftkv.server import read_channel as ch
 from raftkv.server.config import LogFormat, Settings
 from raftkv.server.fast_http import FastProtocol
-from raftkv.server.fast_request import HandBack
+from raftkv.server.fast_request import HandBack, Pending
 from raftkv.server.fast_routes import FastRoutes, FastServer
 from raftkv.server.http import call_node
 from raftkv.server.inputs import max_body_bytes
@@ -150,6 +150,11 @@ class _Calls:
 
     def leader_elsewhere(self) -> NotLeaderError | None:
         return None  # a worker proposes nothing (writes are handed back to the node)
+
+    def forward_soon(
+        self, request: web.Request, body: bytes, exc: NotLeaderError
+    ) -> Pending | None:
+        return None  # never reached, as `forward`
 
 
 class _Served:

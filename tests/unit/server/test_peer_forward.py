@@ -18,9 +18,10 @@ from aiohttp.test_utils import make_mocked_request
 
 from raftkv.codec.forward import FORWARDING_VERSION, ForwardBatch, ForwardedReply, ForwardReplies
 from raftkv.raft.types import NodeId
+from raftkv.runtime.api import NotLeaderError
 from raftkv.server.fast_routes import FAST_ROUTES, FastRoutes
 from raftkv.server.forward_client import TimedOut
-from raftkv.server.peer_forward import PeerForwardClient, reply_of
+from raftkv.server.peer_forward import PeerForwardClient, relayed, reply_of
 from raftkv.transport._common import TransportTuning
 from raftkv.transport.tcp import PeerTransport
 from tests.unit.server.fakes import (
@@ -64,6 +65,16 @@ class LinkedSoonNode(SoonFakeNode, LinkedNode):
     requests without a task: PeerForwardServer._take)."""
 
 
+class SoonFollower(LinkedSoonNode):
+    """A follower with the calls without a coroutine and `leader_elsewhere`, as RaftKVNode: the
+    fast engine forwards its writes from callbacks (`http._Api.forward_soon`)."""
+
+    def leader_elsewhere(self) -> NotLeaderError | None:
+        if self.leader_id is None or self.leader_id == self.node_id:
+            return None
+        return NotLeaderError(self.leader_id, self.http_peers.get(self.leader_id))
+
+
 async def link(leader: LinkedNode, follower: LinkedNode, **kw: Any) -> tuple[Node, Node]:
     """Real peer transports between the two fakes, both announcing forwarding."""
     a = await Node(L, forwarding=FORWARDING_VERSION, tuning=FAST).start()
@@ -84,15 +95,17 @@ async def pair(
     auth: bool = False,
     peer: bool = True,
     soon: bool = False,
+    soon_follower: bool = False,
     **settings: Any,
 ) -> AsyncIterator[tuple[LinkedNode, LinkedNode, Client, Client]]:
     """A leader and a follower app linked by peer transports (unless not `peer`). Unless
     `http_to_leader`, the follower's HTTP route to the leader is a closed port: a reply then
-    proves the peer link carried it."""
+    proves the peer link carried it. `soon`/`soon_follower`: that node has the calls without
+    a coroutine (it serves forwarded requests / forwards from callbacks)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     cls = LinkedAuthNode if auth else LinkedNode
     leader = LinkedSoonNode("node-1") if soon else cls("node-1")
-    follower = cls("node-2", leader_id="node-1")
+    follower = (SoonFollower if soon_follower else cls)("node-2", leader_id="node-1")
     async with contextlib.AsyncExitStack() as stack:
         if peer:  # before the apps start: they take the link then
             a, b = await link(leader, follower)
@@ -137,15 +150,26 @@ REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+FOLLOWERS = pytest.mark.parametrize("soon_follower", [False, True], ids=["coroutine", "soon"])
+
+
+@FOLLOWERS
 @aio
-async def test_replies_are_the_replies_of_http_forwarding(tmp_path: Path) -> None:
+async def test_replies_are_the_replies_of_http_forwarding(
+    tmp_path: Path, soon_follower: bool
+) -> None:
     """Every reply -- successes, the leader's errors, headers that matter -- is the same over
-    the peer link as over HTTP forwarding, from identical leaders."""
+    the peer link as over HTTP forwarding, from identical leaders; whether the follower
+    forwards from a coroutine or from callbacks (the fast engine's hot path)."""
     got: dict[str, list[tuple[int, dict[str, str], bytes]]] = {}
     for mode in ("peer", "http"):
         over_http = mode == "http"
         async with pair(
-            tmp_path / mode, http_to_leader=over_http, peer=not over_http, max_value_bytes=1000
+            tmp_path / mode,
+            http_to_leader=over_http,
+            peer=not over_http,
+            soon_follower=soon_follower,
+            max_value_bytes=1000,
         ) as (leader, _, _, client):
             got[mode] = [
                 await reply(await client.request(method, path, **kw))
@@ -187,6 +211,49 @@ async def test_a_leader_without_tasks_replies_the_same(tmp_path: Path) -> None:
     assert got["peer"][0][1]["etag"] == '"1"'
 
 
+@aio
+async def test_a_follower_forwards_from_callbacks_without_a_coroutine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a follower with the calls without a coroutine, plain PUTs and DELETEs go over the
+    link from callbacks: `PeerForwardClient.forward` (the coroutine) carries only the session
+    write; every body and in-flight slot is released after (fails against a follower that
+    still forwards from a task, or leaks its slots)."""
+    coroutine_forwards: list[str] = []
+    forward = PeerForwardClient.forward
+
+    async def counting(self: PeerForwardClient, request: Any, body: bytes, leader: str) -> Any:
+        coroutine_forwards.append(request.path)
+        return await forward(self, request, body, leader)
+
+    monkeypatch.setattr(PeerForwardClient, "forward", counting)
+    async with pair(tmp_path, soon=True, soon_follower=True, max_value_bytes=1000) as (
+        leader,
+        _,
+        _,
+        client,
+    ):
+        statuses = [
+            (await client.request(method, path, **kw)).status for method, path, kw in REQUESTS
+        ]
+        assert statuses == [200, 200, 200, 412, 200, 400, 413, 409, 404, 200]
+        assert coroutine_forwards == ["/kv/s"]  # the session write only
+        assert leader.data.get("company") == "Distributed Systems Corp"
+        assert client.app is not None
+        assert client.app[FAST_ROUTES].gate.in_flight == 0
+        api_peer = [p for p in _peer_forwardings(client)]
+        assert api_peer and all(not p.client._in_flight for p in api_peer)
+
+
+def _peer_forwardings(client: Client) -> list[Any]:
+    """The app's PeerForwarding (http._Api._peer), found through the fast routes' handler."""
+    assert client.app is not None
+    routes = client.app[FAST_ROUTES]
+    put_soon = routes._soon["PUT"]
+    api = put_soon.__self__._calls  # type: ignore[attr-defined]  # KvRoutes -> http._Api
+    return [api._peer] if api._peer is not None else []
+
+
 @pytest.mark.parametrize("broken", ["handle_soon", "settle"])
 @aio
 async def test_a_handler_bug_on_a_forwarded_request_is_a_500_and_leaks_nothing(
@@ -209,9 +276,10 @@ async def test_a_handler_bug_on_a_forwarded_request_is_a_500_and_leaks_nothing(
         assert leader_client.app[FAST_ROUTES].gate.in_flight == 0
 
 
+@FOLLOWERS
 @aio
-async def test_the_peer_link_is_used_and_batched(tmp_path: Path) -> None:
-    async with pair(tmp_path) as (leader, _, _, client):
+async def test_the_peer_link_is_used_and_batched(tmp_path: Path, soon_follower: bool) -> None:
+    async with pair(tmp_path, soon_follower=soon_follower) as (leader, _, _, client):
         sent: list[int] = []
 
         async def put(i: int) -> int:
@@ -233,9 +301,17 @@ async def test_the_peer_link_is_used_and_batched(tmp_path: Path) -> None:
         assert {f"k{i}" for i in range(20)} <= set(leader.data)
 
 
+@FOLLOWERS
 @aio
-async def test_link_lost_after_sending_is_504_and_not_resent(tmp_path: Path) -> None:
-    async with pair(tmp_path, http_to_leader=True) as (leader, _, _, client):
+async def test_link_lost_after_sending_is_504_and_not_resent(
+    tmp_path: Path, soon_follower: bool
+) -> None:
+    async with pair(tmp_path, http_to_leader=True, soon_follower=soon_follower) as (
+        leader,
+        _,
+        _,
+        client,
+    ):
         leader.gate = asyncio.Event()
         pending = asyncio.ensure_future(client.put("/kv/k", data=b"v"))
         await eventually(lambda: ("put", "k", "v") in leader.calls)
@@ -277,10 +353,18 @@ async def test_no_reply_by_the_deadline_is_504_even_for_a_session(tmp_path: Path
         assert [c for c in leader.calls if c[0] != "read"] == []  # nor re-sent over HTTP
 
 
+@FOLLOWERS
 @aio
-async def test_what_the_link_cannot_carry_goes_over_http(tmp_path: Path) -> None:
+async def test_what_the_link_cannot_carry_goes_over_http(
+    tmp_path: Path, soon_follower: bool
+) -> None:
     """A frame the link refuses (here: larger than its frame limit) was never sent: HTTP."""
-    async with pair(tmp_path, http_to_leader=True) as (leader, follower, _, client):
+    async with pair(tmp_path, http_to_leader=True, soon_follower=soon_follower) as (
+        leader,
+        follower,
+        _,
+        client,
+    ):
         assert follower.link is not None
         follower.link._max_frame_bytes = 4096
         resp = await client.put("/kv/big", data=b"x" * 10_000)
@@ -288,11 +372,12 @@ async def test_what_the_link_cannot_carry_goes_over_http(tmp_path: Path) -> None
         assert leader.data["big"] == "x" * 10_000
 
 
+@FOLLOWERS
 @aio
 async def test_a_node_that_lost_leadership_answers_not_leader_never_forwards(
-    tmp_path: Path,
+    tmp_path: Path, soon_follower: bool
 ) -> None:
-    async with pair(tmp_path) as (leader, _, _, client):
+    async with pair(tmp_path, soon_follower=soon_follower) as (leader, _, _, client):
         leader.leader_id = "node-3"  # it thinks node-3 leads now
         resp = await client.put("/kv/k", data=b"v")
         assert resp.status == 503
@@ -358,6 +443,38 @@ def test_reply_mapping_keeps_what_matters() -> None:
     assert broken.status == 500 and json.loads(broken.body)["code"] == "internal_error"
 
 
+def test_relayed_replies_take_the_fast_form_only_when_it_is_the_same_bytes() -> None:
+    """A 200 with exactly the hot routes' JSON headers becomes a JsonReply with the same bytes
+    as the checked path; any other reply, or an ETag that is not a revision tag (a peer's
+    bytes are untrusted: CR/LF would split the reply), takes the checked path."""
+    from raftkv.server.fast_request import JsonReply, serialize
+    from raftkv.server.peer_forward import relayed_response
+
+    tagged = reply_of(3, JsonReply(b'{"k":1}', '"17"'))
+    plain = reply_of(4, JsonReply(b'{"k":2}'))
+    for reply in (tagged, plain):
+        fast = relayed(reply)
+        assert isinstance(fast, JsonReply)
+        for keep_alive in (True, False):
+            checked = serialize(relayed_response(reply), keep_alive)
+            assert _no_date(fast.render(keep_alive)) == _no_date(checked)
+    evil = ForwardedReply(
+        5, 200, (("ETag", '"1"\r\nX-Evil: 1'), ("Content-Type", "application/json")), b"{}"
+    )
+    not_ok = ForwardedReply(6, 201, (("Content-Type", "application/json"),), b"{}")
+    extra = ForwardedReply(
+        7, 200, (("Content-Type", "application/json"), ("Raftkv-Revision", "4")), b"{}"
+    )
+    for reply in (evil, not_ok, extra):
+        assert isinstance(relayed(reply), web.Response)
+    with pytest.raises(ValueError):  # the checked path refuses the split header
+        serialize(relayed_response(evil), True)
+
+
+def _no_date(raw: bytes) -> bytes:
+    return b"\r\n".join(line for line in raw.split(b"\r\n") if not line.startswith(b"Date:"))
+
+
 async def _raw_put(address: str, key: str, extra: bytes = b"") -> bytes:
     host, port = address.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -372,15 +489,21 @@ async def _raw_put(address: str, key: str, extra: bytes = b"") -> bytes:
         writer.close()
 
 
+@FOLLOWERS
 @aio
 async def test_a_header_that_is_not_utf8_neither_hangs_nor_holds_up_the_turn(
-    tmp_path: Path,
+    tmp_path: Path, soon_follower: bool
 ) -> None:
     # HTTP parsers accept bytes 0x80-0xFF in header values; msgpack strings cannot carry
     # them. Before: the batch failed to encode inside the flush callback and both writes of
     # that turn hung until their clients gave up. Now the odd one goes over HTTP, bytes as
     # they came, and the other over the link.
-    async with pair(tmp_path, http_to_leader=True) as (_, _, _, client):
+    async with pair(tmp_path, http_to_leader=True, soon_follower=soon_follower) as (
+        _,
+        _,
+        _,
+        client,
+    ):
         got = await asyncio.wait_for(
             asyncio.gather(
                 _raw_put(client.address, "odd", b"Accept: \xff\r\n"),
