@@ -123,9 +123,11 @@ class ReadWorkers:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # First: a failure while a worker is being spawned reaches those already up; each
+        # worker spawned later is sent the state of that moment (`_spawn`).
+        self._node.when_reads_refused(self._reads_refused)
         for slot in range(self._count):
             await self._spawn(slot)
-        self._node.when_reads_refused(self._reads_refused)
 
     async def _spawn(self, slot: int) -> None:
         ours, theirs = ch.pair()
