@@ -12,11 +12,16 @@ with ERR), writes through the leader until the node exits, then checks:
 A few targeted points run by default; the full matrix (syscalls x errors x N x role, with
 frequent snapshots so the snapshot and compaction paths are hit) runs with
 RAFTKV_FAULT_MATRIX=1.
+
+One more case keeps the failed node up (test hook RAFTKV_TEST_LINGER_AFTER_FAILURE_MS) and
+checks that it answers no read at all, stale ones and its read worker's included.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import re
 import shutil
@@ -27,7 +32,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cluster import Cluster, HttpError, MakeCluster, wait_for
+from raftkv.runtime import testhooks
+from tests.integration.cluster import Cluster, HttpError, MakeCluster, kv_path, wait_for
+from tests.integration.test_read_workers import (
+    _children,
+    _KeepAlive,
+    _ready_workers,
+    _worker_connections,
+)
 
 STRACE = shutil.which("strace")
 pytestmark = pytest.mark.skipif(STRACE is None, reason="strace is not installed")
@@ -192,3 +204,72 @@ def test_fault_matrix(make_cluster: MakeCluster, point: Point) -> None:
     figures = run_point(make_cluster, point)
     print(f"FAULT {point}: acked={figures['acked']:.0f} stop_s={figures['stop_s']:.2f}")
     assert figures["stop_s"] < 3.0, figures
+
+
+def test_a_node_that_hit_a_storage_failure_answers_no_read_before_it_exits(
+    make_cluster: MakeCluster,
+) -> None:
+    """Between an injected fsync EIO and the exit, no read is answered with data: stale GETs on
+    the node's own connections and on its read worker's, fresh stale and range GETs — each
+    is 503 `node_stopping` or a closed connection. The test hook keeps the failed node up
+    (listening) long enough to ask it."""
+    c = make_cluster(server_extra={"read_workers": 1})
+    victim = "node-3"
+    others = [n for n in c.nodes if n != victim]
+    trace = c.root / f"strace-{victim}.txt"
+    prefix = [str(STRACE), "-f", "-qq", "-ttt", "-o", str(trace), "-e", "trace=fdatasync"]
+    prefix += ["-e", "inject=fdatasync:error=EIO:when=40"]
+    c.start(others)
+    node = c.start_node(victim, prefix=prefix, env={testhooks.LINGER_ENV: "600000"})
+    assert node.proc is not None
+    traced_group = node.proc.pid  # strace and the node share a session (start_new_session)
+    conns: list[_KeepAlive] = []
+    try:
+        leader = c.wait_leader()
+        assert c.put(leader, "seen", "data").status == 200
+        c.wait_caught_up(victim, leader, deadline_s=90.0)
+        _ready_workers(c, victim)
+        (serve,) = _children(traced_group, b"serve")  # the node, strace's child
+        conns = _worker_connections(c, victim, 4, serve)  # half of them held by the worker
+        for conn in conns:
+            status, body = conn.send("GET", kv_path("seen", "consistency=stale"))
+            assert status == 200 and json.loads(body)["value"] == "data", body
+
+        def failed() -> bool:
+            return "storage failure:" in node.log_text()
+
+        for i in range(MAX_WRITES):
+            if failed():
+                break
+            assert c.put(leader, f"k{i}", "v").status == 200
+        wait_for(f"{victim}'s injected fault", failed, 30.0, c.dump_logs)
+        assert node.running, "the test hook keeps the failed node up"
+        # A reply sent after the failure was handled: its read workers were told first.
+        assert c.req(victim, "GET", "/ready").status == 503
+
+        def refused(reply: tuple[int, bytes] | None) -> None:
+            if reply is None:
+                return  # the connection is gone: no data either
+            status, body = reply
+            assert status == 503, (status, body)
+            assert json.loads(body)["code"] == "node_stopping", body
+
+        for conn in conns:
+            try:
+                refused(conn.send("GET", kv_path("seen", "consistency=stale")))
+            except (OSError, http.client.HTTPException):
+                refused(None)
+        for path in (
+            kv_path("seen", "consistency=stale"),
+            kv_path("seen"),
+            "/kv?prefix=se&consistency=stale",
+        ):
+            reply = c.req(victim, "GET", path)
+            refused((reply.status, reply.body))
+        injected = [ln for ln in trace.read_text().splitlines() if "INJECTED" in ln]
+        assert injected, "strace never injected the fault"
+    finally:
+        for conn in conns:
+            conn.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(traced_group, signal.SIGKILL)

@@ -16,8 +16,8 @@ import pytest
 from tests.integration.cluster import Cluster, kv_path, wait_for
 
 
-def _children(pid: int) -> list[int]:
-    """Child processes of `pid` that are read workers."""
+def _children(pid: int, marker: bytes = b"raftkv.server.read_worker") -> list[int]:
+    """Child processes of `pid` whose command line holds `marker` (default: read workers)."""
     kids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -28,7 +28,7 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rpartition(")")[2].split()[1])
-        if ppid == pid and b"raftkv.server.read_worker" in cmd:
+        if ppid == pid and marker in cmd:
             kids.append(int(entry.name))
     return kids
 
@@ -79,12 +79,15 @@ def _worker_cluster(make_cluster: object) -> tuple[Cluster, str, str]:
     return cluster, leader, follower
 
 
-def _worker_connections(cluster: Cluster, node_id: str, n: int) -> list[_KeepAlive]:
+def _worker_connections(
+    cluster: Cluster, node_id: str, n: int, pid: int | None = None
+) -> list[_KeepAlive]:
     """`n` connections to `node_id`, each started with a stale GET (only those move to a
-    worker); at least one is a worker's, and keeps serving every request sent on it."""
+    worker); at least one is a worker's, and keeps serving every request sent on it.
+    `pid`: the node's process when it is not `proc` (run under strace)."""
     node = cluster.nodes[node_id]
     assert node.proc is not None
-    (worker,) = _children(node.proc.pid)
+    (worker,) = _children(node.proc.pid if pid is None else pid)
     before = _sockets(worker)
     conns = [_KeepAlive(node.http) for _ in range(n)]
     for conn in conns:

@@ -27,6 +27,7 @@ from aiohttp import web
 from raftkv.cli.connection import Connection, connection_options
 from raftkv.ops.recovery import RecoveryError, force_new_cluster
 from raftkv.raft.types import NodeId
+from raftkv.runtime import testhooks
 from raftkv.runtime.member_table import NodeRemoved
 from raftkv.runtime.node import RaftKVNode
 from raftkv.runtime.options import NodeOptions
@@ -201,6 +202,8 @@ async def serve_node(settings: Settings, initial_voters: tuple[str, ...] | None 
         if code == 70:
             # (A storage failure's one line is already in the log, on stderr.)
             print(f"raftkv: node {settings.node_id} stopping: {failure}", file=sys.stderr)
+        if code != 0 and (linger := testhooks.failure_linger_s()) > 0:
+            await asyncio.sleep(linger)  # tests only: requests reach the failed node meanwhile
     stop_wait.cancel()
     if (halted := node.driver.halted) is not None and not fatal.done():
         # Asked to stop while halted (runtime/halt.py): say once more why it was halted.

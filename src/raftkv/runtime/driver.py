@@ -20,6 +20,8 @@ Rules:
   is never retried (storage/failure.py: fsyncgate): it is wrapped in a `StorageFailure`
   naming the operation and file and stops the node; nothing is acknowledged after it, and
   `stop()` then writes nothing more (no hard-state save, no sync, no close that checkpoints).
+  From a failure (or the start of `stop()`) on, no read is served either, stale ones
+  included (`check_readable`, `when_reads_refused`: halt.py).
 - Snapshot build, verification of a received snapshot and its install live in
   `runtime/snapshots.py` (a mixin of the driver), with their crash-safe step order.
 - `propose` and `read_barrier` also exist without a coroutine (`runtime/soon.py`, a mixin:
@@ -237,6 +239,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps, SoonCalls):
         if self._stopping:
             return
         self._stopping = True
+        self._reads_refused()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -336,6 +339,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps, SoonCalls):
         # Nothing may be acknowledged from now on: waiters fail before any other task runs.
         self.abort_pending()
         self.fatal.set_result(exc)
+        self._reads_refused()  # stale reads too, read workers first (halt.check_readable)
 
     def _admits(self, node: str) -> bool:
         """May `node` open a peer connection to us (the transport's Hello check)?
@@ -561,6 +565,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps, SoonCalls):
         log.warning("this node was removed from the cluster; stopping", node=self.id, src=source)
         if self.fatal is not None and not self.fatal.done():
             self.fatal.set_result(NodeRemoved(f"node {self.id} was removed from the cluster"))
+            self._reads_refused()
 
     def track(self, term: Term, index: Index) -> asyncio.Future[object]:
         """Resolved when the entry proposed at (term, index) is applied here."""

@@ -27,11 +27,16 @@ Rules:
   watch (membership.py) still ends it when the operator removes the member.
 - A restart halts again at the same entry (files unchanged), unless the binary was upgraded
   to one that decodes it: then it applies on from there and rejoins.
+- `check_readable` is the one test every read passes, stale ones included (runtime/node.py):
+  halted -> NodeHalted; failed (storage failure, broken invariant, removed) or stopped ->
+  NodeStopping (503 `node_stopping`). `when_reads_refused` callbacks run synchronously at the
+  first of those transitions (the read workers are told before any reply of the failure).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -99,6 +104,8 @@ class HaltSteps:
 
     halted: HaltReport | None = None  # set once, by _halt; never cleared in this process
     _step_out: asyncio.Task[None] | None = None  # closing the transport after a halt
+    _reads_refused_calls: tuple[Callable[[], None], ...] = ()  # when_reads_refused's
+    _reads_refused_told = False  # they ran (once: a refusing node never serves again)
 
     def check_serving(self) -> None:
         """Raise NodeHalted or NodeStopping if this node may not take a request now."""
@@ -109,6 +116,37 @@ class HaltSteps:
         # still run until the stop (a request let in then waited out the server's shutdown).
         if self._stopping or self.draining or self.failed:
             raise NodeStopping("node is shutting down")
+
+    def refuses_reads(self) -> bool:
+        """True once no read at all may be served here, stale ones included (`check_readable`)."""
+        return self.halted is not None or self.failed or self._stopping
+
+    def check_readable(self) -> None:
+        """Raise NodeHalted or NodeStopping if this node may not serve even a stale read now:
+        halted; failed (a storage failure, a broken invariant, removed: its applied state may
+        be ahead of or behind what is durable, and the process is going down); or stopped
+        (its state is closing). A graceful drain (`draining`) still serves stale reads: its
+        state is sound until the listener closes (README, Deployment)."""
+        if self.halted is not None:
+            raise NodeHalted(self.halted)
+        if self.failed or self._stopping:
+            raise NodeStopping("node is shutting down")
+
+    def when_reads_refused(self, callback: Callable[[], None]) -> None:
+        """Call `callback` on the loop thread, synchronously, once, when the node stops serving
+        reads (`refuses_reads` then holds): before any reply waiting on the failure is sent,
+        so the HTTP read workers hear of it first (server/read_workers.py)."""
+        self._reads_refused_calls = (*self._reads_refused_calls, callback)
+
+    def _reads_refused(self) -> None:
+        if self._reads_refused_told:
+            return
+        self._reads_refused_told = True
+        for callback in self._reads_refused_calls:
+            try:
+                callback()
+            except Exception:  # a listener's bug must not cut the failure path short
+                log.exception("reads-refused callback failed", node=self.id)
 
     def _halt(self, exc: UndecodableEntryError) -> None:
         """Called from the Ready loop (which ends) once the entries before `exc.index` are
@@ -137,3 +175,4 @@ class HaltSteps:
         # Frozen as a follower without a leader: nothing proposes, campaigns or transfers.
         raft.become_follower(raft.term, None)
         self._step_out = asyncio.create_task(self.transport.stop(), name=f"halt-{self.id}")
+        self._reads_refused()

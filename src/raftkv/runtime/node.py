@@ -8,7 +8,10 @@ Rules:
   take `READY_APPLY_LAG` entries (`caught_up`): a follower under a steady write load learns a
   commit index a loop turn before it applies it, and /ready must not flap with each write.
 - A halted node (runtime/halt.py) refuses every read, stale ones included (`NodeHalted`), is
-  never ready, and reports role "Halted" with its `HaltReport`.
+  never ready, and reports role "Halted" with its `HaltReport`. So does a node that failed
+  (storage failure: its applied state may be ahead of or behind what is durable, and it is
+  exiting) or is stopped (`NodeStopping`), checked again after a read's waits
+  (`check_readable`). A graceful drain still serves stale reads until the listener closes.
 - Peer addresses are the live, replicated membership record (runtime/members.py), not the
   configured `nodes`: a member added later is listed, a removed one is not.
 - The leader proposes a command kind only once every member understands it
@@ -39,7 +42,7 @@ from raftkv.kv.mvcc import MVCCStore
 from raftkv.kv.quota import SpaceRecord, space, usage
 from raftkv.kv.registry import BASE_COMMAND_SET, kind_of
 from raftkv.raft.types import Role
-from raftkv.runtime.api import ROLE_HALTED, LocalStatus, MustWait, NodeHalted, NotLeaderError
+from raftkv.runtime.api import ROLE_HALTED, LocalStatus, MustWait, NotLeaderError
 from raftkv.runtime.backup import Backups
 from raftkv.runtime.driver import RaftDriver
 from raftkv.runtime.features import OWN_VERSIONS, ClusterVersions, check_enabled, cluster_versions
@@ -133,14 +136,14 @@ class RaftKVNode:
     def read_soon(
         self, *, linearizable: bool, min_revision: int = 0, lease: bool = False
     ) -> asyncio.Future[None] | None:
-        if self.driver.halted is not None:  # as read_fence
-            raise NodeHalted(self.driver.halted)
+        self.driver.check_readable()  # as read_fence
         if min_revision > self.driver.sm.applied_index:
             raise MustWait  # read_fence's wait_applied
         return self.driver.read_barrier_nowait(lease=lease) if linearizable else None
 
     def read_settled(self, fut: asyncio.Future[None]) -> None:
         self.driver.read_settled(fut)
+        self.driver.check_readable()  # as read_fence after its waits
 
     def read_applied(self, fn: Callable[[MVCCStore], T]) -> T:
         return self.driver.sm.read(fn)
@@ -188,6 +191,14 @@ class RaftKVNode:
     def is_halted(self) -> bool:
         return self.driver.halted is not None
 
+    def serves_reads(self) -> bool:
+        """False once no read may be served, stale ones included (module rules)."""
+        return not self.driver.refuses_reads()
+
+    def when_reads_refused(self, callback: Callable[[], None]) -> None:
+        """`callback()` at once when the node stops serving reads (halt.when_reads_refused)."""
+        self.driver.when_reads_refused(callback)
+
     def state_dir(self) -> Path | None:
         """The LMDB state's directory (other processes may read it), None for other backends."""
         sm = self.driver.sm
@@ -199,12 +210,13 @@ class RaftKVNode:
         """Wait until a read may run on the applied state; return the applied index then.
         A read issued now and run on a state applied at least this far is as `read` makes it
         (the HTTP read workers run it on their own view of the state: server/read_workers.py)."""
-        if self.driver.halted is not None:  # its state never moves again: no reads at all
-            raise NodeHalted(self.driver.halted)
+        self.driver.check_readable()  # halted, failed or stopped: no reads at all
         if min_revision > 0:
             await self.driver.wait_applied(min_revision)
         if linearizable:
             await self.driver.read_barrier(lease=lease)
+        # A wait that completed just before a failure resumes after it: check again.
+        self.driver.check_readable()
         return self.driver.sm.applied_index
 
     def local_status(self) -> LocalStatus:

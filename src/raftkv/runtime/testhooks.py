@@ -14,6 +14,9 @@ signal can time precisely.
   cannot be applied on this node, as if it held a command kind this version does not know
   (tag 99): the node halts there (runtime/halt.py). Restarted without the variable, it applies
   the entry: an "upgraded" binary.
+- RAFTKV_TEST_LINGER_AFTER_FAILURE_MS=<ms>: after a failure (a storage failure, a broken
+  invariant) `raftkv serve` waits that long before it closes its listener and exits, so a
+  test can show what a failed node answers meanwhile (cli/serve.py; normally it closes at once).
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ _crash_at = os.environ.get(CRASH_ENV, "")
 _corrupt_left = int(os.environ.get(CORRUPT_ENV, "0") or 0)
 UNDECODABLE_ENV = "RAFTKV_TEST_UNDECODABLE"
 undecodable_marker = os.environ.get(UNDECODABLE_ENV, "").encode()
+LINGER_ENV = "RAFTKV_TEST_LINGER_AFTER_FAILURE_MS"
+_linger_ms = int(os.environ.get(LINGER_ENV, "0") or 0)
+
+
+def failure_linger_s() -> float:
+    """How long a failed node waits before it stops (0 outside tests)."""
+    return max(0, _linger_ms) / 1000
 
 
 def crash_point(name: str) -> None:

@@ -78,7 +78,8 @@ class Fenced(msgspec.Struct, tag="fenced", array_like=True):
 
 
 class Serving(msgspec.Struct, tag="serving", array_like=True):
-    """Node -> worker: may stale reads be served from local state (False: the node halted)."""
+    """Node -> worker: may stale reads be served from local state (False: the node halted,
+    failed or stopped; read_workers.py)."""
 
     on: bool
 

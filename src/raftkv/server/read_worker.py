@@ -10,7 +10,8 @@ Rules:
   `Fenced` answer (one `Fence` message per loop turn for every read waiting), then runs on one
   read transaction whose stored applied index must cover the fence — else, or when the node
   refused, the connection goes back to the node. A stale read runs at once while the node
-  says it serves (`Serving`).
+  says it serves (`Serving`); once it says off (halted, failed, stopped), the connection goes
+  back to the node, which answers with its error.
 - It exits when told (`Stop`: idle connections close, replies in progress finish) or when
   the channel closes (the node is gone): it never outlives the node. SIGTERM stops it the
   same way; SIGINT is ignored (the node handles Ctrl-C and stops its workers).

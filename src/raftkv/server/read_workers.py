@@ -17,7 +17,10 @@ Rules:
   transaction covers it. A fence that fails (halted, stopping, no leader, timeout) is refused:
   the request comes back here and is answered exactly as without workers.
 - Stale reads are served from the worker's view while the node says `Serving(on=True)`; the
-  node says off when it halts (checked every WATCH_S).
+  node says off the moment it stops serving reads (halted, failed after a storage failure,
+  stopped: `when_reads_refused`), before any reply of that failure is sent, and from then on
+  keeps new GET connections itself (it answers 503). A worker that is off hands every stale
+  read back: the node answers it with its own error. A graceful drain keeps them on.
 - Counting: requests served by a worker go into this node's /metrics (sent in batches); its
   connections count toward `server.max_connections`.
 - Lifecycle: workers start with the HTTP listener and stop with it (`Stop`: replies in
@@ -50,7 +53,6 @@ from raftkv.storage.state_lmdb import DEFAULT_MAP_SIZE
 
 log = structlog.get_logger(__name__)
 
-WATCH_S: Final = 0.02  # how often the node's halted state is checked for the workers
 STOP_TIMEOUT_S: Final = 5.0
 RESTART_DELAY_S: Final = 0.5
 MAX_RESTARTS: Final = 5
@@ -67,7 +69,9 @@ class FencedNode(Protocol):
 
     def state_dir(self) -> os.PathLike[str] | None: ...
 
-    def is_halted(self) -> bool: ...
+    def serves_reads(self) -> bool: ...
+
+    def when_reads_refused(self, callback: Callable[[], None]) -> None: ...
 
 
 @dataclass(eq=False)
@@ -119,9 +123,11 @@ class ReadWorkers:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # First: a failure while a worker is being spawned reaches those already up; each
+        # worker spawned later is sent the state of that moment (`_spawn`).
+        self._node.when_reads_refused(self._reads_refused)
         for slot in range(self._count):
             await self._spawn(slot)
-        self._spawn_task(self._watch())
 
     async def _spawn(self, slot: int) -> None:
         ours, theirs = ch.pair()
@@ -220,15 +226,14 @@ class ReadWorkers:
         if not self._stopping and self._workers[worker.slot] is None:
             await self._spawn(worker.slot)
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(WATCH_S)
-            for w in self._workers:
-                if w is not None:
-                    self._push_serving(w)
+    def _reads_refused(self) -> None:
+        # Synchronous, on the node's failure path: sent before the replies it fails.
+        for w in self._workers:
+            if w is not None:
+                self._push_serving(w)
 
     def _push_serving(self, worker: _Worker) -> None:
-        on = not self._node.is_halted()
+        on = self._node.serves_reads()
         if worker.serving is not on and worker.channel is not None:
             worker.serving = on
             worker.channel.send(ch.Serving(on))
@@ -242,8 +247,8 @@ class ReadWorkers:
 
     def choose(self) -> int | None:
         """The worker a new GET connection goes to, or None: the node keeps it (one share)."""
-        if self._stopping:
-            return None
+        if self._stopping or not self._node.serves_reads():
+            return None  # the node answers it (503) rather than a worker handing it back
         slot = next(self._rr)
         w = self._workers[slot] if slot >= 0 else None
         return slot if w is not None and w.ready and w.channel is not None else None
@@ -343,4 +348,5 @@ def make_read_workers(
 
 
 def _is_fenced(node: object) -> TypeGuard[FencedNode]:
-    return all(hasattr(node, name) for name in ("read_fence", "state_dir", "is_halted"))
+    names = ("read_fence", "state_dir", "serves_reads", "when_reads_refused")
+    return all(hasattr(node, name) for name in names)
