@@ -230,7 +230,7 @@ class _Api:
     # -- /kv ------------------------------------------------------------------------------
 
     async def empty_key(self, request: web.Request) -> web.StreamResponse:
-        raise ApiError(400, "invalid_key", "key must not be empty")
+        raise ApiError(400, "invalid_key", "key must not be empty: name one, /kv/{key}")
 
     async def expect_continue(self, request: web.Request) -> web.StreamResponse | None:
         """`Expect: 100-continue`: refuse an oversized PUT before the client sends its body."""

@@ -145,6 +145,12 @@ def checked(result: Result) -> Result:
     return result
 
 
+# A bare /kv (GET or DELETE) names neither a key nor a range: say what would.
+BARE_KV: Final = (
+    "key must not be empty: name a key, /kv/{key}, or a range, /kv?prefix=P or /kv?start=A&end=B"
+)
+
+
 def _range_params(request: web.Request) -> tuple[str, str | None, str]:
     """(start, end, prefix) of a range request; a bare /kv is refused as before."""
     q = request.query
@@ -152,7 +158,7 @@ def _range_params(request: web.Request) -> tuple[str, str | None, str]:
     if prefix is None and start is None:
         if end is not None:
             raise ApiError(400, "invalid_range", "end needs start")
-        raise ApiError(400, "invalid_key", "key must not be empty")
+        raise ApiError(400, "invalid_key", BARE_KV)
     if prefix is not None and (start is not None or end is not None):
         raise ApiError(400, "invalid_range", "use either prefix or start/end, not both")
     for name in ("prefix", "start", "end", "after"):
@@ -366,7 +372,7 @@ class KvRoutes:
     async def range_delete(self, request: web.Request) -> web.StreamResponse:
         prefix = request.query.get("prefix")
         if prefix is None:
-            raise ApiError(400, "invalid_key", "key must not be empty")
+            raise ApiError(400, "invalid_key", BARE_KV)
         if prefix == "":
             raise ApiError(400, "invalid_prefix", "refusing to delete with an empty prefix")
         result = await submit(self._node, self._calls, request, b"", DeleteRange(prefix))

@@ -186,6 +186,20 @@ async def test_bad_keys(tmp_path: Path) -> None:
 
 
 @aio
+async def test_bare_kv_says_how_to_name_a_key_or_a_range(tmp_path: Path) -> None:
+    # A new user's first `curl localhost:8081/kv` should learn what to send, not only "empty key".
+    async with client_for(FakeNode(), make_settings(tmp_path)) as client:
+        for method in ("GET", "DELETE", "PUT"):
+            resp = await client.request(method, "/kv")
+            assert resp.status == 400, method
+            body = await resp.json()
+            assert body["code"] == "invalid_key", method
+            assert "/kv/{key}" in body["error"], method
+            if method != "PUT":
+                assert "?prefix=" in body["error"], method
+
+
+@aio
 async def test_4096_byte_key_fully_encoded_fits_and_4097_is_414(tmp_path: Path) -> None:
     node = FakeNode()
     key = "a/b:" * 1024
