@@ -94,6 +94,12 @@ class Connection:
     def tls_asked(self) -> bool:
         return self.cacert is not None or self.cert is not None or self.insecure
 
+    def https_hint(self) -> str:
+        """Said after "no node answered" over plain HTTP: an HTTPS port just hangs up on it."""
+        if self.tls_asked or "https://" in self.endpoints:
+            return ""
+        return " (if the cluster serves HTTPS, give --cacert FILE)"
+
     def credentials(self) -> tuple[str | None, str | None]:
         """(user, password), prompting for a password a user was given without one."""
         if self.user is None:

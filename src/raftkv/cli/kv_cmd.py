@@ -31,9 +31,11 @@ from raftkv.client import (
     Client,
     KeyValue,
     NotFound,
+    OutcomeUnknown,
     PreconditionFailed,
     RaftkvError,
     TxnResult,
+    Unavailable,
 )
 from raftkv.client.txn_codec import parse_txn
 from raftkv.client.types import Value
@@ -86,7 +88,8 @@ def _run(conn: Connection, op: Callable[[Client], T]) -> T:
             status = EXIT_USAGE
         else:
             status = EXIT_ERROR
-        _fail(conn, status, str(exc), doc)
+        hint = conn.https_hint() if isinstance(exc, Unavailable | OutcomeUnknown) else ""
+        _fail(conn, status, str(exc) + hint, doc)
     except ValueError as exc:  # bad arguments caught by the client before sending
         _fail(conn, EXIT_USAGE, str(exc))
 

@@ -41,7 +41,10 @@ async def cluster_status(session: aiohttp.ClientSession, address: str) -> dict[s
     """`address`'s /cluster/status body (members, alarms, space)."""
     reply = await request(session, "GET", address, "/cluster/status")
     if not reply.ok or not isinstance(reply.body, dict):
-        raise InspectError(f"cannot read /cluster/status from {address}: {_why(reply)}")
+        why = _why(reply)
+        if reply.error and not session_tls(session) and not address.startswith("https://"):
+            why += " (if the cluster serves HTTPS, give --cacert FILE)"  # it hangs up on http
+        raise InspectError(f"cannot read /cluster/status from {address}: {why}")
     return reply.body
 
 
