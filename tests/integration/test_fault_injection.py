@@ -228,6 +228,18 @@ def test_a_node_that_hit_a_storage_failure_answers_no_read_before_it_exits(
         leader = c.wait_leader()
         assert c.put(leader, "seen", "data").status == 200
         c.wait_caught_up(victim, leader, deadline_s=90.0)
+        if c.wait_leader() == victim:
+            # An election under the start-up load can make the traced node lead; the fault
+            # must hit a follower, so the writes below keep committing on the other two.
+            reply = c.req(
+                victim,
+                "POST",
+                "/cluster/leader",
+                body=json.dumps({"to": others[0]}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            assert reply.status == 200, reply.body
+        leader = c.wait_leader(among=others)
         _ready_workers(c, victim)
         (serve,) = _children(traced_group, b"serve")  # the node, strace's child
         conns = _worker_connections(c, victim, 4, serve)  # half of them held by the worker
