@@ -35,6 +35,7 @@ from raftkv.client.options import (
     build_ssl_context,
     make_options,
 )
+from raftkv.ops.httpc import HTTPS_HINT
 
 if TYPE_CHECKING:
     from raftkv.client import Client
@@ -98,7 +99,7 @@ class Connection:
         """Said after "no node answered" over plain HTTP: an HTTPS port just hangs up on it."""
         if self.tls_asked or "https://" in self.endpoints:
             return ""
-        return " (if the cluster serves HTTPS, give --cacert FILE)"
+        return HTTPS_HINT
 
     def credentials(self) -> tuple[str | None, str | None]:
         """(user, password), prompting for a password a user was given without one."""

@@ -62,6 +62,10 @@ def kv_path(key: str) -> str:
     return "/kv/" + quote(key, safe="")
 
 
+# Said after "no node answered" over plain HTTP: an HTTPS listener just hangs up on it.
+HTTPS_HINT = " (if the cluster serves HTTPS, give --cacert FILE)"
+
+
 def session_tls(session: aiohttp.ClientSession) -> bool:
     """Whether `session` speaks https to bare "host:port" addresses."""
     return _SCHEMES.get(session) == "https"

@@ -24,7 +24,15 @@ from typing import Any, Final
 
 import aiohttp
 
-from raftkv.ops.httpc import Reply, base_url, kv_path, make_session, request, session_tls
+from raftkv.ops.httpc import (
+    HTTPS_HINT,
+    Reply,
+    base_url,
+    kv_path,
+    make_session,
+    request,
+    session_tls,
+)
 
 DEFAULT_ADDRESS: Final = "localhost:8081"
 KEYS_PAGE: Final = 10_000
@@ -43,7 +51,7 @@ async def cluster_status(session: aiohttp.ClientSession, address: str) -> dict[s
     if not reply.ok or not isinstance(reply.body, dict):
         why = _why(reply)
         if reply.error and not session_tls(session) and not address.startswith("https://"):
-            why += " (if the cluster serves HTTPS, give --cacert FILE)"  # it hangs up on http
+            why += HTTPS_HINT
         raise InspectError(f"cannot read /cluster/status from {address}: {why}")
     return reply.body
 

@@ -129,7 +129,7 @@ class HaltSteps:
         state is sound until the listener closes (README, Deployment)."""
         if self.halted is not None:
             raise NodeHalted(self.halted)
-        if self.failed or self._stopping:
+        if self.refuses_reads():
             raise NodeStopping("node is shutting down")
 
     def when_reads_refused(self, callback: Callable[[], None]) -> None:

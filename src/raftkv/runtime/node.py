@@ -188,9 +188,6 @@ class RaftKVNode:
         await self.read_fence(linearizable=linearizable, min_revision=min_revision, lease=lease)
         return self.driver.sm.read(fn)
 
-    def is_halted(self) -> bool:
-        return self.driver.halted is not None
-
     def serves_reads(self) -> bool:
         """False once no read may be served, stale ones included (module rules)."""
         return not self.driver.refuses_reads()
