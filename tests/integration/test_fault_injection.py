@@ -210,9 +210,9 @@ def test_a_node_that_hit_a_storage_failure_answers_no_read_before_it_exits(
     make_cluster: MakeCluster,
 ) -> None:
     """Between an injected fsync EIO and the exit, no read is answered with data: stale GETs on
-    the node's own connections and on its read worker's, fresh stale and range GETs — each
-    is 503 `node_stopping` or a closed connection. The test hook keeps the failed node up
-    (listening) long enough to ask it."""
+    the node's own connections and on its read worker's, fresh stale and range GETs, the auth
+    listings and the inspector's keys — each is 503 `node_stopping` or a closed connection.
+    The test hook keeps the failed node up (listening) long enough to ask it."""
     c = make_cluster(server_extra={"read_workers": 1})
     victim = "node-3"
     others = [n for n in c.nodes if n != victim]
@@ -246,6 +246,9 @@ def test_a_node_that_hit_a_storage_failure_answers_no_read_before_it_exits(
         for conn in conns:
             status, body = conn.send("GET", kv_path("seen", "consistency=stale"))
             assert status == 200 and json.loads(body)["value"] == "data", body
+        local_views = ("/auth/users", "/auth/roles", "/debug/keys?prefix=se")
+        for path in local_views:  # answered from this node's state while it is sound
+            assert c.req(victim, "GET", path).status == 200, path
 
         def failed() -> bool:
             return "storage failure:" in node.log_text()
@@ -275,6 +278,7 @@ def test_a_node_that_hit_a_storage_failure_answers_no_read_before_it_exits(
             kv_path("seen", "consistency=stale"),
             kv_path("seen"),
             "/kv?prefix=se&consistency=stale",
+            *local_views,
         ):
             reply = c.req(victim, "GET", path)
             refused((reply.status, reply.body))

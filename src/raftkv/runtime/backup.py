@@ -11,6 +11,11 @@ Rules:
   not; leftovers of a node killed mid-backup are removed when the next backup starts.
 - The SHA-256 of the file is computed (in a worker thread) before the caller streams it, so it
   can travel in a header and the receiver can check what it wrote.
+- A node that refuses reads (halted, failed after a storage failure, stopping: runtime/halt.py
+  `check_readable`) makes no backup: its state may be ahead of or behind what is durable. The
+  barrier refuses at the start; `make` checks again once the file is built and hashed, and the
+  streaming caller before each chunk (`check_readable`), so a failure cuts the body short
+  (the receiver checks its length and SHA-256 and keeps nothing).
 """
 
 from __future__ import annotations
@@ -68,10 +73,15 @@ class Backups:
             dest = self._dir / "backup.snap"
             info = await self._driver.snapshot_copy(dest)
             sha = await asyncio.to_thread(file_sha256, dest)
+            self._driver.check_readable()  # the node failed while the copy was made
             yield Backup(dest, self._driver.id, info.index, info.term, info.size, sha)
         finally:
             await asyncio.to_thread(shutil.rmtree, self._dir, True)
             self._busy = False
+
+    def check_readable(self) -> None:
+        """Raise NodeHalted or NodeStopping once the node refuses reads (module rules)."""
+        self._driver.check_readable()
 
 
 def _fresh_dir(path: Path) -> None:

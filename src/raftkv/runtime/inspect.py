@@ -10,6 +10,11 @@ Rules:
   command); the offline reader (`raftkv.ops.offline`) uses it too, so both views agree.
 - Page sizes are bounded (`MAX_KEYS_PAGE`, `MAX_LOG_PAGE`) so one request cannot make a node
   read its whole database into memory.
+- Nothing is answered by a node that refuses reads (halted, failed after a storage failure,
+  stopping: `check_readable`, runtime/halt.py), checked before and again after the worker
+  thread's read: its applied state may be ahead of or behind what is durable, and the log's
+  entries carry keys and values too. The operator reads a stopped node's files offline
+  (`raftkv inspect raft --data-dir`, ops/offline.py).
 """
 
 from __future__ import annotations
@@ -135,6 +140,7 @@ class NodeInspector:
         """Up to `limit` pairs and about `max_bytes` of keys + values (at least one pair)."""
         limit = clamp(limit, 1, MAX_KEYS_PAGE)
         max_bytes = clamp(max_bytes, 1, MAX_KEYS_PAGE_BYTES)
+        self._driver.check_readable()
         sm = self._driver.sm
         applied = int(sm.applied_index)
 
@@ -155,6 +161,7 @@ class NodeInspector:
                 cursor = batch[-1][0]
 
         items, more = await asyncio.to_thread(read)
+        self._driver.check_readable()  # failed while the thread read: its answer is not sent
         return KeysPage(applied, items, items[-1][0] if more and items else None)
 
     async def log(self, start: int | None, limit: int) -> LogPage:
@@ -179,4 +186,7 @@ class NodeInspector:
                 entries=[describe_entry(e) for e in entries],
             )
 
-        return await asyncio.to_thread(read)
+        self._driver.check_readable()
+        page = await asyncio.to_thread(read)
+        self._driver.check_readable()
+        return page

@@ -12,6 +12,9 @@ Rules:
   (storage failure: its applied state may be ahead of or behind what is durable, and it is
   exiting) or is stopped (`NodeStopping`), checked again after a read's waits
   (`check_readable`). A graceful drain still serves stale reads until the listener closes.
+  The same test guards every other view of the applied data: the auth records (`local_get`,
+  `local_items`: user and role listings, and authenticating a request), the inspector's key
+  listing and backups (runtime/inspect.py, runtime/backup.py).
 - Peer addresses are the live, replicated membership record (runtime/members.py), not the
   configured `nodes`: a member added later is listed, a removed one is not.
 - The leader proposes a command kind only once every member understands it
@@ -159,11 +162,15 @@ class RaftKVNode:
         return await self.write(cmd)
 
     def local_get(self, key: str) -> str | None:
-        """This node's applied auth record `key`, at once (no ReadIndex)."""
+        """This node's applied auth record `key`, at once (no ReadIndex). A stale read like
+        any other: refused once the node refuses reads (`check_readable`)."""
+        self.driver.check_readable()
         return self.driver.sm.read(lambda store: store.auth_get(key))
 
     def local_items(self, prefix: str) -> list[tuple[str, str]]:
-        """This node's applied auth records under `prefix` (users, roles: small)."""
+        """This node's applied auth records under `prefix` (users, roles: small); refused as
+        `local_get`."""
+        self.driver.check_readable()
         return self.driver.sm.read(lambda store: store.auth_items(prefix))
 
     async def put(self, key: str, value: str | bytes) -> Result:

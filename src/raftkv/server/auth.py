@@ -30,6 +30,14 @@ Rules:
   LOCKOUT_WINDOW_S, this node answers 429 `too_many_attempts` (with Retry-After) for that name
   until the window ends, without running scrypt. Per node and in memory: a guesser spreading
   over the nodes gets one window's worth per node.
+- A node that refuses reads (halted, failed after a storage failure, stopping: runtime/halt.py
+  `check_readable`) reads no user, role or signing key: `AuthNode.local_get`/`local_items`
+  raise, so authenticating a request (Basic or Bearer), issuing a token and every user/role
+  listing answer what its KV reads answer, 503 `node_stopping` (or `node_halted`). Refusing is
+  the right answer, not a 401: its records may be ahead of or behind what is durable (a
+  deleted user or a changed password may show either way), and nothing a request could then
+  reach on that node would be served anyway. The open routes (/health, /ready, /cluster/local,
+  /cluster/status, /metrics) read no auth record and keep answering: they report the failure.
 - Bootstrap: with `RAFTKV_ROOT_PASSWORD` set, the leader creates user `root` with the root role
   if it does not exist; the leader also creates the token-signing key once (`maintain`).
 """
@@ -95,7 +103,8 @@ LOCKOUT_WINDOW_S: Final = 60.0  # ... within this long: refused (429) until the 
 
 @runtime_checkable
 class AuthNode(Protocol):
-    """What auth needs from the node (RaftKVNode implements it)."""
+    """What auth needs from the node (RaftKVNode implements it). `local_get`/`local_items`
+    raise NodeHalted or NodeStopping once the node refuses reads (module rules)."""
 
     async def propose_command(self, cmd: Command) -> object: ...
 

@@ -18,7 +18,9 @@ Rules:
 - The routes work whether or not auth is enabled, so users can be prepared before the switch is
   turned on (with auth off, nothing is checked: anyone may call them, as anyone may write).
 - Changes are commands proposed through Raft (`kv/auth.py`); on a follower they are forwarded to
-  the leader like any write. Reads are this node's applied state.
+  the leader like any write. Reads are this node's applied state, refused like any read once
+  the node refuses reads (halted, failed, stopping: 503 `node_stopping` / `node_halted`, as
+  its KV reads; auth.py rules), authentication and `POST /auth/token` included.
 - A failed command maps to 404 (`user_not_found`, `role_not_found`), 409 (`user_exists`,
   `role_exists`, `role_not_granted`) or 400 (`root_role`, `invalid_permission`).
 - Passwords are hashed (scrypt, in a worker thread) by the node that receives the request; the

@@ -17,6 +17,10 @@ Rules:
   be written (disk full...): 503 `backup_failed` naming why. Nothing answers 500.
 - The body is read from disk in a worker thread, 1 MiB at a time; the file is removed when the
   reply ends, complete or not.
+- A node that refuses reads (halted, failed after a storage failure, stopping) makes no backup:
+  503 `node_halted` / `node_stopping` as its KV reads; if it starts refusing while the body
+  streams, the connection is aborted before the next chunk (the body is short: the receiver's
+  length and SHA-256 checks drop it; runtime/backup.py).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import BinaryIO, Final, Protocol, runtime_checkable
 
 from aiohttp import web
 
-from raftkv.runtime.api import NodeStopping, NoLeaderError, OperationTimeout
+from raftkv.runtime.api import NodeHalted, NodeStopping, NoLeaderError, OperationTimeout
 from raftkv.runtime.backup import Backup, BackupBusy, Backups
 from raftkv.server.errors import ApiError
 
@@ -73,6 +77,8 @@ class _BackupRoute:
             await resp.prepare(request)
             with open(backup.path, "rb") as f:
                 while chunk := await asyncio.to_thread(_read, f):
+                    if not _still_readable(self._backups, request):
+                        return resp  # aborted: nothing more goes out
                     await resp.write(chunk)
             await resp.write_eof()
             return resp
@@ -101,6 +107,18 @@ async def _make(stack: AsyncExitStack, backups: Backups) -> Backup:
         raise ApiError(
             503, "backup_failed", "the snapshot file could not be written", reason=str(exc)
         ) from exc
+
+
+def _still_readable(backups: Backups, request: web.Request) -> bool:
+    """False, with the connection aborted, once the node refuses reads (module rules): the
+    status line is out, so a short body is the only refusal left."""
+    try:
+        backups.check_readable()
+    except (NodeHalted, NodeStopping):
+        if request.transport is not None:
+            request.transport.abort()
+        return False
+    return True
 
 
 def _read(f: BinaryIO) -> bytes:

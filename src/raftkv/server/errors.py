@@ -6,7 +6,10 @@ Rules:
 - Handlers raise `ApiError`; `error_middleware` turns it, aiohttp's own HTTP errors (unknown
   route 404, 405, 413 ...) and unexpected exceptions into that shape. An unexpected exception is a
   bug: it is logged with its traceback and still answered in JSON (500 `internal_error`).
-- `NodeHalted` from any route is 503 `node_halted` with the node's `halted` report.
+- `NodeHalted` from any route is 503 `node_halted` with the node's `halted` report, and
+  `NodeStopping` 503 `node_stopping`: what a node that refuses reads (runtime/halt.py
+  `check_readable`) answers wherever the refusal is raised — a KV read, an auth record read
+  while authenticating a request or listing users, an inspector or backup read.
 - Errors produced before any handler runs (a malformed or over-long request line) are rendered in
   the same shape by `raftkv.server.runner`.
 """
@@ -162,6 +165,8 @@ def error_reply(exc: Exception, request: web.Request) -> web.StreamResponse:
         return exc.response()
     if isinstance(exc, NodeHalted):  # from any route: runtime/halt.py
         return halted_error(exc.report).response()
+    if isinstance(exc, NodeStopping):  # from any route, e.g. the auth middleware's reads
+        return stopping_error().response()
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc

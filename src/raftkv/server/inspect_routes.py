@@ -14,6 +14,8 @@ Rules:
 - `server.debug_endpoints: false` answers every /debug route 404 `debug_disabled`. With auth on,
   they need the root role (auth middleware).
 - Bad query parameters are 400 `invalid_parameter` naming the parameter.
+- A node that refuses reads (halted, failed after a storage failure, stopping) answers both
+  routes as it answers a KV read: 503 `node_halted` / `node_stopping` (runtime/inspect.py).
 """
 
 from __future__ import annotations

@@ -32,6 +32,11 @@ Rules:
   are checked like any other (`_members_of`, `MemberTable.vouch`).
 - Every refusal is a JSON error with a stable code (runtime/membership.py lists them); 400 for a
   malformed body, an id that does not fit node-id rules, or an address that is not host:port.
+- GET /cluster/members and /cluster/config keep answering on a node that refuses reads
+  (halted, failed after a storage failure: runtime/halt.py): ids, addresses and the shared
+  config, no key, value or auth record; the record is applied, hence committed, history; the
+  others' removal watch and a joining node read it, and an operator sees the cluster through
+  it.
 """
 
 from __future__ import annotations

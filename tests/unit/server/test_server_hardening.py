@@ -216,7 +216,7 @@ class _Sm:
 class _InspectableFake(FakeNode):
     def __init__(self, data: dict[str, str]) -> None:
         super().__init__()
-        self._inspector = NodeInspector(SimpleNamespace(sm=_Sm(data)))  # type: ignore[arg-type]
+        self._inspector = NodeInspector(SimpleNamespace(sm=_Sm(data), check_readable=lambda: None))  # type: ignore[arg-type]
 
     def inspector(self) -> NodeInspector:
         return self._inspector

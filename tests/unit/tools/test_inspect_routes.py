@@ -40,7 +40,12 @@ async def test_keys_pages_and_log_ranges(tmp_path: Path) -> None:
     try:
         state.apply(entries)
         log.save(HardState(Term(1), NodeId("node-1"), Index(12)), entries, None)
-        driver = SimpleNamespace(sm=state, durable=log, opts=SimpleNamespace(data_dir=node_dir))
+        driver = SimpleNamespace(
+            sm=state,
+            durable=log,
+            opts=SimpleNamespace(data_dir=node_dir),
+            check_readable=lambda: None,  # a node that serves reads
+        )
         async with client_for(InspectableNode(driver), make_settings(tmp_path)) as client:
             resp = await client.get("/debug/keys?limit=5")
             body = await resp.json()
