@@ -8,6 +8,8 @@ Rules:
 - A connection offered to a read worker that does not take it stays with this node, as a
   fresh FastProtocol that never offers it again.
 - Once handed on, the protocol forgets the connection (it no longer counts in the cap here).
+- In a read worker, a reply made once the node refuses reads is not written: its request and
+  all after it go back to the node (`_refused`, checked just before the write; read_gate.py).
 """
 
 from __future__ import annotations
@@ -78,6 +80,15 @@ class HandOffs:
         handler.connection_made(transport)
         if rest:
             handler.data_received(rest)
+
+    def _refused(self, req: FastRequest) -> bool:
+        """In a read worker whose node refuses reads now (read_gate.py): `req` goes back to the
+        node unanswered (True), which answers it with its own error."""
+        refused = self._server.replies_refused
+        if refused is None or not refused():
+            return False
+        self._hand_back(req)
+        return True
 
     def _hand_back(self, req: FastRequest) -> None:
         """A read worker: `req` and what follows it go back to the node (HandBack)."""

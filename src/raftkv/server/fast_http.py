@@ -33,10 +33,9 @@ Rules:
   written.
 - Read workers (`read_workers.py`): a connection whose first request is a stale GET may move to a
   worker process (its descriptor and the bytes since that request; the node keeps a share).
-  In a worker, whatever it does not serve goes back to the node instead of to aiohttp
-  (`FastServer.hand_back`), and a handler raising `HandBack` sends the connection back with
-  that request's bytes and everything after it. The request object and reply bytes live in
-  `fast_request.py`.
+  In a worker, what it does not serve goes back to the node, not to aiohttp (`hand_back`),
+  with that request's bytes and all after it: a handler's `HandBack`, and a reply made once
+  the node refuses reads (`_refused`, read_gate.py). Request and reply: `fast_request.py`.
 """
 
 from __future__ import annotations
@@ -370,6 +369,8 @@ class FastProtocol(HandOffs, asyncio.Protocol):
             log.exception("cannot send a reply", method=req.method, path=req.path)
             data = serialize(error_response(500, "internal_error", "internal server error"), False)
             keep_alive = False
+        if self._refused(req):  # just before the write: a read worker's gate
+            return False
         transport.write(data)
         if not keep_alive:
             self._task = self._serving = None

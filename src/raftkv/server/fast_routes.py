@@ -170,6 +170,9 @@ class FastServer:
         self.workers: ReadWorkers | None = None
         # In a read worker: gives a connection (and its unanswered bytes) back to the node.
         self.hand_back: Callable[[asyncio.Transport, bytes], None] | None = None
+        # In a read worker: True once the node refuses reads (read_gate.py); checked just
+        # before a reply is written, which then goes back to the node instead.
+        self.replies_refused: Callable[[], bool] | None = None
 
     def forget(self, conn: FastProtocol) -> None:
         """`conn` is closed or handed off."""

@@ -1,17 +1,20 @@
-"""One HTTP read worker process (`python -m raftkv.server.read_worker FD`; read_workers.py).
+"""One HTTP read worker (`python -m raftkv.server.read_worker FD GATE_FD`; read_workers.py).
 
 Rules:
-- Started by the node with one end of a channel (`read_channel.py`) as descriptor FD; the first
-  message is `Init`. It opens the node's LMDB state READ-ONLY (LMDB supports readers in other
-  processes) and serves `GET /kv/{key}` on the connections the node hands it with the fast
-  engine and the node's own handler (`KvRoutes.get`, wrapped by `FastRoutes`: same replies,
-  same errors, byte for byte). Everything else goes back to the node (`HandBack`).
+- Started by the node with one end of a channel (`read_channel.py`) as descriptor FD and the
+  node's read gate (`read_gate.py`) as GATE_FD; the first message is `Init`. It opens the
+  node's LMDB state READ-ONLY (LMDB supports readers in other processes) and serves
+  `GET /kv/{key}` on the connections the node hands it with the fast engine and the node's
+  own handler (`KvRoutes.get`, wrapped by `FastRoutes`: same replies, same errors, byte
+  for byte). Everything else goes back to the node (`HandBack`).
 - A read that needs a fence (linearizable, lease, `min_revision`) waits for the node's
   `Fenced` answer (one `Fence` message per loop turn for every read waiting), then runs on one
   read transaction whose stored applied index must cover the fence — else, or when the node
   refused, the connection goes back to the node. A stale read runs at once while the node
   says it serves (`Serving`); once it says off (halted, failed, stopped), the connection goes
-  back to the node, which answers with its error.
+  back to the node, which answers with its error. Every reply is written only while the gate
+  is open (checked just before the write, `FastServer.replies_refused`): the node shuts it
+  before any reply of its failure, and this loop may read `Serving(False)` only later.
 - It exits when told (`Stop`: idle connections close, replies in progress finish) or when
   the channel closes (the node is gone): it never outlives the node. SIGTERM stops it the
   same way; SIGINT is ignored (the node handles Ctrl-C and stops its workers).
@@ -47,6 +50,7 @@ from raftkv.server.inputs import max_body_bytes
 from raftkv.server.kv_routes import KvRoutes
 from raftkv.server.limits import BodyGate, HttpLimits
 from raftkv.server.logging import configure_logging
+from raftkv.server.read_gate import ReadGate
 from raftkv.storage.mvcc_lmdb import LmdbStore, open_dbs
 
 T = TypeVar("T")
@@ -169,8 +173,9 @@ class _Served:
 
 
 class Worker:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, gate: ReadGate) -> None:
         self._sock = sock
+        self._gate = gate
         self._stopped = asyncio.Event()
         self._fast: FastServer | None = None
         self._node: WorkerNode | None = None
@@ -233,6 +238,7 @@ class Worker:
             max_field_bytes=init.max_field_bytes,
         )
         self._fast.hand_back = self._hand_back
+        self._fast.replies_refused = self._gate.is_shut
         self._spawn(self._report())
         self.channel.send(ch.Ready())
 
@@ -297,10 +303,10 @@ class Worker:
         self.channel.close()
 
 
-async def _main(fd: int) -> None:
+async def _main(fd: int, gate_fd: int) -> None:
     loop = asyncio.get_running_loop()
     sock = socket.socket(fileno=fd)
-    worker = Worker(sock)
+    worker = Worker(sock, ReadGate.attach(gate_fd))
     loop.add_signal_handler(signal.SIGTERM, worker.stop)
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, lambda: None)
@@ -308,7 +314,7 @@ async def _main(fd: int) -> None:
 
 
 def main() -> None:
-    fd = int(sys.argv[1])
+    fd, gate_fd = int(sys.argv[1]), int(sys.argv[2])
     try:
         import uvloop
 
@@ -316,7 +322,7 @@ def main() -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.Runner()
     with runner:
-        runner.run(_main(fd))
+        runner.run(_main(fd, gate_fd))
 
 
 if __name__ == "__main__":

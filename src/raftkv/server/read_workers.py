@@ -20,7 +20,10 @@ Rules:
   node says off the moment it stops serving reads (halted, failed after a storage failure,
   stopped: `when_reads_refused`), before any reply of that failure is sent, and from then on
   keeps new GET connections itself (it answers 503). A worker that is off hands every stale
-  read back: the node answers it with its own error. A graceful drain keeps them on.
+  read back: the node answers it with its own error. A graceful drain keeps them on. The
+  message reaches a worker only when its loop reads the channel: the shared gate
+  (`read_gate.py`, shut before `Serving(False)` is sent) is what a worker checks just before
+  writing each reply, so no reply made from its view leaves it once the node refuses reads.
 - Counting: requests served by a worker go into this node's /metrics (sent in batches); its
   connections count toward `server.max_connections`.
 - Lifecycle: workers start with the HTTP listener and stop with it (`Stop`: replies in
@@ -49,6 +52,7 @@ from raftkv.server import read_channel as ch
 from raftkv.server.config import Settings
 from raftkv.server.fast_http import FastProtocol
 from raftkv.server.fast_routes import FastServer
+from raftkv.server.read_gate import ReadGate
 from raftkv.storage.state_lmdb import DEFAULT_MAP_SIZE
 
 log = structlog.get_logger(__name__)
@@ -117,6 +121,7 @@ class ReadWorkers:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         self.given_up = False  # too many deaths: the node serves everything itself
+        self._gate = ReadGate.create()  # shut when the node refuses reads (read_gate.py)
         self.fences = 0  # Fence messages answered (a batch each)
         self.fenced_reads = 0  # reads in them
 
@@ -137,7 +142,8 @@ class ReadWorkers:
                 "-m",
                 "raftkv.server.read_worker",
                 str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),),
+                str(self._gate.fd),
+                pass_fds=(theirs.fileno(), self._gate.fd),
                 stdin=asyncio.subprocess.DEVNULL,
             )
         except BaseException:
@@ -195,6 +201,7 @@ class ReadWorkers:
         for task in list(self._tasks):
             task.cancel()
         self._workers = [None] * self._count
+        self._gate.close()  # every worker has exited (its mapping with it)
 
     def _on_close(self, worker: _Worker) -> None:
         worker.channel = None
@@ -227,13 +234,17 @@ class ReadWorkers:
             await self._spawn(worker.slot)
 
     def _reads_refused(self) -> None:
-        # Synchronous, on the node's failure path: sent before the replies it fails.
+        # Synchronous, on the node's failure path: before the replies it fails. The gate
+        # first: a worker checks it before every reply, even one made before it reads this.
+        self._gate.shut()
         for w in self._workers:
             if w is not None:
                 self._push_serving(w)
 
     def _push_serving(self, worker: _Worker) -> None:
         on = self._node.serves_reads()
+        if not on:
+            self._gate.shut()  # the node refused reads before the workers started
         if worker.serving is not on and worker.channel is not None:
             worker.serving = on
             worker.channel.send(ch.Serving(on))

@@ -1,6 +1,7 @@
-"""The read workers follow the node's read state (server/read_workers.py rules): `Serving(False)`
-goes out the moment the node stops serving reads (a storage failure, a halt, a stop), and new
-GET connections then stay with the node, which answers them with its own error."""
+"""The read workers follow the node's read state (server/read_workers.py rules): the shared gate
+shuts and `Serving(False)` goes out the moment the node stops serving reads (a storage failure,
+a halt, a stop), and new GET connections then stay with the node, which answers them with its
+own error."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import cast
 from raftkv.server import read_channel as ch
 from raftkv.server.config import Settings
 from raftkv.server.fast_routes import FastServer
+from raftkv.server.read_gate import ReadGate
 from raftkv.server.read_workers import ReadWorkers, _Worker
 from tests.unit.server.fakes import aio
 
@@ -69,8 +71,15 @@ async def test_workers_stop_serving_stale_reads_the_moment_the_node_refuses_read
     await workers.start()
     assert channel.sent == [ch.Serving(True)]
     assert {workers.choose() for _ in range(4)} == {None, 0}  # the node keeps one share
+    worker_view = ReadGate.attach(os.dup(workers._gate.fd))  # as a worker maps it
+    assert not worker_view.is_shut()
 
     node.refuse_reads()  # e.g. an fsync failed: synchronously, on the failure path
     assert channel.sent == [ch.Serving(True), ch.Serving(False)]
+    # The gate shut too, at once: a worker checks it before each reply (read_gate.py).
+    assert worker_view.is_shut()
     # New GET connections are answered by the node itself (503), none handed to a worker.
     assert {workers.choose() for _ in range(4)} == {None}
+    worker_view.close()
+    workers._gate.close()
+    node.refuse_reads()  # the node stopping after its workers did: nothing breaks
