@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from random import Random
@@ -119,7 +120,8 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps, SoonCalls):
         self._leader_known = asyncio.Event()
         self._soft_changed: asyncio.Future[None] | None = None
         self._proposals = ProposalWaiters()
-        self._reads = ReadWaiters(self.id.encode())
+        # A random part per process: contexts of an earlier incarnation never match (waiters.py).
+        self._reads = ReadWaiters(f"{self.id}.{secrets.token_hex(4)}".encode())
         self._applied_waiters = AppliedWaiters()
         self.gate = TurnGate(opts.requests_per_turn)  # bounded work per loop turn (admission.py)
         self._reads_need_leader: list[bytes] = []
@@ -610,9 +612,12 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps, SoonCalls):
             # while one is asked wait for the next, issued as soon as it is answered (or after
             # a tick, should its answer be lost), so a read load costs fewer heartbeat rounds.
             # Each read is still fenced by a round asked after it arrived (thesis §6.4).
-            if not self._reads.asking(now, self._read_hold_s):
+            # The open batch is asked only when it closes: no read may join a batch whose
+            # ReadIndex already left (waiters.py; §6.4).
+            if batch.context in pending or not self._reads.asking(now, self._read_hold_s):
                 self._reads.close_batch(now)
                 pending.append(batch.context)
+                pending = list(dict.fromkeys(pending))
         for ctx in pending:
             try:
                 self.raw.read_index(ctx)

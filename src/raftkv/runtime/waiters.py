@@ -8,6 +8,14 @@ Rules:
   time out).
 - Reads of one loop turn share one ReadIndex context; a batch resolves once the read state
   arrives AND applied >= its index (thesis §6.4 step 4).
+- A batch is asked only once it is closed: its ReadIndex must be requested AFTER every read in it
+  arrived (thesis §6.4: the leader picks the index when the request reaches it). The open batch
+  (still taking reads) is never in `unanswered()` or `overdue()`, which re-ask batches; a batch
+  asked while open would hand a later read an index from before that read began (a stale read:
+  found by the chaos runs, 2026-12-03).
+- Contexts are unique per process, not only per node: `node_tag` carries a random incarnation
+  part (driver.py), so an answer to a request of a previous incarnation of this node can never
+  resolve a batch of this one.
 - Timeouts of waits are coarse deadlines (`_Deadlines`): one loop timer sweeps them, so a
   timeout fires up to SWEEP_S late, never early; no per-wait timer handle.
 - Everything here runs on the event loop thread.
@@ -247,9 +255,12 @@ class ReadWaiters:
             _resolve(batch)
 
     def unanswered(self) -> list[bytes]:
-        """Contexts still waiting for a ReadState (to re-ask after a leader change)."""
+        """Contexts of asked batches still waiting for a ReadState (to re-ask after a leader
+        change). Not the open batch: it is asked when it closes (module rules)."""
         return [
-            ctx for ctx, b in self._awaiting_state.items() if any(not f.done() for f in b.futures)
+            ctx
+            for ctx, b in self._awaiting_state.items()
+            if b is not self.open_batch and any(not f.done() for f in b.futures)
         ]
 
     def overdue(self, now: float, after: float) -> list[bytes]:
@@ -260,6 +271,8 @@ class ReadWaiters:
         """
         out: list[bytes] = []
         for ctx, b in self._awaiting_state.items():
+            if b is self.open_batch:
+                continue  # not asked yet: it is asked when it closes (module rules)
             if b.asked_at <= now - after and any(not f.done() for f in b.futures):
                 b.asked_at = now
                 out.append(ctx)
