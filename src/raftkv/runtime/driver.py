@@ -604,7 +604,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps, SoonCalls):
 
     def _issue_reads(self) -> None:
         batch = self._reads.open_batch
-        pending = list(dict.fromkeys(self._reads_need_leader))
+        pending = self._reads_need_leader
         self._reads_need_leader = []
         if batch is not None:
             now = asyncio.get_running_loop().time()
@@ -617,8 +617,7 @@ class RaftDriver(SnapshotSteps, HaltSteps, TickLoop, PersistSteps, SoonCalls):
             if batch.context in pending or not self._reads.asking(now, self._read_hold_s):
                 self._reads.close_batch(now)
                 pending.append(batch.context)
-                pending = list(dict.fromkeys(pending))
-        for ctx in pending:
+        for ctx in dict.fromkeys(pending):  # each context asked once
             try:
                 self.raw.read_index(ctx)
                 self.metrics.read_index_rounds += 1
